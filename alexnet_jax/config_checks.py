@@ -1,0 +1,214 @@
+"""One place that validates a config and says what is accepted.
+
+Every check names the field, the value it got and what it accepts, so a typo
+on the command line fails before any work starts. `configs/paper.py` is the
+schema: a field it does not have is unknown.
+"""
+
+from collections.abc import Mapping
+import math
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the project cannot use."""
+
+
+def _schema():
+  from alexnet_jax.configs import paper  # configs/ is installed as this package.
+  return paper.get_config()
+
+
+def _unknown_fields(cfg, schema, prefix=''):
+  """Yields dotted names present in `cfg` but not in `schema`."""
+  for key in cfg.keys():
+    name = f'{prefix}{key}'
+    if key not in schema:
+      yield name, sorted(schema.keys())
+    elif _is_dict(schema[key]):
+      if not _is_dict(cfg[key]):
+        continue  # type errors are reported by the value checks
+      yield from _unknown_fields(cfg[key], schema[key], name + '.')
+
+
+def _is_dict(value):
+  return isinstance(value, (Mapping, ml_collections.ConfigDict))
+
+
+def check_unknown(config):
+  problems = [f'unknown config field {name!r} (fields here: {", ".join(known)})'
+              for name, known in _unknown_fields(config, _schema())]
+  if problems:
+    raise ConfigError('; '.join(problems))
+
+
+def _get(config, dotted):
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node
+
+
+def _one_of(config, dotted, accepted):
+  value = _get(config, dotted)
+  if value not in accepted:
+    raise ConfigError(f'config.{dotted}={value!r} is not accepted; '
+                      f'use one of {", ".join(map(repr, accepted))}')
+  return value
+
+
+def _number(config, dotted, *, low=None, high=None, integer=False,
+            low_open=False):
+  value = _get(config, dotted)
+  kind = 'an integer' if integer else 'a number'
+  ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+  if isinstance(value, bool) or not ok or (not integer and math.isnan(value)):
+    raise ConfigError(f'config.{dotted}={value!r} must be {kind}')
+  if low is not None and (value <= low if low_open else value < low):
+    bound = f'> {low}' if low_open else f'>= {low}'
+    raise ConfigError(f'config.{dotted}={value!r} must be {bound}')
+  if high is not None and value > high:
+    raise ConfigError(f'config.{dotted}={value!r} must be <= {high}')
+  return value
+
+
+def _bool(config, dotted):
+  value = _get(config, dotted)
+  if not isinstance(value, bool):
+    raise ConfigError(f'config.{dotted}={value!r} must be True or False')
+  return value
+
+
+def check_model(config):
+  m = 'model.'
+  variant = _one_of(config, m + 'variant', ('paper', 'torchvision', 'cifar4'))
+  _number(config, m + 'num_classes', low=1, integer=True)
+  towers = _one_of(config, m + 'towers', (1, 2))
+  _one_of(config, m + 'activation', ('relu', 'tanh'))
+  _bool(config, m + 'lrn.enabled')
+  _number(config, m + 'lrn.k', low=0)
+  n = _number(config, m + 'lrn.n', low=1, integer=True)
+  if n % 2 == 0:
+    raise ConfigError(f'config.model.lrn.n={n} must be odd (a window centred '
+                      'on each channel, e.g. 5)')
+  _number(config, m + 'lrn.alpha', low=0)
+  _number(config, m + 'lrn.beta', low=0)
+  _bool(config, m + 'lrn.alpha_over_n')
+  _bool(config, m + 'lrn.across_towers')
+  _number(config, m + 'pool.window', low=1, integer=True)
+  _number(config, m + 'pool.stride', low=1, integer=True)
+  _number(config, m + 'dropout', low=0, high=0.99)
+  _one_of(config, m + 'conv1_padding', ('paper', 'torchvision', 'caffe'))
+  _number(config, m + 'weight_init_std', low=0, low_open=True)
+  _number(config, m + 'bias_init')
+  _number(config, m + 'width_scale', low=0, high=1, low_open=True)
+  _one_of(config, m + 'dtype', ('float32', 'bfloat16'))
+  if variant == 'torchvision' and towers != 1:
+    raise ConfigError('config.model.variant=torchvision has no towers: set '
+                      'config.model.towers=1')
+  if variant == 'cifar4' and towers != 1:
+    raise ConfigError('config.model.variant=cifar4 has no towers: set '
+                      'config.model.towers=1')
+
+
+def check_data(config):
+  d = 'data.'
+  name = _get(config, d + 'name')
+  if not isinstance(name, str) or not name:
+    raise ConfigError(f'config.data.name={name!r} must be a TFDS name (e.g. '
+                      "'imagenet2012:5.*.*', 'cifar10'), 'folder:/path' or "
+                      "'fake'")
+  if name.startswith('folder:') and not name[len('folder:'):]:
+    raise ConfigError("config.data.name='folder:' needs a path: "
+                      "'folder:/path/to/root' with ROOT/SPLIT/CLASS/IMAGE")
+  _one_of(config, d + 'image_size', tuple(range(8, 1025)))
+  _number(config, d + 'resize_size', low=1, integer=True)
+  if _get(config, d + 'resize_size') < _get(config, d + 'image_size'):
+    raise ConfigError(
+        f'config.data.resize_size={_get(config, d + "resize_size")} must be '
+        f'>= config.data.image_size={_get(config, d + "image_size")}')
+  _one_of(config, d + 'train_crop', ('paper', 'inception'))
+  _bool(config, d + 'flip')
+  _number(config, d + 'lighting.std', low=0)
+  _one_of(config, d + 'lighting.scale', ('lambda', 'sqrt_lambda'))
+  norm = _one_of(config, d + 'normalization', ('channel', 'image'))
+  if norm == 'image' and not _get(config, d + 'mean_image'):
+    raise ConfigError("config.data.normalization='image' needs "
+                      'config.data.mean_image=FILE.npy (make one with '
+                      '`python -m alexnet_jax.data_stats`)')
+  _one_of(config, d + 'eval_crops', (1, 10))
+  _number(config, d + 'shuffle_buffer', low=1, integer=True)
+  _bool(config, d + 'cache')
+  _number(config, d + 'prefetch', low=0, integer=True)
+
+
+def check_parallel(config):
+  p = 'parallel.'
+  mesh = _get(config, p + 'mesh')
+  if set(mesh.keys()) != {'data', 'model'}:
+    raise ConfigError(f'config.parallel.mesh has axes {sorted(mesh.keys())}; '
+                      "it takes exactly 'data' and 'model'")
+  data = _number(config, p + 'mesh.data', low=-1, integer=True)
+  if data == 0:
+    raise ConfigError('config.parallel.mesh.data=0 is not accepted; use a '
+                      'positive device count or -1 (all remaining devices)')
+  model = _one_of(config, p + 'mesh.model', (1, 2))
+  mode = _one_of(config, p + 'data_parallel', ('jit', 'pmap'))
+  if mode == 'pmap' and model != 1:
+    raise ConfigError('config.parallel.data_parallel=pmap cannot split the '
+                      'towers: use config.parallel.mesh.model=1 with pmap, or '
+                      "data_parallel='jit' for model parallelism")
+  if model == 2 and _get(config, 'model.towers') != 2:
+    raise ConfigError('config.parallel.mesh.model=2 puts one tower on each '
+                      'device and needs config.model.towers=2 (got '
+                      f'{_get(config, "model.towers")})')
+  _number(config, p + 'cpu_devices', low=0, integer=True)
+  _number(config, p + 'num_processes', low=1, integer=True)
+  _number(config, p + 'process_id', low=0, integer=True)
+  batch = _number(config, 'optim.batch_size', low=1, integer=True)
+  if data > 0 and batch % data:
+    raise ConfigError(f'config.optim.batch_size={batch} is not divisible by '
+                      f'config.parallel.mesh.data={data}: use a multiple of '
+                      f'{data}')
+
+
+def check_optim(config):
+  o = 'optim.'
+  _number(config, o + 'batch_size', low=1, integer=True)
+  _number(config, o + 'lr', low=0)
+  _number(config, o + 'momentum', low=0, high=1)
+  _number(config, o + 'weight_decay', low=0)
+  _bool(config, o + 'decay_biases')
+  _number(config, o + 'bias_lr_mult', low=0)
+  _one_of(config, o + 'schedule', ('plateau', 'step', 'cosine', 'constant'))
+  _number(config, o + 'plateau.factor', low=0, high=1, low_open=True)
+  _number(config, o + 'plateau.patience', low=0, integer=True)
+  _number(config, o + 'plateau.max_drops', low=0, integer=True)
+  _number(config, o + 'plateau.min_delta', low=0)
+  _number(config, o + 'warmup_epochs', low=0)
+  _number(config, o + 'num_epochs', low=0, low_open=True)
+
+
+def check_train(config):
+  t = 'train.'
+  _number(config, t + 'seed', low=0, integer=True)
+  steps = _number(config, t + 'num_train_steps', low=-1, integer=True)
+  if steps == 0:
+    raise ConfigError('config.train.num_train_steps=0: use a positive step '
+                      'count, or -1 to derive it from config.optim.num_epochs')
+  _number(config, t + 'num_train_examples', low=-1, integer=True)
+  for field in ('log_every_steps', 'eval_every_steps',
+                'checkpoint_every_steps', 'keep_checkpoints'):
+    _number(config, t + field, low=1, integer=True)
+  _number(config, t + 'max_eval_batches', low=-1, integer=True)
+  _bool(config, t + 'profile')
+
+
+def validate(config: ml_collections.ConfigDict):
+  """Raises ConfigError naming the first bad field; returns the config."""
+  check_unknown(config)
+  for check in (check_model, check_data, check_parallel, check_optim,
+                check_train):
+    check(config)
+  return config

@@ -1,0 +1,364 @@
+"""AlexNet in Flax Linen: the paper's layer table, its towers and variants.
+
+Parameters of tower layers carry a leading tower axis (conv2's kernel is
+f32[T, 5, 5, 48, 128] in the paper model), so parallel.py can hand tower t
+to device t by sharding that axis, without renaming anything. On one device
+the towers run as separate convolutions, one per tower: XLA:CPU's backward
+pass of a grouped convolution (`feature_group_count=2`) is about 4x slower.
+
+Inside `jax.shard_map` the same module runs with `tower_axis='model'`: it then
+holds one tower (its parameters' tower axis has size 1) and joins the towers
+with collectives exactly where the paper's GPUs talked: before conv3, fc6,
+fc7 and fc8 (and to assemble fc8's logits). Nothing here knows about devices.
+
+Layer table (paper model, 224x224 input, per tower in brackets):
+
+    conv1  96 (48)  11x11/4  -> 55x55  ReLU, LRN, max-pool 3/2 -> 27x27
+    conv2 256 (128)  5x5     -> 27x27  own tower;  ReLU, LRN, pool -> 13x13
+    conv3 384 (192)  3x3     -> 13x13  reads BOTH towers; ReLU
+    conv4 384 (192)  3x3     -> 13x13  own tower;  ReLU
+    conv5 256 (128)  3x3     -> 13x13  own tower;  ReLU, pool -> 6x6
+    fc6  4096 (2048)         reads both towers; ReLU, dropout 0.5
+    fc7  4096 (2048)         reads both towers; ReLU, dropout 0.5
+    fc8  num_classes         reads both towers (columns split by tower)
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from alexnet_jax import lrn as lrn_lib
+
+Array = jnp.ndarray
+
+# Total kernels of conv1..conv5, fc6, fc7 for each variant.
+PAPER_WIDTHS = (96, 256, 384, 384, 256, 4096, 4096)
+TORCHVISION_WIDTHS = (64, 192, 384, 256, 256, 4096, 4096)
+CIFAR4_WIDTHS = (32, 32, 64)
+
+# conv1's padding by source; each gives 55x55 from its input size.
+CONV1_PADDING = {
+    'paper': ((0, 3), (0, 3)),      # 224: Krizhevsky's code rounds up
+    'torchvision': ((2, 2), (2, 2)),  # 224
+    'caffe': 'VALID',               # 227
+}
+
+
+def widths_for(variant: str, towers: int, width_scale: float = 1.0):
+  """Total widths of the layers; towers=1 is the paper's one-GPU control.
+
+  The paper's control (section 3.2) halves the kernels of conv1-conv4 only:
+  conv5 and the fully connected layers keep their widths.
+  """
+  if variant == 'paper':
+    widths = list(PAPER_WIDTHS)
+    if towers == 1:
+      widths[:4] = [w // 2 for w in widths[:4]]
+  elif variant == 'torchvision':
+    widths = list(TORCHVISION_WIDTHS)
+  elif variant == 'cifar4':
+    widths = list(CIFAR4_WIDTHS)
+  else:
+    raise ValueError(f'model variant {variant!r} is not one of paper, '
+                     'torchvision, cifar4')
+  # Scaled widths stay divisible by the tower count.
+  return tuple(max(towers, round(w * width_scale / towers) * towers)
+               for w in widths)
+
+
+def _normal(std):
+  return nn.initializers.normal(stddev=std)
+
+
+class TowerConv(nn.Module):
+  """One convolution per tower: kernel f32[T, kh, kw, cin, cout_per_tower]."""
+  towers: int            # towers held here (1 inside shard_map)
+  features: int          # output channels per tower
+  kernel_size: int
+  stride: int = 1
+  padding: Any = 'SAME'
+  kernel_std: float = 0.01
+  bias_init: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, xs: Sequence[Array]) -> list[Array]:
+    """xs: one input per tower (or one input shared by every tower)."""
+    cin = xs[0].shape[-1]
+    kh = kw = self.kernel_size
+    kernel = self.param('kernel', _normal(self.kernel_std),
+                        (self.towers, kh, kw, cin, self.features))
+    bias = self.param('bias', nn.initializers.constant(self.bias_init),
+                      (self.towers, self.features))
+    if len(xs) == 1:
+      xs = list(xs) * self.towers
+    pad = self.padding
+    if not isinstance(pad, str):
+      pad = tuple(tuple(p) for p in pad)
+    outs = []
+    for t in range(self.towers):
+      y = jax.lax.conv_general_dilated(
+          xs[t].astype(self.dtype), kernel[t].astype(self.dtype),
+          window_strides=(self.stride, self.stride), padding=pad,
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      outs.append(y + bias[t].astype(self.dtype))
+    return outs
+
+
+class TowerDense(nn.Module):
+  """One dense layer per tower: kernel f32[T, din, dout_per_tower]."""
+  towers: int
+  features: int
+  kernel_std: float = 0.01
+  bias_init: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> list[Array]:
+    """x: [B, din], read by every tower (fully connected layers see all)."""
+    kernel = self.param('kernel', _normal(self.kernel_std),
+                        (self.towers, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.constant(self.bias_init),
+                      (self.towers, self.features))
+    x = x.astype(self.dtype)
+    return [x @ kernel[t].astype(self.dtype) + bias[t].astype(self.dtype)
+            for t in range(self.towers)]
+
+
+def adaptive_avg_pool(x: Array, size: int) -> Array:
+  """torch.nn.AdaptiveAvgPool2d((size, size)) for x: [B, H, W, C]."""
+  _, h, w, _ = x.shape
+  if (h, w) == (size, size):
+    return x
+
+  def pool_axis(x, axis, n):
+    # torch's bins: [floor(i*n/size), ceil((i+1)*n/size)).
+    parts = []
+    for i in range(size):
+      start, end = (i * n) // size, -((-(i + 1) * n) // size)
+      parts.append(jax.lax.slice_in_dim(x, start, end, axis=axis).mean(
+          axis=axis, keepdims=True))
+    return jnp.concatenate(parts, axis=axis)
+
+  return pool_axis(pool_axis(x, 1, h), 2, w)
+
+
+class AlexNet(nn.Module):
+  """The paper's AlexNet (variant='paper') or torchvision's (='torchvision').
+
+  Attributes mirror `config.model` (see configs/paper.py). `tower_axis` is
+  set only by parallel.py, inside `jax.shard_map` over that mesh axis.
+  """
+  variant: str = 'paper'
+  num_classes: int = 1000
+  towers: int = 2
+  activation: str = 'relu'
+  lrn: bool = True
+  lrn_k: float = 2.0
+  lrn_n: int = 5
+  lrn_alpha: float = 1e-4
+  lrn_beta: float = 0.75
+  lrn_alpha_over_n: bool = False
+  lrn_across_towers: bool = False
+  pool_window: int = 3
+  pool_stride: int = 2
+  dropout: float = 0.5
+  conv1_padding: str = 'paper'      # a key of CONV1_PADDING
+  weight_init_std: float = 0.01
+  bias_init: float = 1.0
+  width_scale: float = 1.0
+  dtype: Any = jnp.float32
+  tower_axis: str | None = None
+
+  @property
+  def local_towers(self) -> int:
+    return 1 if self.tower_axis else self.towers
+
+  def _tower_index(self, t: int):
+    """The global index of local tower t (a traced value under shard_map)."""
+    if self.tower_axis is None:
+      return t
+    return jax.lax.axis_index(self.tower_axis) + t
+
+  def _all_towers(self, hs: list[Array]) -> Array:
+    """Concatenates every tower's channels: where the paper's GPUs talked."""
+    if self.tower_axis is None:
+      return hs[0] if len(hs) == 1 else jnp.concatenate(hs, axis=-1)
+    (h,) = hs
+    return jax.lax.all_gather(h, self.tower_axis, axis=h.ndim - 1, tiled=True)
+
+  def _act(self, hs):
+    fn = nn.relu if self.activation == 'relu' else jnp.tanh
+    return [fn(h) for h in hs]
+
+  def _pool(self, hs):
+    w, s = self.pool_window, self.pool_stride
+    return [nn.max_pool(h, (w, w), (s, s)) for h in hs]
+
+  def _lrn(self, hs):
+    if not self.lrn:
+      return hs
+    norm = lambda h: lrn_lib.lrn(
+        h, k=self.lrn_k, n=self.lrn_n, alpha=self.lrn_alpha,
+        beta=self.lrn_beta, alpha_over_n=self.lrn_alpha_over_n)
+    if not self.lrn_across_towers or self.towers == 1:
+      return [norm(h) for h in hs]   # windows confined to a tower (paper)
+    if self.tower_axis is not None:
+      raise ValueError(
+          'model.lrn.across_towers=True (Caffe-imported weights) lets LRN '
+          'windows cross the tower boundary, which model parallelism does not '
+          'support: run it with parallel.mesh.model=1')
+    # Caffe: one window over all channels, then split back into towers.
+    split = [h.shape[-1] for h in hs]
+    full = norm(jnp.concatenate(hs, axis=-1))
+    return jnp.split(full, [sum(split[:i + 1]) for i in range(len(split) - 1)],
+                     axis=-1)
+
+  def _dropout(self, hs, train):
+    if not train or self.dropout == 0:
+      return hs
+    rng = self.make_rng('dropout')
+    keep = 1.0 - self.dropout
+    out = []
+    for t, h in enumerate(hs):
+      # A key per global tower: the same mask on one device or on two.
+      mask = jax.random.bernoulli(
+          jax.random.fold_in(rng, self._tower_index(t)), keep, h.shape)
+      out.append(jnp.where(mask, h / keep, 0).astype(h.dtype))
+    return out
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    """x: f32[B, H, W, 3], normalised. Returns logits f32[B, num_classes]."""
+    if self.variant not in ('paper', 'torchvision'):
+      raise ValueError(f'AlexNet variant must be paper or torchvision, got '
+                       f'{self.variant!r} (cifar4 is the Cifar4 module)')
+    w1, w2, w3, w4, w5, w6, w7 = widths_for(self.variant, self.towers,
+                                            self.width_scale)
+    T, L = self.towers, self.local_towers
+    dtype = jnp.dtype(self.dtype)
+    paper = self.variant == 'paper'
+    one = self.bias_init if paper else 0.0  # the paper's "biases of 1"
+    layer = dict(kernel_std=self.weight_init_std, dtype=dtype)
+
+    # x: [B, 224, 224, 3], read whole by every tower.
+    h = TowerConv(L, w1 // T, 11, 4, CONV1_PADDING[self.conv1_padding],
+                  name='conv1',
+                  **layer)([x])                      # [B, 55, 55, 48] / tower
+    h = self._act(h)
+    if paper:
+      h = self._lrn(h)
+    h = self._pool(h)                                # [B, 27, 27, 48]
+    h = TowerConv(L, w2 // T, 5, 1, ((2, 2), (2, 2)), bias_init=one,
+                  name='conv2', **layer)(h)          # [B, 27, 27, 128]
+    h = self._act(h)
+    if paper:
+      h = self._lrn(h)
+    h = self._pool(h)                                # [B, 13, 13, 128]
+    both = self._all_towers(h)                       # [B, 13, 13, 256]
+    h = TowerConv(L, w3 // T, 3, 1, ((1, 1), (1, 1)), name='conv3',
+                  **layer)([both])                   # [B, 13, 13, 192]
+    h = self._act(h)
+    h = TowerConv(L, w4 // T, 3, 1, ((1, 1), (1, 1)), bias_init=one,
+                  name='conv4', **layer)(h)          # [B, 13, 13, 192]
+    h = self._act(h)
+    h = TowerConv(L, w5 // T, 3, 1, ((1, 1), (1, 1)), bias_init=one,
+                  name='conv5', **layer)(h)          # [B, 13, 13, 128]
+    h = self._act(h)
+    h = self._pool(h)                                # [B, 6, 6, 128]
+    if not paper:
+      h = [adaptive_avg_pool(t, 6) for t in h]
+    # Flattened in (H, W, C) order, C = [tower 0's channels, tower 1's].
+    flat = self._all_towers(h)
+    flat = flat.reshape(flat.shape[0], -1)           # [B, 9216]
+    if not paper:                                    # torchvision: dropout
+      (flat,) = self._dropout([flat], train)         # before fc6 and fc7
+    h = TowerDense(L, w6 // T, bias_init=one, name='fc6', **layer)(flat)
+    h = self._act(h)                                 # [B, 2048] / tower
+    if paper:
+      h = self._dropout(h, train)
+    full = self._all_towers(h)                       # [B, 4096]
+    if not paper:
+      (full,) = self._dropout([full], train)
+    h = TowerDense(L, w7 // T, bias_init=one, name='fc7', **layer)(full)
+    h = self._act(h)
+    if paper:
+      h = self._dropout(h, train)
+    full = self._all_towers(h)                       # [B, 4096]
+    # fc8's columns are split by tower only under shard_map; on one device
+    # it is a single [4096, num_classes] layer.
+    out = self.num_classes // T * L if self.tower_axis else self.num_classes
+    logits = nn.Dense(out, kernel_init=_normal(self.weight_init_std),
+                      bias_init=nn.initializers.zeros, dtype=dtype,
+                      name='fc8')(full)
+    if self.tower_axis:
+      logits = self._all_towers([logits])            # [B, num_classes]
+    return logits.astype(jnp.float32)
+
+
+class Cifar4(nn.Module):
+  """The paper's Figure 1 network: cuda-convnet's CIFAR-10 layers-18pct.
+
+  Three 5x5 convolutions (32, 32, 64 kernels, pad 2), each followed by the
+  activation and a 3/2 pool (max after conv1, average after conv2 and
+  conv3), then a fully connected layer to the classes. cuda-convnet's
+  within-channel `rnorm` layers are left out (the paper trained Figure 1's
+  nets without regularisation). Pools are padded so 32 -> 16 -> 8 -> 4, as
+  cuda-convnet's rounding-up does.
+  """
+  num_classes: int = 10
+  activation: str = 'relu'
+  weight_init_std: float = 0.01
+  width_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    del train  # no dropout in this net
+    fn = nn.relu if self.activation == 'relu' else jnp.tanh
+    dtype = jnp.dtype(self.dtype)
+    widths = widths_for('cifar4', 1, self.width_scale)
+    pools = (nn.max_pool, nn.avg_pool, nn.avg_pool)
+    h = x.astype(dtype)
+    for i, (width, pool) in enumerate(zip(widths, pools)):
+      h = nn.Conv(width, (5, 5), padding=((2, 2), (2, 2)), dtype=dtype,
+                  kernel_init=_normal(self.weight_init_std),
+                  name=f'conv{i + 1}')(h)
+      h = pool(fn(h), (3, 3), (2, 2), padding=((0, 1), (0, 1)))
+    h = h.reshape(h.shape[0], -1)
+    h = nn.Dense(self.num_classes, dtype=dtype,
+                 kernel_init=_normal(self.weight_init_std), name='fc')(h)
+    return h.astype(jnp.float32)
+
+
+def from_config(model_config: ml_collections.ConfigDict, **overrides):
+  """The model `config.model` describes (see configs/paper.py)."""
+  m = model_config
+  dtype = jnp.dtype(m.dtype)
+  if m.variant == 'cifar4':
+    kwargs = dict(num_classes=m.num_classes, activation=m.activation,
+                  weight_init_std=m.weight_init_std,
+                  width_scale=m.width_scale, dtype=dtype)
+    kwargs.update(overrides)
+    return Cifar4(**kwargs)
+  kwargs = dict(
+      variant=m.variant, num_classes=m.num_classes, towers=m.towers,
+      activation=m.activation, lrn=m.lrn.enabled, lrn_k=m.lrn.k,
+      lrn_n=m.lrn.n, lrn_alpha=m.lrn.alpha, lrn_beta=m.lrn.beta,
+      lrn_alpha_over_n=m.lrn.alpha_over_n,
+      lrn_across_towers=m.lrn.across_towers, pool_window=m.pool.window,
+      pool_stride=m.pool.stride, dropout=m.dropout,
+      conv1_padding=m.conv1_padding,
+      weight_init_std=m.weight_init_std, bias_init=m.bias_init,
+      width_scale=m.width_scale, dtype=dtype)
+  kwargs.update(overrides)
+  return AlexNet(**kwargs)
+
+
+def init(model: nn.Module, rng: jax.Array, image_size: int):
+  """Initial variables for `model` at image_size x image_size inputs."""
+  x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  return jax.jit(lambda r: model.init({'params': r}, x, train=False))(rng)

@@ -1,0 +1,118 @@
+"""The paper's recipe: AlexNet on ImageNet (ILSVRC-2012), Krizhevsky et al. 2012.
+
+Command (after `pip install -r requirements.txt -e .` and preparing ImageNet as
+the README's "ImageNet" section says):
+
+    python -m alexnet_jax.main --config=configs/paper.py --workdir=/tmp/alexnet
+
+Hardware: the paper trained for 5-6 days on two GTX 580 GPUs (~230 img/s).
+Expect roughly a day on one modern GPU (~2-3k img/s), about three weeks on 8
+TPU-v2 cores; on a 2-core CPU (about 25 img/s) it would take about 18 months:
+use configs/cifar10.py there.
+
+Expected result (the paper, one CNN, 10-crop testing, ILSVRC-2012 val):
+40.7% top-1 / 18.2% top-5 error. Centre-crop testing (`data.eval_crops=1`)
+is about 1.5 points worse (the paper's ILSVRC-2010 figures: 39.0/18.3 vs
+37.5/17.0).
+
+Every other config imports this one and overrides a few fields, so this file
+is also the schema: a field that is not here does not exist (overrides of
+unknown fields fail, and `config_checks.validate` rejects them in saved
+configs).
+"""
+
+import ml_collections
+
+IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
+# Columns are the eigenvectors (PAPER.md), stored row-major as a 3x3 tuple.
+IMAGENET_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+
+  c.model = m = ml_collections.ConfigDict()
+  m.variant = 'paper'          # 'paper' | 'torchvision' | 'cifar4'
+  m.num_classes = 1000
+  m.towers = 2                 # 2 = the paper's two GPUs; 1 = its one-GPU
+                               # control (half the kernels in conv1-conv4)
+  m.activation = 'relu'        # 'relu' | 'tanh'
+  m.lrn = ml_collections.ConfigDict(dict(
+      enabled=True, k=2.0, n=5, alpha=1e-4, beta=0.75,
+      alpha_over_n=False,      # False: the paper (alpha on the sum);
+                               # True: Caffe / PyTorch / cuda-convnet2
+      across_towers=False))    # True: Caffe's windows over all channels
+  m.pool = ml_collections.ConfigDict(dict(window=3, stride=2))
+  m.dropout = 0.5
+  # 'paper': pad 0 before and 3 after (Krizhevsky's code rounds conv1's
+  # output up); 'torchvision': 2 and 2; 'caffe': none, for 227x227 input.
+  # All three give 55x55 (see model.CONV1_PADDING).
+  m.conv1_padding = 'paper'
+  m.weight_init_std = 0.01
+  m.bias_init = 1.0            # conv2, conv4, conv5, fc6, fc7 (Caffe: 0.1)
+  m.width_scale = 1.0          # < 1 for tiny test and CPU models
+  m.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16'
+
+  c.data = d = ml_collections.ConfigDict()
+  d.name = 'imagenet2012:5.*.*'  # TFDS name | 'folder:/path' | 'fake'
+  d.data_dir = ''              # TFDS data_dir ('' = TFDS default)
+  d.manual_dir = ''            # where the ImageNet archives are ('' = TFDS's)
+  d.train_split = 'train'
+  d.eval_split = 'validation'
+  d.test_split = ''            # optional split reported after training
+  d.image_size = 224           # 224 (paper, torchvision) or 227 (Caffe)
+  d.resize_size = 256
+  d.train_crop = 'paper'       # 'paper' | 'inception' (torchvision's recipe)
+  d.flip = True
+  d.lighting = ml_collections.ConfigDict(dict(
+      std=0.1,                 # 0 turns PCA colour augmentation off
+      scale='lambda',          # 'lambda' (paper) | 'sqrt_lambda' (cuda-convnet)
+      eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC))
+  # Mean subtraction: per-channel mean/std on [0, 1] pixels, or 'image' to
+  # subtract the per-pixel mean image in `mean_image` (the paper).
+  d.normalization = 'channel'  # 'channel' | 'image'
+  d.mean = (0.485, 0.456, 0.406)
+  d.std = (1.0, 1.0, 1.0)      # the paper subtracts the mean only
+  d.mean_image = ''            # .npy file from `python -m alexnet_jax.data_stats`
+  d.eval_crops = 1             # 1 (centre) | 10 (the paper's test procedure)
+  d.shuffle_buffer = 16384
+  d.cache = False
+  d.prefetch = 2
+
+  c.parallel = p = ml_collections.ConfigDict()
+  p.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+  p.data_parallel = 'jit'      # 'jit' (NamedSharding) | 'pmap' (classic path)
+  p.cpu_devices = 0            # N > 0: simulate N CPU devices
+  p.coordinator_address = ''   # multi-host; '' = single process or auto-detect
+  p.num_processes = 1
+  p.process_id = 0
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.batch_size = 128           # global
+  o.lr = 0.01
+  o.momentum = 0.9
+  o.weight_decay = 5e-4
+  o.decay_biases = True        # the paper decays every weight; Caffe: False
+  o.bias_lr_mult = 1.0         # Caffe: 2.0
+  o.schedule = 'plateau'       # 'plateau' | 'step' | 'cosine' | 'constant'
+  o.plateau = ml_collections.ConfigDict(dict(
+      factor=0.1, patience=2, max_drops=3, min_delta=1e-3))
+  o.step_epochs = (30, 60, 80)  # 'step': drop by 10 at these epochs
+  o.warmup_epochs = 0.0         # 'cosine'
+  o.num_epochs = 90.0
+
+  c.train = t = ml_collections.ConfigDict()
+  t.seed = 0
+  t.num_train_steps = -1       # -1: from optim.num_epochs
+  t.num_train_examples = -1    # -1: from the dataset (needed for epochs)
+  t.log_every_steps = 100
+  t.eval_every_steps = 10000   # also the plateau schedule's period
+  t.checkpoint_every_steps = 5000
+  t.keep_checkpoints = 3
+  t.max_eval_batches = -1      # -1: the whole eval split
+  t.profile = False
+  return c
