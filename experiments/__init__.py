@@ -1,0 +1,1 @@
+"""Experiments: ablation sweeps, the paper's CIFAR-10 figures, the demo."""

@@ -1,0 +1,253 @@
+"""Collects a sweep's metrics: a CSV, a markdown table and comparison plots.
+
+Reads the JSONL metrics file the trainer writes in each workdir (one JSON
+object per line: `step` plus scalars such as `train_top1_error`,
+`val_top1_error`), copies it into the results directory, and summarises each
+run. Every output names the command, machine and date that made it.
+"""
+
+import csv
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments import runner  # noqa: E402
+from experiments import sweeps as sweeps_lib  # noqa: E402
+
+METRICS_FILE = 'metrics.jsonl'   # the trainer's JSONL, in its workdir
+RESULTS_ROOT = sweeps_lib.REPO / 'experiments' / 'results'
+TRAIN_ERROR = 'train_top1_error'
+VAL_ERROR = 'val_top1_error'
+TEST_ERROR = 'test_top1_error'
+
+
+def read_jsonl(path) -> list[dict]:
+  """Rows of a JSONL file, tolerating lines torn by a killed writer.
+
+  A writer killed mid-line leaves a fragment that the resumed writer's next
+  row is appended to: the fragment is dropped and the row recovered.
+  """
+  rows = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        row = _parse_row(line)
+        if row is not None:
+          rows.append(row)
+  return rows
+
+
+def _parse_row(line):
+  start = 0
+  while start != -1:
+    try:
+      row = json.loads(line[start:])
+      return row if isinstance(row, dict) else None
+    except ValueError:
+      start = line.find('{', start + 1)
+  return None
+
+
+def read_metrics(workdir) -> list[dict]:
+  """The trainer's metric rows in step order, de-duplicated by (step, key).
+
+  A resumed run logs again from its last checkpoint: for each step the last
+  value written wins.
+  """
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if not path.is_file():
+    return []
+  by_step: dict[int, dict] = {}
+  for row in read_jsonl(path):
+    if 'step' not in row:
+      continue
+    by_step.setdefault(int(row['step']), {}).update(row)
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def series(rows, key, x='epoch'):
+  """(xs, ys) of `key` over rows that have it; x is 'epoch' or 'step'."""
+  pts = [(r[x], r[key]) for r in rows
+         if key in r and x in r and r[key] is not None]
+  return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def add_epochs(rows, steps_per_epoch):
+  """Adds `epoch` = step / steps_per_epoch to rows that lack it."""
+  for r in rows:
+    if 'epoch' not in r and steps_per_epoch:
+      r['epoch'] = r['step'] / steps_per_epoch
+  return rows
+
+
+def steps_per_epoch(workdir) -> float | None:
+  """From the run's saved config.json (num_train_examples / batch_size)."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.is_file():
+    return None
+  try:
+    cfg = json.loads(path.read_text())
+    n = cfg['train']['num_train_examples']
+    return n / cfg['optim']['batch_size'] if n and n > 0 else None
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
+def per_epoch_mean(xs, ys):
+  """Averages ys over whole epochs: epoch e covers x in (e-1, e]."""
+  buckets: dict[int, list] = {}
+  for x, y in zip(xs, ys):
+    e = max(1, -int(-x // 1))          # ceil, at least 1
+    buckets.setdefault(e, []).append(y)
+  return {e: sum(v) / len(v) for e, v in sorted(buckets.items())}
+
+
+def epochs_to_reach(epoch_means: dict[int, float], threshold: float):
+  """The first whole epoch whose mean is at or below threshold, or None."""
+  for e, v in sorted(epoch_means.items()):
+    if v <= threshold:
+      return e
+  return None
+
+
+def summarise(run: runner.Run, rows: list[dict]) -> dict:
+  status = runner.read_status(run) or {}
+  last = lambda key: next((r[key] for r in reversed(rows) if key in r), None)
+  vals = [r[VAL_ERROR] for r in rows if VAL_ERROR in r]
+  xs, ys = series(rows, TRAIN_ERROR)
+  train_last_epoch = None
+  if xs:
+    means = per_epoch_mean(xs, ys)
+    train_last_epoch = means[max(means)]
+  return dict(
+      variant=run.variant,
+      status=('finished' if status.get('returncode') == 0 else
+              'failed' if status.get('returncode') not in (None, 0) else
+              'unfinished' if rows or status else 'not started'),
+      steps=rows[-1]['step'] if rows else 0,
+      epochs=round(rows[-1]['epoch'], 2) if rows and 'epoch' in rows[-1]
+      else None,
+      train_top1_error_last_epoch=train_last_epoch,
+      val_top1_error_final=last(VAL_ERROR),
+      val_top1_error_best=min(vals) if vals else None,
+      test_top1_error=last(TEST_ERROR),
+      seconds=status.get('seconds'),
+      overrides=' '.join(f'{k}={runner.format_value(v)}'
+                         for k, v in sorted(run.overrides.items())),
+  )
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in open('/proc/cpuinfo'):
+      if line.startswith('model name'):
+        cpu = line.split(':', 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return f'{os.cpu_count()}-core {cpu}, {platform.system()}, no GPU used'
+
+
+def git_commit() -> str:
+  try:
+    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
+                          cwd=sweeps_lib.REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def provenance(argv) -> dict:
+  return dict(
+      command='python -m ' + ' '.join(argv),
+      machine=machine(),
+      date=datetime.datetime.now().astimezone().isoformat(timespec='minutes'),
+      git_commit=git_commit(), python=sys.version.split()[0])
+
+
+def _fmt(v):
+  if v is None:
+    return '-'
+  if isinstance(v, float):
+    return f'{100 * v:.2f}%' if v <= 1 else f'{v:.1f}'
+  return str(v)
+
+
+def collect(sweep: sweeps_lib.Sweep, dataset: str, runs: list[runner.Run],
+            *, out_dir=None, argv=None) -> pathlib.Path:
+  """Writes results/<sweep>-<dataset>/: summary.csv, table.md, curves.png,
+  logs/<variant>.jsonl and provenance.json. Returns the directory."""
+  out = pathlib.Path(out_dir or RESULTS_ROOT / f'{sweep.name}-{dataset}')
+  (out / 'logs').mkdir(parents=True, exist_ok=True)
+  prov = provenance(argv or ['experiments.sweep'] + sys.argv[1:])
+  summaries, curves = [], {}
+  for run in runs:
+    rows = add_epochs(read_metrics(run.workdir),
+                      steps_per_epoch(run.workdir))
+    curves[run.variant] = rows
+    summaries.append(summarise(run, rows))
+    src = run.workdir / METRICS_FILE
+    if src.is_file():
+      shutil.copyfile(src, out / 'logs' / f'{run.variant}.jsonl')
+  (out / 'provenance.json').write_text(json.dumps(prov, indent=1) + '\n')
+  fields = list(summaries[0]) if summaries else ['variant']
+  with open(out / 'summary.csv', 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=fields)
+    w.writeheader()
+    w.writerows(summaries)
+  _write_table(out / 'table.md', sweep, dataset, summaries, prov)
+  plot_curves(curves, out / 'curves.png',
+              title=f'{sweep.name} on {dataset}: {sweep.question}')
+  return out
+
+
+def _write_table(path, sweep, dataset, summaries, prov):
+  cols = ['variant', 'status', 'epochs', 'train_top1_error_last_epoch',
+          'val_top1_error_final', 'val_top1_error_best', 'test_top1_error',
+          'seconds']
+  lines = [f'# Sweep `{sweep.name}` on {dataset}', '',
+           f'{sweep.question}. The paper: {sweep.paper}.', '',
+           '| ' + ' | '.join(cols) + ' |',
+           '|' + '---|' * len(cols)]
+  for s in summaries:
+    lines.append('| ' + ' | '.join(_fmt(s[c]) for c in cols) + ' |')
+  lines += ['', 'Overrides of each variant:', '']
+  lines += [f'- `{s["variant"]}`: `{s["overrides"]}`' for s in summaries]
+  lines += ['', f'Command: `{prov["command"]}`  ',
+            f'Machine: {prov["machine"]}  ',
+            f'Date: {prov["date"]}, git {prov["git_commit"]}', '']
+  path.write_text('\n'.join(lines))
+
+
+def plot_curves(curves: dict[str, list[dict]], path, *, title=''):
+  """Training and validation top-1 error of each variant against epochs."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for variant, rows in curves.items():
+    x = 'epoch' if rows and all('epoch' in r for r in rows) else 'step'
+    for ax, key in zip(axes, (TRAIN_ERROR, VAL_ERROR)):
+      xs, ys = series(rows, key, x)
+      if xs:
+        ax.plot(xs, [100 * y for y in ys], label=variant,
+                marker='.' if key == VAL_ERROR else None)
+      ax.set_xlabel(x + 's')
+  for ax, name in zip(axes, ('training', 'validation')):
+    ax.set_ylabel(f'{name} top-1 error (%)')
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend()
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,192 @@
+"""The sweep runner and collector, against a fake trainer (fast).
+
+The fake trainer (written into tmp_path) behaves like alexnet_jax.main as the
+runner sees it: it takes --config/--workdir/--config.x=y, resumes from a
+state file in the workdir, appends to metrics.jsonl, writes config.json, can
+be made to crash part-way, and exits cleanly on SIGTERM.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from experiments import collect
+from experiments import runner
+from experiments import sweep as sweep_cli
+from experiments import sweeps as sweeps_lib
+
+FAKE_MAIN = textwrap.dedent('''
+    import json, os, pathlib, signal, sys, time
+    args = dict(a.lstrip('-').split('=', 1) for a in sys.argv[1:])
+    wd = pathlib.Path(args['workdir'])
+    wd.mkdir(parents=True, exist_ok=True)
+    with open(wd / 'invocations', 'a') as f:
+      f.write(' '.join(sys.argv[1:]) + '\\n')
+    act = args.get('config.model.activation', 'relu')
+    steps = int(float(args.get('config.optim.num_epochs', '3')) * 4)
+    state = wd / 'state.json'
+    start = json.loads(state.read_text())['step'] if state.exists() else 0
+    (wd / 'config.json').write_text(json.dumps(
+        {'train': {'num_train_examples': 512}, 'optim': {'batch_size': 128}}))
+    crash = int(os.environ.get('FAKE_CRASH_AT', '0'))
+    def term(*_):
+      (wd / 'got_sigterm').write_text('yes')
+      sys.exit(0)
+    signal.signal(signal.SIGTERM, term)
+    if os.environ.get('FAKE_SLEEP'):
+      (wd / 'started').write_text('yes')
+      time.sleep(60)
+    with open(wd / 'metrics.jsonl', 'a') as f:
+      for step in range(start + 1, steps + 1):
+        err = (0.9 if act == 'tanh' else 0.8) / step
+        f.write(json.dumps({'step': step, 'train_top1_error': err}) + '\\n')
+        if step % 4 == 0:
+          f.write(json.dumps({'step': step, 'val_top1_error': err + 0.1})
+                  + '\\n')
+        f.flush()
+        state.write_text(json.dumps({'step': step}))
+        if crash and step == crash and start == 0:
+          f.write('{"step": 99, "train_to')  # a torn last line
+          sys.exit(3)
+''')
+
+
+@pytest.fixture
+def fake(tmp_path):
+  (tmp_path / 'fake_main.py').write_text(FAKE_MAIN)
+  env = {'PYTHONPATH': f'{tmp_path}{os.pathsep}{sweeps_lib.REPO}'}
+  return tmp_path, env
+
+
+def _sweep():
+  return sweeps_lib.Sweep(
+      'toy', 'relu vs tanh', 'six times faster',
+      {'relu': {'model.activation': 'relu', 'model.lrn.enabled': False},
+       'tanh': {'model.activation': 'tanh', 'model.lrn.enabled': False}},
+      datasets=('cifar10',))
+
+
+def test_plan_and_command(tmp_path):
+  runs = runner.plan(_sweep(), 'cifar10', root=tmp_path,
+                     extra={'optim.num_epochs': 2, 'data.mean': (0.5, 0.5)})
+  assert [r.variant for r in runs] == ['relu', 'tanh']
+  assert runs[1].workdir == tmp_path / 'toy' / 'cifar10' / 'tanh'
+  cmd = runner.command(runs[1])
+  assert cmd[1:4] == ['-m', 'alexnet_jax.main', '--config=configs/cifar10.py']
+  assert '--config.model.activation=tanh' in cmd
+  assert '--config.model.lrn.enabled=False' in cmd
+  assert '--config.data.mean=(0.5, 0.5)' in cmd
+  assert '--config.optim.num_epochs=2' in cmd
+  with pytest.raises(ValueError, match='no variant sigmoid'):
+    runner.plan(_sweep(), 'cifar10', only=['sigmoid'])
+  with pytest.raises(ValueError, match="runs on cifar10, not 'imagenet'"):
+    runner.plan(_sweep(), 'imagenet')
+  assert sweep_cli.parse_set(['--config.optim.lr=0.1', 'model.towers=1']) == {
+      'optim.lr': '0.1', 'model.towers': '1'}
+
+
+def test_every_ablation_has_two_variants_on_both_datasets():
+  for name in ('activation', 'lrn', 'pooling', 'towers', 'lighting',
+               'dropout'):
+    s = sweeps_lib.get(name)
+    assert len(s.variants) == 2 and set(s.datasets) == {'cifar10', 'imagenet'}
+    assert runner.plan(s, 'imagenet')[0].config == 'configs/paper.py'
+  with pytest.raises(KeyError, match='no sweep named'):
+    sweeps_lib.get('nope')
+
+
+def test_runs_in_parallel_skips_finished_and_collects(fake, tmp_path):
+  root, env = fake
+  runs = runner.plan(_sweep(), 'cifar10', root=root / 'runs',
+                     extra={'optim.num_epochs': 3})
+  logs = []
+  rc = runner.run_all(runs, jobs=2, main_module='fake_main', env=env,
+                      log=logs.append, poll_seconds=0.05)
+  assert rc == {'toy/cifar10/relu': 0, 'toy/cifar10/tanh': 0}
+  assert all(runner.is_finished(r) for r in runs)
+  # A second call skips both: the fake trainer is not invoked again.
+  runner.run_all(runs, jobs=2, main_module='fake_main', env=env,
+                 log=logs.append, poll_seconds=0.05)
+  for r in runs:
+    assert len((r.workdir / 'invocations').read_text().splitlines()) == 1
+  assert sum('skipped' in m for m in logs) == 2
+
+  out = collect.collect(_sweep(), 'cifar10', runs, out_dir=tmp_path / 'res',
+                        argv=['experiments.sweep', 'toy'])
+  rows = list(csv.DictReader(open(out / 'summary.csv')))
+  assert [r['variant'] for r in rows] == ['relu', 'tanh']
+  assert rows[0]['status'] == 'finished' and rows[0]['steps'] == '12'
+  # 4 steps per epoch (512 / 128): epoch 3 = steps 9..12.
+  want = sum(0.9 / s for s in range(9, 13)) / 4
+  assert float(rows[1]['train_top1_error_last_epoch']) == pytest.approx(want)
+  assert float(rows[1]['val_top1_error_best']) == pytest.approx(0.9 / 12 + .1)
+  table = (out / 'table.md').read_text()
+  assert 'six times faster' in table and 'Machine:' in table
+  assert 'python -m experiments.sweep toy' in table
+  assert (out / 'curves.png').stat().st_size > 1000
+  assert (out / 'logs' / 'tanh.jsonl').is_file()
+
+
+def test_interrupted_run_resumes(fake):
+  root, env = fake
+  runs = runner.plan(_sweep(), 'cifar10', root=root / 'runs', only=['relu'])
+  rc = runner.run_all(runs, main_module='fake_main',
+                      env=dict(env, FAKE_CRASH_AT='5'), log=lambda m: None,
+                      poll_seconds=0.05)
+  assert rc == {'toy/cifar10/relu': 3}
+  assert not runner.is_finished(runs[0])
+  rows = collect.read_metrics(runs[0].workdir)
+  assert rows[-1]['step'] == 5        # the torn line was dropped
+  rc = runner.run_all(runs, main_module='fake_main', env=env,
+                      log=lambda m: None, poll_seconds=0.05)
+  assert rc == {'toy/cifar10/relu': 0}
+  status = runner.read_status(runs[0])
+  assert status['attempts'] == 2 and status['returncode'] == 0
+  rows = collect.read_metrics(runs[0].workdir)
+  assert [r['step'] for r in rows] == list(range(1, 13))
+  # A workdir made with other overrides is not silently reused.
+  other = runner.plan(_sweep(), 'cifar10', root=root / 'runs', only=['relu'],
+                      extra={'optim.lr': 0.5})
+  status['returncode'] = 1
+  (other[0].workdir / runner.STATUS_FILE).write_text(json.dumps(status))
+  with pytest.raises(RuntimeError, match='other overrides'):
+    runner.run_all(other, main_module='fake_main', env=env,
+                   log=lambda m: None)
+
+
+def test_sigterm_stops_trainers_cleanly(fake):
+  root, env = fake
+  cmd = [sys.executable, '-m', 'experiments.sweep', 'activation',
+         '--main', 'fake_main', '--root', str(root / 'runs'),
+         '--results', str(root / 'res'), '--jobs', '2']
+  proc = subprocess.Popen(cmd, cwd=sweeps_lib.REPO,
+                          env=dict(os.environ, FAKE_SLEEP='1', **env),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  wds = [root / 'runs' / 'activation' / 'cifar10' / v for v in ('relu', 'tanh')]
+  deadline = time.time() + 60
+  while not all((w / 'started').exists() for w in wds):
+    assert time.time() < deadline and proc.poll() is None, proc.stdout.read()
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=60)
+  assert proc.returncode == 130, out
+  assert 'start the sweep again to resume' in out
+  for w in wds:
+    assert (w / 'got_sigterm').read_text() == 'yes'
+  assert (root / 'res' / 'summary.csv').is_file()
+
+
+def test_per_epoch_mean_and_epochs_to_reach():
+  means = collect.per_epoch_mean([0.25, 0.5, 1.0, 1.5, 2.0, 2.5],
+                                 [0.9, 0.7, 0.5, 0.3, 0.2, 0.1])
+  assert means == pytest.approx({1: 0.7, 2: 0.25, 3: 0.1})
+  assert collect.epochs_to_reach(means, 0.25) == 2
+  assert collect.epochs_to_reach(means, 0.05) is None
