@@ -1,9 +1,10 @@
 """Collects a sweep's metrics: a CSV, a markdown table and comparison plots.
 
-Reads the JSONL metrics file the trainer writes in each workdir (one JSON
-object per line: `step` plus scalars such as `train_top1_error`,
-`val_top1_error`), copies it into the results directory, and summarises each
-run. Every output names the command, machine and date that made it.
+Reads the JSONL metrics file the trainer writes in each workdir
+(alexnet_jax.metrics.JsonlWriter: one JSON object per line, `step` plus
+scalars such as `train_top1_error` and `epoch`, or `val_top1_error`), copies
+it into the results directory, and summarises each run. Every output names
+the command, machine and date that made it.
 """
 
 import csv
@@ -24,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from experiments import runner  # noqa: E402
 from experiments import sweeps as sweeps_lib  # noqa: E402
 
-METRICS_FILE = 'metrics.jsonl'   # the trainer's JSONL, in its workdir
+METRICS_FILE = 'metrics.jsonl'   # alexnet_jax.metrics.JSONL_FILE
 RESULTS_ROOT = sweeps_lib.REPO / 'experiments' / 'results'
 TRAIN_ERROR = 'train_top1_error'
 VAL_ERROR = 'val_top1_error'
@@ -70,7 +71,7 @@ def read_metrics(workdir) -> list[dict]:
     return []
   by_step: dict[int, dict] = {}
   for row in read_jsonl(path):
-    if 'step' not in row:
+    if 'step' not in row or 'texts' in row:
       continue
     by_step.setdefault(int(row['step']), {}).update(row)
   return [by_step[s] for s in sorted(by_step)]
@@ -91,17 +92,12 @@ def add_epochs(rows, steps_per_epoch):
   return rows
 
 
-def steps_per_epoch(workdir) -> float | None:
-  """From the run's saved config.json (num_train_examples / batch_size)."""
-  path = pathlib.Path(workdir) / 'config.json'
-  if not path.is_file():
-    return None
-  try:
-    cfg = json.loads(path.read_text())
-    n = cfg['train']['num_train_examples']
-    return n / cfg['optim']['batch_size'] if n and n > 0 else None
-  except (ValueError, KeyError, TypeError):
-    return None
+def steps_per_epoch(rows) -> float | None:
+  """From the trainer's own `epoch` field on its training rows."""
+  for r in rows:
+    if r.get('epoch') and r.get('step'):
+      return r['step'] / r['epoch']
+  return None
 
 
 def per_epoch_mean(xs, ys):
@@ -194,8 +190,8 @@ def collect(sweep: sweeps_lib.Sweep, dataset: str, runs: list[runner.Run],
   prov = provenance(argv or ['experiments.sweep'] + sys.argv[1:])
   summaries, curves = [], {}
   for run in runs:
-    rows = add_epochs(read_metrics(run.workdir),
-                      steps_per_epoch(run.workdir))
+    rows = read_metrics(run.workdir)
+    rows = add_epochs(rows, steps_per_epoch(rows))
     curves[run.variant] = rows
     summaries.append(summarise(run, rows))
     src = run.workdir / METRICS_FILE

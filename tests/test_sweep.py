@@ -2,7 +2,7 @@
 
 The fake trainer (written into tmp_path) behaves like alexnet_jax.main as the
 runner sees it: it takes --config/--workdir/--config.x=y, resumes from a
-state file in the workdir, appends to metrics.jsonl, writes config.json, can
+state file in the workdir, appends to metrics.jsonl (4 steps an epoch), can
 be made to crash part-way, and exits cleanly on SIGTERM.
 """
 
@@ -33,8 +33,6 @@ FAKE_MAIN = textwrap.dedent('''
     steps = int(float(args.get('config.optim.num_epochs', '3')) * 4)
     state = wd / 'state.json'
     start = json.loads(state.read_text())['step'] if state.exists() else 0
-    (wd / 'config.json').write_text(json.dumps(
-        {'train': {'num_train_examples': 512}, 'optim': {'batch_size': 128}}))
     crash = int(os.environ.get('FAKE_CRASH_AT', '0'))
     def term(*_):
       (wd / 'got_sigterm').write_text('yes')
@@ -46,7 +44,8 @@ FAKE_MAIN = textwrap.dedent('''
     with open(wd / 'metrics.jsonl', 'a') as f:
       for step in range(start + 1, steps + 1):
         err = (0.9 if act == 'tanh' else 0.8) / step
-        f.write(json.dumps({'step': step, 'train_top1_error': err}) + '\\n')
+        f.write(json.dumps({'step': step, 'train_top1_error': err,
+                            'epoch': step / 4}) + '\\n')
         if step % 4 == 0:
           f.write(json.dumps({'step': step, 'val_top1_error': err + 0.1})
                   + '\\n')
