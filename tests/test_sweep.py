@@ -18,12 +18,13 @@ import time
 import pytest
 
 from experiments import collect
+from experiments import figure1
 from experiments import runner
 from experiments import sweep as sweep_cli
 from experiments import sweeps as sweeps_lib
 
 FAKE_MAIN = textwrap.dedent('''
-    import json, os, pathlib, signal, sys, time
+    import json, math, os, pathlib, signal, sys, time
     args = dict(a.lstrip('-').split('=', 1) for a in sys.argv[1:])
     wd = pathlib.Path(args['workdir'])
     wd.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,10 @@ FAKE_MAIN = textwrap.dedent('''
       time.sleep(60)
     with open(wd / 'metrics.jsonl', 'a') as f:
       for step in range(start + 1, steps + 1):
-        err = (0.9 if act == 'tanh' else 0.8) / step
+        # Best at lr 0.01; tanh learns 3x slower than relu.
+        lr = float(args.get('config.optim.lr', '0.01'))
+        slow = (3 if act == 'tanh' else 1) * (1 + abs(math.log10(lr) + 2))
+        err = min(0.9, slow / step)
         f.write(json.dumps({'step': step, 'train_top1_error': err,
                             'epoch': step / 4}) + '\\n')
         if step % 4 == 0:
@@ -123,9 +127,9 @@ def test_runs_in_parallel_skips_finished_and_collects(fake, tmp_path):
   assert [r['variant'] for r in rows] == ['relu', 'tanh']
   assert rows[0]['status'] == 'finished' and rows[0]['steps'] == '12'
   # 4 steps per epoch (512 / 128): epoch 3 = steps 9..12.
-  want = sum(0.9 / s for s in range(9, 13)) / 4
+  want = sum(3 / s for s in range(9, 13)) / 4
   assert float(rows[1]['train_top1_error_last_epoch']) == pytest.approx(want)
-  assert float(rows[1]['val_top1_error_best']) == pytest.approx(0.9 / 12 + .1)
+  assert float(rows[1]['val_top1_error_best']) == pytest.approx(3 / 12 + .1)
   table = (out / 'table.md').read_text()
   assert 'six times faster' in table and 'Machine:' in table
   assert 'python -m experiments.sweep toy' in table
@@ -189,3 +193,29 @@ def test_per_epoch_mean_and_epochs_to_reach():
   assert means == pytest.approx({1: 0.7, 2: 0.25, 3: 0.1})
   assert collect.epochs_to_reach(means, 0.25) == 2
   assert collect.epochs_to_reach(means, 0.05) is None
+
+
+def test_figure1_search_train_and_ratio(fake, tmp_path, monkeypatch):
+  root, env = fake
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  monkeypatch.setattr(sweeps_lib, 'FIGURE1_EPOCHS', {'relu': 8, 'tanh': 16})
+  out = tmp_path / 'fig1'
+  rc = figure1.main(['--main', 'fake_main', '--root', str(root / 'runs'),
+                     '--out', str(out), '--jobs', '2'])
+  assert rc == 0
+  summary = json.loads((out / 'summary.json').read_text())
+  assert {a: v['lr'] for a, v in summary['learning_rates'].items()} == {
+      'relu': 0.01, 'tanh': 0.01}
+  # Fake curves at lr 0.01: error = c / step, 4 steps an epoch, c = 1 (relu)
+  # or 3 (tanh). Epoch means: relu epoch 2 = mean(1/5..1/8) = 0.16 <= 0.25
+  # after epoch 1 = 0.52; tanh first <= 0.25 at epoch 4 (mean 3/13..3/16).
+  relu, tanh = summary['runs']['relu'], summary['runs']['tanh']
+  assert (relu['whole'], tanh['whole']) == (2, 4)
+  m1 = (0.9 + 1 / 2 + 1 / 3 + 1 / 4) / 4      # the fake caps error at 0.9
+  m2 = sum(1 / s for s in range(5, 9)) / 4
+  assert relu['interpolated'] == pytest.approx(1 + (m1 - .25) / (m1 - m2))
+  assert summary['ratio_tanh_over_relu'] == pytest.approx(
+      tanh['interpolated'] / relu['interpolated'])
+  assert (out / 'figure1.png').stat().st_size > 1000
+  assert 'the paper: about 6x' in (out / 'figure1.md').read_text()

@@ -1,0 +1,223 @@
+r"""Figure 1 of the paper: ReLU vs tanh, four-layer CNN on CIFAR-10.
+
+    python -m experiments.figure1 [--stage all|search|train|plot] [--jobs N]
+        [--root DIR] [--set field=value ...]
+
+The network is `model.Cifar4` (cuda-convnet's CIFAR-10 layers-18pct net:
+three 5x5 convs of 32, 32, 64 kernels with 3/2 pooling, max after conv1 and
+average after conv2 and conv3, then fc10), trained on the real CIFAR-10 JPEGs
+at 32x32 with no augmentation and no regularisation (no weight decay, no
+dropout), SGD with momentum 0.9 at a constant learning rate (overrides in
+experiments/sweeps.py: FIGURE1_OVERRIDES).
+
+Stages (each resumable; `all` runs them in order):
+  search  the `figure1_lr` sweep: each activation at each rate in
+          sweeps.FIGURE1_LRS for FIGURE1_SEARCH_EPOCHS epochs; the rate with
+          the lowest training error in the last epoch wins (the paper chose
+          each network's rate "to make training as fast as possible").
+  train   the two long runs at the chosen rates (sweeps.FIGURE1_EPOCHS).
+  plot    experiments/results/figure1/: figure1.png (training error per
+          epoch for both), figure1.md (epochs to 25% and their ratio; the
+          paper: six times faster with ReLU) and summary.json.
+
+Training error is the trainer's running top-1 error on the training batches
+(in train mode, before each update, as cuda-convnet reported it), averaged
+over each epoch.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments import collect  # noqa: E402
+from experiments import runner  # noqa: E402
+from experiments import sweep as sweep_cli  # noqa: E402
+from experiments import sweeps as sweeps_lib  # noqa: E402
+
+TARGET = 0.25            # the paper's 25% training error
+OUT = collect.RESULTS_ROOT / 'figure1'
+ACTIVATIONS = ('relu', 'tanh')
+
+
+def choose_lrs(runs: list[runner.Run]) -> dict:
+  """Per activation: the rate whose last search epoch has the lowest error.
+
+  Returns {'relu': {'lr': x, 'train_error_last_epoch': {lr: err, ...}}, ...}.
+  """
+  out = {}
+  for act in ACTIVATIONS:
+    scores = {}
+    for run in runs:
+      if run.overrides['model.activation'] != act:
+        continue
+      rows = collect.read_metrics(run.workdir)
+      xs, ys = collect.series(rows, collect.TRAIN_ERROR)
+      if not runner.is_finished(run) or not xs:
+        continue  # unfinished, or stopped by the trainer's NaN guard
+      means = collect.per_epoch_mean(xs, ys)
+      scores[run.overrides['optim.lr']] = means[max(means)]
+    if not scores:
+      raise RuntimeError(f'no finished learning-rate search run for {act}; '
+                         'run --stage search first')
+    best = min(scores, key=lambda lr: (scores[lr], lr))
+    out[act] = dict(lr=best, train_error_last_epoch=scores)
+  return out
+
+
+def crossing(xs, ys, threshold=TARGET):
+  """Epochs to reach `threshold`, whole and interpolated.
+
+  `whole`: the first epoch whose mean training error is <= threshold (the
+  paper's plot is per epoch). `interpolated`: where the line through the
+  epoch means first crosses it. None when it never does.
+  """
+  means = collect.per_epoch_mean(xs, ys)
+  whole = collect.epochs_to_reach(means, threshold)
+  interp = None
+  if whole is not None:
+    prev = whole - 1
+    if prev in means and means[prev] > threshold:
+      a, b = means[prev], means[whole]
+      interp = prev + (a - threshold) / (a - b)
+    else:
+      interp = float(whole)
+  return dict(whole=whole, interpolated=interp, epoch_means=means)
+
+
+def plot(curves: dict, path, lrs: dict):
+  """Training error per epoch: ReLU solid, tanh dashed (as Figure 1)."""
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for act, style in zip(ACTIVATIONS, ('-', '--')):
+    if act not in curves:
+      continue
+    means = curves[act]['epoch_means']
+    ax.plot(list(means), [100 * v for v in means.values()], style,
+            color='k', label=f'{act} (lr {lrs[act]["lr"]:g})')
+  ax.axhline(100 * TARGET, color='grey', lw=0.8)
+  ax.set_xlabel('epochs')
+  ax.set_ylabel('training error rate (%)')
+  ax.set_ylim(0, 80)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  ax.set_title('Four-layer CNN on CIFAR-10 (JPEG copy): ReLU vs tanh',
+               fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def report(runs, lrs, argv, out=OUT) -> dict:
+  """Writes figure1.png, figure1.md and summary.json; returns the summary."""
+  out.mkdir(parents=True, exist_ok=True)
+  curves, logs = {}, out / 'logs'
+  logs.mkdir(exist_ok=True)
+  for run in runs:
+    rows = collect.read_metrics(run.workdir)
+    xs, ys = collect.series(rows, collect.TRAIN_ERROR)
+    if xs:
+      curves[run.variant] = crossing(xs, ys)
+      curves[run.variant]['finished'] = runner.is_finished(run)
+      curves[run.variant]['epochs_run'] = max(xs)
+      (logs / f'{run.variant}.jsonl').write_bytes(
+          (run.workdir / collect.METRICS_FILE).read_bytes())
+  plot(curves, out / 'figure1.png', lrs)
+  relu, tanh = curves.get('relu'), curves.get('tanh')
+  ratio = None
+  if relu and tanh and relu['interpolated'] and tanh['interpolated']:
+    ratio = tanh['interpolated'] / relu['interpolated']
+  prov = collect.provenance(argv)
+  summary = dict(target_train_error=TARGET, learning_rates=lrs,
+                 ratio_tanh_over_relu=ratio, provenance=prov,
+                 runs={k: {kk: vv for kk, vv in v.items()}
+                       for k, v in curves.items()})
+  (out / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
+  (out / 'figure1.md').write_text(_markdown(curves, lrs, ratio, prov))
+  return summary
+
+
+def _markdown(curves, lrs, ratio, prov):
+  lines = ['# Figure 1: ReLU vs tanh, four-layer CNN, CIFAR-10 (JPEG copy)',
+           '', '| activation | lr (searched) | epochs run | epochs to 25% '
+           '(whole) | epochs to 25% (interpolated) | last-epoch train error |',
+           '|---|---|---|---|---|---|']
+  for act in ACTIVATIONS:
+    c = curves.get(act)
+    if not c:
+      lines.append(f'| {act} | {lrs.get(act, {}).get("lr", "-")} | not run '
+                   '| - | - | - |')
+      continue
+    last = c['epoch_means'][max(c['epoch_means'])]
+    state = '' if c['finished'] else ' (unfinished)'
+    reach = lambda v, f: (f'not within {c["epochs_run"]:.0f}' if v is None
+                          else format(v, f))
+    lines.append(
+        f'| {act} | {lrs[act]["lr"]:g} | {c["epochs_run"]:.1f}{state} | '
+        f'{reach(c["whole"], "d")} | {reach(c["interpolated"], ".2f")} | '
+        f'{100 * last:.2f}% |')
+  lines += ['', 'Ratio of epochs to reach 25% training error, tanh / ReLU: '
+            + (f'**{ratio:.1f}x** (the paper: about 6x).' if ratio else
+               'not available (a run has not reached 25% yet).'), '',
+            'Learning-rate search (training error in the last search epoch):',
+            '']
+  for act in ACTIVATIONS:
+    if act in lrs:
+      scores = ', '.join(f'{lr:g}: {100 * e:.1f}%' for lr, e in sorted(
+          lrs[act]['train_error_last_epoch'].items(), key=lambda t: t[0]))
+      lines.append(f'- {act}: {scores}')
+  lines += ['', f'Command: `{prov["command"]}`  ',
+            f'Machine: {prov["machine"]}  ',
+            f'Date: {prov["date"]}, git {prov["git_commit"]}', '']
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  p = argparse.ArgumentParser(prog='python -m experiments.figure1',
+                              description=__doc__.split('\n')[0])
+  p.add_argument('--stage', default='all',
+                 choices=('all', 'search', 'train', 'plot'))
+  p.add_argument('--jobs', type=int, default=1)
+  p.add_argument('--root', default=str(runner.DEFAULT_ROOT))
+  p.add_argument('--set', action='append', metavar='FIELD=VALUE',
+                 help='config override for every run (repeatable)')
+  p.add_argument('--main', default='alexnet_jax.main')
+  p.add_argument('--out', default=str(OUT))
+  args = p.parse_args(argv)
+  extra = sweep_cli.parse_set(args.set)
+  out = pathlib.Path(args.out)
+  full_argv = ['experiments.figure1'] + argv
+
+  search = sweeps_lib.figure1_search()
+  search_runs = runner.plan(search, 'cifar10', root=args.root, extra=extra)
+  if args.stage in ('all', 'search'):
+    runner.run_all(search_runs, jobs=args.jobs, main_module=args.main)
+    collect.collect(search, 'cifar10', search_runs,
+                    out_dir=out / 'lr_search', argv=full_argv)
+  lrs = choose_lrs(search_runs)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / 'chosen_lr.json').write_text(json.dumps(lrs, indent=1) + '\n')
+  print('[figure1] learning rates:',
+        {a: v['lr'] for a, v in lrs.items()})
+  if args.stage == 'search':
+    return 0
+  final = sweeps_lib.figure1({a: v['lr'] for a, v in lrs.items()})
+  runs = runner.plan(final, 'cifar10', root=args.root, extra=extra)
+  if args.stage in ('all', 'train'):
+    runner.run_all(runs, jobs=args.jobs, main_module=args.main)
+  summary = report(runs, lrs, full_argv, out)
+  print((out / 'figure1.md').read_text())
+  return 0 if summary['ratio_tanh_over_relu'] else 1
+
+
+if __name__ == '__main__':
+  try:
+    sys.exit(main())
+  except KeyboardInterrupt as e:  # the runner stopped its trainers cleanly
+    print(f'[figure1] {e}', file=sys.stderr)
+    sys.exit(130)
