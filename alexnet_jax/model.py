@@ -183,12 +183,19 @@ class AlexNet(nn.Module):
       return t
     return jax.lax.axis_index(self.tower_axis) + t
 
-  def _all_towers(self, hs: list[Array]) -> Array:
-    """Concatenates every tower's channels: where the paper's GPUs talked."""
+  def _all_towers(self, hs: list[Array], invariant: bool = False) -> Array:
+    """Concatenates every tower's channels: where the paper's GPUs talked.
+
+    Under shard_map, `invariant=True` marks the result as equal on every
+    tower (jax.lax.all_gather to='invarying'), so its gradient needs no
+    communication (the transpose is a slice); the default gather's
+    transpose is a reduce-scatter, right for inputs of tower-local layers.
+    """
     if self.tower_axis is None:
       return hs[0] if len(hs) == 1 else jnp.concatenate(hs, axis=-1)
     (h,) = hs
-    return jax.lax.all_gather(h, self.tower_axis, axis=h.ndim - 1, tiled=True)
+    return jax.lax.all_gather(h, self.tower_axis, axis=h.ndim - 1, tiled=True,
+                              to='invarying' if invariant else 'varying')
 
   def _act(self, hs):
     fn = nn.relu if self.activation == 'relu' else jnp.tanh
@@ -287,15 +294,19 @@ class AlexNet(nn.Module):
     h = self._act(h)
     if paper:
       h = self._dropout(h, train)
-    full = self._all_towers(h)                       # [B, 4096]
-    # fc8's columns are split by tower only under shard_map; on one device
-    # it is a single [4096, num_classes] layer.
-    out = self.num_classes // T * L if self.tower_axis else self.num_classes
+    # fc8's columns are split by tower only under shard_map, and only when
+    # num_classes is even (otherwise each device holds all of fc8 and reads
+    # an invariant copy of fc7's output); on one device it is a single
+    # [4096, num_classes] layer.
+    split_fc8 = self.tower_axis is not None and self.num_classes % T == 0
+    full = self._all_towers(h, invariant=self.tower_axis is not None
+                            and not split_fc8)       # [B, 4096]
+    out = self.num_classes // T if split_fc8 else self.num_classes
     logits = nn.Dense(out, kernel_init=_normal(self.weight_init_std),
                       bias_init=nn.initializers.zeros, dtype=dtype,
                       name='fc8')(full)
-    if self.tower_axis:
-      logits = self._all_towers([logits])            # [B, num_classes]
+    if split_fc8:
+      logits = self._all_towers([logits], invariant=True)  # [B, num_classes]
     return logits.astype(jnp.float32)
 
 
