@@ -1,0 +1,544 @@
+"""tf.data input: TFDS datasets, image folders and fake data, per host.
+
+Sources, chosen by `config.data.name`:
+  'imagenet2012:5.*.*', 'cifar10', ...   a prepared TFDS dataset in
+                                         config.data.data_dir
+  'folder:/path/to/root'                 ROOT/SPLIT/CLASS/IMAGE, images
+                                         .jpg/.jpeg/.png in any case; class
+                                         index = position in sorted names
+  'fake'                                 random images, for throughput only
+
+Determinism: example number p of a host's endless training stream (p =
+step * per_host_batch + i) is a pure function of (seed, process_index, p):
+epoch p // n shuffles the host's n examples with a key folded from (seed,
+epoch) and p's augmentation uses a key folded from (seed, p). A run resumed
+at step k starts the stream at p = k * batch, so it sees exactly the batches
+an uninterrupted run would. Image folders (and any source with
+`data.cache=True`) are read by index, so resuming costs nothing; a TFDS
+stream shuffles shard order and a seeded buffer per epoch and skips
+(reading, not decoding) to the position within the epoch.
+
+Unreadable files (truncated, empty, not an image) never stop a run: each is
+named once in the log and listed by `skipped_files()`. In training, an
+unreadable image is replaced by another drawn with a key folded from (seed,
+p), so batch k stays a pure function of (seed, k); in evaluation it is left
+out, and the eval batches are padded with `mask=False` so every readable
+example counts exactly once.
+"""
+
+import dataclasses
+import functools
+import logging
+import os
+import re
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_jax import preprocess
+
+# tf.data must never take an accelerator from JAX.
+tf.config.set_visible_devices([], 'GPU')
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+FAKE_SPLIT_SIZES = {'train': 1_281_167, 'validation': 50_000, 'test': 50_000}
+# In training, attempts to replace an unreadable image before giving up.
+_MAX_ATTEMPTS = 8
+
+_skipped = {}            # file name -> None, in the order first seen
+_skipped_lock = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  class_names: tuple
+  split_sizes: dict      # split name -> number of files/records listed
+
+
+def skipped_files():
+  """Names of the unreadable files skipped so far (in this process)."""
+  with _skipped_lock:
+    return list(_skipped)
+
+
+def _note_skipped(names):
+  """py_function: logs each unreadable file once. Runs only on failures."""
+  for name in names.numpy():
+    name = name.decode('utf-8', 'replace')
+    if not name:
+      continue
+    with _skipped_lock:
+      if name in _skipped:
+        continue
+      _skipped[name] = None
+    logging.warning('Skipping unreadable image %s (truncated, empty or not '
+                    'an image)', name)
+  return True
+
+
+# ------------------------------------------------------------------ config
+
+
+def preprocessing_from_config(config):
+  """The `preprocessing` dict a checkpoint carries, from config.data."""
+  d = config.data
+  out = dict(channel_order='RGB', pixel_scale=1.0, mean=list(d.mean),
+             std=list(d.std), image_size=d.image_size,
+             resize_size=d.resize_size)
+  if d.normalization == 'image':
+    # A consumer that ignores 'mean_image' still gets its channel means.
+    out['mean'] = [float(m) for m in _load_mean_image(
+        d.mean_image, d.resize_size).mean(axis=(0, 1))]
+    out['std'] = [1.0, 1.0, 1.0]
+    out['mean_image'] = os.path.abspath(d.mean_image)
+  return out
+
+
+def _load_mean_image(path, resize_size):
+  try:
+    image = np.load(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'config.data.mean_image={path!r} cannot be read ({e}); '
+                     'make one with `python -m alexnet_jax.data_stats`') from e
+  if image.shape != (resize_size, resize_size, 3):
+    raise ValueError(
+        f'mean image {path!r} has shape {image.shape}; it must be '
+        f'({resize_size}, {resize_size}, 3) (config.data.resize_size)')
+  return image.astype(np.float32)
+
+
+def _params(config, preprocessing=None):
+  d = config.data
+  if preprocessing is None:
+    preprocessing = preprocessing_from_config(config)
+  mean_image = None
+  if preprocessing.get('mean_image'):
+    mean_image = _load_mean_image(preprocessing['mean_image'],
+                                  preprocessing['resize_size'])
+  return preprocess.Params(
+      image_size=int(preprocessing['image_size']),
+      resize_size=int(preprocessing['resize_size']),
+      train_crop=d.train_crop, flip=d.flip,
+      lighting_std=float(d.lighting.std), lighting_scale=d.lighting.scale,
+      eigval=tuple(d.lighting.eigval), eigvec=tuple(map(tuple,
+                                                        d.lighting.eigvec)),
+      channel_order=preprocessing['channel_order'],
+      pixel_scale=float(preprocessing['pixel_scale']),
+      mean=tuple(preprocessing['mean']), std=tuple(preprocessing['std']),
+      mean_image=mean_image)
+
+
+def _options(config, deterministic=True):
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  threads = config.data.get('threads', 0)
+  if threads:
+    options.threading.private_threadpool_size = threads
+  options.threading.max_intra_op_parallelism = 1
+  options.autotune.enabled = True
+  return options
+
+
+_SLICE = re.compile(r'^(?P<name>[\w-]+)(\[(?P<lo>-?\d+%?)?:(?P<hi>-?\d+%?)?\])?$')
+
+
+def parse_split(split, sizes):
+  """'train', 'train[:1000]' or 'train[10%:]' -> (name, start, stop), as
+  TFDS slices splits (percentages round to the closest example)."""
+  match = _SLICE.match(split)
+  if not match:
+    raise ValueError(f'split {split!r} is not accepted; use NAME, NAME[a:b] '
+                     'or NAME[a%:b%] (e.g. train[:90%])')
+  name = match['name']
+  if name not in sizes:
+    raise ValueError(f'split {name!r} does not exist; the dataset has '
+                     f'{sorted(sizes)}')
+  n = sizes[name]
+
+  def bound(text, default):
+    if text is None:
+      return default
+    if text.endswith('%'):
+      value = round(int(text[:-1]) * n / 100)
+    else:
+      value = int(text)
+    return max(0, min(n, value + n if value < 0 else value))
+  return name, bound(match['lo'], 0), bound(match['hi'], n)
+
+
+# ------------------------------------------------------------------ sources
+
+
+@dataclasses.dataclass
+class _Table:
+  """A host's part of a split, readable by index."""
+  size: int
+  labels: tf.Tensor        # int32[n]
+  names: tf.Tensor         # string[n]
+  read: callable           # int64 index -> encoded bytes
+
+
+class FolderSource:
+  """ROOT/SPLIT/CLASS/IMAGE; no preparation step."""
+
+  def __init__(self, root):
+    self.root = os.path.expanduser(root)
+    if not os.path.isdir(self.root):
+      raise FileNotFoundError(
+          f"data.name='folder:{root}': {self.root!r} is not a directory "
+          '(expected ROOT/SPLIT/CLASS/IMAGE, e.g. ROOT/train/cat/1.jpg)')
+    self.splits = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+    classes = set()
+    for split in self.splits:
+      classes.update(e.name for e in os.scandir(os.path.join(self.root, split))
+                     if e.is_dir())
+    if not classes:
+      raise FileNotFoundError(
+          f'{self.root!r} has no ROOT/SPLIT/CLASS/ folders (found splits '
+          f'{self.splits}); expected e.g. {self.root}/train/cat/1.jpg')
+    self.class_names = tuple(sorted(classes))
+    self._files = {}
+
+  def files(self, split):
+    """(paths, labels) of a whole split, sorted by class then file name."""
+    if split not in self._files:
+      directory = os.path.join(self.root, split)
+      if split not in self.splits:
+        raise ValueError(f'split {split!r} is not in {self.root!r}; it has '
+                         f'{self.splits}')
+      index = {name: i for i, name in enumerate(self.class_names)}
+      paths, labels, ignored = [], [], 0
+      for cls in sorted(e.name for e in os.scandir(directory) if e.is_dir()):
+        for entry in sorted(os.scandir(os.path.join(directory, cls)),
+                            key=lambda e: e.name):
+          if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            paths.append(entry.path)
+            labels.append(index[cls])
+          else:
+            ignored += 1
+      if ignored:
+        logging.info('%s: ignored %d files without an image extension %s',
+                     directory, ignored, IMAGE_EXTENSIONS)
+      if not paths:
+        raise FileNotFoundError(f'{directory!r} has no images '
+                                f'{IMAGE_EXTENSIONS} in class folders')
+      self._files[split] = (np.array(paths), np.array(labels, np.int32))
+    return self._files[split]
+
+  def split_sizes(self):
+    return {s: len(self.files(s)[0]) for s in self.splits}
+
+  def table(self, split, process_index, process_count, cache):
+    """(_Table of this host's strided share of `split`, total size)."""
+    name, lo, hi = parse_split(split, _LazySizes(self))
+    paths, labels = self.files(name)
+    paths, labels = paths[lo:hi], labels[lo:hi]
+    total = len(paths)
+    # Strided, so every host sees every class.
+    paths = paths[process_index::process_count]
+    labels = labels[process_index::process_count]
+    names = tf.constant(paths)
+    if cache:
+      contents = tf.constant([_read_bytes(p) for p in paths])
+      read = lambda i: tf.gather(contents, i)
+    else:
+      read = lambda i: tf.io.read_file(tf.gather(names, i))
+    return _Table(len(paths), tf.constant(labels), names, read), total
+
+
+class _LazySizes(dict):
+  """Split name -> size, listing a split's files only when asked."""
+
+  def __init__(self, source):
+    super().__init__()
+    self._source = source
+
+  def __contains__(self, split):
+    return split in self._source.splits
+
+  def __getitem__(self, split):
+    return len(self._source.files(split)[0])
+
+  def __iter__(self):
+    return iter(self._source.splits)
+
+
+def _read_bytes(path):
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+def _source(config):
+  name = config.data.name
+  if name == 'fake':
+    return None
+  if name.startswith('folder:'):
+    return _folder_source(name[len('folder:'):])
+  from alexnet_jax import tfds_source  # pylint: disable=g-import-not-at-top
+  return tfds_source.TfdsSource(config)
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_source(root):
+  return FolderSource(root)
+
+
+def get_info(config):
+  """DatasetInfo(num_classes, class_names, split_sizes) of config.data.name."""
+  source = _source(config)
+  if source is None:
+    n = config.model.num_classes
+    return DatasetInfo(n, tuple(f'class_{i}' for i in range(n)),
+                       dict(FAKE_SPLIT_SIZES))
+  return DatasetInfo(len(source.class_names), source.class_names,
+                     source.split_sizes())
+
+
+# ------------------------------------------------------ robust decoding
+
+
+def _robust(keys, attempts, fallback, threads):
+  """Maps each key through the first of `attempts` that does not fail.
+
+  Each attempt runs in its own one-element dataset behind `ignore_errors`,
+  so a decode error only empties that dataset and the next attempt (or
+  `fallback`) runs; the order of keys is kept.
+  """
+  def one(key):
+    ds = None
+    for attempt in attempts:
+      a = tf.data.Dataset.from_tensors(key).map(attempt).ignore_errors()
+      ds = a if ds is None else ds.concatenate(a)
+    return ds.concatenate(
+        tf.data.Dataset.from_tensors(key).map(fallback)).take(1)
+  return keys.interleave(one, cycle_length=threads, block_length=1,
+                         num_parallel_calls=threads, deterministic=True)
+
+
+def _drop_unreadable(ds):
+  """Logs the names in `skipped` once each; drops elements with ok=False."""
+  def keep(ex):
+    noted = tf.cond(
+        tf.reduce_any(tf.not_equal(ex['skipped'], '')),
+        lambda: tf.py_function(_note_skipped, [ex['skipped']], tf.bool),
+        lambda: tf.constant(True))
+    return tf.logical_and(ex['ok'], noted)
+  ds = ds.filter(keep)
+  return ds.map(lambda ex: {k: v for k, v in ex.items()
+                            if k not in ('ok', 'skipped')})
+
+
+def _pad_names(names):
+  return tf.concat([tf.stack(names), tf.fill([_MAX_ATTEMPTS - len(names)],
+                                             '')], 0) if names else tf.fill(
+                                                 [_MAX_ATTEMPTS], '')
+
+
+def _key(seed, *data):
+  """A stateless int64[2] key folded from a seed and integers."""
+  key = tf.constant([seed, 0x5EED], tf.int64)
+  for x in data:
+    key = tf.random.experimental.stateless_fold_in(key, tf.cast(x, tf.int64))
+  return key
+
+
+def _threads(config):
+  return config.data.get('threads', 0) or os.cpu_count() or 1
+
+
+# --------------------------------------------------------------- training
+
+
+def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
+  """The endless, batched training tf.data.Dataset of one host."""
+  batch = _host_batch(config, process_count)
+  start = start_step * batch
+  params = _params(config)
+  seed = config.train.seed
+  threads = _threads(config)
+  source = _source(config)
+  if source is None:
+    ds = _fake(config, params, start, process_index, crops=None, train=True)
+  elif getattr(source, 'streaming', False) and not config.data.cache:
+    ds = source.train_stream(config.data.train_split, seed, start,
+                             process_index, process_count)
+    ds = _robust(ds, [functools.partial(_stream_train_example, seed=seed,
+                                        host=process_index, params=params)],
+                 functools.partial(_stream_unreadable, size=params.image_size,
+                                   crops=None), threads)
+    ds = _drop_unreadable(ds)
+  else:
+    table, _ = source.table(config.data.train_split, process_index,
+                            process_count, config.data.cache)
+    positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
+    attempts = [functools.partial(_table_train_example, table=table,
+                                  attempt=j, seed=seed, host=process_index,
+                                  params=params)
+                for j in range(_MAX_ATTEMPTS)]
+    ds = _robust(positions, attempts,
+                 functools.partial(_all_unreadable, table=table, seed=seed,
+                                   host=process_index, size=params.image_size),
+                 threads)
+    ds = _drop_unreadable(ds)
+  ds = ds.batch(batch, drop_remainder=True)
+  ds = ds.prefetch(config.data.prefetch or tf.data.AUTOTUNE)
+  return ds.with_options(_options(config))
+
+
+def train_iterator(config, *, start_step=0, process_index=0, process_count=1):
+  """Endless iterator of dict(image=f32[b, H, W, 3], label=i32[b]) with
+  b = config.optim.batch_size // process_count; batch k depends only on
+  (config.train.seed, k)."""
+  ds = train_dataset(config, start_step=start_step,
+                     process_index=process_index, process_count=process_count)
+  return ds.as_numpy_iterator()
+
+
+def _host_batch(config, process_count):
+  batch = config.optim.batch_size
+  if batch % process_count:
+    raise ValueError(f'config.optim.batch_size={batch} is not divisible by '
+                     f'the {process_count} processes')
+  return batch // process_count
+
+
+def _table_index(table, seed, host, p, attempt):
+  """Index of the image read for stream position p: the epoch's shuffled
+  order, or (attempt > 0, replacing an unreadable one) a keyed draw."""
+  n = table.size
+  if attempt == 0:
+    epoch, i = p // n, p % n
+    return tf.random.experimental.index_shuffle(
+        i, _key(seed, host, 1, epoch), n - 1)
+  return tf.random.stateless_uniform([], _key(seed, host, 2, p, attempt), 0,
+                                     n, dtype=tf.int64)
+
+
+def _table_train_example(p, *, table, attempt, seed, host, params):
+  idx = _table_index(table, seed, host, p, attempt)
+  image = preprocess.train_image(table.read(idx), _key(seed, host, 3, p),
+                                 params)
+  skipped = [tf.gather(table.names, _table_index(table, seed, host, p, j))
+             for j in range(attempt)]
+  return dict(image=image, label=tf.gather(table.labels, idx),
+              skipped=_pad_names(skipped), ok=tf.constant(True))
+
+
+def _all_unreadable(p, *, table, seed, host, size):
+  names = [tf.gather(table.names, _table_index(table, seed, host, p, j))
+           for j in range(_MAX_ATTEMPTS)]
+  check = tf.debugging.Assert(False, [
+      f'{_MAX_ATTEMPTS} images in a row could not be read (truncated, empty '
+      'or not images); is the dataset corrupt? Tried:'] + names,
+                              summarize=_MAX_ATTEMPTS)
+  with tf.control_dependencies([check]):
+    return dict(image=tf.zeros([size, size, 3]), label=tf.constant(0),
+                skipped=_pad_names([]), ok=tf.constant(False))
+
+
+def _stream_train_example(ex, *, seed, host, params):
+  image = preprocess.train_image(ex['encoded'], _key(seed, host, 3,
+                                                     ex['position']), params)
+  return dict(image=image, label=ex['label'], skipped=_pad_names([]),
+              ok=tf.constant(True))
+
+
+def _stream_unreadable(ex, *, size, crops):
+  shape = [size, size, 3] if crops in (None, 1) else [crops, size, size, 3]
+  return dict(image=tf.zeros(shape), label=ex['label'],
+              skipped=_pad_names([ex['name']]), ok=tf.constant(False))
+
+
+# ------------------------------------------------------------- evaluation
+
+
+def eval_dataset(config, split, *, preprocessing=None, crops=None,
+                 process_index=0, process_count=1):
+  """(unbatched tf.data.Dataset of readable examples, number of batches)."""
+  params = _params(config, preprocessing)
+  crops = crops or config.data.eval_crops
+  batch = _host_batch(config, process_count)
+  threads = _threads(config)
+  source = _source(config)
+  if source is None:
+    n = FAKE_SPLIT_SIZES.get(split.split('[')[0], 1000)
+    ds = _fake(config, params, 0, process_index, crops=crops,
+               train=False).take(len(range(process_index, n, process_count)))
+    total = n
+  else:
+    if getattr(source, 'streaming', False) and not config.data.cache:
+      keys, total = source.eval_stream(split, process_index, process_count)
+    else:
+      table, total = source.table(split, process_index, process_count,
+                                  config.data.cache)
+      keys = tf.data.Dataset.range(table.size).map(
+          lambda i: dict(encoded=table.read(i),
+                         label=tf.gather(table.labels, i),
+                         name=tf.gather(table.names, i)))
+    ds = _robust(keys, [functools.partial(_eval_example, params=params,
+                                          crops=crops)],
+                 functools.partial(_stream_unreadable,
+                                   size=params.image_size, crops=crops),
+                 threads)
+    ds = _drop_unreadable(ds)
+  # Every host yields the same number of batches (hosts may hold one more
+  # example than others).
+  per_host = -(-total // process_count)
+  num_batches = -(-per_host // batch)
+  return ds.with_options(_options(config)), num_batches
+
+
+def eval_iterator(config, split, *, preprocessing=None, crops=None,
+                  process_index=0, process_count=1):
+  """Finite iterator of dict(image, label, mask); the last batch (and any
+  batch a host has no examples left for) is padded, mask marking real
+  examples."""
+  ds, num_batches = eval_dataset(
+      config, split, preprocessing=preprocessing, crops=crops,
+      process_index=process_index, process_count=process_count)
+  batch = _host_batch(config, process_count)
+  ds = ds.batch(batch).prefetch(config.data.prefetch or tf.data.AUTOTUNE)
+  return _padded(ds.as_numpy_iterator(), batch, num_batches,
+                 ds.element_spec['image'].shape[1:])
+
+
+def _padded(batches, batch, num_batches, image_shape):
+  produced = 0
+  for ex in batches:
+    n = len(ex['label'])
+    mask = np.arange(batch) < n
+    if n < batch:
+      pad = batch - n
+      ex = dict(image=np.concatenate([ex['image'], np.zeros(
+          (pad,) + ex['image'].shape[1:], np.float32)]),
+                label=np.concatenate([ex['label'], np.zeros(pad, np.int32)]))
+    yield dict(image=ex['image'], label=ex['label'].astype(np.int32),
+               mask=mask)
+    produced += 1
+  for _ in range(num_batches - produced):
+    yield dict(image=np.zeros((batch,) + tuple(image_shape), np.float32),
+               label=np.zeros(batch, np.int32), mask=np.zeros(batch, bool))
+
+
+def _eval_example(ex, *, params, crops):
+  return dict(image=preprocess.eval_image(ex['encoded'], params, crops),
+              label=tf.cast(ex['label'], tf.int32), skipped=_pad_names([]),
+              ok=tf.constant(True))
+
+
+# ------------------------------------------------------------------- fake
+
+
+def _fake(config, params, start, host, *, crops, train):
+  """Random images (a bank of 16, cycled) and labels p % num_classes."""
+  size = params.image_size
+  shape = [size, size, 3] if crops in (None, 1) else [crops, size, size, 3]
+  bank = tf.random.stateless_normal([16] + shape, [config.train.seed, host])
+  classes = config.model.num_classes
+  positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
+  del train
+  return positions.map(lambda p: dict(
+      image=tf.gather(bank, p % 16),
+      label=tf.cast(p % classes, tf.int32)))

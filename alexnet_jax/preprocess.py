@@ -1,0 +1,275 @@
+"""Image preprocessing as pure TensorFlow ops (eager or inside tf.data).
+
+The paper's recipe (Section 2 and 4.1): rescale the shorter side to 256,
+centre-crop 256x256, take a random 224x224 crop and its horizontal flip, add
+PCA lighting noise, subtract the mean. Rather than decode and resize the whole
+photo, we decode only the window of the original photo that becomes the crop
+(`tf.io.decode_and_crop_jpeg`) and resize that window straight to 224:
+
+  S = min(h, w)                      the centre S x S square is the 256 crop
+  c = round(S * image_size / resize_size)   side of the crop window
+  train ('paper'): window at a uniformly random integer offset in [0, S - c]^2
+                   inside the centre square, resized to image_size
+  eval (1 crop):   the centred window, resized to image_size
+
+which is the paper's geometry (resize-then-crop equals crop-then-resize up to
+rounding at the window's edge) at a fraction of the decode and resize cost.
+The 10-crop evaluation decodes the centre square, resizes it to
+resize_size^2 and cuts TEN_CROP_ORDER from it.
+
+Pixels are float32 in [0, 1] RGB until `normalize`, which applies a
+checkpoint's `preprocessing` dict: (x * pixel_scale in channel_order - mean)
+/ std, or minus the matching crop of a per-pixel mean image.
+
+Every random choice takes a stateless seed (int32[2] or int64[2]), so an
+example's augmentation is a pure function of its seed.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+# The 10-crop order (4 corners + centre, then each one's horizontal flip):
+# crop i + 5 is crop i mirrored left-right.
+TEN_CROP_ORDER = ('top_left', 'top_right', 'bottom_left', 'bottom_right',
+                  'centre', 'top_left_flipped', 'top_right_flipped',
+                  'bottom_left_flipped', 'bottom_right_flipped',
+                  'centre_flipped')
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+  """Everything preprocessing needs, built from config.data (or a checkpoint's
+  `preprocessing` dict for evaluation)."""
+  image_size: int = 224
+  resize_size: int = 256
+  train_crop: str = 'paper'           # 'paper' | 'inception'
+  flip: bool = True
+  lighting_std: float = 0.1
+  lighting_scale: str = 'lambda'      # 'lambda' | 'sqrt_lambda'
+  eigval: tuple = (0.2175, 0.0188, 0.0045)
+  eigvec: tuple = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140),
+                   (-0.5836, -0.6948, 0.4203))
+  channel_order: str = 'RGB'          # 'RGB' | 'BGR'
+  pixel_scale: float = 1.0            # 1.0 | 255.0
+  mean: tuple = (0.485, 0.456, 0.406)  # in pixel_scale units, channel_order
+  std: tuple = (1.0, 1.0, 1.0)
+  # Per-pixel mean image, float32[resize_size, resize_size, 3] RGB in [0, 1]
+  # (the paper's mean subtraction); None = per-channel `mean`.
+  mean_image: np.ndarray | None = dataclasses.field(default=None,
+                                                    compare=False)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode_rgb(encoded):
+  """Any JPEG/PNG/GIF/BMP/WebP bytes -> uint8[h, w, 3] (grey, CMYK, RGBA
+  become RGB; the alpha channel is dropped)."""
+  return tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.io.decode_jpeg(encoded, channels=3),
+      lambda: tf.io.decode_image(encoded, channels=3,
+                                 expand_animations=False))
+
+
+def decode_window(encoded, window_fn):
+  """Decodes only the window `window_fn(shape)` ([y, x, h, w]) of an image.
+
+  JPEGs are decoded window-only (`decode_and_crop_jpeg`); other formats
+  (e.g. PNG bytes under a .jpg name) are decoded whole and sliced.
+  Returns (uint8[h, w, 3], window int32[4], shape int32[2]).
+  """
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(encoded)[:2]
+    window = window_fn(shape)
+    return tf.io.decode_and_crop_jpeg(encoded, window, channels=3), window, shape
+
+  def other():
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    shape = tf.shape(image)[:2]
+    window = window_fn(shape)
+    crop = image[window[0]:window[0] + window[2],
+                 window[1]:window[1] + window[3]]
+    return crop, window, shape
+
+  crop, window, shape = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  crop.set_shape([None, None, 3])
+  return crop, window, shape
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def _crop_side(square, image_size, resize_size):
+  """round(square * image_size / resize_size), at least 1."""
+  side = tf.cast(tf.round(tf.cast(square, tf.float32) * image_size
+                          / resize_size), tf.int32)
+  return tf.clip_by_value(side, 1, square)
+
+
+def centre_square(shape):
+  """[y, x, s, s]: the centre square of an image of shape [h, w]."""
+  s = tf.minimum(shape[0], shape[1])
+  return tf.stack([(shape[0] - s) // 2, (shape[1] - s) // 2, s, s])
+
+
+def paper_window(shape, image_size, resize_size, seed=None):
+  """The crop window in original pixels: random (seed given) or centred."""
+  square = centre_square(shape)
+  s = square[2]
+  c = _crop_side(s, image_size, resize_size)
+  if seed is None:
+    offset = tf.stack([(s - c) // 2, (s - c) // 2])
+  else:
+    offset = tf.random.stateless_uniform([2], seed, 0, s - c + 1,
+                                         dtype=tf.int32)
+  return tf.stack([square[0] + offset[0], square[1] + offset[1], c, c])
+
+
+def inception_window(shape, seed, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """torchvision's RandomResizedCrop box (the whole image if no box fits)."""
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.concat([shape, [3]], 0), tf.zeros([1, 0, 4], tf.float32), seed,
+      min_object_covered=0.0, aspect_ratio_range=ratio, area_range=area,
+      max_attempts=10, use_image_if_no_bounding_boxes=True)
+  return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def mean_offset(window, shape, params):
+  """Where a crop window sits in the resize_size^2 image: int32[2], used to
+  cut the matching crop of the mean image."""
+  square = centre_square(shape)
+  limit = params.resize_size - params.image_size
+  rel = tf.cast(window[:2] - square[:2], tf.float32)
+  scale = params.resize_size / tf.cast(square[2], tf.float32)
+  return tf.clip_by_value(tf.cast(tf.round(rel * scale), tf.int32), 0, limit)
+
+
+# ------------------------------------------------------------- pixel ops
+
+
+def resize(image, size):
+  """uint8/float[h, w, 3] -> float32[size, size, 3] in [0, 1] (bilinear,
+  antialiased when shrinking, as PIL and torchvision do)."""
+  image = tf.image.resize(image, [size, size], method='bilinear',
+                          antialias=True)
+  return image / 255.0
+
+
+def flip(image, seed):
+  """Mirrors left-right with probability 1/2."""
+  coin = tf.random.stateless_uniform([], seed) < 0.5
+  return tf.cond(coin, lambda: tf.reverse(image, [-2]), lambda: image)
+
+
+def lighting_shift(seed, params):
+  """The paper's PCA colour shift: sum_i alpha_i * lambda_i * p_i with
+  alpha ~ N(0, std) (lambda_i -> sqrt(lambda_i) for 'sqrt_lambda').
+  Returns float32[3] RGB, in [0, 1] pixel units."""
+  alpha = tf.random.stateless_normal([3], seed) * params.lighting_std
+  eigval = np.asarray(params.eigval, np.float32)
+  if params.lighting_scale == 'sqrt_lambda':
+    eigval = np.sqrt(eigval)
+  eigvec = tf.constant(np.asarray(params.eigvec, np.float32))  # columns = p_i
+  return tf.linalg.matvec(eigvec, alpha * eigval)
+
+
+def normalize(image, params, mean_crop=None):
+  """[0, 1] RGB -> model input: (x * pixel_scale in channel_order - mean)/std,
+  or minus `mean_crop` (the matching crop of the mean image, [0, 1] RGB)."""
+  if mean_crop is not None:
+    image = image - mean_crop
+  image = image * params.pixel_scale
+  if params.channel_order == 'BGR':
+    image = image[..., ::-1]
+  if mean_crop is None:
+    image = image - np.asarray(params.mean, np.float32)
+  return image / np.asarray(params.std, np.float32)
+
+
+def _mean_crop(params, offset):
+  if params.mean_image is None:
+    return None
+  size = params.image_size
+  return tf.slice(tf.constant(params.mean_image, tf.float32),
+                  tf.concat([offset, [0]], 0), [size, size, 3])
+
+
+# ------------------------------------------------------------ full recipes
+
+
+def train_image(encoded, seed, params):
+  """Encoded image bytes -> float32[image_size, image_size, 3], augmented."""
+  crop_seed, flip_seed, light_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3))
+  size = params.image_size
+  if params.train_crop == 'inception':
+    window_fn = lambda shape: inception_window(shape, crop_seed)
+  else:
+    window_fn = lambda shape: paper_window(shape, size, params.resize_size,
+                                           crop_seed)
+  crop, window, shape = decode_window(encoded, window_fn)
+  image = resize(crop, size)
+  if params.lighting_std > 0:
+    image = image + lighting_shift(light_seed, params)
+  if params.train_crop == 'inception':
+    offset = tf.fill([2], (params.resize_size - size) // 2)
+  else:
+    offset = mean_offset(window, shape, params)
+  image = normalize(image, params, _mean_crop(params, offset))
+  if params.flip:
+    image = flip(image, flip_seed)
+  return image
+
+
+def eval_image(encoded, params, crops=1):
+  """Encoded bytes -> float32[size, size, 3] (centre crop) or
+  float32[10, size, size, 3] (TEN_CROP_ORDER)."""
+  size, big = params.image_size, params.resize_size
+  if crops == 1:
+    window_fn = lambda shape: paper_window(shape, size, big)
+    crop, window, shape = decode_window(encoded, window_fn)
+    offset = mean_offset(window, shape, params)
+    return normalize(resize(crop, size), params, _mean_crop(params, offset))
+  if crops != 10:
+    raise ValueError(f'crops={crops!r} is not accepted; use 1 or 10')
+  square, _, _ = decode_window(encoded, centre_square)
+  return ten_crop(resize(square, big), params)
+
+
+def ten_crop_offsets(resize_size, image_size):
+  """[y, x] of the five crops in TEN_CROP_ORDER[:5]."""
+  far = resize_size - image_size
+  mid = far // 2
+  return ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))
+
+
+def ten_crop(image, params):
+  """float32[R, R, 3] in [0, 1] -> normalised float32[10, size, size, 3]."""
+  size = params.image_size
+  crops = []
+  for y, x in ten_crop_offsets(params.resize_size, size):
+    crop = image[y:y + size, x:x + size]
+    crops.append(normalize(crop, params, _mean_crop(params, tf.constant(
+        [y, x], tf.int32))))
+  crops += [tf.reverse(c, [-2]) for c in crops]
+  return tf.stack(crops)
+
+
+def check_lighting(eigval, eigvec):
+  """Raises ValueError unless eigval is 3 non-negative numbers and eigvec a
+  3x3 matrix with unit-norm columns (to 1e-2: published constants are
+  rounded to 4 digits)."""
+  eigval = np.asarray(eigval, np.float64)
+  eigvec = np.asarray(eigvec, np.float64)
+  if eigval.shape != (3,) or (eigval < 0).any():
+    raise ValueError(f'eigval={eigval.tolist()} must be 3 numbers >= 0')
+  if eigvec.shape != (3, 3):
+    raise ValueError(f'eigvec has shape {eigvec.shape}; it must be 3x3 '
+                     '(columns are the eigenvectors)')
+  norms = np.linalg.norm(eigvec, axis=0)
+  if not np.allclose(norms, 1.0, atol=1e-2):
+    raise ValueError(f'eigvec columns have norms {norms.round(4).tolist()}; '
+                     'the columns must be unit eigenvectors')
