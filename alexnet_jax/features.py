@@ -5,6 +5,8 @@ activations induced by an image at the last, 4096-dimensional hidden layer")
 are close in Euclidean distance. `extract` returns those activations for a
 batch of images, and `nearest_neighbours` ranks a gallery by that distance.
 
+`load_images` reads image files with the preprocessing a checkpoint carries.
+
 The layer's output is captured with Flax's `capture_intermediates` (no change
 to the model): tower layers return one array per tower, which are joined
 along the channel axis (tower 0's channels first, as in the parameter tree),
@@ -108,6 +110,38 @@ def extract(model: nn.Module, variables: Any, images, layer: str = 'fc7', *,
           [chunk, np.zeros((batch_size - n,) + chunk.shape[1:], np.float32)])
     outs.append(np.asarray(fn(variables, chunk))[:n])
   return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+def load_images(paths, preprocessing: dict) -> np.ndarray:
+  """Image files -> f32[N, H, W, 3], preprocessed as a checkpoint expects.
+
+  `preprocessing` is the dict a checkpoint carries
+  (`checkpoint.load_metadata(path)['preprocessing']`): the centre crop of
+  the evaluation pipeline (preprocess.eval_image), then the checkpoint's
+  channel order, pixel scale, mean and std (or mean image).
+  """
+  import tensorflow as tf  # only needed here; keeps `extract` TF-free
+
+  from alexnet_jax import preprocess
+
+  p = dict(preprocessing)
+  mean_image = None
+  if p.get('mean_image'):
+    mean_image = np.load(p['mean_image']).astype(np.float32)
+  params = preprocess.Params(
+      image_size=int(p['image_size']), resize_size=int(p['resize_size']),
+      channel_order=p.get('channel_order', 'RGB'),
+      pixel_scale=float(p.get('pixel_scale', 1.0)),
+      mean=tuple(p['mean']), std=tuple(p['std']), mean_image=mean_image)
+  out = []
+  for path in paths:
+    try:
+      data = tf.io.read_file(str(path))
+      out.append(preprocess.eval_image(data, params).numpy())
+    except (tf.errors.OpError, ValueError) as e:
+      raise ValueError(f'cannot read image {path}: {e}') from e
+  size = params.image_size
+  return np.stack(out) if out else np.zeros((0, size, size, 3), np.float32)
 
 
 def nearest_neighbours(queries, gallery, k: int = 5):

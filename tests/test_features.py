@@ -154,3 +154,19 @@ def test_colour_share_extremes_and_towers():
   assert img.min() >= 0 and img.max() <= 1
   with pytest.raises(ValueError, match='no conv1'):
     visualize.conv1_kernels({'params': {'fc': {}}})
+
+
+def test_load_images_centre_crop_and_normalisation(tmp_path):
+  from PIL import Image
+  rs = np.random.RandomState(4)
+  pixels = rs.randint(0, 256, (40, 60, 3)).astype(np.uint8)
+  Image.fromarray(pixels).save(tmp_path / 'a.png')      # lossless
+  prep = dict(channel_order='BGR', pixel_scale=255.0, mean=[10., 20., 30.],
+              std=[2., 4., 8.], image_size=40, resize_size=40)
+  (got,) = features.load_images([tmp_path / 'a.png'], prep)
+  # 40x60 -> its centre 40x40 square, no resizing at this size.
+  want = (pixels[:, 10:50, ::-1].astype(np.float32) - [10, 20, 30]) / [2, 4, 8]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+  (tmp_path / 'bad.jpg').write_text('not an image')
+  with pytest.raises(ValueError, match='bad.jpg'):
+    features.load_images([tmp_path / 'bad.jpg'], prep)
