@@ -1,0 +1,99 @@
+"""lrn.lrn against the paper's formula (a NumPy loop), PyTorch and TensorFlow."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import lrn as lrn_lib
+
+
+def lrn_loop(x, *, k, n, alpha, beta, alpha_over_n):
+  """Section 3.3, channel by channel; channels past the edges do not exist."""
+  x = np.asarray(x, np.float64)
+  channels = x.shape[-1]
+  a = alpha / n if alpha_over_n else alpha
+  out = np.empty_like(x)
+  for c in range(channels):
+    lo, hi = max(0, c - n // 2), min(channels - 1, c + n // 2)
+    total = sum(x[..., j] ** 2 for j in range(lo, hi + 1))
+    out[..., c] = x[..., c] / (k + a * total) ** beta
+  return out
+
+
+def _activations(shape, seed=0, scale=30.0):
+  # Post-ReLU-like, large enough that alpha * sum is comparable to k: the
+  # normalisation then changes values by tens of percent.
+  return np.abs(np.random.RandomState(seed).randn(*shape)).astype(
+      np.float32) * scale
+
+
+@pytest.mark.parametrize('alpha_over_n', [False, True])
+@pytest.mark.parametrize('n', [1, 3, 5, 7])
+def test_matches_formula(n, alpha_over_n):
+  x = _activations((2, 3, 4, 16))
+  kw = dict(k=2.0, n=n, alpha=1e-3, beta=0.75, alpha_over_n=alpha_over_n)
+  got = np.asarray(lrn_lib.lrn(jnp.asarray(x), **kw))
+  want = lrn_loop(x, **kw)
+  np.testing.assert_allclose(got, want, rtol=2e-6)
+  # The normalisation is not a no-op at these values.
+  assert np.max(np.abs(want / x - 2.0 ** -0.75)) > 0.05
+
+
+def test_alpha_conventions_differ_by_n():
+  x = _activations((5, 12), seed=1)
+  paper = lrn_lib.lrn(x, k=2.0, n=5, alpha=1e-3, beta=0.75,
+                      alpha_over_n=False)
+  caffe = lrn_lib.lrn(x, k=2.0, n=5, alpha=5e-3, beta=0.75,
+                      alpha_over_n=True)
+  np.testing.assert_allclose(paper, caffe, rtol=1e-6)
+  caffe_same_alpha = lrn_lib.lrn(x, k=2.0, n=5, alpha=1e-3, beta=0.75,
+                                 alpha_over_n=True)
+  assert np.max(np.abs(np.asarray(paper) - np.asarray(caffe_same_alpha))) > 0.1
+
+
+@pytest.mark.parametrize('channels', [1, 2, 3, 6])
+def test_edge_channels_and_windows_wider_than_the_channels(channels):
+  """Windows at the edges sum only the channels that exist (zero padding)."""
+  x = _activations((3, channels), seed=2)
+  kw = dict(k=1.0, n=5, alpha=1e-2, beta=0.75, alpha_over_n=False)
+  got = np.asarray(lrn_lib.lrn(jnp.asarray(x), **kw))
+  np.testing.assert_allclose(got, lrn_loop(x, **kw), rtol=2e-6)
+  # Channel 0 by hand: its window is channels 0..2 (those that exist).
+  s = (x[:, :3].astype(np.float64) ** 2).sum(-1)
+  np.testing.assert_allclose(got[:, 0], x[:, 0] / (1 + 1e-2 * s) ** 0.75,
+                             rtol=2e-6)
+
+
+def test_paper_constants_and_bfloat16():
+  x = _activations((2, 5, 5, 48), seed=3)
+  kw = dict(k=2.0, n=5, alpha=1e-4, beta=0.75, alpha_over_n=False)
+  np.testing.assert_allclose(np.asarray(lrn_lib.lrn(jnp.asarray(x), **kw)),
+                             lrn_loop(x, **kw), rtol=2e-6)
+  y = lrn_lib.lrn(jnp.asarray(x, jnp.bfloat16), **kw)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y, np.float32), lrn_loop(x, **kw),
+                             rtol=2e-2)
+
+
+def test_matches_torch_local_response_norm():
+  torch = pytest.importorskip('torch')
+  x = _activations((2, 4, 4, 24), seed=4)   # NHWC
+  for size, k in ((5, 1.0), (3, 2.0)):
+    norm = torch.nn.LocalResponseNorm(size, alpha=1e-2, beta=0.75, k=k)
+    want = norm(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(
+        0, 2, 3, 1)
+    got = lrn_lib.lrn(jnp.asarray(x), k=k, n=size, alpha=1e-2, beta=0.75,
+                      alpha_over_n=True)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+
+
+def test_matches_tf_local_response_normalization_with_paper_constants():
+  """tf's LRN is the paper's formula literally: alpha on the sum."""
+  tf = pytest.importorskip('tensorflow')
+  x = _activations((2, 4, 4, 24), seed=5, scale=60.0)
+  want = tf.nn.local_response_normalization(
+      x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75).numpy()
+  got = lrn_lib.lrn(jnp.asarray(x), k=2.0, n=5, alpha=1e-4, beta=0.75,
+                    alpha_over_n=False)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+  assert np.max(np.abs(want / x - 2.0 ** -0.75)) > 0.05
