@@ -141,6 +141,27 @@ def check_data(config):
   _number(config, d + 'shuffle_buffer', low=1, integer=True)
   _bool(config, d + 'cache')
   _number(config, d + 'prefetch', low=0, integer=True)
+  _number(config, d + 'threads', low=0, integer=True)
+  _check_lighting(_get(config, d + 'lighting.eigval'),
+                  _get(config, d + 'lighting.eigvec'))
+
+
+def _check_lighting(eigval, eigvec):
+  """eigval: 3 numbers >= 0; eigvec: 3x3 with unit columns (to 1e-2, as
+  published constants are rounded to 4 digits)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  try:
+    val = np.asarray(eigval, np.float64)
+    vec = np.asarray(eigvec, np.float64)
+  except (TypeError, ValueError):
+    val = vec = np.zeros(0)
+  if val.shape != (3,) or not np.isfinite(val).all() or (val < 0).any():
+    raise ConfigError(f'config.data.lighting.eigval={eigval!r} must be 3 '
+                      'numbers >= 0 (the RGB covariance eigenvalues)')
+  norms = np.linalg.norm(vec, axis=0) if vec.shape == (3, 3) else None
+  if norms is None or not np.allclose(norms, 1.0, atol=1e-2):
+    raise ConfigError(f'config.data.lighting.eigvec={eigvec!r} must be a 3x3 '
+                      'matrix whose columns are unit eigenvectors')
 
 
 def check_parallel(config):

@@ -256,20 +256,3 @@ def ten_crop(image, params):
         [y, x], tf.int32))))
   crops += [tf.reverse(c, [-2]) for c in crops]
   return tf.stack(crops)
-
-
-def check_lighting(eigval, eigvec):
-  """Raises ValueError unless eigval is 3 non-negative numbers and eigvec a
-  3x3 matrix with unit-norm columns (to 1e-2: published constants are
-  rounded to 4 digits)."""
-  eigval = np.asarray(eigval, np.float64)
-  eigvec = np.asarray(eigvec, np.float64)
-  if eigval.shape != (3,) or (eigval < 0).any():
-    raise ValueError(f'eigval={eigval.tolist()} must be 3 numbers >= 0')
-  if eigvec.shape != (3, 3):
-    raise ValueError(f'eigvec has shape {eigvec.shape}; it must be 3x3 '
-                     '(columns are the eigenvectors)')
-  norms = np.linalg.norm(eigvec, axis=0)
-  if not np.allclose(norms, 1.0, atol=1e-2):
-    raise ValueError(f'eigvec columns have norms {norms.round(4).tolist()}; '
-                     'the columns must be unit eigenvectors')

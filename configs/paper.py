@@ -80,8 +80,9 @@ def get_config():
   d.mean_image = ''            # .npy file from `python -m alexnet_jax.data_stats`
   d.eval_crops = 1             # 1 (centre) | 10 (the paper's test procedure)
   d.shuffle_buffer = 16384
-  d.cache = False
+  d.cache = False              # True: hold the encoded images in memory
   d.prefetch = 2
+  d.threads = 0                # tf.data threads per process; 0 = all cores
 
   c.parallel = p = ml_collections.ConfigDict()
   p.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
