@@ -82,7 +82,8 @@ def _bool(config, dotted):
 
 def check_model(config):
   m = 'model.'
-  variant = _one_of(config, m + 'variant', ('paper', 'torchvision', 'cifar4'))
+  variant = _one_of(config, m + 'variant',
+                    ('paper', 'torchvision', 'cifar4', 'cifar_local'))
   _number(config, m + 'num_classes', low=1, integer=True)
   towers = _one_of(config, m + 'towers', (1, 2))
   _one_of(config, m + 'activation', ('relu', 'tanh'))
@@ -107,8 +108,8 @@ def check_model(config):
   if variant == 'torchvision' and towers != 1:
     raise ConfigError('config.model.variant=torchvision has no towers: set '
                       'config.model.towers=1')
-  if variant == 'cifar4' and towers != 1:
-    raise ConfigError('config.model.variant=cifar4 has no towers: set '
+  if variant in ('cifar4', 'cifar_local') and towers != 1:
+    raise ConfigError(f'config.model.variant={variant} has no towers: set '
                       'config.model.towers=1')
 
 

@@ -345,10 +345,65 @@ class Cifar4(nn.Module):
     return h.astype(jnp.float32)
 
 
+class CifarLocal(nn.Module):
+  """cuda-convnet's CIFAR-10 "conv-local" nets: the paper's LRN-on-CIFAR pair.
+
+  layers-conv-local-11pct (LRN on) and -13pct (LRN off), which the paper's
+  "13% vs 11% test error" refers to: conv 64 5x5 (pad 2), ReLU, [cross-map
+  LRN], max-pool 3/2; conv 64 5x5, ReLU, [LRN], max-pool 3/2; two locally
+  connected (unshared) 3x3 layers of 32 (pad 1), ReLU; fc to the classes.
+  cuda-convnet's LRN is k=1, n=5, alpha=0.001 divided by n, beta=0.75 (set
+  with model.lrn.*). Initial weight stds are the files' (conv1 1e-4, conv2
+  0.01, local 0.04, fc 0.01; model.weight_init_std is not used), which
+  expect inputs on the 0-255 scale: data.std = 1/255. Biases start at 0.
+  """
+  num_classes: int = 10
+  activation: str = 'relu'
+  lrn: bool = True
+  lrn_k: float = 1.0
+  lrn_n: int = 5
+  lrn_alpha: float = 1e-3
+  lrn_beta: float = 0.75
+  lrn_alpha_over_n: bool = True
+  width_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    del train  # no dropout in this net
+    fn = nn.relu if self.activation == 'relu' else jnp.tanh
+    dtype = jnp.dtype(self.dtype)
+    w = lambda n: max(1, round(n * self.width_scale))
+    h = x.astype(dtype)                                 # [B, 24, 24, 3]
+    for i, std in ((1, 1e-4), (2, 0.01)):
+      h = fn(nn.Conv(w(64), (5, 5), padding=((2, 2), (2, 2)), dtype=dtype,
+                     kernel_init=_normal(std), name=f'conv{i}')(h))
+      if self.lrn:
+        h = lrn_lib.lrn(h, k=self.lrn_k, n=self.lrn_n, alpha=self.lrn_alpha,
+                        beta=self.lrn_beta, alpha_over_n=self.lrn_alpha_over_n)
+      h = nn.max_pool(h, (3, 3), (2, 2), padding=((0, 1), (0, 1)))
+    for i in (3, 4):                                    # [B, 6, 6, 64]
+      h = fn(nn.ConvLocal(w(32), (3, 3), padding=((1, 1), (1, 1)),
+                          dtype=dtype, kernel_init=_normal(0.04),
+                          name=f'local{i}')(h))
+    h = h.reshape(h.shape[0], -1)
+    h = nn.Dense(self.num_classes, dtype=dtype, kernel_init=_normal(0.01),
+                 name='fc')(h)
+    return h.astype(jnp.float32)
+
+
 def from_config(model_config: ml_collections.ConfigDict, **overrides):
   """The model `config.model` describes (see configs/paper.py)."""
   m = model_config
   dtype = jnp.dtype(m.dtype)
+  if m.variant == 'cifar_local':
+    kwargs = dict(num_classes=m.num_classes, activation=m.activation,
+                  lrn=m.lrn.enabled, lrn_k=m.lrn.k, lrn_n=m.lrn.n,
+                  lrn_alpha=m.lrn.alpha, lrn_beta=m.lrn.beta,
+                  lrn_alpha_over_n=m.lrn.alpha_over_n,
+                  width_scale=m.width_scale, dtype=dtype)
+    kwargs.update(overrides)
+    return CifarLocal(**kwargs)
   if m.variant == 'cifar4':
     kwargs = dict(num_classes=m.num_classes, activation=m.activation,
                   weight_init_std=m.weight_init_std,

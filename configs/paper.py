@@ -36,7 +36,8 @@ def get_config():
   c = ml_collections.ConfigDict()
 
   c.model = m = ml_collections.ConfigDict()
-  m.variant = 'paper'          # 'paper' | 'torchvision' | 'cifar4'
+  m.variant = 'paper'          # 'paper' | 'torchvision' | 'cifar4' |
+                               # 'cifar_local' (model.py says what each is)
   m.num_classes = 1000
   m.towers = 2                 # 2 = the paper's two GPUs; 1 = its one-GPU
                                # control (half the kernels in conv1-conv4)
