@@ -12,7 +12,7 @@ to the model): tower layers return one array per tower, which are joined
 along the channel axis (tower 0's channels first, as in the parameter tree),
 and the model's non-linearity is applied, so 'conv1'..'fc7' give what the
 next layer reads before LRN, pooling and dropout. The output layer ('fc8',
-or 'fc' in Cifar4) gives the logits.
+or 'fc' in the CIFAR nets) gives the logits.
 """
 
 import functools
@@ -29,16 +29,19 @@ from alexnet_jax import model as model_lib
 ALEXNET_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
                   'fc8')
 CIFAR4_LAYERS = ('conv1', 'conv2', 'conv3', 'fc')
+CIFAR_LOCAL_LAYERS = ('conv1', 'conv2', 'local3', 'local4', 'fc')
 
 
 def layer_names(model: nn.Module) -> tuple[str, ...]:
   """The layers `extract` accepts for `model`, input to output."""
   if isinstance(model, model_lib.Cifar4):
     return CIFAR4_LAYERS
+  if isinstance(model, model_lib.CifarLocal):
+    return CIFAR_LOCAL_LAYERS
   if isinstance(model, model_lib.AlexNet):
     return ALEXNET_LAYERS
-  raise TypeError(f'features.extract needs an alexnet_jax AlexNet or Cifar4 '
-                  f'module, got {type(model).__name__}')
+  raise TypeError(f'features.extract needs an alexnet_jax AlexNet, Cifar4 '
+                  f'or CifarLocal module, got {type(model).__name__}')
 
 
 def _check_layer(model, layer):

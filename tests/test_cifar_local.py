@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from alexnet_jax import config_checks
+from alexnet_jax import features
 from alexnet_jax import model as model_lib
 from alexnet_jax.configs import paper
 
@@ -68,6 +69,12 @@ def test_matches_pytorch_twin(lrn):
   got = np.asarray(module.apply(variables, x))
   np.testing.assert_allclose(got, _torch_forward(p, x, lrn), rtol=2e-4,
                              atol=2e-4)
+  if lrn:  # features know this net's layers; local4 after its ReLU
+    local4 = features.extract(module, variables, x, layer='local4')
+    assert local4.shape == (2, 6, 6, 8) and (local4 >= 0).all()
+    np.testing.assert_allclose(
+        local4.reshape(2, -1) @ np.asarray(p['fc']['kernel'])
+        + np.asarray(p['fc']['bias']), got, rtol=2e-4, atol=2e-3)
 
 
 def test_towers_refused():
