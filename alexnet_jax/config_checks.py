@@ -46,7 +46,11 @@ def check_unknown(config):
 def _get(config, dotted):
   node = config
   for part in dotted.split('.'):
-    node = node[part]
+    try:
+      node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f'config.{dotted} is missing (configs/paper.py lists '
+                        'every field)') from None
   return node
 
 
@@ -77,6 +81,30 @@ def _bool(config, dotted):
   value = _get(config, dotted)
   if not isinstance(value, bool):
     raise ConfigError(f'config.{dotted}={value!r} must be True or False')
+  return value
+
+
+def _string(config, dotted, *, empty_ok=True):
+  value = _get(config, dotted)
+  if not isinstance(value, str) or not (empty_ok or value):
+    kind = 'a string' if empty_ok else 'a non-empty string'
+    raise ConfigError(f'config.{dotted}={value!r} must be {kind}')
+  return value
+
+
+def _numbers(config, dotted, *, count=None, low=None, increasing=False):
+  """A tuple/list of finite numbers (> low when low is given)."""
+  value = _get(config, dotted)
+  is_num = lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v) and (low is None or v > low))
+  ok = (isinstance(value, (tuple, list)) and all(map(is_num, value))
+        and (count is None or len(value) == count)
+        and (not increasing or list(value) == sorted(set(value))))
+  if not ok:
+    what = f'{count} numbers' if count else 'a tuple of numbers'
+    what += f' > {low}' if low is not None else ''
+    what += ', strictly increasing' if increasing else ''
+    raise ConfigError(f'config.{dotted}={value!r} must be {what}')
   return value
 
 
@@ -123,7 +151,11 @@ def check_data(config):
   if name.startswith('folder:') and not name[len('folder:'):]:
     raise ConfigError("config.data.name='folder:' needs a path: "
                       "'folder:/path/to/root' with ROOT/SPLIT/CLASS/IMAGE")
-  _one_of(config, d + 'image_size', tuple(range(8, 1025)))
+  for field in ('data_dir', 'manual_dir', 'test_split', 'mean_image'):
+    _string(config, d + field)
+  for field in ('train_split', 'eval_split'):
+    _string(config, d + field, empty_ok=False)
+  _number(config, d + 'image_size', low=8, high=1024, integer=True)
   _number(config, d + 'resize_size', low=1, integer=True)
   if _get(config, d + 'resize_size') < _get(config, d + 'image_size'):
     raise ConfigError(
@@ -138,6 +170,8 @@ def check_data(config):
     raise ConfigError("config.data.normalization='image' needs "
                       'config.data.mean_image=FILE.npy (make one with '
                       '`python -m alexnet_jax.data_stats`)')
+  _numbers(config, d + 'mean', count=3)
+  _numbers(config, d + 'std', count=3, low=0)
   _one_of(config, d + 'eval_crops', (1, 10))
   _number(config, d + 'shuffle_buffer', low=1, integer=True)
   _bool(config, d + 'cache')
@@ -151,11 +185,12 @@ def _check_lighting(eigval, eigvec):
   """eigval: 3 numbers >= 0; eigvec: 3x3 with unit columns (to 1e-2, as
   published constants are rounded to 4 digits)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  try:
-    val = np.asarray(eigval, np.float64)
-    vec = np.asarray(eigvec, np.float64)
-  except (TypeError, ValueError):
-    val = vec = np.zeros(0)
+  def as_array(value):
+    try:
+      return np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+      return np.zeros(0)  # fails the shape checks below, naming the field
+  val, vec = as_array(eigval), as_array(eigvec)
   if val.shape != (3,) or not np.isfinite(val).all() or (val < 0).any():
     raise ConfigError(f'config.data.lighting.eigval={eigval!r} must be 3 '
                       'numbers >= 0 (the RGB covariance eigenvalues)')
@@ -186,6 +221,7 @@ def check_parallel(config):
                       'device and needs config.model.towers=2 (got '
                       f'{_get(config, "model.towers")})')
   _number(config, p + 'cpu_devices', low=0, integer=True)
+  _string(config, p + 'coordinator_address')
   _number(config, p + 'num_processes', low=1, integer=True)
   _number(config, p + 'process_id', low=0, integer=True)
   batch = _number(config, 'optim.batch_size', low=1, integer=True)
@@ -204,6 +240,7 @@ def check_optim(config):
   _bool(config, o + 'decay_biases')
   _number(config, o + 'bias_lr_mult', low=0)
   _one_of(config, o + 'schedule', ('plateau', 'step', 'cosine', 'constant'))
+  _numbers(config, o + 'step_epochs', low=0, increasing=True)
   _number(config, o + 'plateau.factor', low=0, high=1, low_open=True)
   _number(config, o + 'plateau.patience', low=0, integer=True)
   _number(config, o + 'plateau.max_drops', low=0, integer=True)
