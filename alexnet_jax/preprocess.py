@@ -7,7 +7,7 @@ photo, we decode only the window of the original photo that becomes the crop
 (`tf.io.decode_and_crop_jpeg`) and resize that window straight to 224:
 
   S = min(h, w)                      the centre S x S square is the 256 crop
-  c = round(S * image_size / resize_size)   side of the crop window
+  c = floor(S * image_size / resize_size + 1/2)   side of the crop window
   train ('paper'): window at a uniformly random integer offset in [0, S - c]^2
                    inside the centre square, resized to image_size
   eval (1 crop):   the centred window, resized to image_size
@@ -103,9 +103,9 @@ def decode_window(encoded, window_fn):
 
 
 def _crop_side(square, image_size, resize_size):
-  """round(square * image_size / resize_size), at least 1."""
-  side = tf.cast(tf.round(tf.cast(square, tf.float32) * image_size
-                          / resize_size), tf.int32)
+  """floor(square * image_size / resize_size + 1/2), at least 1."""
+  side = tf.cast(tf.floor(tf.cast(square, tf.float32) * image_size
+                          / resize_size + 0.5), tf.int32)
   return tf.clip_by_value(side, 1, square)
 
 
