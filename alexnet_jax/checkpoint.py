@@ -43,9 +43,9 @@ BEST_METRIC = 'val_top1_error'      # lower is better
 # Orbax writes a step into `<step>.orbax-checkpoint-tmp...` and renames it
 # when complete: such a directory is a save that never finished.
 _ORBAX_TMP = '.orbax-checkpoint-tmp'
-# Config sections that decide the shape and meaning of the weights: a
-# checkpoint is refused when any of these fields differ.
-MODEL_FIELDS = ('model',)
+# Config fields (or sections) that decide the shape and meaning of the
+# weights: resuming is refused when any of these differ.
+MODEL_FIELDS = ('model', 'data.image_size')
 
 
 class CheckpointError(ValueError):

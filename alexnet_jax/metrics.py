@@ -1,0 +1,130 @@
+"""CLU metric collections for training and evaluation, and the metric writers.
+
+Errors, not accuracies: the paper reports top-1 and top-5 ERROR rates.
+`JsonlWriter` puts every scalar in WORKDIR/metrics.jsonl (one JSON object a
+line: {"step": N, "name": value, ...}), next to the TensorBoard events, so
+runs can be plotted and committed without TensorBoard.
+"""
+
+import json
+import pathlib
+import threading
+import time
+from typing import Any, Mapping
+
+from clu import metric_writers
+from clu import metrics
+import flax
+import jax.numpy as jnp
+import numpy as np
+
+JSONL_FILE = 'metrics.jsonl'
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  top1_error: metrics.Average.from_output('top1_error')
+  top5_error: metrics.Average.from_output('top5_error')
+  learning_rate: metrics.LastValue.from_output('learning_rate')
+  grad_norm: metrics.Average.from_output('grad_norm')
+  param_norm: metrics.LastValue.from_output('param_norm')
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  top1_error: metrics.Average.from_output('top1_error')
+  top5_error: metrics.Average.from_output('top5_error')
+
+
+def topk_errors(scores: jnp.ndarray, labels: jnp.ndarray, k: int = 5):
+  """(top-1 error, top-k error) per example as float32 0/1 arrays.
+
+  scores: f32[B, C] (logits or probabilities); labels: int32[B].
+  """
+  k = min(k, scores.shape[-1])
+  label_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
+  # The label's rank: how many classes score strictly higher than it.
+  rank = (scores > label_score).sum(axis=-1)
+  return ((rank >= 1).astype(jnp.float32), (rank >= k).astype(jnp.float32))
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Scalars (and hparams) as JSON lines; other summaries are not written."""
+
+  def __init__(self, path):
+    self._path = pathlib.Path(path)
+    self._path.parent.mkdir(parents=True, exist_ok=True)
+    self._file = open(self._path, 'a', encoding='utf-8')
+    self._lock = threading.Lock()
+
+  def _write(self, record: Mapping[str, Any]):
+    with self._lock:
+      self._file.write(json.dumps(record, default=_to_python) + '\n')
+
+  def write_scalars(self, step, scalars):
+    record = {'step': int(step), 'time': round(time.time(), 3)}
+    record.update({k: _to_python(v) for k, v in scalars.items()})
+    self._write(record)
+
+  def write_hparams(self, hparams):
+    self._write({'hparams': {k: _to_python(v) for k, v in hparams.items()}})
+
+  def write_texts(self, step, texts):
+    self._write({'step': int(step), 'texts': dict(texts)})
+
+  # Arrays have no useful JSON form: TensorBoard keeps those.
+  def write_summaries(self, step, values, metadata=None):
+    del step, values, metadata
+
+  def write_images(self, step, images):
+    del step, images
+
+  def write_videos(self, step, videos):
+    del step, videos
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    del step, arrays, num_buckets
+
+  def flush(self):
+    with self._lock:
+      self._file.flush()
+
+  def close(self):
+    with self._lock:
+      if not self._file.closed:
+        self._file.close()
+
+
+def _to_python(value):
+  if isinstance(value, (np.ndarray, np.generic, jnp.ndarray)):
+    value = np.asarray(value)
+    return value.item() if value.size == 1 else value.tolist()
+  if isinstance(value, (tuple, list)):
+    return [_to_python(v) for v in value]
+  return value
+
+
+def read_jsonl(path) -> list[dict]:
+  """The records of a metrics.jsonl file (scalar records only)."""
+  out = []
+  for line in pathlib.Path(path).read_text().splitlines():
+    if line.strip():
+      record = json.loads(line)
+      if 'step' in record and 'texts' not in record:
+        out.append(record)
+  return out
+
+
+def create_writer(workdir, *, just_logging=False):
+  """Logging + TensorBoard + JSONL writer for the workdir (one process)."""
+  if just_logging:
+    return metric_writers.create_default_writer(just_logging=True)
+  default = metric_writers.create_default_writer(
+      workdir, asynchronous=False)
+  return metric_writers.AsyncMultiWriter(
+      [default, JsonlWriter(pathlib.Path(workdir) / JSONL_FILE)])

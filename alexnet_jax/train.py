@@ -1,0 +1,418 @@
+"""Training and evaluation: TrainState, pure step functions and the loop.
+
+Data flows one way: config -> Parallel (mesh) -> input batches + model ->
+train step -> metrics (CLU) and checkpoints (Orbax). The step functions are
+pure and module-level; parallel.py decides how they run (jit with
+shardings, or pmap, where they receive `axis_name`).
+
+Exact resume: batch k is a pure function of (config.train.seed, k) (see
+input_pipeline.train_iterator), the dropout key of step k is folded from
+the state's key and k, and the lr and plateau state live in the state, so a
+run restarted from a checkpoint replays exactly what the interrupted run
+would have done.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+from absl import logging
+from clu import periodic_actions
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from alexnet_jax import checkpoint
+from alexnet_jax import config_checks
+from alexnet_jax import input_pipeline
+from alexnet_jax import metrics as metrics_lib
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import parallel
+
+RESULTS_FILE = 'results.json'
+CONFIG_FILE = 'config.json'
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or the parameters stopped being finite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array        # int32[]: updates done so far (= data position)
+  params: Any
+  opt_state: Any         # holds the current learning rate (optim.py)
+  rng: jax.Array         # uint32[2]; step k's dropout key = fold_in(rng, k)
+  plateau: dict          # optim.plateau_init(): reduce-on-plateau state
+
+
+# ------------------------------------------------------------ pure steps --
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def train_step(state: TrainState, batch, *, apply_fn: Callable,
+               tx: optax.GradientTransformation, lr_fn: Callable,
+               axis_name: str | None = None):
+  """One SGD step. batch: image f32[B, H, W, 3], label int32[B]."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:  # pmap: a different mask on every device
+    dropout_rng = jax.random.fold_in(dropout_rng,
+                                     jax.lax.axis_index(axis_name))
+
+  def loss_fn(params):
+    logits = apply_fn({'params': params}, batch['image'], train=True,
+                      rngs={'dropout': dropout_rng})
+    losses = cross_entropy(logits, batch['label'])
+    return losses.mean(), (losses, logits)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (_, (losses, logits)), grads = grad_fn(state.params)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+  lr = lr_fn(state.step) * state.plateau['scale']
+  opt_state = optim.with_learning_rate(state.opt_state, lr)
+  updates, opt_state = tx.update(grads, opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  top1, top5 = metrics_lib.topk_errors(logits, batch['label'])
+  outputs = dict(loss=losses, top1_error=top1, top5_error=top5,
+                 learning_rate=lr, grad_norm=optax.global_norm(grads),
+                 param_norm=optax.global_norm(params))
+  if axis_name is None:
+    metrics = metrics_lib.TrainMetrics.single_from_model_output(**outputs)
+  else:
+    metrics = metrics_lib.TrainMetrics.gather_from_model_output(
+        axis_name=axis_name, **outputs)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(params, batch, *, apply_fn: Callable,
+              axis_name: str | None = None):
+  """Metrics of one eval batch; 10-crop batches average the softmax.
+
+  batch: image f32[B, H, W, 3] or f32[B, crops, H, W, 3], label int32[B],
+  mask bool[B] (False for the padding of the last batch).
+  """
+  images = batch['image']
+  if images.ndim == 5:
+    b, n = images.shape[:2]
+    logits = apply_fn({'params': params}, images.reshape((b * n,) +
+                                                         images.shape[2:]),
+                      train=False)
+    probs = jax.nn.softmax(logits).reshape(b, n, -1).mean(axis=1)
+    log_probs = jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
+  else:
+    logits = apply_fn({'params': params}, images, train=False)
+    log_probs = jax.nn.log_softmax(logits)
+  labels = batch['label']
+  losses = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+  top1, top5 = metrics_lib.topk_errors(log_probs, labels)
+  outputs = dict(loss=losses, top1_error=top1, top5_error=top5,
+                 mask=batch['mask'])
+  if axis_name is None:
+    return metrics_lib.EvalMetrics.single_from_model_output(**outputs)
+  return metrics_lib.EvalMetrics.gather_from_model_output(
+      axis_name=axis_name, **outputs)
+
+
+# ------------------------------------------------------------ set-up ------
+
+
+@dataclasses.dataclass
+class Plan:
+  """Derived sizes, computed once at start-up (and logged)."""
+  num_train_examples: int
+  steps_per_epoch: float
+  total_steps: int
+
+
+def plan(config, info) -> Plan:
+  examples = config.train.num_train_examples
+  if examples <= 0:
+    examples = info.split_sizes.get(config.data.train_split)
+    if not examples:
+      raise config_checks.ConfigError(
+          f'cannot tell how many examples split {config.data.train_split!r} '
+          'has: set config.train.num_train_examples')
+  steps_per_epoch = examples / config.optim.batch_size
+  total = config.train.num_train_steps
+  if total <= 0:
+    total = max(1, math.ceil(config.optim.num_epochs * steps_per_epoch))
+  return Plan(examples, steps_per_epoch, total)
+
+
+def create_train_state(config, module, tx) -> TrainState:
+  """The initial state, on the host (unplaced).
+
+  Parameters are drawn with an 'rbg' key from config.train.seed: XLA:CPU
+  compiles threefry's init of the sixteen parameter arrays about 5x slower
+  (tens of seconds). Dropout keys stay threefry (`rng`), whose masks do not
+  depend on how the batch is sharded.
+  """
+  init_rng = jax.random.key(config.train.seed, impl='rbg')
+  variables = model_lib.init(module, init_rng, config.data.image_size)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params),
+                    rng=jax.random.PRNGKey(config.train.seed),
+                    plateau=jax.tree.map(jnp.asarray, optim.plateau_init()))
+
+
+def _host_state(par, state) -> dict:
+  """The state as a plain nested dict of numpy arrays (checkpoint form)."""
+  return flax.serialization.to_state_dict(par.to_host(state))
+
+
+def _abstract(tree):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+      if not isinstance(x, jax.ShapeDtypeStruct) else x, tree)
+
+
+def _flat_config(config) -> dict:
+  flat = checkpoint._flatten(checkpoint.config_to_dict(config))  # noqa: SLF001
+  return {k: (v if isinstance(v, (bool, int, float, str)) else json.dumps(v))
+          for k, v in flat.items()}
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves a checkpoint and returns."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning('Received signal %d: saving a checkpoint at the current '
+                    'step, then exiting', signum)
+    self.requested = True
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# ------------------------------------------------------------ evaluation --
+
+
+def evaluate(par, eval_fn, params, config, split, *, crops=None,
+             preprocessing=None, max_batches=-1, progress=None) -> dict:
+  """{'loss', 'top1_error', 'top5_error', 'examples'} on a whole split.
+
+  `eval_fn` is the compiled eval step (Parallel.jit_step(eval_step)).
+  `progress`, if given, is called with the number of examples done.
+  """
+  batches = input_pipeline.eval_iterator(
+      config, split, preprocessing=preprocessing, crops=crops,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  total = None
+  for i, batch in enumerate(batches):
+    if 0 < max_batches <= i:
+      break
+    m = eval_fn(params, par.shard_batch(batch))
+    total = m if total is None else total.merge(m)
+    if progress is not None:
+      progress(int(np.sum(batch['mask'])))
+  if total is None:
+    raise ValueError(f'split {split!r} of {config.data.name} yielded no '
+                     'examples')
+  result = {k: float(v) for k, v in par.to_host(total.compute()).items()}
+  result['examples'] = int(par.to_host(total.loss.count))
+  return result
+
+
+def make_eval_fn(par):
+  return par.jit_step(functools.partial(eval_step, apply_fn=par.apply),
+                      donate_state=False)
+
+
+# ------------------------------------------------------------ the loop ----
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains (resuming from the workdir's latest checkpoint) and evaluates.
+
+  Returns the final metrics (also written to WORKDIR/results.json).
+  """
+  config_checks.validate(config)
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  primary = jax.process_index() == 0
+
+  info = input_pipeline.get_info(config)
+  if info.num_classes != config.model.num_classes:
+    raise config_checks.ConfigError(
+        f'config.model.num_classes={config.model.num_classes} but dataset '
+        f'{config.data.name!r} has {info.num_classes} classes')
+  p = plan(config, info)
+  logging.info('Training for %d steps (%.1f epochs of %d examples, %.1f '
+               'steps per epoch, global batch %d)', p.total_steps,
+               p.total_steps / p.steps_per_epoch, p.num_train_examples,
+               p.steps_per_epoch, config.optim.batch_size)
+
+  module = model_lib.from_config(config.model)
+  par = parallel.Parallel(config, module)
+  tx = optim.make_optimizer(config.optim)
+  lr_fn = optim.base_schedule(config.optim, steps_per_epoch=p.steps_per_epoch,
+                              total_steps=p.total_steps)
+  preprocessing = input_pipeline.preprocessing_from_config(config)
+  metadata = checkpoint.make_metadata(
+      config=config, preprocessing=preprocessing,
+      class_names=info.class_names,
+      data_position=dict(seed=config.train.seed, step_is_batch_index=True))
+
+  mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+  abstract_state = jax.eval_shape(
+      functools.partial(create_train_state, config, module, tx))
+  restored = checkpoint.restore_train_state(
+      mgr, _abstract(flax.serialization.to_state_dict(abstract_state)),
+      config)
+  if restored is None:
+    start_step = 0
+    host_state = create_train_state(config, module, tx)
+    logging.info('Starting from scratch in %s', workdir)
+  else:
+    start_step, state_dict, _ = restored
+    host_state = flax.serialization.from_state_dict(abstract_state,
+                                                    state_dict)
+    logging.info('Resumed from the checkpoint at step %d in %s (lr %.6g, '
+                 'plateau drops %d)', start_step, mgr.directory,
+                 float(optim.learning_rate(host_state.opt_state)),
+                 int(host_state.plateau['drops']))
+  state = par.place_state(host_state)
+  del host_state
+
+  writer = metrics_lib.create_writer(workdir, just_logging=not primary)
+  if primary:
+    (workdir / CONFIG_FILE).write_text(config.to_json(indent=2))
+    if start_step == 0:
+      writer.write_hparams(_flat_config(config))
+
+  step_fn = par.jit_step(functools.partial(
+      train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn))
+  eval_fn = make_eval_fn(par)
+  hooks = [periodic_actions.ReportProgress(
+      num_train_steps=p.total_steps, writer=writer,
+      every_steps=config.train.log_every_steps)]
+  if config.train.profile and primary:
+    hooks.append(periodic_actions.Profile(
+        logdir=str(workdir), num_profile_steps=5,
+        first_profile=start_step + 5))
+  report = hooks[0]
+
+  def run_eval(step, split):
+    with report.timed('eval'):
+      result = evaluate(par, eval_fn, state.params, config, split,
+                        crops=config.data.eval_crops,
+                        max_batches=config.train.max_eval_batches)
+    prefix = 'val' if split == config.data.eval_split else 'test'
+    scalars = {f'{prefix}_{k}': v for k, v in result.items()}
+    writer.write_scalars(step, scalars)
+    return scalars
+
+  def save(step, val=None, *, force=False):
+    if step in mgr.all_steps():
+      return
+    with report.timed('checkpoint'):
+      metrics = ({checkpoint.BEST_METRIC: val['val_top1_error']}
+                 if val else None)
+      checkpoint.save_train_state(mgr, step, _host_state(par, state),
+                                  metadata, metrics, force=force)
+
+  train_metrics = None
+  last_log = (start_step, time.monotonic())
+  train_iter = input_pipeline.train_iterator(
+      config, start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  step = start_step
+  val = None
+  with _Preemption() as preempt:
+    while step < p.total_steps:
+      batch = par.shard_batch(next(train_iter))
+      state, m = step_fn(state, batch)
+      step += 1
+      loss, pnorm = (float(x) for x in par.to_host(
+          (m.loss.total / m.loss.count, m.param_norm.value)))
+      if not (math.isfinite(loss) and math.isfinite(pnorm)):
+        mgr.wait_until_finished()
+        last = mgr.latest_step()
+        raise NonFiniteError(
+            f'loss became {loss} (parameter norm {pnorm}) at step {step}: '
+            'stopping. The last good checkpoint is '
+            + (f'step {last} in {mgr.directory}' if last is not None else
+               'none (no checkpoint was saved)')
+            + '. Lower config.optim.lr or check the data.')
+      train_metrics = m if train_metrics is None else train_metrics.merge(m)
+      for hook in hooks:
+        hook(step)
+
+      if step % config.train.log_every_steps == 0 or step == p.total_steps:
+        scalars = {f'train_{k}': v for k, v in
+                   par.to_host(train_metrics.compute()).items()}
+        t = time.monotonic()
+        scalars['images_per_sec'] = ((step - last_log[0]) *
+                                     config.optim.batch_size /
+                                     max(t - last_log[1], 1e-9))
+        scalars['epoch'] = step / p.steps_per_epoch
+        last_log = (step, t)
+        writer.write_scalars(step, scalars)
+        train_metrics = None
+
+      val = None
+      if step % config.train.eval_every_steps == 0 or step == p.total_steps:
+        val = run_eval(step, config.data.eval_split)
+        if config.optim.schedule == 'plateau':
+          decision = optim.plateau_update(
+              par.to_host(state.plateau), val['val_top1_error'],
+              config.optim.plateau)
+          if decision.dropped:
+            logging.info('Step %d: %s', step, decision.message)
+          state = state.replace(plateau=par.place_state(
+              jax.tree.map(jnp.asarray, decision.state)))
+      if (step % config.train.checkpoint_every_steps == 0 or val is not None
+          or step == p.total_steps):
+        save(step, val)
+      if preempt.requested:
+        save(step, val, force=True)
+        mgr.wait_until_finished()
+        logging.warning('Preempted: saved the checkpoint at step %d in %s; '
+                        'run the same command again to resume', step,
+                        mgr.directory)
+        writer.flush()
+        return {'preempted_at_step': step}
+
+  mgr.wait_until_finished()
+  results = {'step': step}
+  if start_step >= p.total_steps:
+    logging.info('Training already finished at step %d: evaluating only',
+                 start_step)
+  results.update(val or run_eval(step, config.data.eval_split))
+  if config.data.test_split:
+    results.update(run_eval(step, config.data.test_split))
+  logging.info('Final metrics at step %d: %s', step, results)
+  if primary:
+    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+  writer.flush()
+  writer.close()
+  mgr.close()
+  return results
