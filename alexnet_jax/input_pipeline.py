@@ -299,19 +299,18 @@ def get_info(config):
 # ------------------------------------------------------ robust decoding
 
 
-def _robust(keys, attempts, fallback, threads):
-  """Maps each key through the first of `attempts` that does not fail.
+def _robust(keys, attempt, fallback, threads, num_attempts=1):
+  """Maps each key through attempt(key, j) for the first j that does not
+  fail, else through fallback(key); keeps the order of keys.
 
-  Each attempt runs in its own one-element dataset behind `ignore_errors`,
-  so a decode error only empties that dataset and the next attempt (or
-  `fallback`) runs; the order of keys is kept.
+  The attempts run in a small per-key dataset behind `ignore_errors`, so a
+  decode error only drops that attempt and the next one (or `fallback`)
+  runs; a plain map would stop the whole pipeline.
   """
   def one(key):
-    ds = None
-    for attempt in attempts:
-      a = tf.data.Dataset.from_tensors(key).map(attempt).ignore_errors()
-      ds = a if ds is None else ds.concatenate(a)
-    return ds.concatenate(
+    tries = tf.data.Dataset.range(num_attempts).map(
+        lambda j: attempt(key, j)).ignore_errors()
+    return tries.concatenate(
         tf.data.Dataset.from_tensors(key).map(fallback)).take(1)
   return keys.interleave(one, cycle_length=threads, block_length=1,
                          num_parallel_calls=threads, deterministic=True)
@@ -364,8 +363,8 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
   elif getattr(source, 'streaming', False) and not config.data.cache:
     ds = source.train_stream(config.data.train_split, seed, start,
                              process_index, process_count)
-    ds = _robust(ds, [functools.partial(_stream_train_example, seed=seed,
-                                        host=process_index, params=params)],
+    ds = _robust(ds, functools.partial(_stream_train_example, seed=seed,
+                                       host=process_index, params=params),
                  functools.partial(_stream_unreadable, size=params.image_size,
                                    crops=None), threads)
     ds = _drop_unreadable(ds)
@@ -373,14 +372,12 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
     table, _ = source.table(config.data.train_split, process_index,
                             process_count, config.data.cache)
     positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
-    attempts = [functools.partial(_table_train_example, table=table,
-                                  attempt=j, seed=seed, host=process_index,
-                                  params=params)
-                for j in range(_MAX_ATTEMPTS)]
-    ds = _robust(positions, attempts,
+    attempt = functools.partial(_table_train_example, table=table, seed=seed,
+                                host=process_index, params=params)
+    ds = _robust(positions, attempt,
                  functools.partial(_all_unreadable, table=table, seed=seed,
                                    host=process_index, size=params.image_size),
-                 threads)
+                 threads, num_attempts=_MAX_ATTEMPTS)
     ds = _drop_unreadable(ds)
   ds = ds.batch(batch, drop_remainder=True)
   ds = ds.prefetch(config.data.prefetch or tf.data.AUTOTUNE)
@@ -404,41 +401,44 @@ def _host_batch(config, process_count):
   return batch // process_count
 
 
-def _table_index(table, seed, host, p, attempt):
-  """Index of the image read for stream position p: the epoch's shuffled
-  order, or (attempt > 0, replacing an unreadable one) a keyed draw."""
+def _candidates(table, seed, host, p):
+  """int64[_MAX_ATTEMPTS]: the image read for stream position p (from the
+  epoch's shuffled order), then keyed draws that replace it if unreadable."""
   n = table.size
-  if attempt == 0:
-    epoch, i = p // n, p % n
-    return tf.random.experimental.index_shuffle(
-        i, _key(seed, host, 1, epoch), n - 1)
-  return tf.random.stateless_uniform([], _key(seed, host, 2, p, attempt), 0,
-                                     n, dtype=tf.int64)
+  epoch, i = p // n, p % n
+  first = tf.random.experimental.index_shuffle(
+      i, _key(seed, host, 1, epoch), n - 1)
+  others = [tf.random.stateless_uniform([], _key(seed, host, 2, p, j), 0, n,
+                                        dtype=tf.int64)
+            for j in range(1, _MAX_ATTEMPTS)]
+  return tf.stack([tf.cast(first, tf.int64)] + others)
 
 
-def _table_train_example(p, *, table, attempt, seed, host, params):
-  idx = _table_index(table, seed, host, p, attempt)
+def _table_train_example(p, attempt, *, table, seed, host, params):
+  candidates = _candidates(table, seed, host, p)
+  idx = candidates[attempt]
   image = preprocess.train_image(table.read(idx), _key(seed, host, 3, p),
                                  params)
-  skipped = [tf.gather(table.names, _table_index(table, seed, host, p, j))
-             for j in range(attempt)]
+  names = tf.gather(table.names, candidates)
+  skipped = tf.where(tf.range(_MAX_ATTEMPTS, dtype=tf.int64) < attempt,
+                     names, '')
   return dict(image=image, label=tf.gather(table.labels, idx),
-              skipped=_pad_names(skipped), ok=tf.constant(True))
+              skipped=skipped, ok=tf.constant(True))
 
 
 def _all_unreadable(p, *, table, seed, host, size):
-  names = [tf.gather(table.names, _table_index(table, seed, host, p, j))
-           for j in range(_MAX_ATTEMPTS)]
+  names = tf.gather(table.names, _candidates(table, seed, host, p))
   check = tf.debugging.Assert(False, [
       f'{_MAX_ATTEMPTS} images in a row could not be read (truncated, empty '
-      'or not images); is the dataset corrupt? Tried:'] + names,
+      'or not images); is the dataset corrupt? Tried:', names],
                               summarize=_MAX_ATTEMPTS)
   with tf.control_dependencies([check]):
     return dict(image=tf.zeros([size, size, 3]), label=tf.constant(0),
                 skipped=_pad_names([]), ok=tf.constant(False))
 
 
-def _stream_train_example(ex, *, seed, host, params):
+def _stream_train_example(ex, attempt, *, seed, host, params):
+  del attempt  # a stream cannot fetch a replacement
   image = preprocess.train_image(ex['encoded'], _key(seed, host, 3,
                                                      ex['position']), params)
   return dict(image=image, label=ex['label'], skipped=_pad_names([]),
@@ -477,8 +477,8 @@ def eval_dataset(config, split, *, preprocessing=None, crops=None,
           lambda i: dict(encoded=table.read(i),
                          label=tf.gather(table.labels, i),
                          name=tf.gather(table.names, i)))
-    ds = _robust(keys, [functools.partial(_eval_example, params=params,
-                                          crops=crops)],
+    ds = _robust(keys, functools.partial(_eval_example, params=params,
+                                         crops=crops),
                  functools.partial(_stream_unreadable,
                                    size=params.image_size, crops=crops),
                  threads)
@@ -522,7 +522,8 @@ def _padded(batches, batch, num_batches, image_shape):
                label=np.zeros(batch, np.int32), mask=np.zeros(batch, bool))
 
 
-def _eval_example(ex, *, params, crops):
+def _eval_example(ex, attempt, *, params, crops):
+  del attempt
   return dict(image=preprocess.eval_image(ex['encoded'], params, crops),
               label=tf.cast(ex['label'], tf.int32), skipped=_pad_names([]),
               ok=tf.constant(True))
