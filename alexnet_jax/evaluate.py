@@ -1,0 +1,142 @@
+r"""Top-1 / top-5 error of a checkpoint on a dataset split.
+
+    python -m alexnet_jax.evaluate --checkpoint=DIR \
+        [--dataset=folder:../shared/datasets/cifar10 --split=test --crops=10]
+
+DIR is a training workdir (its latest checkpoint; --best for the lowest
+validation error), one of its step directories, or a model export from
+`alexnet_jax.convert`. Images are preprocessed the way the checkpoint says
+its weights expect (its `preprocessing` metadata); the dataset defaults to
+the one the checkpoint was trained on.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'Training workdir, step directory or model export.')
+_BEST = flags.DEFINE_bool(
+    'best', False, 'For a workdir: the checkpoint with the lowest validation '
+    'top-1 error instead of the latest.')
+_DATASET = flags.DEFINE_string(
+    'dataset', None, "Dataset (config.data.name form: a TFDS name, "
+    "'folder:/path' or 'fake'); default: the checkpoint's.")
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
+_SPLIT = flags.DEFINE_string(
+    'split', None, "Split, e.g. 'test', 'validation', 'train[90%:]'; "
+    "default: the checkpoint's evaluation split.")
+_CROPS = flags.DEFINE_enum(
+    'crops', None, ['1', '10'], "1 = centre crop, 10 = the paper's 10-crop "
+    "testing; default: the checkpoint's config.data.eval_crops.")
+_BATCH = flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
+_MAX_BATCHES = flags.DEFINE_integer('max_batches', -1,
+                                    'Stop after this many batches (-1: all).')
+_OUTPUT = flags.DEFINE_string('output', None, 'Also write the metrics to '
+                              'this JSON file.')
+
+
+def eval_config(config, *, dataset=None, data_dir=None, split=None,
+                crops=None, batch_size=64):
+  """The checkpoint's config adapted for evaluation on this machine."""
+  import jax  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  d = config.data
+  if dataset:
+    d.name = dataset
+  if data_dir is not None:
+    d.data_dir = data_dir
+  if split:
+    d.eval_split = split
+  if crops:
+    d.eval_crops = int(crops)
+  # Plain data parallelism over this machine's devices.
+  config.parallel.mesh.data = -1
+  config.parallel.mesh.model = 1
+  config.parallel.data_parallel = 'jit'
+  n = jax.device_count()
+  config.optim.batch_size = max(n, -(-batch_size // n) * n)
+  return config
+
+
+def run_evaluation(path, *, best=False, dataset=None, data_dir=None,
+                   split=None, crops=None, batch_size=64, max_batches=-1,
+                   progress=True) -> dict:
+  """Loads `path` and returns its metrics on the split (see module doc)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+
+  model, variables, config = checkpoint.load(path, best=best)
+  meta = checkpoint.load_metadata(path, best=best)
+  config = eval_config(config, dataset=dataset, data_dir=data_dir,
+                       split=split, crops=crops, batch_size=batch_size)
+  info = input_pipeline.get_info(config)
+  if info.num_classes != config.model.num_classes:
+    raise ValueError(
+        f'dataset {config.data.name!r} has {info.num_classes} classes but '
+        f'the checkpoint predicts {config.model.num_classes}')
+  if list(info.class_names) != list(meta['class_names']):
+    logging.warning('Dataset class names differ from the checkpoint\'s (e.g. '
+                    '%r vs %r): labels are matched by index',
+                    info.class_names[:3], meta['class_names'][:3])
+  split = config.data.eval_split
+  crops = config.data.eval_crops
+  par = parallel.Parallel(config, model)
+  params = par.place_state(variables['params'])
+  eval_fn = train.make_eval_fn(par)
+  try:
+    _, lo, hi = input_pipeline.parse_split(split, info.split_sizes)
+    total = hi - lo   # for the progress bar only
+  except ValueError:
+    total = None
+  bar = tqdm.tqdm(total=total, unit='img', desc=f'{split} ({crops} crop'
+                  f'{"s" if crops > 1 else ""})', disable=not progress,
+                  file=sys.stderr)
+  result = train.evaluate(par, eval_fn, params, config, split, crops=crops,
+                          preprocessing=meta['preprocessing'],
+                          max_batches=max_batches, progress=bar.update)
+  bar.close()
+  result.update(checkpoint=str(path), dataset=config.data.name, split=split,
+                crops=crops, devices=jax.device_count())
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not _CHECKPOINT.value:
+    raise app.UsageError('--checkpoint=DIR is required')
+  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  try:
+    result = run_evaluation(
+        _CHECKPOINT.value, best=_BEST.value, dataset=_DATASET.value,
+        data_dir=_DATA_DIR.value, split=_SPLIT.value, crops=_CROPS.value,
+        batch_size=_BATCH.value, max_batches=_MAX_BATCHES.value)
+  except (checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  print(f'{result["dataset"]} {result["split"]}, {result["examples"]} '
+        f'images, {result["crops"]} crop(s): top-1 error '
+        f'{100 * result["top1_error"]:.2f}%, top-5 error '
+        f'{100 * result["top5_error"]:.2f}%, loss {result["loss"]:.4f}')
+  print(json.dumps(result))
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
+      json.dump(result, f, indent=1)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

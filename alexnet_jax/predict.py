@@ -1,0 +1,141 @@
+r"""Top-5 classes of images, with readable names and probabilities.
+
+    python -m alexnet_jax.predict --checkpoint=DIR IMAGE [IMAGE ...]
+
+DIR is a training workdir, a step directory or a model export. Each image
+is preprocessed as the checkpoint's metadata says (centre crop, or the
+paper's 10 crops with --crops=10, softmax averaged). Class names come from
+the checkpoint; WordNet ids (ImageNet) are shown with the readable names
+that ship with the package.
+"""
+
+import importlib.resources
+import json
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'Training workdir, step directory or model export.')
+_BEST = flags.DEFINE_bool('best', False, 'For a workdir: the checkpoint with '
+                          'the lowest validation error.')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
+_CROPS = flags.DEFINE_enum('crops', '1', ['1', '10'],
+                           '1 = centre crop, 10 = average over 10 crops.')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
+
+_WNID = re.compile(r'^n\d{8}$')
+
+
+def readable_names(class_names) -> list[str]:
+  """Class names as shown: ImageNet WordNet ids get their readable name."""
+  names = list(class_names)
+  if not any(_WNID.match(n) for n in names):
+    return names
+  data = importlib.resources.files('alexnet_jax.data')
+  wnids = (data / 'imagenet_wnids.txt').read_text().split('\n')
+  readable = (data / 'imagenet_classes.txt').read_text().split('\n')
+  lookup = dict(zip(wnids, readable))
+  return [f'{lookup[n]} ({n})' if n in lookup else n for n in names]
+
+
+def preprocess_params(preprocessing):
+  """preprocess.Params for evaluation from a checkpoint's preprocessing."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import preprocess  # pylint: disable=g-import-not-at-top
+  mean_image = None
+  if preprocessing.get('mean_image'):
+    mean_image = np.load(preprocessing['mean_image']).astype(np.float32)
+  return preprocess.Params(
+      image_size=int(preprocessing['image_size']),
+      resize_size=int(preprocessing['resize_size']),
+      channel_order=preprocessing['channel_order'],
+      pixel_scale=float(preprocessing['pixel_scale']),
+      mean=tuple(preprocessing['mean']), std=tuple(preprocessing['std']),
+      mean_image=mean_image)
+
+
+class Predictor:
+  """Loads a checkpoint once; `__call__(path)` -> [(name, probability)]."""
+
+  def __init__(self, checkpoint_path, *, best=False, crops=1):
+    import jax  # pylint: disable=g-import-not-at-top
+    from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    self.model, self.variables, self.config = checkpoint.load(
+        checkpoint_path, best=best)
+    meta = checkpoint.load_metadata(checkpoint_path, best=best)
+    self.names = readable_names(meta['class_names'])
+    self.params = preprocess_params(meta['preprocessing'])
+    self.crops = int(crops)
+    model, variables = self.model, self.variables
+
+    @jax.jit
+    def probs(images):   # f32[crops, H, W, 3] -> f32[C], crops averaged
+      logits = model.apply(variables, images, train=False)
+      return jax.nn.softmax(logits).mean(axis=0)
+    self._probs = probs
+
+  def image(self, path):
+    """The normalised crops of one image file: f32[crops, H, W, 3]."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from alexnet_jax import preprocess  # pylint: disable=g-import-not-at-top
+    try:
+      with open(path, 'rb') as f:
+        encoded = f.read()
+      image = preprocess.eval_image(tf.constant(encoded), self.params,
+                                    self.crops).numpy()
+    except (OSError, tf.errors.OpError, ValueError) as e:
+      # TF's messages carry '{{function_node ...}} ... [Op:...]' wrapping.
+      message = re.sub(r'\{\{.*?\}\}\s*|\s*\[Op:.*$', '',
+                       str(getattr(e, 'message', e)))
+      raise ValueError(f'cannot read image {path!r}: {message}') from e
+    return image if self.crops > 1 else image[None]
+
+  def __call__(self, path, top_k=5):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    p = np.asarray(self._probs(self.image(path)))
+    order = np.argsort(-p, kind='stable')[:top_k]
+    return [(self.names[i], float(p[i]), int(i)) for i in order]
+
+
+def main(argv):
+  images = argv[1:]
+  if not _CHECKPOINT.value or not images:
+    raise app.UsageError('usage: python -m alexnet_jax.predict '
+                         '--checkpoint=DIR IMAGE [IMAGE ...]')
+  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  try:
+    predictor = Predictor(_CHECKPOINT.value, best=_BEST.value,
+                          crops=_CROPS.value)
+  except checkpoint.CheckpointError as e:
+    sys.exit(f'error: {e}')
+  failed = 0
+  for path in images:
+    try:
+      top = predictor(path, _TOP_K.value)
+    except ValueError as e:
+      print(f'error: {e}', file=sys.stderr)
+      failed += 1
+      continue
+    if _JSON.value:
+      print(json.dumps({'image': path, 'top': [
+          dict(name=n, probability=p, index=i) for n, p, i in top]}))
+    else:
+      print(path)
+      for rank, (name, p, i) in enumerate(top, 1):
+        print(f'  {rank}. {100 * p:6.2f}%  {name}  [{i}]')
+  if failed:
+    sys.exit(f'error: {failed} of {len(images)} images could not be read')
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
