@@ -453,12 +453,15 @@ def save_train_state(mgr, step, state, metadata, metrics=None, *,
 def restore_train_state(mgr, target, config):
   """(step, state, metadata) from the newest readable step, or None.
 
-  `target` is a pytree of arrays or ShapeDtypeStructs (with shardings) the
-  state is restored into. A step that cannot be read is reported and the
-  previous one is tried; a checkpoint of another model is refused.
+  `target` is a pytree of arrays or ShapeDtypeStructs the state is restored
+  into. A step that cannot be read while an older one can is reported and
+  moved aside (to `<step>.unreadable`, so the run can save that step again);
+  if no step can be read, CheckpointError says why rather than silently
+  starting over. A checkpoint of another model is refused.
   """
   mgr.reload()
   root = pathlib.Path(mgr.directory)
+  unreadable = []
   for step in sorted(mgr.all_steps(), reverse=True):
     directory = root / str(step)
     try:
@@ -466,16 +469,38 @@ def restore_train_state(mgr, target, config):
     except CheckpointError as e:
       if 'format_version' in str(e):
         raise
-      logging.warning('Checkpoint at step %d is unreadable (%s); trying the '
-                      'previous one', step, e)
+      logging.error('Checkpoint at step %d is unreadable (%s); trying the '
+                    'previous one', step, e)
+      unreadable.append((step, str(e)))
       continue
     check_compatible(meta['config'], config, directory)
     try:
       restored = mgr.restore(step, args=ocp.args.Composite(**{
           STATE_ITEM: ocp.args.StandardRestore(target)}))
     except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds
-      logging.warning('Checkpoint at step %d is unreadable (%s: %s); trying '
-                      'the previous one', step, type(e).__name__, e)
+      logging.error('Checkpoint at step %d is unreadable (%s: %s); trying '
+                    'the previous one', step, type(e).__name__, e)
+      unreadable.append((step, f'{type(e).__name__}: {e}'))
       continue
+    if unreadable:
+      _move_aside(root, [s for s, _ in unreadable])
+      mgr.reload()
+      logging.warning('Resuming from step %d instead of the unreadable '
+                      'step(s) %s', step, [s for s, _ in unreadable])
     return step, restored[STATE_ITEM], meta
+  if unreadable:
+    raise CheckpointError(
+        f'no checkpoint in {root} can be read: ' + '; '.join(
+            f'step {s}: {e}' for s, e in unreadable) + '. Move them away to '
+        'start over in this workdir, or use another --workdir.')
   return None
+
+
+def _move_aside(root, steps):
+  if jax.process_index() != 0:
+    return
+  for step in steps:
+    src = root / str(step)
+    dst = root / f'{step}.unreadable-{uuid.uuid4().hex[:6]}'
+    os.rename(src, dst)
+    logging.warning('Moved the unreadable checkpoint %s to %s', src, dst)

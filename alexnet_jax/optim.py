@@ -52,19 +52,18 @@ def paper_sgd(learning_rate, momentum=0.9, weight_decay=5e-4,
 
   Weight decay is added to the gradient before the lr scaling (coupled, as
   in the paper and Caffe), and a parameter group's lr multiplier scales the
-  decayed gradient too (Caffe's `lr_mult`).
+  decayed gradient too (Caffe's `lr_mult`). The mask and the multiplier are
+  always in the chain (as all-True and 1.0 by default), so the optimiser
+  state has the same structure whatever these switches say and a run can
+  be resumed with them changed.
   """
-  decay_mask = None
-  if not decay_biases:
-    decay_mask = lambda params: jax.tree_util.tree_map_with_path(
-        lambda path, _: not is_bias(path), params)
-  parts = [optax.add_decayed_weights(weight_decay, mask=decay_mask),
-           optax.scale_by_learning_rate(learning_rate)]
-  if bias_lr_mult != 1.0:
-    parts.append(scale_by_group(
-        lambda path: bias_lr_mult if is_bias(path) else 1.0))
-  parts.append(optax.trace(decay=momentum, nesterov=False))
-  return optax.chain(*parts)
+  decay_mask = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: decay_biases or not is_bias(path), params)
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+      scale_by_group(lambda path: bias_lr_mult if is_bias(path) else 1.0),
+      optax.trace(decay=momentum, nesterov=False))
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict):
