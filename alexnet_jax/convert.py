@@ -18,7 +18,8 @@ kernels along `out`, fc W as (in, out) with fc6's rows in (H, W, C) order. It
 returns the two-tower paper model with Caffe's constants (227x227 input,
 conv1 unpadded, LRN k=1, alpha 1e-4 / n, windows across both towers as
 Caffe's grouped convolutions have no towers). The images it wants: BGR in
-0..255 minus the per-channel mean (104, 117, 123) (`preprocessing('caffe-npy')`).
+0..255 minus the per-channel mean (104, 117, 123)
+(`preprocessing('caffe-npy')`).
 
 Loading never runs code from the file: `torch.load(weights_only=True)`, and
 the .npy dict goes through an unpickler that admits numpy arrays, dicts and
@@ -251,7 +252,7 @@ def _read_torch_state_dict(path) -> dict:
   return out
 
 
-# --- Layouts --------------------------------------------------------------------
+# --- Layouts ------------------------------------------------------------------
 
 def _check_layout(path, got: dict, expected: dict):
   """Every expected key present with its shape, and nothing else."""

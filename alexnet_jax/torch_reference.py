@@ -246,7 +246,7 @@ def load_flax_params(net, params):
       if tuple(target.shape) != value.shape:
         raise ValueError(f'{name} of {module} has shape {tuple(target.shape)}'
                          f', the Flax params give {value.shape}')
-      target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+      target.copy_(torch.from_numpy(np.array(value, np.float32)))  # a copy
 
   for module, p in zip(convs, conv):
     put(module, _conv_weight(p['kernel']), _all_towers(p['bias'], -1))

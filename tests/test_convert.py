@@ -6,7 +6,6 @@ Default tests run at 1/16 width (the layout logic is width-independent);
 """
 
 import os
-import pathlib
 import pickle
 
 import jax
@@ -106,7 +105,7 @@ def caffe_file(tmp_path_factory):
   return net, _save_npy(path, _caffe_npy_dict(net))
 
 
-# --- Logits against PyTorch -----------------------------------------------------
+# --- Logits against PyTorch ---------------------------------------------------
 
 def test_torchvision_import_matches_pytorch(torchvision_file):
   net, path = torchvision_file
@@ -173,7 +172,7 @@ def test_fine_tuned_head_size_is_read_from_the_file(tmp_path):
   assert variables['params']['fc8']['kernel'].shape == (256, 7)
 
 
-# --- Refusing to run code ---------------------------------------------------------
+# --- Refusing to run code -----------------------------------------------------
 
 class _CreatesFile:
   """Unpickling this calls open(path, 'w'): it creates the file."""
@@ -227,7 +226,7 @@ def test_raw_pickle_is_not_an_npy_file(tmp_path):
   assert not sentinel.exists()
 
 
-# --- Wrong files, keys and shapes -----------------------------------------------
+# --- Wrong files, keys and shapes ---------------------------------------------
 
 def test_missing_layer_is_named_with_its_shape(tmp_path):
   layers = _caffe_npy_dict(_caffe_net(TINY))
@@ -286,13 +285,13 @@ def test_plain_array_and_missing_file(tmp_path):
     convert.from_torchvision(tmp_path / 'junk.pth')
 
 
-# --- The command line -------------------------------------------------------------
+# --- The command line ---------------------------------------------------------
 
 def test_cli_round_trip_through_checkpoint_load(tmp_path, caffe_file):
   checkpoint = pytest.importorskip('alexnet_jax.checkpoint')
   net, path = caffe_file
   out = tmp_path / 'export'
-  assert convert.main([f'--format=caffe-npy', f'--input={path}',
+  assert convert.main(['--format=caffe-npy', f'--input={path}',
                        f'--output={out}', f'--width_scale={TINY}']) == 0
   model, variables, config = checkpoint.load(out)
   assert config.model.conv1_padding == 'caffe' and config.data.image_size == 227
@@ -334,7 +333,7 @@ def test_cli_refuses_to_overwrite_and_leaves_nothing_on_failure(
   assert convert.main([*args, f'--output={empty}']) == 0
 
 
-# --- Real size (opt-in) -----------------------------------------------------------
+# --- Real size (opt-in) -------------------------------------------------------
 
 @pytest.mark.slow
 def test_full_size_imports_match_pytorch(tmp_path):

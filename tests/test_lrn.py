@@ -1,4 +1,4 @@
-"""lrn.lrn against the paper's formula (a NumPy loop), PyTorch and TensorFlow."""
+"""lrn.lrn against the paper's formula (a NumPy loop), PyTorch, TensorFlow."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,5 @@
-"""The Flax AlexNet against the paper's numbers and an independent PyTorch model.
+"""The Flax AlexNet against the paper's numbers and an independent PyTorch
+model.
 
 Real sizes (shapes, parameter counts) are checked with `jax.eval_shape`, which
 costs no memory or compute; numerical checks run at tiny widths
@@ -61,8 +62,9 @@ def _images(n, size, seed=1):
       np.float32)
 
 
-def _torch_logits(model_config, params, images):
-  net = torch_reference.from_config(model_config, image_size=images.shape[1])
+def _torch_logits(model_config, params, images, flatten='hwc'):
+  net = torch_reference.from_config(model_config, image_size=images.shape[1],
+                                    flatten=flatten)
   torch_reference.load_flax_params(net.eval(), params)
   with torch.no_grad():
     return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
@@ -298,7 +300,9 @@ def test_matches_pytorch_reference(switch, paper_reference):
   expected = _torch_logits(config, params, images)
   assert logits.shape == expected.shape
   assert _rel_err(logits, expected) < 1e-5
-  if switch == 'paper':
+  if switch == 'paper':  # PyTorch's own flatten order, fc6 columns permuted
+    chw = _torch_logits(config, params, images, flatten='chw')
+    assert _rel_err(logits, chw) < 1e-5
     return
   if same_shapes:
     assert _rel_err(logits, base_logits) > 1e-2, f'{switch} has no effect'
@@ -354,7 +358,7 @@ def test_lrn_across_towers_differs_only_at_the_tower_boundary(
   np.testing.assert_array_equal(changed, expected)
 
 
-# --- Dropout and dtype ---------------------------------------------------------
+# --- Dropout and dtype --------------------------------------------------------
 
 @pytest.mark.parametrize('variant,rate', [('paper', 0.5), ('paper', 0.25),
                                           ('torchvision', 0.5)])
