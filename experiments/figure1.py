@@ -3,12 +3,9 @@ r"""Figure 1 of the paper: ReLU vs tanh, four-layer CNN on CIFAR-10.
     python -m experiments.figure1 [--stage all|search|train|plot] [--jobs N]
         [--root DIR] [--set field=value ...]
 
-The network is `model.Cifar4` (cuda-convnet's CIFAR-10 layers-18pct net:
-three 5x5 convs of 32, 32, 64 kernels with 3/2 pooling, max after conv1 and
-average after conv2 and conv3, then fc10), trained on the real CIFAR-10 JPEGs
-at 32x32 with no augmentation and no regularisation (no weight decay, no
-dropout), SGD with momentum 0.9 at a constant learning rate (overrides in
-experiments/sweeps.py: FIGURE1_OVERRIDES).
+Network, data and recipe: experiments/configs/figure1.py (model.Cifar4, the
+cuda-convnet layers-18pct net; real CIFAR-10 JPEGs at 32x32; no augmentation,
+weight decay or dropout; SGD with momentum 0.9 at a constant learning rate).
 
 Stages (each resumable; `all` runs them in order):
   search  the `figure1_lr` sweep: each activation at each rate in
@@ -16,6 +13,9 @@ Stages (each resumable; `all` runs them in order):
           the lowest training error in the last epoch wins (the paper chose
           each network's rate "to make training as fast as possible").
   train   the two long runs at the chosen rates (sweeps.FIGURE1_EPOCHS).
+          Each starts from a copy of its search run's workdir: at a constant
+          rate, with every batch a function of (seed, step), continuing that
+          run is exactly a fresh run of the longer length.
   plot    experiments/results/figure1/: figure1.png (training error per
           epoch for both), figure1.md (epochs to 25% and their ratio; the
           paper: six times faster with ReLU) and summary.json.
@@ -28,6 +28,7 @@ over each epoch.
 import argparse
 import json
 import pathlib
+import shutil
 import sys
 
 import matplotlib
@@ -68,6 +69,20 @@ def choose_lrs(runs: list[runner.Run]) -> dict:
     best = min(scores, key=lambda lr: (scores[lr], lr))
     out[act] = dict(lr=best, train_error_last_epoch=scores)
   return out
+
+
+def seed_from_search(run: runner.Run, search_runs: list[runner.Run]):
+  """Starts `run` from its finished search run (same config, shorter)."""
+  if run.workdir.exists():
+    return
+  same = [r for r in search_runs if runner.is_finished(r) and all(
+      r.overrides.get(k) == v for k, v in run.overrides.items()
+      if k != 'optim.num_epochs')]
+  if not same:
+    return
+  ignore = shutil.ignore_patterns(runner.STATUS_FILE, runner.LOG_FILE)
+  shutil.copytree(same[0].workdir, run.workdir, ignore=ignore)
+  print(f'[figure1] {run.name} continues {same[0].name}')
 
 
 def crossing(xs, ys, threshold=TARGET):
@@ -209,6 +224,8 @@ def main(argv=None):
   final = sweeps_lib.figure1({a: v['lr'] for a, v in lrs.items()})
   runs = runner.plan(final, 'cifar10', root=args.root, extra=extra)
   if args.stage in ('all', 'train'):
+    for run in runs:
+      seed_from_search(run, search_runs)
     runner.run_all(runs, jobs=args.jobs, main_module=args.main)
   summary = report(runs, lrs, full_argv, out)
   print((out / 'figure1.md').read_text())

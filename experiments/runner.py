@@ -68,12 +68,13 @@ def plan(sweep: sweeps_lib.Sweep, dataset: str, *, root=DEFAULT_ROOT,
   for variant, overrides in sweep.variants.items():
     if only and variant not in only:
       continue
-    merged = dict(data.overrides)
+    merged = {} if sweep.config else dict(data.overrides)
     merged.update(sweep.dataset_overrides.get(dataset, {}))
     merged.update(overrides)
     merged.update(extra or {})
     # Paths relative to the repository, where the trainer runs.
-    runs.append(Run(sweep.name, dataset, variant, data.config, merged,
+    runs.append(Run(sweep.name, dataset, variant,
+                    sweep.config or data.config, merged,
                     pathlib.Path(root) / sweep.name / dataset / variant))
   return runs
 

@@ -217,5 +217,10 @@ def test_figure1_search_train_and_ratio(fake, tmp_path, monkeypatch):
   assert relu['interpolated'] == pytest.approx(1 + (m1 - .25) / (m1 - m2))
   assert summary['ratio_tanh_over_relu'] == pytest.approx(
       tanh['interpolated'] / relu['interpolated'])
+  # The final runs continued their search runs (3 epochs = 12 steps).
+  final = root / 'runs' / 'figure1' / 'cifar10' / 'relu'
+  calls = (final / 'invocations').read_text().splitlines()
+  assert len(calls) == 2 and 'num_epochs=3.0' in calls[0]
+  assert [r['step'] for r in collect.read_metrics(final)] == list(range(1, 33))
   assert (out / 'figure1.png').stat().st_size > 1000
   assert 'the paper: about 6x' in (out / 'figure1.md').read_text()
