@@ -184,7 +184,10 @@ def _markdown(curves, lrs, ratio, prov):
     if act in lrs:
       scores = ', '.join(f'{lr:g}: {100 * e:.1f}%' for lr, e in sorted(
           lrs[act]['train_error_last_epoch'].items(), key=lambda t: t[0]))
-      lines.append(f'- {act}: {scores}')
+      edge = lrs[act]['lr'] in (min(sweeps_lib.FIGURE1_LRS),
+                                max(sweeps_lib.FIGURE1_LRS))
+      lines.append(f'- {act}: {scores}' + (
+          ' (the best rate is at the edge of the grid)' if edge else ''))
   lines += ['', f'Command: `{prov["command"]}`  ',
             f'Machine: {prov["machine"]}  ',
             f'Date: {prov["date"]}, git {prov["git_commit"]}', '']
