@@ -224,3 +224,28 @@ def test_figure1_search_train_and_ratio(fake, tmp_path, monkeypatch):
   assert [r['step'] for r in collect.read_metrics(final)] == list(range(1, 33))
   assert (out / 'figure1.png').stat().st_size > 1000
   assert 'the paper: about 6x' in (out / 'figure1.md').read_text()
+
+
+@pytest.mark.slow
+def test_real_trainer_two_steps_then_resume(tmp_path):
+  """The runner drives the real alexnet_jax.main (Figure 1 config, embedded
+  CIFAR-10 sample): two steps, then two more in the same workdir."""
+  from alexnet_jax.configs import smoke
+  sweep = sweeps_lib.get('figure1_lr')
+  extra = {'data.name': 'folder:' + smoke.sample_root(),
+           'train.num_train_steps': 2, 'train.log_every_steps': 1,
+           'train.max_eval_batches': 1}
+  runs = runner.plan(sweep, 'cifar10', root=tmp_path, extra=extra,
+                     only=['relu_lr0.1'])
+  assert runner.run_all(runs, log=print) == {runs[0].name: 0}
+  rows = collect.read_metrics(runs[0].workdir)
+  assert [r['step'] for r in rows if 'train_top1_error' in r] == [1, 2]
+  assert rows[0]['epoch'] == pytest.approx(128 / 1700)
+  (runs[0].workdir / runner.STATUS_FILE).unlink()     # as if interrupted
+  runs = runner.plan(sweep, 'cifar10', root=tmp_path, only=['relu_lr0.1'],
+                     extra=dict(extra, **{'train.num_train_steps': 4}))
+  assert runner.run_all(runs, log=print) == {runs[0].name: 0}
+  log = (runs[0].workdir / runner.LOG_FILE).read_text()
+  assert 'resum' in log.lower()
+  rows = collect.read_metrics(runs[0].workdir)
+  assert [r['step'] for r in rows if 'train_top1_error' in r] == [1, 2, 3, 4]
