@@ -88,8 +88,8 @@ def train_step(state: TrainState, batch, *, apply_fn: Callable,
   params = optax.apply_updates(state.params, updates)
   top1, top5 = metrics_lib.topk_errors(logits, batch['label'])
   outputs = dict(loss=losses, top1_error=top1, top5_error=top5,
-                 learning_rate=lr, grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(params))
+                 learning_rate=lr, grad_norm=optax.tree.norm(grads),
+                 param_norm=optax.tree.norm(params))
   if axis_name is None:
     metrics = metrics_lib.TrainMetrics.single_from_model_output(**outputs)
   else:

@@ -1,0 +1,254 @@
+"""End-to-end training on the embedded CIFAR-10 sample (tiny AlexNet).
+
+One uninterrupted reference run, and one run that is SIGKILLed after its
+first checkpoint, restarted and SIGTERMed, then restarted to the end: its
+final parameters and metrics must equal the reference's exactly.
+"""
+
+import json
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint
+from alexnet_jax import config_checks
+from alexnet_jax import evaluate
+from alexnet_jax import metrics as metrics_lib
+from alexnet_jax import train
+from alexnet_jax.configs import smoke
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 40
+# The smoke config at 1/16 width (conv 6/16/24/24/16, fc 256), batch 8.
+# Plateau with patience 0 so lr drops happen and must survive a resume.
+TINY = {
+    'model.width_scale': 0.0625,
+    'optim.batch_size': 8,
+    'optim.schedule': 'plateau',
+    'optim.plateau.patience': 0,
+    'optim.plateau.min_delta': 0.0,
+    'train.num_train_steps': STEPS,
+    'train.log_every_steps': 1,
+    'train.eval_every_steps': 10,
+    'train.checkpoint_every_steps': 5,
+    'train.keep_checkpoints': 2,
+    'train.max_eval_batches': 2,
+}
+
+
+def tiny_config(**overrides):
+  config = smoke.get_config()
+  for dotted, value in {**TINY, **overrides}.items():
+    *path, last = dotted.split('.')
+    node = config
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+def main_command(workdir, **overrides):
+  return ([sys.executable, '-m', 'alexnet_jax.main',
+           '--config=configs/smoke.py', f'--workdir={workdir}'] +
+          [f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()])
+
+
+@pytest.fixture(scope='module', autouse=True)
+def jax_cache(tmp_path_factory):
+  """A persistent compilation cache shared by this module's runs.
+
+  The runs compile the same programs (in this process and in the
+  subprocesses); sharing them saves about 10 s per run on 2 cores.
+  """
+  cache_dir = tmp_path_factory.mktemp('jax_cache')
+  saved = (jax.config.jax_compilation_cache_dir,
+           jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update('jax_compilation_cache_dir', str(cache_dir))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  compilation_cache.reset_cache()
+  yield cache_dir
+  jax.config.update('jax_compilation_cache_dir', saved[0])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', saved[1])
+  compilation_cache.reset_cache()
+
+
+def _env(cache_dir):
+  env = dict(os.environ)
+  env['JAX_COMPILATION_CACHE_DIR'] = str(cache_dir)
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  return env
+
+
+def _wait_for(predicate, proc, what, timeout=300):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if predicate():
+      return
+    if proc.poll() is not None:
+      pytest.fail(f'the run exited (code {proc.returncode}) before {what}')
+    time.sleep(0.01)
+  proc.kill()
+  pytest.fail(f'timed out waiting for {what}')
+
+
+def _train_rows(workdir):
+  path = workdir / metrics_lib.JSONL_FILE
+  if not path.exists():
+    return []
+  try:
+    return [r for r in metrics_lib.read_jsonl(path) if 'train_loss' in r]
+  except json.JSONDecodeError:   # a line being written
+    return []
+
+
+def _params(workdir):
+  return checkpoint.load(workdir)[1]['params']
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """An uninterrupted in-process run."""
+  workdir = tmp_path_factory.mktemp('reference')
+  results = train.train_and_evaluate(tiny_config(), workdir)
+  return workdir, results
+
+
+@pytest.fixture(scope='module')
+def interrupted(tmp_path_factory, jax_cache):
+  """SIGKILL after the first checkpoint, restart, SIGTERM, restart to end."""
+  workdir = tmp_path_factory.mktemp('interrupted')
+  env = _env(jax_cache)
+  logs = {}
+
+  with open(workdir.parent / 'killed.log', 'w+') as log:
+    proc = subprocess.Popen(main_command(workdir), cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    _wait_for(lambda: (workdir / 'checkpoints' / '5').is_dir(), proc,
+              'its first checkpoint (step 5)')
+    proc.kill()
+    proc.wait()
+    log.seek(0)
+    logs['killed'] = log.read()
+  killed_steps = [s for s, _ in checkpoint.step_dirs(workdir / 'checkpoints')]
+
+  rows_before = len(_train_rows(workdir))
+  with open(workdir.parent / 'terminated.log', 'w+') as log:
+    proc = subprocess.Popen(main_command(workdir), cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    _wait_for(lambda: len(_train_rows(workdir)) > rows_before, proc,
+              'a training step after the restart')
+    proc.send_signal(signal.SIGTERM)
+    returncode = proc.wait(timeout=120)
+    log.seek(0)
+    logs['terminated'] = log.read()
+  terminated_steps = [s for s, _ in
+                      checkpoint.step_dirs(workdir / 'checkpoints')]
+
+  results = train.train_and_evaluate(tiny_config(), workdir)
+  return dict(workdir=workdir, logs=logs, killed_steps=killed_steps,
+              terminated_steps=terminated_steps,
+              terminated_returncode=returncode, results=results)
+
+
+def test_smoke_run_trains_evaluates_checkpoints(reference):
+  workdir, results = reference
+  assert results['step'] == STEPS
+  assert results['val_examples'] == 16          # 2 eval batches of 8
+  for key in ('val_loss', 'val_top1_error', 'val_top5_error'):
+    assert math.isfinite(results[key])
+  assert results['val_top5_error'] <= results['val_top1_error']
+  rows = metrics_lib.read_jsonl(workdir / metrics_lib.JSONL_FILE)
+  train_rows = [r for r in rows if 'train_loss' in r]
+  assert [r['step'] for r in train_rows] == list(range(1, STEPS + 1))
+  for key in ('train_top1_error', 'train_top5_error', 'train_learning_rate',
+              'train_grad_norm', 'train_param_norm', 'epoch',
+              'images_per_sec'):
+    assert key in train_rows[-1]
+  assert [r['step'] for r in rows if 'val_top1_error' in r] == [10, 20, 30,
+                                                                40]
+  # Plateau with patience 0 and errors in steps of 1/16: the lr dropped.
+  lrs = [r['train_learning_rate'] for r in train_rows]
+  assert lrs[0] == pytest.approx(0.01)
+  assert min(lrs) < 0.01 and lrs == sorted(lrs, reverse=True)
+  assert list(workdir.glob('events.out.tfevents.*'))
+  saved = json.loads((workdir / train.CONFIG_FILE).read_text())
+  assert saved['train']['num_train_steps'] == STEPS
+  assert json.loads((workdir / train.RESULTS_FILE).read_text()) == results
+  steps = [s for s, _ in checkpoint.step_dirs(workdir / 'checkpoints')]
+  assert steps[-2:] == [35, 40]
+
+
+def test_evaluate_matches_training_and_rerun_only_evaluates(reference):
+  workdir, results = reference
+  got = evaluate.run_evaluation(workdir, max_batches=2, batch_size=8,
+                                progress=False)
+  assert got['top1_error'] == pytest.approx(results['val_top1_error'])
+  assert got['loss'] == pytest.approx(results['val_loss'], rel=1e-5)
+  again = train.train_and_evaluate(tiny_config(), workdir)
+  assert again == results
+
+
+def test_exact_resume_after_sigkill(reference, interrupted):
+  assert 'Final metrics' not in interrupted['logs']['killed']
+  assert 5 in interrupted['killed_steps']
+  assert max(interrupted['killed_steps']) < STEPS
+  assert 'Resumed from the checkpoint at step' in (
+      interrupted['logs']['terminated'])
+  ref_dir, ref_results = reference
+  assert interrupted['results'] == ref_results
+  want, got = _params(ref_dir), _params(interrupted['workdir'])
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_saves_and_exits_cleanly(interrupted):
+  log = interrupted['logs']['terminated']
+  assert interrupted['terminated_returncode'] == 0, log[-3000:]
+  marker = 'Preempted: saved the checkpoint at step '
+  assert marker in log, log[-3000:]
+  step = int(log.split(marker)[1].split()[0])
+  assert step in interrupted['terminated_steps']
+  assert step > max(interrupted['killed_steps'])
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(**{'optim.lr': 1e9, 'train.checkpoint_every_steps': 1,
+                          'train.num_train_steps': 30,
+                          'optim.schedule': 'constant'})
+  with pytest.raises(train.NonFiniteError) as e:
+    train.train_and_evaluate(config, tmp_path)
+  message = str(e.value)
+  bad_step = int(message.split(' at step ')[1].split(':')[0])
+  assert 'last good checkpoint is step' in message
+  steps = [s for s, _ in checkpoint.step_dirs(tmp_path / 'checkpoints')]
+  assert steps and max(steps) == bad_step - 1
+  for leaf in jax.tree.leaves(_params(tmp_path)):
+    assert np.isfinite(leaf).all()
+
+
+def test_resume_into_a_different_model_fails_before_training(reference,
+                                                             tmp_path):
+  workdir, _ = reference
+  config = tiny_config(**{'model.width_scale': 0.125,
+                          'train.num_train_steps': STEPS + 10})
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='model.width_scale: checkpoint 0.0625, config '
+                     '0.125'):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+  config = tiny_config(**{'optim.batch_size': 6,
+                          'parallel.mesh.data': 4})
+  with pytest.raises(config_checks.ConfigError, match='not divisible'):
+    train.train_and_evaluate(config, tmp_path / 'wd')
+  assert not (tmp_path / 'wd').exists()
