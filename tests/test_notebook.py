@@ -80,3 +80,21 @@ def test_demo_notebook_runs(tiny_export, tmp_path, monkeypatch):
   images = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs
             if 'image/png' in o.get('data', {})]
   assert len(images) == 3     # photos, kernels, neighbours
+
+
+def test_trained_model_figures(tiny_export, tmp_path):
+  from experiments import trained_model_figures
+  export, variables = tiny_export
+  _photos(tmp_path / 'photos')
+  out = tmp_path / 'figs'
+  trained_model_figures.main([
+      f'--checkpoint={export}', f'--gallery={tmp_path / "photos"}',
+      '--gallery_size=9', '--queries=3', '--neighbours=2', f'--out={out}'])
+  result = __import__('json').loads((out / 'figures.json').read_text())
+  np.testing.assert_allclose(result['tower_colour_share'],
+                             visualize.tower_colour_specificity(variables),
+                             rtol=1e-6)
+  assert result['gallery_size'] == 9 and result['classes'] == 3
+  assert result['same_class_by_chance'] == pytest.approx(1 / 3)
+  for name in ('figure3_kernels.png', 'figure4_neighbours.png', 'figures.md'):
+    assert (out / name).stat().st_size > 500
