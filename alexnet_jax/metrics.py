@@ -62,6 +62,10 @@ class JsonlWriter(metric_writers.MetricWriter):
   def _write(self, record: Mapping[str, Any]):
     with self._lock:
       self._file.write(json.dumps(record, default=_to_python) + '\n')
+      # Every line reaches the file at once: a run killed later (SIGKILL,
+      # a lost machine) keeps its log up to its last checkpoint, from which
+      # the resumed run appends.
+      self._file.flush()
 
   def write_scalars(self, step, scalars):
     record = {'step': int(step), 'time': round(time.time(), 3)}
