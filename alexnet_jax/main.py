@@ -106,8 +106,37 @@ def main(argv):
     sys.exit(f'error: {e}')
 
 
+def _unknown_override(argv):
+  """'config.a.b' of the first --config.a.b=... naming no schema field."""
+  from alexnet_jax.configs import paper  # pylint: disable=g-import-not-at-top
+  schema = paper.get_config()
+  for a in argv:
+    if not a.startswith('--config.'):
+      continue
+    node, seen = schema, 'config'
+    for part in a[2:].split('=', 1)[0].split('.')[1:]:
+      if not hasattr(node, 'keys') or part not in node:
+        known = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else ''
+        return f'{seen}.{part}', seen, known
+      node, seen = node[part], f'{seen}.{part}'
+  return None
+
+
+def _parse_flags(argv):
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for overrides of fields that don't exist.
+    unknown = _unknown_override(argv)
+    if unknown is None:
+      raise
+    name, parent, known = unknown
+    sys.exit(f'error: {name} does not exist (fields of {parent}: {known}); '
+             'configs/paper.py lists every field')
+
+
 def run():
-  app.run(main, argv=_resolve_argv(sys.argv))
+  app.run(main, argv=_resolve_argv(sys.argv), flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,125 @@
+"""Command lines: main's config handling, evaluate and predict.
+
+evaluate/predict run on a model export whose fc8 bias makes 'cat' win by a
+wide margin, so their answers are known without training: every image is
+called a cat, and the top-1 error on the embedded test split (34 cats of
+340 images) is exactly 0.9.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpoint
+from alexnet_jax import input_pipeline
+from alexnet_jax import main as main_lib
+from alexnet_jax import predict
+from alexnet_jax.configs import smoke
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SAMPLE = pathlib.Path(smoke.sample_root())
+CAT = 3
+
+
+def _run(args, cwd=REPO, timeout=300):
+  return subprocess.run([sys.executable, '-m'] + args, cwd=cwd,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def export(tmp_path_factory):
+  config = smoke.get_config()
+  config.model.width_scale = 0.0625
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda s: (0.01 * rng.normal(size=s.shape)).astype(s.dtype),
+      checkpoint.abstract_params(config))
+  params['fc8']['bias'][CAT] = 50.0
+  out = tmp_path_factory.mktemp('cli') / 'export'
+  info = input_pipeline.get_info(config)
+  checkpoint.save_model(
+      out, config=config, variables={'params': params},
+      preprocessing=input_pipeline.preprocessing_from_config(config),
+      class_names=info.class_names)
+  return out
+
+
+def test_unknown_config_field_is_named():
+  r = _run(['alexnet_jax.main', '--config=configs/smoke.py',
+            '--workdir=/nonexistent', '--config.optim.lrr=0.1'])
+  assert r.returncode != 0
+  assert 'config.optim.lrr does not exist' in r.stderr
+  assert 'lr' in r.stderr.split('fields of config.optim:')[1]
+
+
+def test_bad_value_fails_before_any_work(tmp_path):
+  workdir = tmp_path / 'wd'
+  # Run from another directory: configs/smoke.py resolves to the installed
+  # package's copy.
+  r = _run(['alexnet_jax.main', '--config=configs/smoke.py',
+            f'--workdir={workdir}', '--config.optim.schedule=cosin'],
+           cwd=tmp_path)
+  assert r.returncode == 1
+  assert ("config.optim.schedule='cosin' is not accepted; use one of "
+          "'plateau', 'step', 'cosine', 'constant'") in r.stderr
+  assert not workdir.exists()
+
+
+def test_config_path_resolution(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  resolved = main_lib.resolve_config_path('configs/smoke.py')
+  assert pathlib.Path(resolved).is_file()
+  assert pathlib.Path(resolved).name == 'smoke.py'
+  assert main_lib.resolve_config_path('configs/paper.py:arg').endswith(
+      'paper.py:arg')
+  (tmp_path / 'configs').mkdir()
+  (tmp_path / 'configs' / 'smoke.py').write_text('')
+  assert main_lib.resolve_config_path('configs/smoke.py') == 'configs/smoke.py'
+  assert main_lib.resolve_config_path('nope.py') == 'nope.py'
+
+
+def test_evaluate_cli_on_a_model_export(export, tmp_path):
+  out = tmp_path / 'metrics.json'
+  r = _run(['alexnet_jax.evaluate', f'--checkpoint={export}', '--crops=10',
+            '--batch_size=40', f'--output={out}'])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'top-1 error 90.00%' in r.stdout
+  result = json.loads(out.read_text())
+  assert result['examples'] == 340 and result['crops'] == 10
+  assert result['split'] == 'test'
+  assert result['top1_error'] == pytest.approx(0.9)
+  assert '340/340' in r.stderr                   # the progress bar
+
+
+def test_predict_cli(export):
+  images = [SAMPLE / 'test' / 'dog' / '0000.jpg',
+            SAMPLE / 'test' / 'ship' / '0001.jpg']
+  not_an_image = REPO / 'pyproject.toml'
+  r = _run(['alexnet_jax.predict', f'--checkpoint={export}', '--json'] +
+           [str(p) for p in images] + [str(not_an_image)])
+  # The readable images are still reported; the unreadable one is named.
+  assert r.returncode == 1, r.stderr[-3000:]
+  assert f"cannot read image '{not_an_image}'" in r.stderr
+  assert '1 of 3 images could not be read' in r.stderr
+  lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith('{')]
+  assert [l['image'] for l in lines] == [str(p) for p in images]
+  for line in lines:
+    top = line['top']
+    assert len(top) == 5
+    assert top[0]['name'] == 'cat' and top[0]['index'] == CAT
+    assert top[0]['probability'] > 0.99
+    probs = [t['probability'] for t in top]
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_readable_imagenet_names():
+  names = predict.readable_names(['n01440764', 'n01443537', 'odd'])
+  assert names[0].startswith('tench') and names[0].endswith('(n01440764)')
+  assert names[1].startswith('goldfish')
+  assert names[2] == 'odd'
+  assert predict.readable_names(['cat', 'dog']) == ['cat', 'dog']
