@@ -162,6 +162,7 @@ def check_data(config):
         f'config.data.resize_size={_get(config, d + "resize_size")} must be '
         f'>= config.data.image_size={_get(config, d + "image_size")}')
   _one_of(config, d + 'train_crop', ('paper', 'inception'))
+  _one_of(config, d + 'resize_method', ('area', 'antialias', 'bilinear'))
   _bool(config, d + 'flip')
   _number(config, d + 'lighting.std', low=0)
   _one_of(config, d + 'lighting.scale', ('lambda', 'sqrt_lambda'))

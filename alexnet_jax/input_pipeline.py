@@ -86,7 +86,7 @@ def preprocessing_from_config(config):
   d = config.data
   out = dict(channel_order='RGB', pixel_scale=1.0, mean=list(d.mean),
              std=list(d.std), image_size=d.image_size,
-             resize_size=d.resize_size)
+             resize_size=d.resize_size, resize_method=d.resize_method)
   if d.normalization == 'image':
     # A consumer that ignores 'mean_image' still gets its channel means.
     out['mean'] = [float(m) for m in _load_mean_image(
@@ -124,6 +124,7 @@ def _params(config, preprocessing=None):
       lighting_std=float(d.lighting.std), lighting_scale=d.lighting.scale,
       eigval=tuple(d.lighting.eigval), eigvec=tuple(map(tuple,
                                                         d.lighting.eigvec)),
+      resize_method=preprocessing.get('resize_method', d.resize_method),
       channel_order=preprocessing['channel_order'],
       pixel_scale=float(preprocessing['pixel_scale']),
       mean=tuple(preprocessing['mean']), std=tuple(preprocessing['std']),

@@ -14,12 +14,15 @@ photo, we decode only the window of the original photo that becomes the crop
 
 which is the paper's geometry (resize-then-crop equals crop-then-resize up to
 rounding at the window's edge) at a fraction of the decode and resize cost.
-The 10-crop evaluation decodes the centre square, resizes it to
-resize_size^2 and cuts TEN_CROP_ORDER from it.
+When the window is at least twice the output size, libjpeg decodes it at 1/2,
+1/4 or 1/8 scale (its DCT scaling, which PIL's `draft` also uses). The
+10-crop evaluation decodes the centre square, resizes it to resize_size^2 and
+cuts TEN_CROP_ORDER from it.
 
-Pixels are float32 in [0, 1] RGB until `normalize`, which applies a
-checkpoint's `preprocessing` dict: (x * pixel_scale in channel_order - mean)
-/ std, or minus the matching crop of a per-pixel mean image.
+Pixel values stay in [0, 255] until `normalize` applies, in one fused
+multiply-add, the lighting shift and a checkpoint's `preprocessing` dict:
+(x / 255 * pixel_scale in channel_order - mean) / std, or minus the matching
+crop of a per-pixel mean image.
 
 Every random choice takes a stateless seed (int32[2] or int64[2]), so an
 example's augmentation is a pure function of its seed.
@@ -36,6 +39,7 @@ TEN_CROP_ORDER = ('top_left', 'top_right', 'bottom_left', 'bottom_right',
                   'centre', 'top_left_flipped', 'top_right_flipped',
                   'bottom_left_flipped', 'bottom_right_flipped',
                   'centre_flipped')
+RESIZE_METHODS = ('area', 'bilinear', 'antialias')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Params:
   eigval: tuple = (0.2175, 0.0188, 0.0045)
   eigvec: tuple = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140),
                    (-0.5836, -0.6948, 0.4203))
+  resize_method: str = 'area'         # RESIZE_METHODS, see `resize`
   channel_order: str = 'RGB'          # 'RGB' | 'BGR'
   pixel_scale: float = 1.0            # 1.0 | 255.0
   mean: tuple = (0.485, 0.456, 0.406)  # in pixel_scale units, channel_order
@@ -74,17 +79,38 @@ def decode_rgb(encoded):
                                  expand_animations=False))
 
 
-def decode_window(encoded, window_fn):
+def decode_window(encoded, window_fn, min_size=None):
   """Decodes only the window `window_fn(shape)` ([y, x, h, w]) of an image.
 
-  JPEGs are decoded window-only (`decode_and_crop_jpeg`); other formats
-  (e.g. PNG bytes under a .jpg name) are decoded whole and sliced.
-  Returns (uint8[h, w, 3], window int32[4], shape int32[2]).
+  JPEGs are decoded window-only (`decode_and_crop_jpeg`), and with min_size
+  given, at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps the
+  window's shorter side >= min_size. Other formats (e.g. PNG bytes under a
+  .jpg name) are decoded whole and sliced.
+  Returns (uint8[h', w', 3], window int32[4] and shape int32[2] in the
+  original image's pixels).
   """
   def jpeg():
     shape = tf.image.extract_jpeg_shape(encoded)[:2]
     window = window_fn(shape)
-    return tf.io.decode_and_crop_jpeg(encoded, window, channels=3), window, shape
+    if min_size is None:
+      return tf.io.decode_and_crop_jpeg(encoded, window, channels=3), window, \
+          shape
+    side = tf.minimum(window[2], window[3])
+    level = tf.reduce_sum(tf.cast(side // [2, 4, 8] >= min_size, tf.int32))
+
+    def scaled(ratio):
+      def decode():
+        top, left = window[0] // ratio, window[1] // ratio
+        height = tf.clip_by_value(window[2] // ratio, 1,
+                                  (shape[0] + ratio - 1) // ratio - top)
+        width = tf.clip_by_value(window[3] // ratio, 1,
+                                 (shape[1] + ratio - 1) // ratio - left)
+        return tf.io.decode_and_crop_jpeg(
+            encoded, tf.stack([top, left, height, width]), channels=3,
+            ratio=ratio)
+      return decode
+    crop = tf.switch_case(level, [scaled(r) for r in (1, 2, 4, 8)])
+    return crop, window, shape
 
   def other():
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
@@ -150,12 +176,29 @@ def mean_offset(window, shape, params):
 # ------------------------------------------------------------- pixel ops
 
 
-def resize(image, size):
-  """uint8/float[h, w, 3] -> float32[size, size, 3] in [0, 1] (bilinear,
-  antialiased when shrinking, as PIL and torchvision do)."""
-  image = tf.image.resize(image, [size, size], method='bilinear',
-                          antialias=True)
-  return image / 255.0
+def resize(image, size, method='area'):
+  """uint8/float[h, w, 3] -> float32[size, size, 3], values still 0..255.
+
+  'area': average over each output pixel's footprint (a box filter) when
+    shrinking, bilinear when enlarging: alias-free and fast (default).
+  'bilinear': plain bilinear (Caffe/OpenCV's resize): fastest, aliases when
+    shrinking by more than ~1.5x.
+  'antialias': bilinear with a triangle filter as wide as the scale, what
+    PIL and torchvision do: alias-free, about 2x the cost of 'area'.
+  """
+  if method == 'antialias':
+    return tf.image.resize(image, [size, size], method='bilinear',
+                           antialias=True)
+  if method == 'bilinear':
+    return tf.image.resize(image, [size, size], method='bilinear')
+  if method != 'area':
+    raise ValueError(f'resize method {method!r} is not one of '
+                     f'{RESIZE_METHODS}')
+  shrink = tf.reduce_all(tf.shape(image)[:2] > size)
+  return tf.cond(
+      shrink,
+      lambda: tf.image.resize(image, [size, size], method='area'),
+      lambda: tf.image.resize(image, [size, size], method='bilinear'))
 
 
 def flip(image, seed):
@@ -176,17 +219,36 @@ def lighting_shift(seed, params):
   return tf.linalg.matvec(eigvec, alpha * eigval)
 
 
-def normalize(image, params, mean_crop=None):
-  """[0, 1] RGB -> model input: (x * pixel_scale in channel_order - mean)/std,
-  or minus `mean_crop` (the matching crop of the mean image, [0, 1] RGB)."""
+def normalize(image, params, mean_crop=None, shift=None, input_scale=1.0):
+  """Model input from RGB pixels in [0, input_scale]:
+  ((x / input_scale + shift - mean_crop) * pixel_scale, in channel_order,
+  - mean) / std; `mean` is not subtracted when `mean_crop` is given.
+
+  Done as one multiply-add on [H, W * 3] rows: broadcasting a 3-vector over
+  the last axis of [H, W, 3] is several times slower in TF.
+  """
+  order = slice(None, None, -1) if params.channel_order == 'BGR' else slice(
+      None)
+  std = np.asarray(params.std, np.float32)
+  scale = (params.pixel_scale / input_scale / std).astype(np.float32)
+  bias = -np.asarray(params.mean, np.float32) / std
   if mean_crop is not None:
-    image = image - mean_crop
-  image = image * params.pixel_scale
-  if params.channel_order == 'BGR':
-    image = image[..., ::-1]
-  if mean_crop is None:
-    image = image - np.asarray(params.mean, np.float32)
-  return image / np.asarray(params.std, np.float32)
+    bias = np.zeros(3, np.float32)
+  if shift is not None:
+    bias = bias + tf.gather(shift, [2, 1, 0] if order.step else [0, 1, 2]) \
+        * (params.pixel_scale / std)
+  if mean_crop is not None:
+    image = image - mean_crop * input_scale
+  if order.step:
+    image = tf.reverse(image, [-1])
+  shape = tf.shape(image)
+  rows = tf.reshape(image, [shape[0], -1])
+  if np.all(scale == scale[0]):
+    rows = rows * scale[0]
+  else:
+    rows = rows * tf.tile(scale, [shape[1]])
+  rows = rows + tf.tile(tf.cast(bias, tf.float32), [shape[1]])
+  return tf.reshape(rows, shape)
 
 
 def _mean_crop(params, offset):
@@ -210,15 +272,16 @@ def train_image(encoded, seed, params):
   else:
     window_fn = lambda shape: paper_window(shape, size, params.resize_size,
                                            crop_seed)
-  crop, window, shape = decode_window(encoded, window_fn)
-  image = resize(crop, size)
-  if params.lighting_std > 0:
-    image = image + lighting_shift(light_seed, params)
+  crop, window, shape = decode_window(encoded, window_fn, min_size=size)
+  image = resize(crop, size, params.resize_method)
+  shift = (lighting_shift(light_seed, params) if params.lighting_std > 0
+           else None)
   if params.train_crop == 'inception':
     offset = tf.fill([2], (params.resize_size - size) // 2)
   else:
     offset = mean_offset(window, shape, params)
-  image = normalize(image, params, _mean_crop(params, offset))
+  image = normalize(image, params, _mean_crop(params, offset), shift,
+                    input_scale=255.0)
   if params.flip:
     image = flip(image, flip_seed)
   return image
@@ -230,13 +293,15 @@ def eval_image(encoded, params, crops=1):
   size, big = params.image_size, params.resize_size
   if crops == 1:
     window_fn = lambda shape: paper_window(shape, size, big)
-    crop, window, shape = decode_window(encoded, window_fn)
+    crop, window, shape = decode_window(encoded, window_fn, min_size=size)
     offset = mean_offset(window, shape, params)
-    return normalize(resize(crop, size), params, _mean_crop(params, offset))
+    return normalize(resize(crop, size, params.resize_method), params,
+                     _mean_crop(params, offset), input_scale=255.0)
   if crops != 10:
     raise ValueError(f'crops={crops!r} is not accepted; use 1 or 10')
-  square, _, _ = decode_window(encoded, centre_square)
-  return ten_crop(resize(square, big), params)
+  square, _, _ = decode_window(encoded, centre_square, min_size=big)
+  return ten_crop(resize(square, big, params.resize_method), params,
+                  input_scale=255.0)
 
 
 def ten_crop_offsets(resize_size, image_size):
@@ -246,13 +311,14 @@ def ten_crop_offsets(resize_size, image_size):
   return ((0, 0), (0, far), (far, 0), (far, far), (mid, mid))
 
 
-def ten_crop(image, params):
-  """float32[R, R, 3] in [0, 1] -> normalised float32[10, size, size, 3]."""
+def ten_crop(image, params, input_scale=1.0):
+  """float32[R, R, 3] RGB in [0, input_scale] -> normalised
+  float32[10, size, size, 3] in TEN_CROP_ORDER."""
   size = params.image_size
   crops = []
   for y, x in ten_crop_offsets(params.resize_size, size):
     crop = image[y:y + size, x:x + size]
     crops.append(normalize(crop, params, _mean_crop(params, tf.constant(
-        [y, x], tf.int32))))
+        [y, x], tf.int32)), input_scale=input_scale))
   crops += [tf.reverse(c, [-2]) for c in crops]
   return tf.stack(crops)

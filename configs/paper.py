@@ -68,6 +68,9 @@ def get_config():
   d.image_size = 224           # 224 (paper, torchvision) or 227 (Caffe)
   d.resize_size = 256
   d.train_crop = 'paper'       # 'paper' | 'inception' (torchvision's recipe)
+  # 'area' (box filter when shrinking; fast, alias-free) | 'antialias'
+  # (PIL/torchvision's triangle filter; ~2x slower) | 'bilinear' (Caffe's).
+  d.resize_method = 'area'
   d.flip = True
   d.lighting = ml_collections.ConfigDict(dict(
       std=0.1,                 # 0 turns PCA colour augmentation off

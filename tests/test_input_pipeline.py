@@ -196,7 +196,7 @@ def test_eval_with_a_checkpoint_preprocessing_dict():
   pre = input_pipeline.preprocessing_from_config(c)
   assert pre == dict(channel_order='RGB', pixel_scale=1.0,
                      mean=list(c.data.mean), std=[1.0, 1.0, 1.0],
-                     image_size=24, resize_size=32)
+                     image_size=24, resize_size=32, resize_method='area')
   caffe = dict(pre, channel_order='BGR', pixel_scale=255.0,
                mean=[104.0, 117.0, 123.0])
   got = next(input_pipeline.eval_iterator(c, 'test', preprocessing=caffe))
