@@ -252,3 +252,44 @@ def test_bad_config_fails_before_any_work(tmp_path):
   with pytest.raises(config_checks.ConfigError, match='not divisible'):
     train.train_and_evaluate(config, tmp_path / 'wd')
   assert not (tmp_path / 'wd').exists()
+
+
+def _linear_apply(variables, images, train=False, rngs=None):
+  del train, rngs
+  return images.reshape(images.shape[0], -1) @ variables['params']['w']
+
+
+@pytest.mark.parametrize('crops', [1, 10])
+def test_eval_step_against_numpy(crops):
+  rng = np.random.default_rng(0)
+  b, classes = 6, 7
+  shape = (b, 2, 2, 3) if crops == 1 else (b, crops, 2, 2, 3)
+  images = rng.normal(size=shape).astype(np.float32)
+  labels = rng.integers(0, classes, b).astype(np.int32)
+  mask = np.array([1, 1, 1, 1, 1, 0], bool)      # the last one is padding
+  w = rng.normal(size=(12, classes)).astype(np.float32)
+  m = train.eval_step({'w': w}, dict(image=images, label=labels, mask=mask),
+                      apply_fn=_linear_apply).compute()
+
+  logits = images.reshape(b, crops, 12) @ w
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p = (p / p.sum(-1, keepdims=True)).mean(axis=1)   # softmax averaged
+  loss = -np.log(p[np.arange(b), labels])
+  rank = (p > p[np.arange(b), labels][:, None]).sum(-1)
+  n = mask.sum()
+  assert float(m['loss']) == pytest.approx(loss[mask].mean(), rel=1e-5)
+  assert float(m['top1_error']) == pytest.approx((rank[mask] >= 1).sum() / n)
+  assert float(m['top5_error']) == pytest.approx((rank[mask] >= 5).sum() / n)
+
+
+def test_jsonl_writer(tmp_path):
+  writer = metrics_lib.JsonlWriter(tmp_path / 'm.jsonl')
+  writer.write_hparams({'optim.lr': 0.01})
+  writer.write_scalars(3, {'loss': np.float32(1.5), 'lr': jax.numpy.ones(())})
+  writer.write_images(3, {'x': np.zeros((1, 2, 2, 3))})   # not written
+  writer.close()
+  rows = metrics_lib.read_jsonl(tmp_path / 'm.jsonl')
+  assert len(rows) == 1
+  assert rows[0]['step'] == 3 and rows[0]['loss'] == 1.5 and rows[0]['lr'] == 1
+  lines = (tmp_path / 'm.jsonl').read_text().splitlines()
+  assert json.loads(lines[0]) == {'hparams': {'optim.lr': 0.01}}
