@@ -336,12 +336,14 @@ def _pad_names(names):
                                                  [_MAX_ATTEMPTS], '')
 
 
-def _key(seed, *data):
-  """A stateless int64[2] key folded from a seed and integers."""
-  key = tf.constant([seed, 0x5EED], tf.int64)
-  for x in data:
-    key = tf.random.experimental.stateless_fold_in(key, tf.cast(x, tf.int64))
-  return key
+def _base_key(seed, *data):
+  """A stateless int64[2] key folded from a seed and Python ints, computed
+  eagerly once and held as a constant (a graph then folds in one tensor)."""
+  with tf.init_scope():
+    key = tf.constant([seed, 0x5EED], tf.int64)
+    for x in data:
+      key = _fold(key, x)
+    return tf.constant(key.numpy())
 
 
 def _threads(config):
@@ -402,29 +404,43 @@ def _host_batch(config, process_count):
   return batch // process_count
 
 
-def _candidates(table, seed, host, p):
-  """int64[_MAX_ATTEMPTS]: the image read for stream position p (from the
-  epoch's shuffled order), then keyed draws that replace it if unreadable."""
+def _candidates(table, seed, host, p, count=_MAX_ATTEMPTS):
+  """int64[count]: the image read for stream position p (from the epoch's
+  shuffled order), then keyed draws that replace it if unreadable."""
   n = table.size
   epoch, i = p // n, p % n
   first = tf.random.experimental.index_shuffle(
-      i, _key(seed, host, 1, epoch), n - 1)
-  others = [tf.random.stateless_uniform([], _key(seed, host, 2, p, j), 0, n,
+      i, _fold(_base_key(seed, host, 1), epoch), n - 1)
+  replace = _fold(_base_key(seed, host, 2), p)
+  others = [tf.random.stateless_uniform([], _fold(replace, j), 0, n,
                                         dtype=tf.int64)
-            for j in range(1, _MAX_ATTEMPTS)]
+            for j in range(1, count)]
   return tf.stack([tf.cast(first, tf.int64)] + others)
 
 
+def _fold(key, x):
+  return tf.random.experimental.stateless_fold_in(key, tf.cast(x, tf.int64))
+
+
 def _table_train_example(p, attempt, *, table, seed, host, params):
+  # Attempt 0 (nearly always the one that succeeds) needs one index only.
+  idx, skipped = tf.cond(
+      attempt == 0,
+      lambda: (_candidates(table, seed, host, p, 1)[0], _pad_names([])),
+      lambda: _replacement(table, seed, host, p, attempt))
+  image = preprocess.train_image(table.read(idx),
+                                 _fold(_base_key(seed, host, 3), p), params)
+  return dict(image=image, label=tf.gather(table.labels, idx),
+              skipped=skipped, ok=tf.constant(True))
+
+
+def _replacement(table, seed, host, p, attempt):
+  """(index of attempt's image, names of the unreadable ones before it)."""
   candidates = _candidates(table, seed, host, p)
-  idx = candidates[attempt]
-  image = preprocess.train_image(table.read(idx), _key(seed, host, 3, p),
-                                 params)
   names = tf.gather(table.names, candidates)
   skipped = tf.where(tf.range(_MAX_ATTEMPTS, dtype=tf.int64) < attempt,
                      names, '')
-  return dict(image=image, label=tf.gather(table.labels, idx),
-              skipped=skipped, ok=tf.constant(True))
+  return candidates[attempt], skipped
 
 
 def _all_unreadable(p, *, table, seed, host, size):
@@ -440,8 +456,8 @@ def _all_unreadable(p, *, table, seed, host, size):
 
 def _stream_train_example(ex, attempt, *, seed, host, params):
   del attempt  # a stream cannot fetch a replacement
-  image = preprocess.train_image(ex['encoded'], _key(seed, host, 3,
-                                                     ex['position']), params)
+  image = preprocess.train_image(
+      ex['encoded'], _fold(_base_key(seed, host, 3), ex['position']), params)
   return dict(image=image, label=ex['label'], skipped=_pad_names([]),
               ok=tf.constant(True))
 
