@@ -368,8 +368,8 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
                              process_index, process_count)
     ds = _robust(ds, functools.partial(_stream_train_example, seed=seed,
                                        host=process_index, params=params),
-                 functools.partial(_stream_unreadable, size=params.image_size,
-                                   crops=None), threads)
+                 functools.partial(_stream_unreadable, size=params.image_size),
+                 threads)
     ds = _drop_unreadable(ds)
   else:
     table, _ = source.table(config.data.train_split, process_index,
@@ -462,9 +462,8 @@ def _stream_train_example(ex, attempt, *, seed, host, params):
               ok=tf.constant(True))
 
 
-def _stream_unreadable(ex, *, size, crops):
-  shape = [size, size, 3] if crops in (None, 1) else [crops, size, size, 3]
-  return dict(image=tf.zeros(shape), label=ex['label'],
+def _stream_unreadable(ex, *, size):
+  return dict(image=tf.zeros([size, size, 3]), label=ex['label'],
               skipped=_pad_names([ex['name']]), ok=tf.constant(False))
 
 
@@ -485,26 +484,46 @@ def eval_dataset(config, split, *, preprocessing=None, crops=None,
                train=False).take(len(range(process_index, n, process_count)))
     total = n
   else:
-    if getattr(source, 'streaming', False) and not config.data.cache:
-      keys, total = source.eval_stream(split, process_index, process_count)
-    else:
-      table, total = source.table(split, process_index, process_count,
-                                  config.data.cache)
-      keys = tf.data.Dataset.range(table.size).map(
-          lambda i: dict(encoded=table.read(i),
-                         label=tf.gather(table.labels, i),
-                         name=tf.gather(table.names, i)))
-    ds = _robust(keys, functools.partial(_eval_example, params=params,
-                                         crops=crops),
-                 functools.partial(_stream_unreadable,
-                                   size=params.image_size, crops=crops),
-                 threads)
-    ds = _drop_unreadable(ds)
+    size = params.image_size
+    shape = [size, size, 3] if crops == 1 else [crops, size, size, 3]
+    ds, total = map_readable(
+        config, split, lambda e: preprocess.eval_image(e, params, crops),
+        shape, process_index=process_index, process_count=process_count)
   # Every host yields the same number of batches (hosts may hold one more
   # example than others).
   per_host = -(-total // process_count)
   num_batches = -(-per_host // batch)
   return ds.with_options(_options(config)), num_batches
+
+
+def map_readable(config, split, fn, shape, *, process_index=0,
+                 process_count=1):
+  """(dataset of dict(image=fn(encoded), label) over a host's readable
+  examples of `split` in order, size of the whole split). Unreadable files
+  are skipped and named."""
+  source = _source(config)
+  if source is None:
+    raise ValueError("data.name='fake' has no files to read")
+  if getattr(source, 'streaming', False) and not config.data.cache:
+    keys, total = source.eval_stream(split, process_index, process_count)
+  else:
+    table, total = source.table(split, process_index, process_count,
+                                config.data.cache)
+    keys = tf.data.Dataset.range(table.size).map(
+        lambda i: dict(encoded=table.read(i),
+                       label=tf.gather(table.labels, i),
+                       name=tf.gather(table.names, i)))
+
+  def attempt(ex, j):
+    del j
+    return dict(image=fn(ex['encoded']), label=tf.cast(ex['label'], tf.int32),
+                skipped=_pad_names([]), ok=tf.constant(True))
+
+  def unreadable(ex):
+    return dict(image=tf.zeros(shape), label=ex['label'],
+                skipped=_pad_names([ex['name']]), ok=tf.constant(False))
+  ds = _robust(keys, attempt, unreadable, _threads(config))
+  return _drop_unreadable(ds).with_options(_options(config)), total
 
 
 def eval_iterator(config, split, *, preprocessing=None, crops=None,
@@ -537,13 +556,6 @@ def _padded(batches, batch, num_batches, image_shape):
   for _ in range(num_batches - produced):
     yield dict(image=np.zeros((batch,) + tuple(image_shape), np.float32),
                label=np.zeros(batch, np.int32), mask=np.zeros(batch, bool))
-
-
-def _eval_example(ex, attempt, *, params, crops):
-  del attempt
-  return dict(image=preprocess.eval_image(ex['encoded'], params, crops),
-              label=tf.cast(ex['label'], tf.int32), skipped=_pad_names([]),
-              ok=tf.constant(True))
 
 
 # ------------------------------------------------------------------- fake

@@ -1,0 +1,125 @@
+"""The mean image and the PCA colour constants of any dataset.
+
+    python -m alexnet_jax.data_stats --data=folder:/path/to/root --out=DIR
+    python -m alexnet_jax.data_stats --data=imagenet2012:5.*.* \
+        --data_dir=~/tensorflow_datasets --out=DIR
+
+Every image of the split is prepared as the paper's training images are
+before cropping (shorter side to resize_size, centre square), in [0, 1] RGB.
+Writes DIR/mean_image.npy (float32[resize_size, resize_size, 3], the paper's
+per-pixel mean, for `data.normalization='image'`) and DIR/stats.json: the
+per-channel mean and std and the eigen-decomposition of the 3x3 covariance of
+all RGB pixel values (the paper's "PCA on the set of RGB pixel values"),
+eigenvalues descending, eigenvectors as columns, ready for
+config.data.lighting.eigval / eigvec.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_jax import input_pipeline
+from alexnet_jax import preprocess
+from alexnet_jax.configs import paper
+
+
+def compute(config, split, max_images=-1, log_every=0):
+  """Returns dict(mean_image, channel_mean, channel_std, eigval, eigvec,
+  num_images, skipped) over `split` of config.data.name."""
+  size = config.data.resize_size
+  method = config.data.resize_method
+
+  def square(encoded):
+    crop, _, _ = preprocess.decode_window(encoded, preprocess.centre_square,
+                                          min_size=size)
+    return preprocess.resize(crop, size, method) / 255.0
+
+  ds, _ = input_pipeline.map_readable(config, split, square, [size, size, 3])
+  if max_images > 0:
+    ds = ds.take(max_images)
+  image_sum = np.zeros((size, size, 3), np.float64)
+  pixel_sum = np.zeros(3, np.float64)
+  outer_sum = np.zeros((3, 3), np.float64)
+  n = 0
+  for batch in ds.batch(64).prefetch(2).as_numpy_iterator():
+    images = batch['image'].astype(np.float64)
+    image_sum += images.sum(0)
+    pixels = images.reshape(-1, 3)
+    pixel_sum += pixels.sum(0)
+    outer_sum += pixels.T @ pixels
+    n += len(images)
+    if log_every and n % log_every < len(images):
+      print(f'{n} images', file=sys.stderr, flush=True)
+  if not n:
+    raise ValueError(f'no readable images in split {split!r} of '
+                     f'{config.data.name!r}')
+  count = n * size * size
+  mean = pixel_sum / count
+  cov = outer_sum / count - np.outer(mean, mean)
+  eigval, eigvec = np.linalg.eigh(cov)
+  order = np.argsort(eigval)[::-1]
+  eigval, eigvec = eigval[order], eigvec[:, order]
+  # Sign is arbitrary; make each eigenvector's largest entry positive so
+  # reruns print the same numbers.
+  eigvec *= np.sign(eigvec[np.abs(eigvec).argmax(0), range(3)])
+  return dict(mean_image=(image_sum / n).astype(np.float32),
+              channel_mean=mean, channel_std=np.sqrt(np.diag(cov)),
+              eigval=np.maximum(eigval, 0.0), eigvec=eigvec, num_images=n,
+              skipped=input_pipeline.skipped_files())
+
+
+def write(stats, out):
+  """Writes mean_image.npy and stats.json under `out`; returns their paths."""
+  os.makedirs(out, exist_ok=True)
+  image_path = os.path.join(out, 'mean_image.npy')
+  np.save(image_path, stats['mean_image'])
+  summary = {k: np.round(np.asarray(v), 6).tolist()
+             for k, v in stats.items() if k not in ('mean_image', 'skipped')}
+  summary['skipped'] = list(stats['skipped'])
+  summary['mean_image'] = os.path.abspath(image_path)
+  summary['config_overrides'] = [
+      f"--config.data.lighting.eigval='{tuple(summary['eigval'])}'",
+      f"--config.data.lighting.eigvec='{tuple(map(tuple, summary['eigvec']))}'",
+      "--config.data.normalization=image",
+      f'--config.data.mean_image={summary["mean_image"]}',
+  ]
+  json_path = os.path.join(out, 'stats.json')
+  with open(json_path, 'w') as f:
+    json.dump(summary, f, indent=1)
+  return image_path, json_path
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--data', required=True,
+                      help="config.data.name: a TFDS name or 'folder:/path'")
+  parser.add_argument('--split', default='train')
+  parser.add_argument('--data_dir', default='')
+  parser.add_argument('--resize_size', type=int, default=256)
+  parser.add_argument('--resize_method', default='area',
+                      choices=preprocess.RESIZE_METHODS)
+  parser.add_argument('--max_images', type=int, default=-1,
+                      help='use only the first N images (-1: all)')
+  parser.add_argument('--out', required=True, help='output directory')
+  args = parser.parse_args(argv)
+  config = paper.get_config()
+  config.data.name = args.data
+  config.data.data_dir = args.data_dir
+  config.data.resize_size = args.resize_size
+  config.data.resize_method = args.resize_method
+  stats = compute(config, args.split, args.max_images, log_every=5000)
+  image_path, json_path = write(stats, args.out)
+  print(f"{stats['num_images']} images ({len(stats['skipped'])} unreadable "
+        f'skipped); wrote {image_path} and {json_path}')
+  print('eigval', np.round(stats['eigval'], 4).tolist())
+  print('eigvec (columns)', np.round(stats['eigvec'], 4).tolist())
+  return 0
+
+
+if __name__ == '__main__':
+  tf.config.set_visible_devices([], 'GPU')
+  sys.exit(main())
