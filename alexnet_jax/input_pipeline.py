@@ -26,6 +26,7 @@ out, and the eval batches are padded with `mask=False` so every readable
 example counts exactly once.
 """
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -39,7 +40,10 @@ import tensorflow as tf
 from alexnet_jax import preprocess
 
 # tf.data must never take an accelerator from JAX.
-tf.config.set_visible_devices([], 'GPU')
+try:
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TF already initialised its devices; nothing to do
+  pass
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 FAKE_SPLIT_SIZES = {'train': 1_281_167, 'validation': 50_000, 'test': 50_000}
@@ -556,6 +560,19 @@ def _padded(batches, batch, num_batches, image_shape):
   for _ in range(num_batches - produced):
     yield dict(image=np.zeros((batch,) + tuple(image_shape), np.float32),
                label=np.zeros(batch, np.int32), mask=np.zeros(batch, bool))
+
+
+def device_prefetch(batches, place, size=2):
+  """Yields place(batch) for each host batch, keeping `size` placed batches
+  in flight: `place` (e.g. Parallel.shard_batch) starts asynchronous copies
+  to the devices, so the next batches' transfers overlap the current step."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(place(batch))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 # ------------------------------------------------------------------- fake

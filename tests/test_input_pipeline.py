@@ -262,3 +262,42 @@ def test_shared_imagenet_samples_folder(shared_datasets):
   labels = np.concatenate([b['label'][b['mask']] for b in batches])
   assert labels.tolist() == list(range(6))  # one photo per class, sorted
   assert batches[0]['image'].shape == (4, 224, 224, 3)
+
+
+def test_device_prefetch_keeps_order_and_runs_ahead():
+  placed = []
+
+  def place(batch):
+    placed.append(batch)
+    return batch * 10
+  out = input_pipeline.device_prefetch(iter(range(5)), place, size=2)
+  assert next(out) == 0
+  assert placed == [0, 1, 2]  # two batches in flight beyond the one yielded
+  assert list(out) == [10, 20, 30, 40]
+
+
+def test_mean_image_normalisation(tmp_path):
+  mean_image = np.full((32, 32, 3), 0.25, np.float32)
+  mean_image[:, :16] = 0.75  # left half brighter
+  np.save(tmp_path / 'mean.npy', mean_image)
+  c = _config(f'folder:{MINI}', batch=4, normalization='image',
+              mean_image=str(tmp_path / 'mean.npy'))
+  pre = input_pipeline.preprocessing_from_config(c)
+  assert pre['mean_image'] == str(tmp_path / 'mean.npy')
+  assert pre['mean'] == [0.5, 0.5, 0.5]
+  got = next(input_pipeline.eval_iterator(c, 'test'))['image']
+  c0 = _config(f'folder:{MINI}', batch=4, mean=(0.0, 0.0, 0.0))
+  pixels = next(input_pipeline.eval_iterator(c0, 'test'))['image']
+  # The centre 24x24 crop of the mean image: columns 4..27, split at 16.
+  want = pixels - mean_image[4:28, 4:28]
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  c.data.mean_image = str(tmp_path / 'missing.npy')
+  with pytest.raises(ValueError, match='data_stats'):
+    input_pipeline.preprocessing_from_config(c)
+
+
+def test_inception_crop_training():
+  c = _config(f'folder:{MINI}', batch=4, train_crop='inception')
+  batch = next(input_pipeline.train_iterator(c))
+  assert batch['image'].shape == (4, 24, 24, 3)
+  assert np.isfinite(batch['image']).all()
