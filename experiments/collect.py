@@ -128,7 +128,7 @@ def summarise(run: runner.Run, rows: list[dict]) -> dict:
     train_last_epoch = means[max(means)]
   return dict(
       variant=run.variant,
-      status=('finished' if status.get('returncode') == 0 else
+      status=('finished' if status.get('completed') else
               'failed' if status.get('returncode') not in (None, 0) else
               'unfinished' if rows or status else 'not started'),
       steps=rows[-1]['step'] if rows else 0,

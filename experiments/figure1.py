@@ -80,7 +80,8 @@ def seed_from_search(run: runner.Run, search_runs: list[runner.Run]):
       if k != 'optim.num_epochs')]
   if not same:
     return
-  ignore = shutil.ignore_patterns(runner.STATUS_FILE, runner.LOG_FILE)
+  ignore = shutil.ignore_patterns(runner.STATUS_FILE, runner.LOG_FILE,
+                                  runner.RESULTS_FILE)
   shutil.copytree(same[0].workdir, run.workdir, ignore=ignore)
   print(f'[figure1] {run.name} continues {same[0].name}')
 

@@ -23,6 +23,9 @@ from experiments import sweeps as sweeps_lib
 
 STATUS_FILE = 'sweep_run.json'   # in each workdir: command, start, finish
 LOG_FILE = 'sweep_run.log'       # the trainer's stdout and stderr
+# What the trainer writes when it has trained and evaluated to the end
+# (alexnet_jax.train.RESULTS_FILE): a preempted trainer exits 0 without it.
+RESULTS_FILE = 'results.json'
 DEFAULT_ROOT = sweeps_lib.REPO / 'experiments' / 'runs'
 
 
@@ -98,7 +101,18 @@ def read_status(run: Run) -> dict | None:
 
 def is_finished(run: Run) -> bool:
   status = read_status(run)
-  return bool(status) and status.get('returncode') == 0
+  return bool(status) and status.get('completed') is True
+
+
+def _completed(run: Run, returncode: int, started: float, stopped: bool):
+  """Whether the trainer ran to its end (not merely exited cleanly).
+
+  A trainer stopped by SIGTERM saves a checkpoint and exits 0 too; only a
+  run that finished writes a fresh results file.
+  """
+  results = run.workdir / RESULTS_FILE
+  return (returncode == 0 and not stopped and results.is_file()
+          and results.stat().st_mtime >= started - 1)
 
 
 def _write_status(run: Run, status: dict):
@@ -133,7 +147,8 @@ def run_all(runs: list[Run], *, jobs: int = 1,
             poll_seconds: float = 1.0) -> dict[str, int]:
   """Runs every unfinished run, `jobs` at a time; returns name -> returncode.
 
-  Finished runs are skipped (returncode 0 reported). Failures are reported
+  Finished runs are skipped (returncode 0 reported); a run that exited
+  cleanly before its end (preempted) reports None. Failures are reported
   and do not stop the other runs.
   """
   if jobs < 1:
@@ -173,13 +188,18 @@ def run_all(runs: list[Run], *, jobs: int = 1,
           continue
         logf.close()
         del active[name]
-        results[name] = rc
-        status.update(finished=_now(), returncode=rc,
+        completed = _completed(run, rc, status['_t0'], bool(stopping))
+        results[name] = rc if rc != 0 or completed else None
+        status.update(finished=_now(), returncode=rc, completed=completed,
                       seconds=round(time.time() - status['_t0'], 1))
         status.pop('_t0')
         _write_status(run, status)
-        state = 'done' if rc == 0 else f'FAILED (exit {rc}); see ' \
-            f'{run.workdir / LOG_FILE}'
+        if completed:
+          state = 'done'
+        elif rc == 0:
+          state = 'stopped before its end (it resumes next time)'
+        else:
+          state = f'FAILED (exit {rc}); see {run.workdir / LOG_FILE}'
         log(f'[sweep] {name}: {state} in {status["seconds"]:.0f} s')
   finally:
     for s, handler in old.items():

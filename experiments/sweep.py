@@ -93,7 +93,7 @@ def main(argv=None):
       collect.collect(sweep, args.dataset, runs, out_dir=args.results,
                       argv=['experiments.sweep'] + argv)
       return 130
-    failed = [n for n, code in results.items() if code != 0]
+    failed = [n for n, code in results.items() if code not in (0, None)]
     if failed:
       print(f'[sweep] failed: {", ".join(failed)}', file=sys.stderr)
       rc = 1

@@ -35,7 +35,7 @@ FAKE_MAIN = textwrap.dedent('''
     state = wd / 'state.json'
     start = json.loads(state.read_text())['step'] if state.exists() else 0
     crash = int(os.environ.get('FAKE_CRASH_AT', '0'))
-    def term(*_):
+    def term(*_):  # like the trainer: checkpoint, exit 0, no results file
       (wd / 'got_sigterm').write_text('yes')
       sys.exit(0)
     signal.signal(signal.SIGTERM, term)
@@ -55,9 +55,12 @@ FAKE_MAIN = textwrap.dedent('''
                   + '\\n')
         f.flush()
         state.write_text(json.dumps({'step': step}))
+        if step == int(os.environ.get('FAKE_QUIT_AT', '0')):
+          sys.exit(0)  # a clean exit before the end (e.g. a direct SIGTERM)
         if crash and step == crash and start == 0:
           f.write('{"step": 99, "train_to')  # a torn last line
           sys.exit(3)
+    (wd / 'results.json').write_text(json.dumps({'step': steps}))
 ''')
 
 
@@ -147,17 +150,23 @@ def test_interrupted_run_resumes(fake):
   assert not runner.is_finished(runs[0])
   rows = collect.read_metrics(runs[0].workdir)
   assert rows[-1]['step'] == 5        # the torn line was dropped
+  # Exit 0 before the end (no results file): not finished either.
+  rc = runner.run_all(runs, main_module='fake_main',
+                      env=dict(env, FAKE_QUIT_AT='8'), log=lambda m: None,
+                      poll_seconds=0.05)
+  assert rc == {'toy/cifar10/relu': None}
+  assert not runner.is_finished(runs[0])
   rc = runner.run_all(runs, main_module='fake_main', env=env,
                       log=lambda m: None, poll_seconds=0.05)
   assert rc == {'toy/cifar10/relu': 0}
   status = runner.read_status(runs[0])
-  assert status['attempts'] == 2 and status['returncode'] == 0
+  assert status['attempts'] == 3 and status['completed'] is True
   rows = collect.read_metrics(runs[0].workdir)
   assert [r['step'] for r in rows] == list(range(1, 13))
   # A workdir made with other overrides is not silently reused.
   other = runner.plan(_sweep(), 'cifar10', root=root / 'runs', only=['relu'],
                       extra={'optim.lr': 0.5})
-  status['returncode'] = 1
+  status['completed'] = False
   (other[0].workdir / runner.STATUS_FILE).write_text(json.dumps(status))
   with pytest.raises(RuntimeError, match='other overrides'):
     runner.run_all(other, main_module='fake_main', env=env,
@@ -184,6 +193,8 @@ def test_sigterm_stops_trainers_cleanly(fake):
   assert 'start the sweep again to resume' in out
   for w in wds:
     assert (w / 'got_sigterm').read_text() == 'yes'
+    status = json.loads((w / runner.STATUS_FILE).read_text())
+    assert status['returncode'] == 0 and status['completed'] is False
   assert (root / 'res' / 'summary.csv').is_file()
 
 
