@@ -304,6 +304,13 @@ def get_info(config):
 # ------------------------------------------------------ robust decoding
 
 
+def _plain(fn):
+  """fn as tf.data traces it, without AutoGraph: our functions use tf.cond
+  explicitly, and AutoGraph re-reads source files (slow, and fragile when a
+  file changes under a running job)."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _robust(keys, attempt, fallback, threads, num_attempts=1):
   """Maps each key through attempt(key, j) for the first j that does not
   fail, else through fallback(key); keeps the order of keys.
@@ -314,10 +321,10 @@ def _robust(keys, attempt, fallback, threads, num_attempts=1):
   """
   def one(key):
     tries = tf.data.Dataset.range(num_attempts).map(
-        lambda j: attempt(key, j)).ignore_errors()
+        _plain(lambda j: attempt(key, j))).ignore_errors()
     return tries.concatenate(
-        tf.data.Dataset.from_tensors(key).map(fallback)).take(1)
-  return keys.interleave(one, cycle_length=threads, block_length=1,
+        tf.data.Dataset.from_tensors(key).map(_plain(fallback))).take(1)
+  return keys.interleave(_plain(one), cycle_length=threads, block_length=1,
                          num_parallel_calls=threads, deterministic=True)
 
 
@@ -329,9 +336,9 @@ def _drop_unreadable(ds):
         lambda: tf.py_function(_note_skipped, [ex['skipped']], tf.bool),
         lambda: tf.constant(True))
     return tf.logical_and(ex['ok'], noted)
-  ds = ds.filter(keep)
-  return ds.map(lambda ex: {k: v for k, v in ex.items()
-                            if k not in ('ok', 'skipped')})
+  ds = ds.filter(_plain(keep))
+  return ds.map(_plain(lambda ex: {k: v for k, v in ex.items()
+                                   if k not in ('ok', 'skipped')}))
 
 
 def _pad_names(names):
@@ -513,10 +520,10 @@ def map_readable(config, split, fn, shape, *, process_index=0,
   else:
     table, total = source.table(split, process_index, process_count,
                                 config.data.cache)
-    keys = tf.data.Dataset.range(table.size).map(
+    keys = tf.data.Dataset.range(table.size).map(_plain(
         lambda i: dict(encoded=table.read(i),
                        label=tf.gather(table.labels, i),
-                       name=tf.gather(table.names, i)))
+                       name=tf.gather(table.names, i))))
 
   def attempt(ex, j):
     del j
@@ -586,6 +593,6 @@ def _fake(config, params, start, host, *, crops, train):
   classes = config.model.num_classes
   positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
   del train
-  return positions.map(lambda p: dict(
+  return positions.map(_plain(lambda p: dict(
       image=tf.gather(bank, p % 16),
-      label=tf.cast(p % classes, tf.int32)))
+      label=tf.cast(p % classes, tf.int32))))

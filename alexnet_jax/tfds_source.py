@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 IMAGENET = 'imagenet2012'
+_plain = tf.autograph.experimental.do_not_convert  # see input_pipeline._plain
 IMAGENET_ARCHIVES = {
     'train': ('ILSVRC2012_img_train.tar',
               '138 GB; 1,000 per-class tars n01440764.tar ... n15075141.tar'),
@@ -96,8 +97,8 @@ class TfdsSource:
     """(record, 'SHARD#INDEX') of one file instruction; the name is used
     when the dataset has no file_name feature."""
     ds = tf.data.TFRecordDataset(filename).skip(skip).take(take)
-    return ds.enumerate(skip).map(lambda i, r: (r, tf.strings.join(
-        [filename, tf.strings.as_string(i)], '#')))
+    return ds.enumerate(skip).map(_plain(lambda i, r: (r, tf.strings.join(
+        [filename, tf.strings.as_string(i)], '#'))))
 
   def _instruction_tensors(self, split):
     if self.builder.info.file_format.value != 'tfrecord':
@@ -135,7 +136,8 @@ class TfdsSource:
           (tf.gather(files, order), tf.gather(skips, order),
            tf.gather(takes, order)))
       records = shards.interleave(
-          self._read_shard, cycle_length=min(16, num_files), block_length=1,
+          _plain(self._read_shard), cycle_length=min(16, num_files),
+          block_length=1,
           num_parallel_calls=min(16, num_files), deterministic=True)
       # A key's first word does not depend on the folded data: draw from it.
       shuffle_seed = tf.random.stateless_uniform([], key, 0, 2**31 - 1,
@@ -143,8 +145,9 @@ class TfdsSource:
       return records.shuffle(buffer, seed=shuffle_seed)
 
     ds = tf.data.Dataset.range(start // n, np.iinfo(np.int64).max // n)
-    ds = ds.flat_map(epoch).skip(start % n).enumerate(start)
-    return ds.map(lambda p, rec: dict(self._example(*rec), position=p))
+    ds = ds.flat_map(_plain(epoch)).skip(start % n).enumerate(start)
+    return ds.map(_plain(lambda p, rec: dict(self._example(*rec),
+                                             position=p)))
 
   def eval_stream(self, split, process_index, process_count):
     """(dataset of dict(encoded, label, name) in order, total split size)."""
@@ -152,8 +155,8 @@ class TfdsSource:
     host_split = self._host_split(split, process_index, process_count)
     files, skips, takes = self._instruction_tensors(host_split)
     ds = tf.data.Dataset.from_tensor_slices((files, skips, takes))
-    ds = ds.flat_map(self._read_shard)
-    return ds.map(lambda rec, name: self._example(rec, name)), total
+    ds = ds.flat_map(_plain(self._read_shard))
+    return ds.map(_plain(self._example)), total
 
   def table(self, split, process_index, process_count, cache):
     """Reads a host's share into memory (config.data.cache=True), for
