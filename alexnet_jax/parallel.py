@@ -408,9 +408,12 @@ class Parallel:
 
     specs = self.specs(variables)
     rng_specs = jax.tree.map(lambda _: P(), rngs)
+    # With one data shard the batch is not marked as varying over `data`,
+    # else the backward pass would psum gradients over that size-1 axis.
+    batch = P(DATA) if self.data_size > 1 else P()
     return jax.shard_map(
         local_forward, mesh=self.mesh,
-        in_specs=(specs, P(DATA), rng_specs), out_specs=P(DATA),
+        in_specs=(specs, batch, rng_specs), out_specs=batch,
         check_vma=True)(variables, images, rngs)
 
   # -- steps ------------------------------------------------------------------
