@@ -163,12 +163,12 @@ def tiny():
   return model_lib.from_config(_config().model), _variables(), _batch(1)
 
 
-DROPOUT_KEY = jax.random.PRNGKey(7)
+DROPOUT_SEED = 7  # (no device work at import: multihost_worker imports us)
 
 
 def _loss_and_logits(apply, variables, images, labels, *, train):
   logits = apply(variables, images, train=train,
-                 rngs={'dropout': DROPOUT_KEY})
+                 rngs={'dropout': jax.random.PRNGKey(DROPOUT_SEED)})
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return ce.mean(), logits
 
