@@ -38,7 +38,7 @@ def compute(config, split, max_images=-1, log_every=0):
                                           min_size=size)
     return preprocess.resize(crop, size, method) / 255.0
 
-  ds, _ = input_pipeline.map_readable(config, split, square, [size, size, 3])
+  ds, _ = input_pipeline.map_readable(config, split, square)
   if max_images > 0:
     ds = ds.take(max_images)
   image_sum = np.zeros((size, size, 3), np.float64)

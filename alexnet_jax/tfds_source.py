@@ -150,13 +150,23 @@ class TfdsSource:
                                              position=p)))
 
   def eval_stream(self, split, process_index, process_count):
-    """(dataset of dict(encoded, label, name) in order, total split size)."""
+    """(dataset of dict(encoded, label, name) in order, names_of(positions)
+    -> 'SHARD#INDEX' names, host's size, whole split's size)."""
     total = self.builder.info.splits[split].num_examples
     host_split = self._host_split(split, process_index, process_count)
     files, skips, takes = self._instruction_tensors(host_split)
     ds = tf.data.Dataset.from_tensor_slices((files, skips, takes))
     ds = ds.flat_map(_plain(self._read_shard))
-    return ds.map(_plain(self._example)), total
+    ds = ds.map(_plain(self._example))
+    ends = tf.cumsum(takes)
+
+    def names_of(positions):
+      shard = tf.searchsorted(ends, positions, side='right')
+      index = (tf.gather(skips, shard) + positions
+               - tf.gather(ends, shard) + tf.gather(takes, shard))
+      return tf.strings.join([tf.gather(files, shard), '#',
+                              tf.strings.as_string(index)])
+    return ds, names_of, int(tf.reduce_sum(takes)), total
 
   def table(self, split, process_index, process_count, cache):
     """Reads a host's share into memory (config.data.cache=True), for
