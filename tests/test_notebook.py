@@ -56,7 +56,8 @@ def test_demo_notebook_runs(tiny_export, tmp_path, monkeypatch):
   _photos(tmp_path / 'photos')
   for name, value in dict(CHECKPOINT=export, PHOTOS=tmp_path / 'photos',
                           PHOTO_FILTER='cat,ship', NUM_PHOTOS=4,
-                          GALLERY='', GALLERY_SIZE=9, NUM_QUERIES=2,
+                          GALLERY=tmp_path / 'photos', GALLERY_SIZE=9,
+                          NUM_QUERIES=2,
                           NEIGHBOURS=3, LAYER='fc7').items():
     monkeypatch.setenv(f'ALEXNET_DEMO_{name}', str(value))
   nb = nbformat.read(REPO / 'experiments' / 'demo.ipynb', as_version=4)
