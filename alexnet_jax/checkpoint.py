@@ -104,12 +104,14 @@ def _flatten(tree, prefix=''):
 
 
 def config_differences(saved, current, sections=MODEL_FIELDS) -> list[str]:
-  """'field: checkpoint X, config Y' for each differing field in `sections`."""
+  """'field: checkpoint X, config Y' for each differing field in `sections`
+  (None: every field)."""
   saved = _flatten(config_to_dict(saved))
   current = _flatten(config_to_dict(current))
   out = []
   for name in sorted(set(saved) | set(current)):
-    if not any(name == s or name.startswith(s + '.') for s in sections):
+    if sections is not None and not any(
+        name == s or name.startswith(s + '.') for s in sections):
       continue
     a, b = saved.get(name, '<absent>'), current.get(name, '<absent>')
     if a != b:

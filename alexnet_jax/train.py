@@ -341,15 +341,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   train_metrics = None
   last_log = (start_step, time.monotonic())
-  train_iter = input_pipeline.train_iterator(
-      config, start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count())
+  # Placed batches kept in flight: the next batches' copies to the devices
+  # overlap the current step.
+  train_iter = input_pipeline.device_prefetch(
+      input_pipeline.train_iterator(
+          config, start_step=start_step, process_index=jax.process_index(),
+          process_count=jax.process_count()),
+      par.shard_batch)
   step = start_step
   val = None
   with _Preemption() as preempt:
     while step < p.total_steps:
-      batch = par.shard_batch(next(train_iter))
-      state, m = step_fn(state, batch)
+      state, m = step_fn(state, next(train_iter))
       step += 1
       loss, pnorm = (float(x) for x in par.to_host(
           (m.loss.total / m.loss.count, m.param_norm.value)))

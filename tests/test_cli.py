@@ -16,9 +16,13 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoint
+from alexnet_jax import config_checks
 from alexnet_jax import input_pipeline
 from alexnet_jax import main as main_lib
+from alexnet_jax import model as model_lib
 from alexnet_jax import predict
+from alexnet_jax.configs import ablations
+from alexnet_jax.configs import cifar10
 from alexnet_jax.configs import smoke
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -123,3 +127,26 @@ def test_readable_imagenet_names():
   assert names[1].startswith('goldfish')
   assert names[2] == 'odd'
   assert predict.readable_names(['cat', 'dog']) == ['cat', 'dog']
+
+
+@pytest.mark.parametrize('variant', sorted(ablations.VARIANTS))
+def test_ablation_configs_change_one_thing_and_build(variant):
+  config = ablations.get_config(f'cifar10/{variant}')
+  config_checks.validate(config)
+  base = checkpoint.config_to_dict(cifar10.get_config())
+  diffs = checkpoint.config_differences(base, config, sections=None)
+  want = {k: v for k, v in ablations.VARIANTS[variant].items()
+          if checkpoint._flatten(base)[k] != v}  # noqa: SLF001
+  assert len(diffs) == len(want)
+  for field in want:
+    assert any(d.startswith(field + ':') for d in diffs), (field, diffs)
+  logits = jax.eval_shape(
+      lambda p, x: model_lib.from_config(config.model).apply(
+          {'params': p}, x), checkpoint.abstract_params(config),
+      jax.ShapeDtypeStruct((2, 64, 64, 3), np.float32))
+  assert logits.shape == (2, 10)
+
+
+def test_ablation_config_argument_errors():
+  with pytest.raises(ValueError, match='BASE/VARIANT'):
+    ablations.get_config('cifar10/lrn')

@@ -1,0 +1,72 @@
+"""AlexNet on CIFAR-10 at CPU scale: the paper's recipe, sized to an hour.
+
+Command (the CIFAR-10 JPEGs beside this checkout; TFDS 'cifar10' is the
+default source where it is prepared):
+
+    python -m alexnet_jax.main --config=configs/cifar10.py \\
+        --workdir=/tmp/cifar10 \\
+        --config.data.name=folder:../shared/datasets/cifar10
+
+Hardware: a 2-core Xeon CPU, no GPU: 20 epochs of 45,000 images at about
+300-400 images/s when the machine is otherwise idle, so about an hour.
+The result is in the README's training section (curves under
+experiments/cifar10/).
+
+What is the paper's and what is adapted:
+  * the paper's network (two towers, LRN, overlapping pooling, dropout 0.5,
+    ReLU) at half width (conv 48/128/192/192/128, fc 2048) on 64x64 inputs
+    (the smallest the paper's layers accept: fc6 reads 1x1x128): 32x32
+    images upscaled to 72x72, random 64x64 crops + flips + PCA lighting
+    (ImageNet's constants), centre crop for evaluation: the 224-of-256
+    geometry scaled down;
+  * the paper's optimiser: SGD, batch 128, momentum 0.9, weight decay 5e-4,
+    lr 0.01 divided by 10 when the validation error stops improving (here
+    after two epochs without improvement), at most three times;
+  * the validation split the plateau watches is held out from the training
+    images (the last 10% of every class: 'train[90%:]'); the test split is
+    reported once, after training;
+  * initialisation: N(0, 0.05) weights and 0.1 biases instead of the
+    paper's N(0, 0.01) and 1: at half width the paper's values leave the
+    loss at ln(10) (measured: 150 steps without progress), 0.05/0.1 learns
+    from the first epoch.
+"""
+
+from alexnet_jax.configs import paper
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def get_config():
+  c = paper.get_config()
+  m = c.model
+  m.num_classes = 10
+  m.width_scale = 0.5
+  m.weight_init_std = 0.05
+  m.bias_init = 0.1
+
+  d = c.data
+  d.name = 'cifar10'             # or 'folder:../shared/datasets/cifar10'
+  d.train_split = 'train[:90%]'  # 45,000 images
+  d.eval_split = 'train[90%:]'   # 5,000 held-out images: the plateau's
+  d.test_split = 'test'          # 10,000, reported after training
+  d.image_size = 64
+  d.resize_size = 72
+  d.mean = CIFAR10_MEAN
+  d.std = CIFAR10_STD
+  d.cache = True                 # ~40 MB of JPEGs held in memory
+
+  o = c.optim
+  o.batch_size = 128
+  o.lr = 0.01
+  o.schedule = 'plateau'
+  o.plateau.patience = 1         # evaluations are once an epoch
+  o.plateau.min_delta = 0.002
+  o.num_epochs = 20.0
+
+  t = c.train
+  t.log_every_steps = 50
+  t.eval_every_steps = 351       # one epoch of 45,000 / 128
+  t.checkpoint_every_steps = 351
+  t.keep_checkpoints = 2
+  return c
