@@ -143,11 +143,14 @@ class Plan:
 def plan(config, info) -> Plan:
   examples = config.train.num_train_examples
   if examples <= 0:
-    examples = info.split_sizes.get(config.data.train_split)
-    if not examples:
+    try:   # 'train', or a slice such as 'train[:90%]'
+      _, lo, hi = input_pipeline.parse_split(config.data.train_split,
+                                             info.split_sizes)
+      examples = hi - lo
+    except ValueError as e:
       raise config_checks.ConfigError(
           f'cannot tell how many examples split {config.data.train_split!r} '
-          'has: set config.train.num_train_examples')
+          f'has ({e}): set config.train.num_train_examples') from e
   steps_per_epoch = examples / config.optim.batch_size
   total = config.train.num_train_steps
   if total <= 0:

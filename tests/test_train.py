@@ -22,6 +22,7 @@ import pytest
 from alexnet_jax import checkpoint
 from alexnet_jax import config_checks
 from alexnet_jax import evaluate
+from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import train
 from alexnet_jax.configs import smoke
@@ -293,3 +294,17 @@ def test_jsonl_writer(tmp_path):
   assert rows[0]['step'] == 3 and rows[0]['loss'] == 1.5 and rows[0]['lr'] == 1
   lines = (tmp_path / 'm.jsonl').read_text().splitlines()
   assert json.loads(lines[0]) == {'hparams': {'optim.lr': 0.01}}
+
+
+def test_plan_counts_sliced_splits():
+  info = input_pipeline.DatasetInfo(10, tuple('abcdefghij'),
+                                    {'train': 50000, 'test': 10000})
+  config = tiny_config(**{'data.train_split': 'train[:90%]',
+                          'train.num_train_steps': -1,
+                          'optim.num_epochs': 2.0, 'optim.batch_size': 128})
+  p = train.plan(config, info)
+  assert p.num_train_examples == 45000
+  assert p.total_steps == math.ceil(2 * 45000 / 128)
+  config.data.train_split = 'nope'
+  with pytest.raises(config_checks.ConfigError, match='num_train_examples'):
+    train.plan(config, info)
