@@ -367,7 +367,8 @@ def _name_gaps(ds, start, names_of, end=None):
 
 
 def _fill_gaps(ds, start, replace):
-  """Inserts replace(q) for each position q missing from ds, in place."""
+  """Inserts replace(q) for each position q missing from ds, in place;
+  drops the `position` key."""
   spec = {k: tf.TensorSpec(v.shape, v.dtype)
           for k, v in ds.element_spec.items()}
 
@@ -376,10 +377,12 @@ def _fill_gaps(ds, start, replace):
 
     def with_replacements():
       new = tf.map_fn(replace, missing, fn_output_signature=spec)
-      return {k: tf.concat([new[k], ex[k][None]], 0) for k in ex}
+      return {k: tf.concat([new[k], ex[k][None]], 0) for k in keep}
     out = tf.cond(tf.size(missing) > 0, with_replacements,
-                  lambda: {k: v[None] for k, v in ex.items()})
+                  lambda: {k: ex[k][None] for k in keep})
     return ex['position'] + 1, out
+  # The output drops `position` here: a separate map costs ~0.1 ms/image.
+  keep = [k for k in spec if k != 'position']
   return ds.scan(tf.constant(start, tf.int64), _plain(step)).unbatch()
 
 
@@ -457,7 +460,7 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
     positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
     ds = _map_tolerantly(positions, lambda p: load(
         p, _candidates(table, seed, host, p, 1)[0]), threads)
-    ds = _without(_fill_gaps(ds, start, replace), 'position')
+    ds = _fill_gaps(ds, start, replace)
   ds = ds.batch(batch, drop_remainder=True)
   ds = ds.prefetch(config.data.prefetch or tf.data.AUTOTUNE)
   return ds.with_options(_options(config))
