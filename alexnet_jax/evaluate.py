@@ -20,26 +20,31 @@ from absl import logging
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'Training workdir, step directory or model export.')
-_BEST = flags.DEFINE_bool(
-    'best', False, 'For a workdir: the checkpoint with the lowest validation '
-    'top-1 error instead of the latest.')
-_DATASET = flags.DEFINE_string(
-    'dataset', None, "Dataset (config.data.name form: a TFDS name, "
-    "'folder:/path' or 'fake'); default: the checkpoint's.")
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
-_SPLIT = flags.DEFINE_string(
-    'split', None, "Split, e.g. 'test', 'validation', 'train[90%:]'; "
-    "default: the checkpoint's evaluation split.")
-_CROPS = flags.DEFINE_enum(
-    'crops', None, ['1', '10'], "1 = centre crop, 10 = the paper's 10-crop "
-    "testing; default: the checkpoint's config.data.eval_crops.")
-_BATCH = flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
-_MAX_BATCHES = flags.DEFINE_integer('max_batches', -1,
-                                    'Stop after this many batches (-1: all).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Also write the metrics to '
-                              'this JSON file.')
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command-line flags (defined only when run as a program, so the
+  module can be imported beside the other CLIs)."""
+  flags.DEFINE_string('checkpoint', None,
+                      'Training workdir, step directory or model export.')
+  flags.DEFINE_bool('best', False, 'For a workdir: the checkpoint with the '
+                    'lowest validation top-1 error instead of the latest.')
+  flags.DEFINE_string('dataset', None, "Dataset (config.data.name form: a "
+                      "TFDS name, 'folder:/path' or 'fake'); default: the "
+                      "checkpoint's.")
+  flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
+  flags.DEFINE_string('split', None, "Split, e.g. 'test', 'validation', "
+                      "'train[90%:]'; default: the checkpoint's evaluation "
+                      'split.')
+  flags.DEFINE_enum('crops', None, ['1', '10'], "1 = centre crop, 10 = the "
+                    "paper's 10-crop testing; default: the checkpoint's "
+                    'config.data.eval_crops.')
+  flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
+  flags.DEFINE_integer('max_batches', -1,
+                       'Stop after this many batches (-1: all).')
+  flags.DEFINE_string('output', None,
+                      'Also write the metrics to this JSON file.')
 
 
 def eval_config(config, *, dataset=None, data_dir=None, split=None,
@@ -114,14 +119,14 @@ def run_evaluation(path, *, best=False, dataset=None, data_dir=None,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not _CHECKPOINT.value:
+  if not FLAGS.checkpoint:
     raise app.UsageError('--checkpoint=DIR is required')
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     result = run_evaluation(
-        _CHECKPOINT.value, best=_BEST.value, dataset=_DATASET.value,
-        data_dir=_DATA_DIR.value, split=_SPLIT.value, crops=_CROPS.value,
-        batch_size=_BATCH.value, max_batches=_MAX_BATCHES.value)
+        FLAGS.checkpoint, best=FLAGS.best, dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir, split=FLAGS.split, crops=FLAGS.crops,
+        batch_size=FLAGS.batch_size, max_batches=FLAGS.max_batches)
   except (checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   print(f'{result["dataset"]} {result["split"]}, {result["examples"]} '
@@ -129,12 +134,13 @@ def main(argv):
         f'{100 * result["top1_error"]:.2f}%, top-5 error '
         f'{100 * result["top5_error"]:.2f}%, loss {result["loss"]:.4f}')
   print(json.dumps(result))
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, 'w', encoding='utf-8') as f:
+  if FLAGS.output:
+    with open(FLAGS.output, 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=1)
 
 
 def run():
+  define_flags()
   app.run(main)
 
 

@@ -21,13 +21,18 @@ from ml_collections import config_flags
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics '
-                    '(metrics.jsonl, TensorBoard) and config.json; a run '
-                    'resumes from it.')
-config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. configs/paper.py; override fields with '
-    '--config.FIELD=VALUE.', lock_config=True)
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_flags():
+  """--config and --workdir (defined only when run as a program, so the
+  module can be imported beside other absl programs)."""
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics '
+                      '(metrics.jsonl, TensorBoard) and config.json; a run '
+                      'resumes from it.')
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file, e.g. configs/paper.py; override fields '
+      'with --config.FIELD=VALUE.', lock_config=True)
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def resolve_config_path(path: str) -> str:
@@ -136,6 +141,7 @@ def _parse_flags(argv):
 
 
 def run():
+  define_flags()
   app.run(main, argv=_resolve_argv(sys.argv), flags_parser=_parse_flags)
 
 

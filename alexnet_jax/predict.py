@@ -20,16 +20,21 @@ from absl import flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'Training workdir, step directory or model export.')
-_BEST = flags.DEFINE_bool('best', False, 'For a workdir: the checkpoint with '
-                          'the lowest validation error.')
-_TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
-_CROPS = flags.DEFINE_enum('crops', '1', ['1', '10'],
-                           '1 = centre crop, 10 = average over 10 crops.')
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
-
+FLAGS = flags.FLAGS
 _WNID = re.compile(r'^n\d{8}$')
+
+
+def define_flags():
+  """The command-line flags (defined only when run as a program, so the
+  module can be imported beside the other CLIs)."""
+  flags.DEFINE_string('checkpoint', None,
+                      'Training workdir, step directory or model export.')
+  flags.DEFINE_bool('best', False, 'For a workdir: the checkpoint with the '
+                    'lowest validation error.')
+  flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
+  flags.DEFINE_enum('crops', '1', ['1', '10'],
+                    '1 = centre crop, 10 = average over 10 crops.')
+  flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
 
 
 def readable_names(class_names) -> list[str]:
@@ -105,24 +110,24 @@ class Predictor:
 
 def main(argv):
   images = argv[1:]
-  if not _CHECKPOINT.value or not images:
+  if not FLAGS.checkpoint or not images:
     raise app.UsageError('usage: python -m alexnet_jax.predict '
                          '--checkpoint=DIR IMAGE [IMAGE ...]')
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   try:
-    predictor = Predictor(_CHECKPOINT.value, best=_BEST.value,
-                          crops=_CROPS.value)
+    predictor = Predictor(FLAGS.checkpoint, best=FLAGS.best,
+                          crops=FLAGS.crops)
   except checkpoint.CheckpointError as e:
     sys.exit(f'error: {e}')
   failed = 0
   for path in images:
     try:
-      top = predictor(path, _TOP_K.value)
+      top = predictor(path, FLAGS.top_k)
     except ValueError as e:
       print(f'error: {e}', file=sys.stderr)
       failed += 1
       continue
-    if _JSON.value:
+    if FLAGS.json:
       print(json.dumps({'image': path, 'top': [
           dict(name=n, probability=p, index=i) for n, p, i in top]}))
     else:
@@ -134,6 +139,7 @@ def main(argv):
 
 
 def run():
+  define_flags()
   app.run(main)
 
 
