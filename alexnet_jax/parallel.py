@@ -448,7 +448,9 @@ class Step:
     par = self._par
     if par.data_parallel == 'pmap':
       fn = functools.partial(self._fn, axis_name=DATA)
-      return jax.pmap(fn, axis_name=DATA, devices=par._local_devices,
+      # Every device of the mesh, given identically by each process (pmap
+      # maps over the local ones; its collectives span them all).
+      return jax.pmap(fn, axis_name=DATA, devices=list(par.mesh.devices.flat),
                       in_axes=(0, 0) + (None,) * len(args),
                       donate_argnums=self._donate)
     out = jax.eval_shape(self._fn, state, batch, *args)

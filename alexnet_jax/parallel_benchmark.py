@@ -12,8 +12,8 @@ devices it needs (`config.parallel.cpu_devices`, through
 softmax cross-entropy, backward, SGD with momentum 0.9 and weight decay
 5e-4, state donated). Workers compile one after the other, then the parent
 alternates single timed steps between them (A B C ... A B C ...), so the
-machine's drifting load hits every mode alike. Every mode runs the same
-global batch.
+machine's drifting load hits every mode alike (`--sequential`: one worker
+alive at a time, for memory). Every mode runs the same global batch.
 
 Each mode prints one JSON line: step_ms (median), img_per_s, the bytes of
 parameters held by the fullest device, and ratio_to_single = this mode's
@@ -215,17 +215,14 @@ def _machine():
   return platform.processor() or platform.machine()
 
 
-def measure(args) -> list[dict]:
-  """Runs every mode in args.modes; returns one record per mode."""
-  specs = [dict(mode=m, batch=args.batch, image_size=args.image_size,
-                width_scale=args.width_scale, warmup=args.warmup)
-           for m in args.modes]
+def _time_workers(specs, steps):
+  """Starts a worker per spec, then alternates `steps` timed steps."""
   workers, results = [], []
   try:
     for spec in specs:   # one at a time: compiling does not overlap timing
       workers.append(_Worker(spec))
       results.append(dict(ready=workers[-1].receive(), steps=[], cpu=[]))
-    for _ in range(args.steps):
+    for _ in range(steps):
       for worker, result in zip(workers, results):
         time.sleep(0.1)  # let the previous worker's threads go idle
         reply = worker.send('step')
@@ -236,6 +233,18 @@ def measure(args) -> list[dict]:
   finally:
     for worker in workers:
       worker.close()
+  return results
+
+
+def measure(args) -> list[dict]:
+  """Runs every mode in args.modes; returns one record per mode."""
+  specs = [dict(mode=m, batch=args.batch, image_size=args.image_size,
+                width_scale=args.width_scale, warmup=args.warmup)
+           for m in args.modes]
+  if getattr(args, 'sequential', False):
+    results = [r for spec in specs for r in _time_workers([spec], args.steps)]
+  else:
+    results = _time_workers(specs, args.steps)
 
   date = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
   records = []
@@ -244,6 +253,8 @@ def measure(args) -> list[dict]:
     data, model, data_parallel, label = MODES[spec['mode']]
     records.append(dict(
         benchmark='parallel', impl='jax', model='paper', mode=spec['mode'],
+        timing='sequential' if getattr(args, 'sequential', False)
+        else 'alternating',
         label=label, mesh=dict(data=data, model=model),
         data_parallel=data_parallel, devices=ready['devices'],
         batch=spec['batch'], image_size=spec['image_size'],
@@ -314,6 +325,10 @@ def parse_args(argv):
                       'with --quick)')
   parser.add_argument('--width-scale', type=float, default=1.0,
                       help='< 1 shrinks every layer (tests only)')
+  parser.add_argument('--sequential', action='store_true',
+                      help='one worker alive at a time (less memory: five '
+                      'paper-model workers at batch 128 need ~20 GB), '
+                      'instead of alternating timed steps between modes')
   parser.add_argument('--out', default='',
                       help='also append the JSON lines to this file')
   args = parser.parse_args(argv)

@@ -92,7 +92,10 @@ def get_config():
   p.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
   p.data_parallel = 'jit'      # 'jit' (NamedSharding) | 'pmap' (classic path)
   p.cpu_devices = 0            # N > 0: simulate N CPU devices
-  p.coordinator_address = ''   # multi-host; '' = single process or auto-detect
+  # Multi-host: process 0's HOST:PORT, or 'auto' (JAX detects Cloud TPU pod
+  # slices, SLURM, Open MPI); '' = single process unless the environment
+  # sets JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+  p.coordinator_address = ''
   p.num_processes = 1
   p.process_id = 0
 

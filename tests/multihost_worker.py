@@ -39,13 +39,15 @@ def main(argv):
   data = dict(np.load(npz))
   flat_state = {k[len('state/'):]: v for k, v in data.items()
                 if k.startswith('state/')}
-  for mode, (mesh_data, mesh_model) in (('hybrid', (-1, 2)),
-                                        ('jit', (-1, 1))):
+  for mode, mesh_model, data_parallel in (('hybrid', 2, 'jit'),
+                                          ('jit', 1, 'jit'),
+                                          ('pmap', 1, 'pmap')):
     c = _config(dropout=0.0)
     for k, v in base.parallel.items():
       if k != 'mesh':
         c.parallel[k] = v
-    c.parallel.mesh.data, c.parallel.mesh.model = mesh_data, mesh_model
+    c.parallel.mesh.data, c.parallel.mesh.model = -1, mesh_model
+    c.parallel.data_parallel = data_parallel
     par = parallel.Parallel(c, model_lib.from_config(c.model))
     assert par.mode == mode, (par.mode, mode)
     state = par.place_state(_unflatten(flat_state))

@@ -2,9 +2,9 @@
 
 Each process simulates 2 CPU devices and feeds its half of every global
 batch; after a few SGD steps in the 2x2 hybrid mode (each process holds both
-towers of one data replica; gradients are summed across processes) and in
-4-way jit data parallelism, both processes hold the parameters one device
-gets from the whole batches. The processes run under a deadline and are
+towers of one data replica; gradients are summed across processes), in
+4-way jit data parallelism and in 4-way pmap, both processes hold the
+parameters one device gets from the whole batches. The processes run under a deadline and are
 killed on the way out; a dead peer fails the run at once.
 """
 
@@ -113,7 +113,7 @@ def test_two_processes_end_with_the_single_device_params(tmp_path):
   ref = par.to_host(ref['params'])
   flat_ref = {'/'.join(k.key for k in path): x for path, x in
               jax.tree_util.tree_flatten_with_path(ref)[0]}
-  for mode in ('hybrid', 'jit'):
+  for mode in ('hybrid', 'jit', 'pmap'):
     for pid in range(2):
       got = dict(np.load(f'{prefix}.{mode}.{pid}.npz'))
       assert got.keys() == flat_ref.keys()
