@@ -107,6 +107,9 @@ def get_config():
   o.decay_biases = True        # the paper decays every weight; Caffe: False
   o.bias_lr_mult = 1.0         # Caffe: 2.0
   o.schedule = 'plateau'       # 'plateau' | 'step' | 'cosine' | 'constant'
+  # 'plateau': lr x factor when the validation top-1 error has not improved
+  # by min_delta for more than `patience` evaluations in a row (PyTorch's
+  # ReduceLROnPlateau counting), at most max_drops times (the paper: 3).
   o.plateau = ml_collections.ConfigDict(dict(
       factor=0.1, patience=2, max_drops=3, min_delta=1e-3))
   o.step_epochs = (30, 60, 80)  # 'step': drop by 10 at these epochs
