@@ -122,12 +122,14 @@ def main(argv):
   if not FLAGS.checkpoint:
     raise app.UsageError('--checkpoint=DIR is required')
   from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import tfds_source  # pylint: disable=g-import-not-at-top
   try:
     result = run_evaluation(
         FLAGS.checkpoint, best=FLAGS.best, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, split=FLAGS.split, crops=FLAGS.crops,
         batch_size=FLAGS.batch_size, max_batches=FLAGS.max_batches)
-  except (checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
+  except (checkpoint.CheckpointError, tfds_source.DataNotReadyError,
+          ValueError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   print(f'{result["dataset"]} {result["split"]}, {result["examples"]} '
         f'images, {result["crops"]} crop(s): top-1 error '

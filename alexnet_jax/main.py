@@ -102,11 +102,13 @@ def main(argv):
                ', '.join(str(d) for d in jax.local_devices()))
   logging.info('Workdir: %s', FLAGS.workdir)
 
+  from alexnet_jax import tfds_source  # pylint: disable=g-import-not-at-top
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(config, FLAGS.workdir)
   except (config_checks.ConfigError, checkpoint.CheckpointError,
-          train.NonFiniteError) as e:
+          train.NonFiniteError, tfds_source.DataNotReadyError,
+          FileNotFoundError) as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
 
