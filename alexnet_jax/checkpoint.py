@@ -93,11 +93,14 @@ def _to_tuple(value):
   return tuple(_to_tuple(v) if isinstance(v, list) else v for v in value)
 
 
-def _flatten(tree, prefix=''):
+def flatten(tree, prefix='') -> dict:
+  """{'a.b': value} of a nested dict (or a config via config_to_dict)."""
+  if not isinstance(tree, dict):
+    tree = config_to_dict(tree)
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}.'))
+      out.update(flatten(value, f'{prefix}{key}.'))
     else:
       out[prefix + key] = value
   return out
@@ -106,8 +109,8 @@ def _flatten(tree, prefix=''):
 def config_differences(saved, current, sections=MODEL_FIELDS) -> list[str]:
   """'field: checkpoint X, config Y' for each differing field in `sections`
   (None: every field)."""
-  saved = _flatten(config_to_dict(saved))
-  current = _flatten(config_to_dict(current))
+  saved = flatten(saved)
+  current = flatten(current)
   out = []
   for name in sorted(set(saved) | set(current)):
     if sections is not None and not any(

@@ -187,32 +187,39 @@ def _abstract(tree):
 
 
 def _flat_config(config) -> dict:
-  flat = checkpoint._flatten(checkpoint.config_to_dict(config))  # noqa: SLF001
+  flat = checkpoint.flatten(config)
   return {k: (v if isinstance(v, (bool, int, float, str)) else json.dumps(v))
           for k, v in flat.items()}
 
 
 class _Preemption:
-  """SIGTERM sets a flag; the loop saves a checkpoint and returns."""
+  """SIGTERM or Ctrl-C set a flag; the loop saves a checkpoint and returns.
+
+  A second Ctrl-C interrupts at once (KeyboardInterrupt), without saving.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def _handler(self, signum, frame):
-    del frame
-    logging.warning('Received signal %d: saving a checkpoint at the current '
-                    'step, then exiting', signum)
+    if signum == signal.SIGINT and self.requested:
+      raise KeyboardInterrupt
+    logging.warning('Received %s: saving a checkpoint at the current step, '
+                    'then exiting (Ctrl-C again to stop without saving)',
+                    signal.Signals(signum).name)
     self.requested = True
+    del frame
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handler)
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 # ------------------------------------------------------------ evaluation --

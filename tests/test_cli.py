@@ -136,7 +136,7 @@ def test_ablation_configs_change_one_thing_and_build(variant):
   base = checkpoint.config_to_dict(cifar10.get_config())
   diffs = checkpoint.config_differences(base, config, sections=None)
   want = {k: v for k, v in ablations.VARIANTS[variant].items()
-          if checkpoint._flatten(base)[k] != v}  # noqa: SLF001
+          if checkpoint.flatten(base)[k] != v}
   assert len(diffs) == len(want)
   for field in want:
     assert any(d.startswith(field + ':') for d in diffs), (field, diffs)

@@ -308,3 +308,12 @@ def test_plan_counts_sliced_splits():
   config.data.train_split = 'nope'
   with pytest.raises(config_checks.ConfigError, match='num_train_examples'):
     train.plan(config, info)
+
+
+def test_ctrl_c_requests_a_save_and_a_second_one_interrupts():
+  with train._Preemption() as preempt:  # noqa: SLF001
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preempt.requested
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
