@@ -360,72 +360,73 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       par.shard_batch)
   step = start_step
   val = None
-  with _Preemption() as preempt:
-    while step < p.total_steps:
-      state, m = step_fn(state, next(train_iter))
-      step += 1
-      loss, pnorm = (float(x) for x in par.to_host(
-          (m.loss.total / m.loss.count, m.param_norm.value)))
-      if not (math.isfinite(loss) and math.isfinite(pnorm)):
-        mgr.wait_until_finished()
-        last = mgr.latest_step()
-        raise NonFiniteError(
-            f'loss became {loss} (parameter norm {pnorm}) at step {step}: '
-            'stopping. The last good checkpoint is '
-            + (f'step {last} in {mgr.directory}' if last is not None else
-               'none (no checkpoint was saved)')
-            + '. Lower config.optim.lr or check the data.')
-      train_metrics = m if train_metrics is None else train_metrics.merge(m)
-      for hook in hooks:
-        hook(step)
+  try:
+    with _Preemption() as preempt:
+      while step < p.total_steps:
+        state, m = step_fn(state, next(train_iter))
+        step += 1
+        loss, pnorm = (float(x) for x in par.to_host(
+            (m.loss.total / m.loss.count, m.param_norm.value)))
+        if not (math.isfinite(loss) and math.isfinite(pnorm)):
+          mgr.wait_until_finished()
+          last = mgr.latest_step()
+          raise NonFiniteError(
+              f'loss became {loss} (parameter norm {pnorm}) at step {step}: '
+              'stopping. The last good checkpoint is '
+              + (f'step {last} in {mgr.directory}' if last is not None else
+                 'none (no checkpoint was saved)')
+              + '. Lower config.optim.lr or check the data.')
+        train_metrics = m if train_metrics is None else train_metrics.merge(m)
+        for hook in hooks:
+          hook(step)
 
-      if step % config.train.log_every_steps == 0 or step == p.total_steps:
-        scalars = {f'train_{k}': v for k, v in
-                   par.to_host(train_metrics.compute()).items()}
-        t = time.monotonic()
-        scalars['images_per_sec'] = ((step - last_log[0]) *
-                                     config.optim.batch_size /
-                                     max(t - last_log[1], 1e-9))
-        scalars['epoch'] = step / p.steps_per_epoch
-        last_log = (step, t)
-        writer.write_scalars(step, scalars)
-        train_metrics = None
+        if step % config.train.log_every_steps == 0 or step == p.total_steps:
+          scalars = {f'train_{k}': v for k, v in
+                     par.to_host(train_metrics.compute()).items()}
+          t = time.monotonic()
+          scalars['images_per_sec'] = ((step - last_log[0]) *
+                                       config.optim.batch_size /
+                                       max(t - last_log[1], 1e-9))
+          scalars['epoch'] = step / p.steps_per_epoch
+          last_log = (step, t)
+          writer.write_scalars(step, scalars)
+          train_metrics = None
 
-      val = None
-      if step % config.train.eval_every_steps == 0 or step == p.total_steps:
-        val = run_eval(step, config.data.eval_split)
-        if config.optim.schedule == 'plateau':
-          decision = optim.plateau_update(
-              par.to_host(state.plateau), val['val_top1_error'],
-              config.optim.plateau)
-          if decision.dropped:
-            logging.info('Step %d: %s', step, decision.message)
-          state = state.replace(plateau=par.place_state(
-              jax.tree.map(jnp.asarray, decision.state)))
-      if (step % config.train.checkpoint_every_steps == 0 or val is not None
-          or step == p.total_steps):
-        save(step, val)
-      if preempt.requested:
-        save(step, val, force=True)
-        mgr.wait_until_finished()
-        logging.warning('Preempted: saved the checkpoint at step %d in %s; '
-                        'run the same command again to resume', step,
-                        mgr.directory)
-        writer.flush()
-        return {'preempted_at_step': step}
+        val = None
+        if step % config.train.eval_every_steps == 0 or step == p.total_steps:
+          val = run_eval(step, config.data.eval_split)
+          if config.optim.schedule == 'plateau':
+            decision = optim.plateau_update(
+                par.to_host(state.plateau), val['val_top1_error'],
+                config.optim.plateau)
+            if decision.dropped:
+              logging.info('Step %d: %s', step, decision.message)
+            state = state.replace(plateau=par.place_state(
+                jax.tree.map(jnp.asarray, decision.state)))
+        if (step % config.train.checkpoint_every_steps == 0 or val is not None
+            or step == p.total_steps):
+          save(step, val)
+        if preempt.requested:
+          save(step, val, force=True)
+          mgr.wait_until_finished()
+          logging.warning('Preempted: saved the checkpoint at step %d in %s; '
+                          'run the same command again to resume', step,
+                          mgr.directory)
+          return {'preempted_at_step': step}
 
-  mgr.wait_until_finished()
-  results = {'step': step}
-  if start_step >= p.total_steps:
-    logging.info('Training already finished at step %d: evaluating only',
-                 start_step)
-  results.update(val or run_eval(step, config.data.eval_split))
-  if config.data.test_split:
-    results.update(run_eval(step, config.data.test_split))
-  logging.info('Final metrics at step %d: %s', step, results)
-  if primary:
-    (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
-  writer.flush()
-  writer.close()
-  mgr.close()
-  return results
+    mgr.wait_until_finished()
+    results = {'step': step}
+    if start_step >= p.total_steps:
+      logging.info('Training already finished at step %d: evaluating only',
+                   start_step)
+    results.update(val or run_eval(step, config.data.eval_split))
+    if config.data.test_split:
+      results.update(run_eval(step, config.data.test_split))
+    logging.info('Final metrics at step %d: %s', step, results)
+    if primary:
+      (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+    return results
+  finally:
+    writer.close()                   # flushes the metrics written so far
+    mgr.wait_until_finished()
+    mgr.close()

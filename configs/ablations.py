@@ -21,7 +21,7 @@ their curves.
 | relu / tanh | Figure 1: 25% CIFAR-10 training error 6x sooner with ReLU |
 | lrn_on / lrn_off | LRN: -1.4 / -1.2 points |
 | overlap_3s2 / plain_2s2 | overlapping pooling: -0.4 / -0.3 points |
-| two_towers / one_tower | two towers vs one with half the kernels in conv1-4: -1.7 / -1.2 |
+| two_towers / one_tower | two towers vs the one-tower control: -1.7 / -1.2 |
 """
 
 from alexnet_jax.configs import cifar10

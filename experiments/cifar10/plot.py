@@ -14,14 +14,15 @@ import pathlib
 import matplotlib
 
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 
 
 def read(workdir):
   rows = []
-  for line in (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines():
+  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  for line in path.read_text().splitlines():
     if line.strip():
       record = json.loads(line)
       if 'step' in record:
