@@ -236,10 +236,9 @@ class FolderSource:
       if not paths:
         raise FileNotFoundError(f'{directory!r} has no images '
                                 f'{IMAGE_EXTENSIONS} in class folders')
-      labels = np.array(labels, np.int32)
-      rank = np.zeros(len(labels), np.int64)   # position within its class
-      for c in np.unique(labels):
-        rank[labels == c] = np.arange((labels == c).sum())
+      labels = np.array(labels, np.int32)  # ascending: listed by class
+      # Position within its class (O(n): ImageNet has 1.28M files).
+      rank = np.arange(len(labels)) - np.searchsorted(labels, labels)
       order = np.lexsort((labels, rank))
       self._files[split] = (np.array(paths)[order], labels[order])
     return self._files[split]
