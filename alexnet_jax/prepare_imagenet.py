@@ -31,7 +31,8 @@ def prepare(data_dir='', manual_dir='', name='imagenet2012:5.*.*'):
     raise tfds_source.DataNotReadyError(
         f'{", ".join(missing)} not found in {manual_dir}.\n'
         + tfds_source.imagenet_instructions(data_dir, manual_dir))
-  builder = tfds.builder(name, data_dir=data_dir)
+  # The code builder (a versioned name would open existing data read-only).
+  builder = tfds.builder(tfds_source.base_name(name), data_dir=data_dir)
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
   if builder.is_prepared():
     try:

@@ -147,3 +147,26 @@ def test_half_prepared_is_one_clear_error(shared_datasets, tmp_path):
   assert 'half-prepared' in text and "['train']" in text
   assert f'--manual_dir={manual}' in text
   assert 'ILSVRC2012_img_train.tar' in text
+  # With both archives, the command rebuilds it whole.
+  _train_tar(manual, samples)
+  sizes = prepare_imagenet.prepare(str(tmp_path / 'data'), str(manual))
+  assert sizes['train'] == 2 * len(TRAIN_WNIDS)
+  assert sizes['validation'] == NUM_VAL
+  info = input_pipeline.get_info(_config(tmp_path / 'data'))
+  assert info.split_sizes['train'] == 2 * len(TRAIN_WNIDS)
+
+
+def test_stream_record_names(prepared):
+  """Unreadable records of a TFDS stream are named SHARD#INDEX."""
+  data_dir, _, _ = prepared
+  source = tfds_source.TfdsSource(_config(data_dir))
+  _, names_of, size, total = source.eval_stream('validation', 0, 1)
+  assert size == total == NUM_VAL
+  names = [n.decode() for n in names_of(tf.range(NUM_VAL, dtype=tf.int64))
+           .numpy()]
+  shards = source.builder.info.splits['validation'].filenames
+  want = [f'{os.path.join(source.builder.data_dir, shards[0])}#{i}'
+          for i in range(NUM_VAL)] if len(shards) == 1 else None
+  if want is not None:
+    assert names == want
+  assert all('validation.tfrecord' in n for n in names)
