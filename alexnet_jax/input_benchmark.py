@@ -1,6 +1,7 @@
 """Training-input throughput: our tf.data pipeline vs a PIL + NumPy loader.
 
-    python -m alexnet_jax.input_benchmark [--data=../shared/datasets/imagenet-samples]
+    python -m alexnet_jax.input_benchmark \
+        [--data=../shared/datasets/imagenet-samples] [--workers=1,2]
 
 Both loaders do the paper's training preprocessing on the same JPEGs, in the
 same run: shorter side to 256, centre 256x256, random 224x224 crop, random

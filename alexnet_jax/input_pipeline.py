@@ -146,7 +146,8 @@ def _options(config, deterministic=True):
   return options
 
 
-_SLICE = re.compile(r'^(?P<name>[\w-]+)(\[(?P<lo>-?\d+%?)?:(?P<hi>-?\d+%?)?\])?$')
+_SLICE = re.compile(
+    r'^(?P<name>[\w-]+)(\[(?P<lo>-?\d+%?)?:(?P<hi>-?\d+%?)?\])?$')
 
 
 def parse_split(split, sizes):

@@ -9,6 +9,7 @@ epoch and skips (reads without decoding) to its position in it.
 """
 
 import os
+import types
 
 import numpy as np
 import tensorflow as tf
@@ -81,7 +82,8 @@ class TfdsSource:
     self.has_file_name = 'file_name' in info.features
 
   def split_sizes(self):
-    return {name: s.num_examples for name, s in self.builder.info.splits.items()}
+    splits = self.builder.info.splits
+    return {name: s.num_examples for name, s in splits.items()}
 
   def _host_split(self, split, process_index, process_count):
     base = split.split('[')[0]
@@ -172,7 +174,6 @@ class TfdsSource:
     """Reads a host's share into memory (config.data.cache=True), for
     random access: exact, free resumes, full per-epoch shuffles."""
     del cache
-    from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     total = self.builder.info.splits[split].num_examples
     host_split = self._host_split(split, process_index, process_count)
     ds = self.builder.as_dataset(
@@ -185,9 +186,10 @@ class TfdsSource:
       names.append(ex['file_name'] if self.has_file_name
                    else f'{host_split}#{i}')
     contents = tf.constant(encoded)
-    table = input_pipeline._Table(  # pylint: disable=protected-access
-        len(encoded), tf.constant(np.asarray(labels, np.int32)),
-        tf.constant(names), lambda i: tf.gather(contents, i))
+    # The fields input_pipeline reads of its tables.
+    table = types.SimpleNamespace(
+        size=len(encoded), labels=tf.constant(np.asarray(labels, np.int32)),
+        names=tf.constant(names), read=lambda i: tf.gather(contents, i))
     return table, total
 
 
