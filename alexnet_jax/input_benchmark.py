@@ -192,7 +192,15 @@ def _measure(args, loader, workers, n_images, paths):
 
 def run(args):
   """Measures each loader at each worker count (best of --repeats,
-  interleaved); returns the rows."""
+  interleaved); returns the rows. `args` may come from another command's
+  parser (benchmark.py's `input`): options it lacks take their defaults,
+  and its --quick makes one short pass."""
+  defaults = vars(add_arguments(argparse.ArgumentParser()).parse_args([]))
+  for key, value in defaults.items():
+    if not hasattr(args, key):
+      setattr(args, key, value)
+      if getattr(args, 'quick', False) and key in ('epochs', 'repeats'):
+        setattr(args, key, {'epochs': 0.5, 'repeats': 1}[key])
   paths = _list_images(args.data, args.split)
   n_images = int(len(paths) * args.epochs)
   rows = []
