@@ -302,13 +302,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     host_state = create_train_state(config, module, tx)
     logging.info('Starting from scratch in %s', workdir)
   else:
-    start_step, state_dict, _ = restored
+    start_step, state_dict, saved = restored
     host_state = flax.serialization.from_state_dict(abstract_state,
                                                     state_dict)
     logging.info('Resumed from the checkpoint at step %d in %s (lr %.6g, '
                  'plateau drops %d)', start_step, mgr.directory,
                  float(optim.learning_rate(host_state.opt_state)),
                  int(host_state.plateau['drops']))
+    changed = checkpoint.config_differences(saved['config'], config,
+                                            sections=None)
+    if changed:   # allowed (e.g. more steps), but not an exact resume
+      logging.warning('Resuming with a changed config: %s', '; '.join(changed))
   state = par.place_state(host_state)
   del host_state
 

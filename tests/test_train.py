@@ -188,14 +188,19 @@ def test_smoke_run_trains_evaluates_checkpoints(reference):
   assert steps[-2:] == [35, 40]
 
 
-def test_evaluate_matches_training_and_rerun_only_evaluates(reference):
+def test_evaluate_matches_training_and_rerun_only_evaluates(reference,
+                                                           caplog):
   workdir, results = reference
   got = evaluate.run_evaluation(workdir, max_batches=2, batch_size=8,
                                 progress=False)
   assert got['top1_error'] == pytest.approx(results['val_top1_error'])
   assert got['loss'] == pytest.approx(results['val_loss'], rel=1e-5)
-  again = train.train_and_evaluate(tiny_config(), workdir)
+  caplog.set_level('WARNING')
+  again = train.train_and_evaluate(
+      tiny_config(**{'train.log_every_steps': 2}), workdir)
   assert again == results
+  assert ('Resuming with a changed config: train.log_every_steps: '
+          'checkpoint 1, config 2') in caplog.text
 
 
 def test_exact_resume_after_sigkill(reference, interrupted):
