@@ -263,12 +263,11 @@ class Parallel:
           (len(self._local_devices),), (DATA,),
           axis_types=(jax.sharding.AxisType.Auto,),
           devices=self._local_devices)
-    local_batch, rem = divmod(config.optim.batch_size, jax.process_count())
-    if rem:
+    if config.optim.batch_size % jax.process_count():
       raise ConfigError(
           f'config.optim.batch_size={config.optim.batch_size} is not '
-          f'divisible by the {jax.process_count()} processes')
-    del local_batch
+          f'divisible by the {jax.process_count()} processes: each feeds an '
+          'equal share of the global batch')
 
   def _check_model_parallel(self, model):
     if getattr(model, 'variant', None) != 'paper' or model.towers != 2:
