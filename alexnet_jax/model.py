@@ -94,19 +94,20 @@ class TowerConv(nn.Module):
                         (self.towers, kh, kw, cin, self.features))
     bias = self.param('bias', nn.initializers.constant(self.bias_init),
                       (self.towers, self.features))
+    kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+    conv = lambda x, k: ops.conv2d(x.astype(self.dtype), k, self.stride,
+                                   self.padding)
+    if len(xs) == 1 and self.towers > 1:
+      # Every tower reads the same input (conv1, conv3): one convolution
+      # with all towers' kernels side by side, split after.
+      # kernel: [T, kh, kw, cin, f] -> [kh, kw, cin, T*f]
+      y = conv(xs[0], jnp.moveaxis(kernel, 0, 3).reshape(
+          kh, kw, cin, self.towers * self.features)) + bias.reshape(-1)
+      f = self.features
+      return [y[..., t * f:(t + 1) * f] for t in range(self.towers)]
     if len(xs) == 1:
       xs = list(xs) * self.towers
-    pad = self.padding
-    if not isinstance(pad, str):
-      pad = tuple(tuple(p) for p in pad)
-    outs = []
-    for t in range(self.towers):
-      y = jax.lax.conv_general_dilated(
-          xs[t].astype(self.dtype), kernel[t].astype(self.dtype),
-          window_strides=(self.stride, self.stride), padding=pad,
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-      outs.append(y + bias[t].astype(self.dtype))
-    return outs
+    return [conv(xs[t], kernel[t]) + bias[t] for t in range(self.towers)]
 
 
 class TowerDense(nn.Module):

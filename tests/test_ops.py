@@ -1,4 +1,4 @@
-"""ops.max_pool and its gradient against XLA's autodiff and PyTorch."""
+"""ops.conv2d / ops.max_pool gradients against XLA's autodiff and NumPy loops."""
 
 import jax
 from jax import lax
@@ -7,6 +7,74 @@ import numpy as np
 import pytest
 
 from alexnet_jax import ops
+
+
+def _xla_conv(x, k, stride, padding):
+  return lax.conv_general_dilated(x, k, (stride, stride), padding,
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _numpy_kernel_grad(x, dy, k, padding):
+  """dL/dk[i, j, c, o] = sum_{b,h,w} xpad[b, h+i, w+j, c] dy[b, h, w, o]."""
+  (t, b), (l, r) = padding
+  xp = np.pad(x.astype(np.float64), ((0, 0), (t, b), (l, r), (0, 0)))
+  ho, wo = dy.shape[1:3]
+  return np.stack([np.stack([
+      np.einsum('bhwc,bhwo->co', xp[:, i:i + ho, j:j + wo], dy)
+      for j in range(k)]) for i in range(k)])
+
+
+@pytest.mark.parametrize('shape,kernel,stride,padding', [
+    ((2, 8, 7, 4), 3, 1, ((1, 1), (1, 1))),     # conv3-5: Winograd grad
+    ((1, 6, 5, 3), 3, 1, ((0, 2), (2, 0))),     # uneven padding
+    ((1, 23, 23, 3), 11, 4, ((0, 3), (0, 3))),  # conv1: XLA's grad
+])
+def test_conv2d_value_and_gradients_match_xla(shape, kernel, stride, padding):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=shape).astype(np.float32)
+  k = rng.normal(size=(kernel, kernel, shape[-1], 6)).astype(np.float32)
+  pads = padding if padding != 'VALID' else ((0, 0), (0, 0))
+  out = [(n + sum(p) - kernel) // stride + 1 for n, p in zip(shape[1:3], pads)]
+  g = rng.normal(size=(shape[0], *out, 6)).astype(np.float32)
+
+  @jax.jit
+  def value_and_grads(x, k, g):   # one compilation instead of op by op
+    y, vjp = jax.vjp(lambda x, k: ops.conv2d(x, k, stride, padding), x, k)
+    want_y, want_vjp = jax.vjp(lambda x, k: _xla_conv(x, k, stride, pads),
+                               x, k)
+    return y, want_y, vjp(g), want_vjp(g)
+
+  y, want_y, (dx, dk), (want_dx, want_dk) = value_and_grads(x, k, g)
+  np.testing.assert_allclose(y, want_y, rtol=1e-6, atol=1e-5)
+  np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dk, want_dk, rtol=1e-5, atol=1e-4)
+  if stride == 1:
+    np.testing.assert_allclose(
+        dk, _numpy_kernel_grad(x, g.astype(np.float64), kernel, pads),
+        rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_kernel_grad_against_numpy_loop():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(3, 5, 6, 4)).astype(np.float32)
+  dy = rng.normal(size=(3, 5, 6, 7)).astype(np.float32)
+  pads = ((1, 1), (1, 1))
+  np.testing.assert_allclose(
+      jax.jit(ops.winograd_kernel_grad, static_argnums=2)(
+          jnp.asarray(x), jnp.asarray(dy), pads),
+      _numpy_kernel_grad(x, dy.astype(np.float64), 3, pads), rtol=1e-4,
+      atol=1e-4)
+
+
+def test_conv2d_bfloat16_gradient_dtype():
+  x = jnp.ones((1, 5, 5, 2), jnp.bfloat16)
+  k = jnp.ones((3, 3, 2, 3), jnp.bfloat16)
+  dk = jax.jit(jax.grad(lambda k: ops.conv2d(x, k, 1, 'SAME').astype(
+      jnp.float32).sum()))(k)
+  assert dk.dtype == jnp.bfloat16
+  # Centre tap sees all 25 pixels, corner taps 16.
+  np.testing.assert_array_equal(np.asarray(dk[1, 1, 0], np.float32), 25.0)
+  np.testing.assert_array_equal(np.asarray(dk[0, 0, 0], np.float32), 16.0)
 
 
 def _reduce_window_pool(x, window, stride):
