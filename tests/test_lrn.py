@@ -97,3 +97,24 @@ def test_matches_tf_local_response_normalization_with_paper_constants():
                     alpha_over_n=False)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
   assert np.max(np.abs(want / x - 2.0 ** -0.75)) > 0.05
+
+
+def test_gradient_matches_torch_autograd():
+  # lrn.lrn has a hand-written backward pass (custom_vjp): check it against
+  # autograd through nn.LocalResponseNorm.
+  torch = pytest.importorskip('torch')
+  import jax
+  x = _activations((2, 3, 3, 12), seed=5)
+  g = np.random.RandomState(6).randn(*x.shape).astype(np.float32)
+  for size, alpha_over_n in ((5, False), (3, True)):
+    alpha = 1e-2
+    norm = torch.nn.LocalResponseNorm(
+        size, alpha=alpha if alpha_over_n else alpha * size, beta=0.75, k=2.0)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    norm(xt).backward(torch.from_numpy(g.transpose(0, 3, 1, 2).copy()))
+    want = xt.grad.numpy().transpose(0, 2, 3, 1)
+    grad = jax.jit(lambda v, g: jax.vjp(lambda v: lrn_lib.lrn(
+        v, k=2.0, n=size, alpha=alpha, beta=0.75, alpha_over_n=alpha_over_n),
+        v)[1](g)[0])
+    np.testing.assert_allclose(np.asarray(grad(x, g)), want, rtol=1e-4,
+                               atol=1e-6)
