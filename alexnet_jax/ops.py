@@ -105,7 +105,30 @@ def conv2d(x: Array, kernel: Array, stride: int, padding) -> Array:
     padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2],
                                   (stride, stride), padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  x, kernel = _same_varying_axes(x, kernel)
   return _conv2d(x, kernel, stride, padding)
+
+
+def _varying(x) -> frozenset:
+  """The shard_map axes x varies over (empty outside shard_map)."""
+  mat = getattr(jax.typeof(x), 'mat', None)
+  return frozenset(getattr(mat, 'varying', ()))
+
+
+def _same_varying_axes(*xs):
+  """Marks every operand as varying over the union of their shard_map axes.
+
+  A custom VJP's backward pass must return each cotangent with its input's
+  type. Under parallel.py's shard_map a tower's kernel varies over 'model'
+  only while the activations also vary over 'data', so the kernel gradient
+  (computed from them) varies over both: casting the kernel up front makes
+  the types agree, and the cast's own transpose sums the kernel gradient
+  over 'data', as the gradient of a parameter replicated there must be.
+  """
+  union = frozenset().union(*map(_varying, xs))
+  return tuple(
+      lax.pcast(x, tuple(sorted(union - _varying(x))), to='varying')
+      if union - _varying(x) else x for x in xs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
