@@ -3,15 +3,19 @@
 Same maths as `lax.conv_general_dilated` and `lax.reduce_window(max)` and
 their autodiff gradients; only how the gradients are computed differs. On
 XLA:CPU (jaxlib 0.10, convolutions run by YNNPACK) the forward convolution
-and its input gradient run near the machine's matmul speed, but the kernel
-gradient of a 3x3 convolution runs at about a third of it, and a max-pool's
-gradient (`select_and_scatter`) is a slow argmax loop. Measured effects are
-in README "Speed".
+and its input gradient run near the machine's matmul speed, but kernel
+gradients run at a third to a fifth of it, and a max-pool's gradient
+(`select_and_scatter`) is a slow argmax loop. Measured effects are in
+README "Speed".
 
-* `conv2d`: forward and input gradient are XLA's convolutions; the kernel
-  gradient of 3x3 stride-1 convolutions (conv3-conv5) is computed in the
-  Winograd F(2x2, 3x3) domain (Lavin & Gray 2016): 16 matmuls over the
-  batch instead of a 3x3 correlation, 2.25x fewer multiplications.
+* `conv2d`: forward and input gradient are XLA's convolutions. The kernel
+  gradient is one matmul per image, dy^T [Cout, Ho*Wo] x patches^T
+  [Ho*Wo, kh*kw*Cin], accumulated in a `lax.scan` over the batch: one
+  image's patches fit in cache, and both operands have the contracted
+  axis innermost, so XLA neither materialises a batch-sized patch matrix
+  nor transposes one (it does both for a whole-batch im2col). Strided
+  convolutions (conv1: 11x11, stride 4) are first rewritten as stride-1
+  ones by space-to-depth.
 * `max_pool`: the gradient goes to the first maximum of each window (what
   select_and_scatter and PyTorch do), found with strided slices, compares
   and interior padding that XLA fuses into one loop.
@@ -22,16 +26,8 @@ import functools
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
 
 Array = jnp.ndarray
-
-# Winograd F(2x2, 3x3): Y = AT [(G g G^T) * (BT d BT^T)] AT^T per 4x4 tile.
-_WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0],
-                     [0, 1, 0, -1]], np.float32)
-_WINO_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
-                   np.float32)
-_WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 
 
 def _xla_conv(x, kernel, stride, padding):
@@ -40,56 +36,69 @@ def _xla_conv(x, kernel, stride, padding):
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _combine(matrix, xs):
-  """[sum_i matrix[a, i] * xs[i] for a]; zero terms skipped so XLA fuses."""
-  out = []
-  for row in matrix:
-    acc = None
-    for c, x in zip(row, xs):
-      if c == 0:
-        continue
-      term = x if c == 1 else -x if c == -1 else x * c.astype(x.dtype)
-      acc = term if acc is None else acc + term
-    out.append(acc)
-  return out
+def _kernel_grad_stride1(x, dy, kh, kw):
+  """dL/dkernel [kh, kw, C, O] of a stride-1 VALID conv of x [B, H, W, C].
+
+  dy: [B, Ho, Wo, O]. One matmul per image inside a scan (see module doc).
+  """
+  batch, _, _, c = x.shape
+  ho, wo, o = dy.shape[1:]
+  xt = jnp.transpose(x, (0, 3, 1, 2))                     # [B, C, H, W]
+  dyt = jnp.transpose(dy.reshape(batch, ho * wo, o), (0, 2, 1))  # [B, O, HW]
+
+  def one_image(acc, image):
+    xi, dyi = image                                       # [C, H, W], [O, HW]
+    # patches^T: rows (i, j, c), columns (h, w): [kh*kw*C, Ho*Wo]
+    patches = jnp.concatenate(
+        [xi[:, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)],
+        axis=0).reshape(kh * kw * c, ho * wo)
+    return acc + jnp.einsum('on,kn->ok', dyi, patches,
+                            preferred_element_type=jnp.float32), None
+
+  acc, _ = lax.scan(one_image, jnp.zeros((o, kh * kw * c), jnp.float32),
+                    (xt, dyt))
+  return acc.T.reshape(kh, kw, c, o)
 
 
-def _transform_2d(matrix, planes):
-  """out[a][b] = sum_ij matrix[a, i] matrix[b, j] planes[i][j], flattened."""
-  n = len(planes)
-  cols = [_combine(matrix, [planes[i][j] for i in range(n)])
-          for j in range(n)]                          # cols[j][a]
-  return [v for a in range(matrix.shape[0])
-          for v in _combine(matrix, [cols[j][a] for j in range(n)])]
+def _space_to_depth(x, stride):
+  """[B, H, W, C] (H, W multiples of stride) -> [B, H/s, W/s, s*s*C]."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // stride, stride, w // stride, stride, c)
+  return jnp.transpose(x, (0, 1, 3, 2, 4, 5)).reshape(
+      b, h // stride, w // stride, stride * stride * c)
 
 
-def winograd_kernel_grad(x: Array, dy: Array, padding) -> Array:
-  """d(loss)/d(kernel) of a 3x3 stride-1 convolution, f32[3, 3, Cin, Cout].
+def kernel_grad(x: Array, dy: Array, kernel_hw, stride: int,
+                padding) -> Array:
+  """d(loss)/d(kernel), f32[kh, kw, Cin, Cout], of conv2d(x, kernel).
 
   Args:
     x: the convolution's input [B, H, W, Cin].
     dy: the gradient of its output [B, Ho, Wo, Cout].
+    kernel_hw: (kh, kw).
+    stride: both spatial strides.
     padding: ((top, bottom), (left, right)).
   """
-  x, dy = x.astype(jnp.float32), dy.astype(jnp.float32)
-  _, h, w, cin = x.shape
-  ho, wo, cout = dy.shape[1:]
-  nh, nw = -(-ho // 2), -(-wo // 2)                   # 2x2 output tiles
+  kh, kw = kernel_hw
+  ho, wo = dy.shape[1:3]
+  # Rows/columns the convolution reads, from -top/-left, rounded up to
+  # whole stride blocks; taps past the kernel only meet rows we crop away.
+  bh, bw = -(-kh // stride), -(-kw // stride)           # kernel in blocks
+  rows, cols = (ho + bh - 1) * stride, (wo + bw - 1) * stride
   (top, _), (left, _) = padding
-  # Pad to whole tiles; rows/columns beyond the real padding meet zeros in
-  # the padded dy, so they add nothing.
-  x = jnp.pad(x, ((0, 0), (top, 2 * nh + 2 - h - top),
-                  (left, 2 * nw + 2 - w - left), (0, 0)))
-  dy = jnp.pad(dy, ((0, 0), (0, 2 * nh - ho), (0, 2 * nw - wo), (0, 0)))
-  # Input tiles d[i][j] = x[2a + i, 2b + j] -> V = BT d BT^T: 16 planes.
-  tiles = [[x[:, i:i + 2 * nh - 1:2, j:j + 2 * nw - 1:2, :] for j in range(4)]
-           for i in range(4)]
-  v = jnp.stack(_transform_2d(_WINO_BT, tiles)).reshape(16, -1, cin)
-  # Output-gradient tiles -> AT^T dy AT: 16 planes.
-  dy_tiles = [[dy[:, i::2, j::2, :] for j in range(2)] for i in range(2)]
-  m = jnp.stack(_transform_2d(_WINO_AT.T, dy_tiles)).reshape(16, -1, cout)
-  u = jnp.einsum('tnc,tno->tco', v, m).reshape(4, 4, cin, cout)
-  return jnp.einsum('ai,abco,bj->ijco', _WINO_G, u, _WINO_G)
+  x = jnp.pad(x, ((0, 0), (top, max(0, rows - x.shape[1] - top)),
+                  (left, max(0, cols - x.shape[2] - left)), (0, 0)))
+  x = x[:, :rows, :cols]
+  if stride == 1:
+    return _kernel_grad_stride1(x, dy, kh, kw)
+  # Space-to-depth: a stride-s kh x kw conv is a stride-1 bh x bw conv over
+  # s x s blocks, whose kernel rows are (block row, row in block).
+  c = x.shape[-1]
+  grad = _kernel_grad_stride1(_space_to_depth(x, stride), dy, bh, bw)
+  grad = grad.reshape(bh, bw, stride, stride, c, -1)
+  grad = jnp.transpose(grad, (0, 2, 1, 3, 4, 5)).reshape(
+      bh * stride, bw * stride, c, -1)
+  return grad[:kh, :kw]
 
 
 def conv2d(x: Array, kernel: Array, stride: int, padding) -> Array:
@@ -105,30 +114,7 @@ def conv2d(x: Array, kernel: Array, stride: int, padding) -> Array:
     padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2],
                                   (stride, stride), padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  x, kernel = _same_varying_axes(x, kernel)
   return _conv2d(x, kernel, stride, padding)
-
-
-def _varying(x) -> frozenset:
-  """The shard_map axes x varies over (empty outside shard_map)."""
-  mat = getattr(jax.typeof(x), 'mat', None)
-  return frozenset(getattr(mat, 'varying', ()))
-
-
-def _same_varying_axes(*xs):
-  """Marks every operand as varying over the union of their shard_map axes.
-
-  A custom VJP's backward pass must return each cotangent with its input's
-  type. Under parallel.py's shard_map a tower's kernel varies over 'model'
-  only while the activations also vary over 'data', so the kernel gradient
-  (computed from them) varies over both: casting the kernel up front makes
-  the types agree, and the cast's own transpose sums the kernel gradient
-  over 'data', as the gradient of a parameter replicated there must be.
-  """
-  union = frozenset().union(*map(_varying, xs))
-  return tuple(
-      lax.pcast(x, tuple(sorted(union - _varying(x))), to='varying')
-      if union - _varying(x) else x for x in xs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -145,12 +131,8 @@ def _conv2d_bwd(stride, padding, residuals, dy):
   # Input gradient: XLA's transposed convolution (fast). When x needs no
   # gradient (conv1 reads the images) XLA drops it.
   (dx,) = jax.vjp(lambda x: _xla_conv(x, kernel, stride, padding), x)[1](dy)
-  if kernel.shape[:2] == (3, 3) and stride == 1:
-    dkernel = winograd_kernel_grad(x, dy, padding).astype(kernel.dtype)
-  else:
-    (dkernel,) = jax.vjp(
-        lambda k: _xla_conv(x, k, stride, padding), kernel)[1](dy)
-  return dx, dkernel
+  dkernel = kernel_grad(x, dy, kernel.shape[:2], stride, padding)
+  return dx, dkernel.astype(kernel.dtype)
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)

@@ -25,9 +25,12 @@ def _numpy_kernel_grad(x, dy, k, padding):
 
 
 @pytest.mark.parametrize('shape,kernel,stride,padding', [
-    ((2, 8, 7, 4), 3, 1, ((1, 1), (1, 1))),     # conv3-5: Winograd grad
+    ((2, 8, 7, 4), 3, 1, ((1, 1), (1, 1))),     # conv3-5
     ((1, 6, 5, 3), 3, 1, ((0, 2), (2, 0))),     # uneven padding
-    ((1, 23, 23, 3), 11, 4, ((0, 3), (0, 3))),  # conv1: XLA's grad
+    ((2, 9, 9, 3), 5, 1, ((2, 2), (2, 2))),     # conv2
+    ((1, 23, 23, 3), 11, 4, ((0, 3), (0, 3))),  # conv1: space-to-depth
+    ((1, 27, 26, 3), 11, 4, 'VALID'),           # conv1, Caffe (unused rows)
+    ((1, 12, 12, 2), 4, 3, ((1, 2), (0, 1))),   # kernel a multiple of stride
 ])
 def test_conv2d_value_and_gradients_match_xla(shape, kernel, stride, padding):
   rng = np.random.default_rng(0)
@@ -54,14 +57,14 @@ def test_conv2d_value_and_gradients_match_xla(shape, kernel, stride, padding):
         rtol=1e-4, atol=1e-4)
 
 
-def test_winograd_kernel_grad_against_numpy_loop():
+def test_kernel_grad_against_numpy_loop():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(3, 5, 6, 4)).astype(np.float32)
   dy = rng.normal(size=(3, 5, 6, 7)).astype(np.float32)
   pads = ((1, 1), (1, 1))
   np.testing.assert_allclose(
-      jax.jit(ops.winograd_kernel_grad, static_argnums=2)(
-          jnp.asarray(x), jnp.asarray(dy), pads),
+      jax.jit(ops.kernel_grad, static_argnums=(2, 3, 4))(
+          jnp.asarray(x), jnp.asarray(dy), (3, 3), 1, pads),
       _numpy_kernel_grad(x, dy.astype(np.float64), 3, pads), rtol=1e-4,
       atol=1e-4)
 
