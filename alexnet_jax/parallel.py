@@ -381,29 +381,38 @@ class Parallel:
   # -- the forward ------------------------------------------------------------
 
   def apply(self, variables, images, *, train: bool, rngs=None):
-    """Logits f32[B, C] of the model; the two-tower shard_map when model=2.
+    """Logits f32[B, C] of the model, run per device under jax.shard_map.
 
     Usable inside jit (the train and eval steps call it as `apply_fn`).
+    model=2: the two-tower forward. model=1 with several data shards: the
+    whole model on each shard; the forward is written per device rather
+    than left to XLA's partitioner, which cannot split ops.conv2d's
+    per-image scan over a sharded batch (it would gather the batch onto
+    every device). One device, or inside pmap: plain `model.apply`.
     """
-    if self.model_size == 1:
+    if self.data_parallel == 'pmap' or self.mesh.size == 1:
       return self.model.apply(variables, images, train=train, rngs=rngs)
     rngs = rngs or {}
-    tower_model = self._tower_model
+    model = self._tower_model if self.model_size == 2 else self.model
     fold_data = train and self.data_size > 1
 
     def local_forward(variables, images, rngs):
-      # One tower per `model` device, B/data examples per `data` device:
+      # B/data examples per `data` device; with model=2 one tower per
+      # `model` device:
       #   images: f32[B/data, H, W, 3] (every tower reads the whole image)
       #   conv1 kernel f32[1, 11, 11, 3, 48], conv3 f32[1, 3, 3, 256, 192],
       #   fc6 f32[1, 9216, 2048], fc7 f32[1, 4096, 2048],
       #   fc8 f32[4096, C/2] (or [4096, C] when C is odd).
       # model.py all_gathers the towers' channels before conv3, fc6, fc7 and
-      # fc8, and the logits: f32[B/data, C] on every model device.
+      # fc8, and the logits: f32[B/data, C] on every model device. With
+      # model=1 every device holds all parameters (specs are all P()).
+      # Parameters do not vary over `data`, so their gradients are summed
+      # over it in the backward pass (the transpose of that broadcast).
       if fold_data:
         # Different dropout masks on different data shards.
         idx = jax.lax.axis_index(DATA)
         rngs = {k: jax.random.fold_in(r, idx) for k, r in rngs.items()}
-      return tower_model.apply(variables, images, train=train, rngs=rngs)
+      return model.apply(variables, images, train=train, rngs=rngs)
 
     specs = self.specs(variables)
     rng_specs = jax.tree.map(lambda _: P(), rngs)
