@@ -55,8 +55,10 @@ def _kernel_grad_stride1(x, dy, kh, kw):
     return acc + jnp.einsum('on,kn->ok', dyi, patches,
                             preferred_element_type=jnp.float32), None
 
-  acc, _ = lax.scan(one_image, jnp.zeros((o, kh * kw * c), jnp.float32),
-                    (xt, dyt))
+  # Under shard_map the carry must vary over the axes its updates do.
+  init = _vary(jnp.zeros((o, kh * kw * c), jnp.float32),
+               _varying(xt) | _varying(dyt))
+  acc, _ = lax.scan(one_image, init, (xt, dyt))
   return acc.T.reshape(kh, kw, c, o)
 
 
@@ -114,7 +116,38 @@ def conv2d(x: Array, kernel: Array, stride: int, padding) -> Array:
     padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2],
                                   (stride, stride), padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  x, kernel = _same_varying_axes(x, kernel)
   return _conv2d(x, kernel, stride, padding)
+
+
+# shard_map (parallel.py's two-tower forward) types every value with the mesh
+# axes it varies over. A custom VJP's backward must return each cotangent
+# with its input's type, and a scan's carry must keep its type: the helpers
+# below make both hold. Outside shard_map they do nothing.
+
+def _varying(x) -> frozenset:
+  """The shard_map axes x varies over (empty outside shard_map)."""
+  mat = getattr(jax.typeof(x), 'mat', None)
+  return frozenset(getattr(mat, 'varying', ()))
+
+
+def _vary(x, axes):
+  """x, marked as varying over `axes` too."""
+  missing = tuple(sorted(frozenset(axes) - _varying(x)))
+  return lax.pcast(x, missing, to='varying') if missing else x
+
+
+def _same_varying_axes(*xs):
+  """Every operand marked as varying over the union of their axes.
+
+  A tower's kernel varies over 'model' only, the activations also over
+  'data', so the kernel gradient (computed from them) varies over both:
+  casting the kernel up front makes the types agree, and the cast's own
+  transpose sums the kernel gradient over 'data', as the gradient of a
+  parameter replicated there must be.
+  """
+  union = frozenset().union(*map(_varying, xs))
+  return tuple(_vary(x, union) for x in xs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
