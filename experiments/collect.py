@@ -14,7 +14,6 @@ import os
 import pathlib
 import platform
 import shutil
-import subprocess
 import sys
 
 import matplotlib
@@ -101,12 +100,25 @@ def steps_per_epoch(rows) -> float | None:
 
 
 def per_epoch_mean(xs, ys):
-  """Averages ys over whole epochs: epoch e covers x in (e-1, e]."""
-  buckets: dict[int, list] = {}
-  for x, y in zip(xs, ys):
-    e = max(1, -int(-x // 1))          # ceil, at least 1
-    buckets.setdefault(e, []).append(y)
-  return {e: sum(v) / len(v) for e, v in sorted(buckets.items())}
+  """Averages a logged running metric over whole epochs (1, 2, ...).
+
+  Row i averages the steps since row i-1, i.e. the span (x[i-1], x[i]]
+  (x[-1] = 0): it counts for the epoch holding the span's middle, weighted
+  by the span's length. (The last row of a run often sits just past an
+  epoch boundary, e.g. 3.0003 epochs for step 1172 at 390.6 steps an
+  epoch; by its middle it belongs to epoch 3.)
+  """
+  sums: dict[int, list] = {}
+  prev = 0.0
+  for x, y in sorted(zip(xs, ys)):
+    if x <= prev:
+      continue
+    e = max(1, -int(-((prev + x) / 2) // 1))   # ceil of the middle
+    acc = sums.setdefault(e, [0.0, 0.0])
+    acc[0] += y * (x - prev)
+    acc[1] += x - prev
+    prev = x
+  return {e: a / w for e, (a, w) in sorted(sums.items())}
 
 
 def epochs_to_reach(epoch_means: dict[int, float], threshold: float):
@@ -156,21 +168,20 @@ def machine() -> str:
   return f'{os.cpu_count()}-core {cpu}, {platform.system()}, no GPU used'
 
 
-def git_commit() -> str:
-  try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
-                          cwd=sweeps_lib.REPO, capture_output=True, text=True,
-                          check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown'
+def provenance(argv, runs=()) -> dict:
+  """Command, machine, date and code of a results directory.
 
-
-def provenance(argv) -> dict:
+  `git_commit` is this collection's code; `trained_with` the commits the
+  runs' trainers ran (recorded by the runner in each workdir).
+  """
+  trained = sorted({(runner.read_status(r) or {}).get('git_commit')
+                    or 'not recorded' for r in runs})
   return dict(
       command='python -m ' + ' '.join(argv),
       machine=machine(),
       date=datetime.datetime.now().astimezone().isoformat(timespec='minutes'),
-      git_commit=git_commit(), python=sys.version.split()[0])
+      git_commit=runner.git_commit(), trained_with=trained,
+      python=sys.version.split()[0])
 
 
 def _fmt(v):
@@ -187,7 +198,7 @@ def collect(sweep: sweeps_lib.Sweep, dataset: str, runs: list[runner.Run],
   logs/<variant>.jsonl and provenance.json. Returns the directory."""
   out = pathlib.Path(out_dir or RESULTS_ROOT / f'{sweep.name}-{dataset}')
   (out / 'logs').mkdir(parents=True, exist_ok=True)
-  prov = provenance(argv or ['experiments.sweep'] + sys.argv[1:])
+  prov = provenance(argv or ['experiments.sweep'] + sys.argv[1:], runs)
   summaries, curves = [], {}
   for run in runs:
     rows = read_metrics(run.workdir)
@@ -203,13 +214,22 @@ def collect(sweep: sweeps_lib.Sweep, dataset: str, runs: list[runner.Run],
     w = csv.DictWriter(f, fieldnames=fields)
     w.writeheader()
     w.writerows(summaries)
-  _write_table(out / 'table.md', sweep, dataset, summaries, prov)
+  _write_table(out / 'table.md', sweep, dataset, summaries, prov, runs)
   plot_curves(curves, out / 'curves.png',
               title=f'{sweep.name} on {dataset}: {sweep.question}')
   return out
 
 
-def _write_table(path, sweep, dataset, summaries, prov):
+def _eval_split(run):
+  """data.eval_split of a run, from the config.json its trainer saved."""
+  try:
+    return json.loads((run.workdir / 'config.json').read_text())['data'][
+        'eval_split']
+  except (OSError, ValueError, KeyError):
+    return None
+
+
+def _write_table(path, sweep, dataset, summaries, prov, runs=()):
   cols = ['variant', 'status', 'epochs', 'train_top1_error_last_epoch',
           'val_top1_error_final', 'val_top1_error_best', 'test_top1_error',
           'seconds']
@@ -219,11 +239,16 @@ def _write_table(path, sweep, dataset, summaries, prov):
            '|' + '---|' * len(cols)]
   for s in summaries:
     lines.append('| ' + ' | '.join(_fmt(s[c]) for c in cols) + ' |')
+  splits = sorted({_eval_split(r) for r in runs} - {None})
+  if splits:
+    lines += ['', "The `val_*` columns are the config's eval split: "
+              + ', '.join(f'`{s}`' for s in splits) + '.']
   lines += ['', 'Overrides of each variant:', '']
   lines += [f'- `{s["variant"]}`: `{s["overrides"]}`' for s in summaries]
   lines += ['', f'Command: `{prov["command"]}`  ',
             f'Machine: {prov["machine"]}  ',
-            f'Date: {prov["date"]}, git {prov["git_commit"]}', '']
+            f'Date: {prov["date"]}, git {prov["git_commit"]} (trained with '
+            f'{", ".join(prov["trained_with"])})', '']
   path.write_text('\n'.join(lines))
 
 

@@ -147,7 +147,7 @@ def report(runs, lrs, argv, out=OUT) -> dict:
   ratio = None
   if relu and tanh and relu['interpolated'] and tanh['interpolated']:
     ratio = tanh['interpolated'] / relu['interpolated']
-  prov = collect.provenance(argv)
+  prov = collect.provenance(argv, runs)
   summary = dict(target_train_error=TARGET, learning_rates=lrs,
                  ratio_tanh_over_relu=ratio, provenance=prov,
                  runs={k: {kk: vv for kk, vv in v.items()}
@@ -191,7 +191,8 @@ def _markdown(curves, lrs, ratio, prov):
           ' (the best rate is at the edge of the grid)' if edge else ''))
   lines += ['', f'Command: `{prov["command"]}`  ',
             f'Machine: {prov["machine"]}  ',
-            f'Date: {prov["date"]}, git {prov["git_commit"]}', '']
+            f'Date: {prov["date"]}, git {prov["git_commit"]} (trained with '
+            f'{", ".join(prov["trained_with"])})', '']
   return '\n'.join(lines)
 
 

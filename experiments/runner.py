@@ -131,6 +131,18 @@ def _check_same_run(run: Run):
         'workdir to start afresh, or use another --root.')
 
 
+def git_commit(repo=sweeps_lib.REPO) -> str:
+  """The code's commit (short hash, '+dirty' with uncommitted changes)."""
+  try:
+    run = lambda *a: subprocess.run(['git', *a], cwd=repo, text=True,
+                                    capture_output=True, check=True).stdout
+    dirty = run('status', '--porcelain', '--untracked-files=no').strip()
+    return run('rev-parse', '--short', 'HEAD').strip() + (
+        '+dirty' if dirty else '')
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
 def _jsonable(d):
   return json.loads(json.dumps(d))
 
@@ -217,7 +229,8 @@ def _start(run: Run, main_module, env, log):
   resumed = previous is not None
   status = dict(sweep=run.sweep, dataset=run.dataset, variant=run.variant,
                 config=run.config, overrides=_jsonable(run.overrides),
-                command=cmd, started=_now(), finished=None, returncode=None,
+                command=cmd, git_commit=git_commit(), started=_now(),
+                finished=None, returncode=None,
                 attempts=(previous or {}).get('attempts', 0) + 1,
                 _t0=time.time())
   _write_status(run, {k: v for k, v in status.items() if k != '_t0'})

@@ -199,9 +199,13 @@ def test_sigterm_stops_trainers_cleanly(fake):
 
 
 def test_per_epoch_mean_and_epochs_to_reach():
-  means = collect.per_epoch_mean([0.25, 0.5, 1.0, 1.5, 2.0, 2.5],
+  # Spans (0, .25], (.25, .5], (.5, 1], (1, 1.5], (1.5, 2], (2, 2.5]: the
+  # first three (weights 1, 1, 2) make epoch 1; a row just past a boundary
+  # (2.001, spanning (1.5, 2.001]) still counts for epoch 2.
+  means = collect.per_epoch_mean([0.25, 0.5, 1.0, 1.5, 2.001, 2.5],
                                  [0.9, 0.7, 0.5, 0.3, 0.2, 0.1])
-  assert means == pytest.approx({1: 0.7, 2: 0.25, 3: 0.1})
+  assert means == pytest.approx({1: 0.65, 2: (0.3 * .5 + 0.2 * .501) / 1.001,
+                                 3: 0.1})
   assert collect.epochs_to_reach(means, 0.25) == 2
   assert collect.epochs_to_reach(means, 0.05) is None
 
