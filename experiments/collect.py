@@ -263,7 +263,7 @@ def plot_curves(curves: dict[str, list[dict]], path, *, title=''):
         ax.plot(xs, [100 * y for y in ys], label=variant,
                 marker='.' if key == VAL_ERROR else None)
       ax.set_xlabel(x + 's')
-  for ax, name in zip(axes, ('training', 'validation')):
+  for ax, name in zip(axes, ('training', 'eval split')):
     ax.set_ylabel(f'{name} top-1 error (%)')
     ax.grid(alpha=0.3)
     if ax.lines:
