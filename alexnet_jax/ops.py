@@ -17,8 +17,8 @@ README "Speed".
   convolutions (conv1: 11x11, stride 4) are first rewritten as stride-1
   ones by space-to-depth.
 * `max_pool`: the gradient goes to the first maximum of each window (what
-  select_and_scatter and PyTorch do), found with strided slices, compares
-  and interior padding that XLA fuses into one loop.
+  select_and_scatter and PyTorch do), found with strided slices and
+  compares on the output grid, then interleaved back to input positions.
 """
 
 import functools
@@ -39,15 +39,17 @@ def _xla_conv(x, kernel, stride, padding):
 def _kernel_grad_stride1(x, dy, kh, kw):
   """dL/dkernel [kh, kw, C, O] of a stride-1 VALID conv of x [B, H, W, C].
 
-  dy: [B, Ho, Wo, O]. One matmul per image inside a scan (see module doc).
+  dy: [B, Ho, Wo, O]. One matmul per image inside a scan (see module doc);
+  each image is transposed inside the loop, where it fits in cache, rather
+  than the whole batch up front (which would cost a batch-sized copy).
   """
-  batch, _, _, c = x.shape
+  c = x.shape[-1]
   ho, wo, o = dy.shape[1:]
-  xt = jnp.transpose(x, (0, 3, 1, 2))                     # [B, C, H, W]
-  dyt = jnp.transpose(dy.reshape(batch, ho * wo, o), (0, 2, 1))  # [B, O, HW]
 
   def one_image(acc, image):
-    xi, dyi = image                                       # [C, H, W], [O, HW]
+    xi, dyi = image                                       # [H, W, C], [Ho, Wo, O]
+    xi = jnp.transpose(xi, (2, 0, 1))                     # [C, H, W]
+    dyi = dyi.reshape(ho * wo, o).T                       # [O, Ho*Wo]
     # patches^T: rows (i, j, c), columns (h, w): [kh*kw*C, Ho*Wo]
     patches = jnp.concatenate(
         [xi[:, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)],
@@ -57,8 +59,8 @@ def _kernel_grad_stride1(x, dy, kh, kw):
 
   # Under shard_map the carry must vary over the axes its updates do.
   init = _vary(jnp.zeros((o, kh * kw * c), jnp.float32),
-               _varying(xt) | _varying(dyt))
-  acc, _ = lax.scan(one_image, init, (xt, dyt))
+               _varying(x) | _varying(dy))
+  acc, _ = lax.scan(one_image, init, (x, dy))
   return acc.T.reshape(kh, kw, c, o)
 
 
@@ -195,23 +197,41 @@ def _max_pool_fwd(x, window, stride):
 
 def _max_pool_bwd(window, stride, residuals, g):
   x, y = residuals
-  _, h, w, _ = x.shape
+  b, h, w, c = x.shape
   ho, wo = y.shape[1:3]
   zero = jnp.zeros((), g.dtype)
-  claimed = jnp.zeros(y.shape, bool)   # windows whose max got its gradient
-  dx = jnp.zeros_like(x)
+  # Each output's gradient goes to the first (row-major) maximum of its
+  # window, as select_and_scatter and PyTorch do: contribution (i, j) is
+  # the gradient of the windows whose max is at offset (i, j).
+  claimed = jnp.zeros(y.shape, bool)
+  contrib = {}
   for i, j, tap in _strided_taps(x, window, stride):
-    # Row-major window order, first maximum wins (select_and_scatter, torch).
     hit = (tap == y) & ~claimed
     claimed = claimed | hit
-    # Back to input positions: interior padding puts output (a, b) at
-    # input (i + stride*a, j + stride*b).
-    dx = dx + lax.pad(jnp.where(hit, g, zero), zero, (
-        (0, 0, 0),
-        (i, h - i - stride * (ho - 1) - 1, stride - 1),
-        (j, w - j - stride * (wo - 1) - 1, stride - 1),
-        (0, 0, 0)))
-  return (dx,)
+    contrib[i, j] = jnp.where(hit, g, zero)             # [B, Ho, Wo, C]
+  # Input row stride*a + r gets offset i = r + stride*q from window a - q:
+  # build each (row, column) phase r, t on the output grid, then
+  # interleave the phases. Everything stays output-sized (a sum of
+  # interior-padded input-sized arrays made XLA keep 9 of those alive).
+  shift = -(-window // stride) - 1
+  rows, cols = ho + shift, wo + shift
+  phases = []
+  for r in range(stride):
+    row = []
+    for t in range(stride):
+      acc = jnp.zeros((b, rows, cols, c), g.dtype)
+      for (i, j), part in contrib.items():
+        if i % stride == r and j % stride == t:
+          qi, qj = i // stride, j // stride
+          acc = acc + jnp.pad(part, ((0, 0), (qi, shift - qi),
+                                     (qj, shift - qj), (0, 0)))
+      row.append(acc)
+    phases.append(jnp.stack(row, axis=3))               # [B, A, A', s, C]
+  dx = jnp.stack(phases, axis=2).reshape(b, rows * stride, cols * stride, c)
+  # Rows past the last window get nothing; rows beyond x are dropped.
+  dx = jnp.pad(dx, ((0, 0), (0, max(0, h - rows * stride)),
+                    (0, max(0, w - cols * stride)), (0, 0)))
+  return (dx[:, :h, :w],)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -86,7 +86,8 @@ def _reduce_window_pool(x, window, stride):
 
 
 @pytest.mark.parametrize('shape,window,stride', [
-    ((2, 13, 13, 3), 3, 2), ((1, 8, 9, 2), 2, 2)])
+    ((2, 13, 13, 3), 3, 2), ((1, 8, 9, 2), 2, 2), ((1, 10, 9, 1), 3, 2),
+    ((1, 9, 9, 1), 2, 3), ((1, 7, 7, 1), 3, 1)])
 def test_max_pool_matches_reduce_window_and_its_gradient(shape, window,
                                                          stride):
   rng = np.random.default_rng(2)
