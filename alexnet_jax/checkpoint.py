@@ -273,6 +273,7 @@ def best_step(root) -> int | None:
 
 def _candidates(path: pathlib.Path, best: bool):
   """(kind, directory) to try, preferred first: later ones are fallbacks."""
+  path = path.absolute()  # Orbax refuses relative paths.
   if not path.exists():
     raise CheckpointError(f'checkpoint path {path} does not exist')
   if _is_export(path):

@@ -155,6 +155,17 @@ def test_workdir_latest_best_and_step_dir(workdir):
   assert checkpoint.load_metadata(wd, best=True)['step'] == 20
 
 
+def test_relative_paths_load(workdir, monkeypatch):
+  # Orbax refuses relative paths; `evaluate --checkpoint=runs/wd` must work.
+  wd, _, states = workdir
+  monkeypatch.chdir(wd.parent)
+  _assert_tree_equal(checkpoint.load(wd.name)[1]['params'],
+                     states[50]['params'])
+  step_dir = pathlib.Path(wd.name) / 'checkpoints' / '40'
+  _assert_tree_equal(checkpoint.load(step_dir)[1]['params'],
+                     states[40]['params'])
+
+
 def test_half_written_step_is_ignored(workdir, tmp_path):
   wd = tmp_path / 'wd'
   shutil.copytree(workdir[0], wd)
