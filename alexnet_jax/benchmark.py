@@ -504,7 +504,7 @@ def print_table(records, file=sys.stdout):
             f"{r['gflops']:.0f} |", file=file)
 
 
-def _csv(choices, name):
+def csv_choices(choices, name):
   def parse(text):
     values = [v for v in text.split(',') if v]
     bad = [v for v in values if v not in choices]
@@ -516,7 +516,7 @@ def _csv(choices, name):
   return parse
 
 
-def _positive(text):
+def positive_int(text):
   value = int(text)
   if value < 1:
     raise argparse.ArgumentTypeError(f'{text} is not a positive integer')
@@ -531,23 +531,23 @@ def parse_args(argv):
       'all', 'train', 'infer', 'matmul', 'parallel', 'input'))
   parser.add_argument('--quick', action='store_true',
                       help='fewer steps, smaller batch: one or two minutes')
-  parser.add_argument('--variant', type=_csv(VARIANTS, '--variant'),
+  parser.add_argument('--variant', type=csv_choices(VARIANTS, '--variant'),
                       default=None, help='paper,torchvision (default paper)')
-  parser.add_argument('--dtype', type=_csv(DTYPES, '--dtype'), default=None,
+  parser.add_argument('--dtype', type=csv_choices(DTYPES, '--dtype'), default=None,
                       help='float32,bfloat16 (default float32; bf16 = '
                       'config dtype in JAX, autocast in PyTorch)')
-  parser.add_argument('--batch', type=_positive, default=None,
+  parser.add_argument('--batch', type=positive_int, default=None,
                       help='default 128 (32 with --quick)')
-  parser.add_argument('--image-size', type=_positive, default=224)
-  parser.add_argument('--steps', type=_positive, default=None,
+  parser.add_argument('--image-size', type=positive_int, default=224)
+  parser.add_argument('--steps', type=positive_int, default=None,
                       help='timed steps per implementation (default 6, '
                       '3 with --quick)')
-  parser.add_argument('--warmup', type=_positive, default=None,
+  parser.add_argument('--warmup', type=positive_int, default=None,
                       help='untimed steps after compiling (default 2, '
                       '1 with --quick)')
-  parser.add_argument('--impls', type=_csv(('jax', 'torch'), '--impls'),
+  parser.add_argument('--impls', type=csv_choices(('jax', 'torch'), '--impls'),
                       default=['jax', 'torch'])
-  parser.add_argument('--matmul-size', type=_positive, default=None,
+  parser.add_argument('--matmul-size', type=positive_int, default=None,
                       help='side of the square peak matmul (default 4096)')
   parser.add_argument('--width-scale', type=float, default=1.0,
                       help='< 1 shrinks every layer (tests only)')

@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 
+from alexnet_jax import benchmark  # its argument parsers; imports no jax
+
 MODES = {        # name: (mesh.data, mesh.model, data_parallel, label)
     'single': (1, 1, 'jit', 'one device'),
     'model': (1, 2, 'jit', 'two towers on two devices (shard_map)'),
@@ -289,38 +291,21 @@ def print_table(records, file=sys.stdout):
           f"{r['compile_s']:.1f} |", file=file)
 
 
-def _modes(text):
-  modes = [m for m in text.split(',') if m]
-  bad = [m for m in modes if m not in MODES]
-  if bad or not modes:
-    raise argparse.ArgumentTypeError(
-        f'--modes {text!r}: use one or more of {", ".join(MODES)}, '
-        'comma-separated')
-  return modes
-
-
-def _positive(text):
-  value = int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'{text} is not a positive integer')
-  return value
-
-
 def parse_args(argv):
   parser = argparse.ArgumentParser(
       prog='python -m alexnet_jax.parallel_benchmark',
       description=__doc__.split('\n\n')[0])
-  parser.add_argument('--modes', type=_modes, default=list(MODES),
+  parser.add_argument('--modes', type=benchmark.csv_choices(MODES, '--modes'), default=list(MODES),
                       help=f'comma-separated subset of {",".join(MODES)}')
   parser.add_argument('--quick', action='store_true',
                       help='batch 32, 3 steps: a few minutes')
-  parser.add_argument('--batch', type=_positive, default=None,
+  parser.add_argument('--batch', type=benchmark.positive_int, default=None,
                       help='global batch, every mode (default 128; 32 '
                       'with --quick)')
-  parser.add_argument('--image-size', type=_positive, default=224)
-  parser.add_argument('--steps', type=_positive, default=None,
+  parser.add_argument('--image-size', type=benchmark.positive_int, default=224)
+  parser.add_argument('--steps', type=benchmark.positive_int, default=None,
                       help='timed steps per mode (default 6, 3 with --quick)')
-  parser.add_argument('--warmup', type=_positive, default=None,
+  parser.add_argument('--warmup', type=benchmark.positive_int, default=None,
                       help='untimed steps after compiling (default 2, 1 '
                       'with --quick)')
   parser.add_argument('--width-scale', type=float, default=1.0,

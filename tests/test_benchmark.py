@@ -80,3 +80,15 @@ def test_cli_prints_one_record_per_implementation(command, tmp_path):
       torch_rec['step_ms'] / jax_rec['step_ms'])
   assert 'ratio_to_torch' not in torch_rec
   assert '| jax |' in proc.stdout and '| torch |' in proc.stdout
+
+
+def test_parallel_benchmark_arguments_name_what_is_accepted(capsys):
+  from alexnet_jax import parallel_benchmark
+  with pytest.raises(SystemExit):
+    parallel_benchmark.parse_args(['--modes', 'single,tensor'])
+  assert 'single, model, jit, pmap, hybrid' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    parallel_benchmark.parse_args(['--batch', '0'])
+  assert 'not a positive integer' in capsys.readouterr().err
+  args = parallel_benchmark.parse_args(['--modes', 'single,model'])
+  assert args.modes == ['single', 'model']
