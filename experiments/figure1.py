@@ -71,6 +71,15 @@ def choose_lrs(runs: list[runner.Run]) -> dict:
   return out
 
 
+def load_chosen_lrs(path) -> dict:
+  """choose_lrs' result as written to chosen_lr.json (JSON keys are text)."""
+  lrs = json.loads(pathlib.Path(path).read_text())
+  for v in lrs.values():
+    v['train_error_last_epoch'] = {
+        float(k): e for k, e in v['train_error_last_epoch'].items()}
+  return lrs
+
+
 def seed_from_search(run: runner.Run, search_runs: list[runner.Run]):
   """Starts `run` from its finished search run (same config, shorter)."""
   if run.workdir.exists():
@@ -219,9 +228,18 @@ def main(argv=None):
     runner.run_all(search_runs, jobs=args.jobs, main_module=args.main)
     collect.collect(search, 'cifar10', search_runs,
                     out_dir=out / 'lr_search', argv=full_argv)
-  lrs = choose_lrs(search_runs)
   out.mkdir(parents=True, exist_ok=True)
-  (out / 'chosen_lr.json').write_text(json.dumps(lrs, indent=1) + '\n')
+  try:
+    lrs = choose_lrs(search_runs)
+    (out / 'chosen_lr.json').write_text(json.dumps(lrs, indent=1) + '\n')
+  except RuntimeError:
+    # The search workdirs are not committed (only the Figure 1 runs are); a
+    # fresh checkout resumes or plots with the rates the search recorded.
+    if args.stage == 'search' or not (out / 'chosen_lr.json').is_file():
+      raise
+    lrs = load_chosen_lrs(out / 'chosen_lr.json')
+    print(f'[figure1] no search workdirs under {args.root}; using the rates '
+          f'recorded in {out / "chosen_lr.json"}')
   print('[figure1] learning rates:',
         {a: v['lr'] for a, v in lrs.items()})
   if args.stage == 'search':

@@ -8,6 +8,7 @@ be made to crash part-way, and exits cleanly on SIGTERM.
 
 import csv
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -106,6 +107,31 @@ def test_every_ablation_has_two_variants_on_both_datasets():
     assert runner.plan(s, 'imagenet')[0].config == 'configs/paper.py'
   with pytest.raises(KeyError, match='no sweep named'):
     sweeps_lib.get('nope')
+
+
+def test_ablations_sweep_shares_one_baseline():
+  """`ablations` trains the base config once: every ablation's first variant
+  must be what the base configs already say, or the shared baseline would
+  not be the paper's network."""
+  import importlib.util
+  s = sweeps_lib.get('ablations')
+  singles = ('activation', 'lrn', 'pooling', 'towers', 'lighting', 'dropout')
+  assert list(s.variants) == ['paper'] + [
+      list(sweeps_lib.get(n).variants)[1] for n in singles]
+  assert s.variants['paper'] == {}
+  for dataset in ('cifar10', 'imagenet'):
+    path = sweeps_lib.REPO / sweeps_lib.datasets()[dataset].config
+    spec = importlib.util.spec_from_file_location('base', path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config()
+    for name in singles:
+      for field, value in list(sweeps_lib.get(name).variants.values())[0].items():
+        node = config
+        for part in field.split('.'):
+          node = node[part]
+        assert node == value, (dataset, field, node, value)
+    assert len(runner.plan(s, dataset)) == 7
 
 
 def test_runs_in_parallel_skips_finished_and_collects(fake, tmp_path):
@@ -239,6 +265,21 @@ def test_figure1_search_train_and_ratio(fake, tmp_path, monkeypatch):
   assert [r['step'] for r in collect.read_metrics(final)] == list(range(1, 33))
   assert (out / 'figure1.png').stat().st_size > 1000
   assert 'the paper: about 6x' in (out / 'figure1.md').read_text()
+
+  # A fresh checkout has the Figure 1 runs but not the search workdirs: the
+  # plot stage uses the rates the search recorded in chosen_lr.json.
+  shutil.rmtree(root / 'runs' / 'figure1_lr')
+  (out / 'figure1.md').unlink()
+  assert figure1.main(['--main', 'fake_main', '--root', str(root / 'runs'),
+                       '--out', str(out), '--stage', 'plot']) == 0
+  again = json.loads((out / 'summary.json').read_text())
+  assert again['learning_rates'] == summary['learning_rates']
+  assert again['ratio_tanh_over_relu'] == summary['ratio_tanh_over_relu']
+  assert (out / 'figure1.md').is_file()
+  (out / 'chosen_lr.json').unlink()
+  with pytest.raises(RuntimeError, match='no finished learning-rate search'):
+    figure1.main(['--root', str(root / 'runs'), '--out', str(out),
+                  '--stage', 'plot'])
 
 
 @pytest.mark.slow
