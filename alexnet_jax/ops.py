@@ -36,19 +36,22 @@ def _xla_conv(x, kernel, stride, padding):
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _kernel_grad_stride1(x, dy, kh, kw):
-  """dL/dkernel [kh, kw, C, O] of a stride-1 VALID conv of x [B, H, W, C].
+def _kernel_grad_stride1(x, dy, kh, kw, prepare=lambda xi: xi):
+  """dL/dkernel [kh, kw, C, O] of a stride-1 VALID conv of prepare(x).
 
-  dy: [B, Ho, Wo, O]. One matmul per image inside a scan (see module doc);
-  each image is transposed inside the loop, where it fits in cache, rather
-  than the whole batch up front (which would cost a batch-sized copy).
+  x: [B, ...], one image per row; prepare maps one image to the conv's
+  input [H, W, C] (padding, space-to-depth). dy: [B, Ho, Wo, O]. One matmul
+  per image inside a scan (see module doc); each image is prepared and
+  transposed inside the loop, where it fits in cache, rather than the whole
+  batch up front (which would cost batch-sized copies).
   """
-  c = x.shape[-1]
+  c = jax.eval_shape(prepare, jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+                     ).shape[-1]
   ho, wo, o = dy.shape[1:]
 
   def one_image(acc, image):
-    xi, dyi = image                                       # [H, W, C], [Ho, Wo, O]
-    xi = jnp.transpose(xi, (2, 0, 1))                     # [C, H, W]
+    xi, dyi = image
+    xi = jnp.transpose(prepare(xi), (2, 0, 1))           # [C, H, W]
     dyi = dyi.reshape(ho * wo, o).T                       # [O, Ho*Wo]
     # patches^T: rows (i, j, c), columns (h, w): [kh*kw*C, Ho*Wo]
     patches = jnp.concatenate(
@@ -90,15 +93,20 @@ def kernel_grad(x: Array, dy: Array, kernel_hw, stride: int,
   bh, bw = -(-kh // stride), -(-kw // stride)           # kernel in blocks
   rows, cols = (ho + bh - 1) * stride, (wo + bw - 1) * stride
   (top, _), (left, _) = padding
-  x = jnp.pad(x, ((0, 0), (top, max(0, rows - x.shape[1] - top)),
-                  (left, max(0, cols - x.shape[2] - left)), (0, 0)))
-  x = x[:, :rows, :cols]
+  h, w = x.shape[1:3]
+
+  def pad(xi):                                            # one image
+    xi = jnp.pad(xi, ((top, max(0, rows - h - top)),
+                      (left, max(0, cols - w - left)), (0, 0)))
+    return xi[:rows, :cols]
+
   if stride == 1:
-    return _kernel_grad_stride1(x, dy, kh, kw)
+    return _kernel_grad_stride1(x, dy, kh, kw, pad)
   # Space-to-depth: a stride-s kh x kw conv is a stride-1 bh x bw conv over
   # s x s blocks, whose kernel rows are (block row, row in block).
   c = x.shape[-1]
-  grad = _kernel_grad_stride1(_space_to_depth(x, stride), dy, bh, bw)
+  grad = _kernel_grad_stride1(
+      x, dy, bh, bw, lambda xi: _space_to_depth(pad(xi)[None], stride)[0])
   grad = grad.reshape(bh, bw, stride, stride, c, -1)
   grad = jnp.transpose(grad, (0, 2, 1, 3, 4, 5)).reshape(
       bh * stride, bw * stride, c, -1)
@@ -235,3 +243,4 @@ def _max_pool_bwd(window, stride, residuals, g):
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
