@@ -33,6 +33,7 @@ table. How the figures are taken, so they hold on a shared, noisy machine:
 """
 
 import argparse
+import ctypes
 import datetime
 import json
 import os
@@ -254,10 +255,25 @@ def matmul_gflops(impl, n, dtype, repeats=3):
   return 2 * n ** 3 / best / 1e9
 
 
+def _release_free_heap():
+  """Returns the C heap's free pages to the OS (glibc only; else no-op).
+
+  XLA's compiler leaves a few hundred MB of freed but fragmented heap
+  behind, which would count in the step's peak RSS though the step never
+  uses it. Both workers call this after setting up, so peak RSS measures
+  what each implementation's training step holds.
+  """
+  try:
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
 def worker_main(spec):
   """Sets up, reports `ready`, then serves `step` / `finish` commands."""
   setup = _jax_setup if spec['impl'] == 'jax' else _torch_setup
   run, facts = setup(spec)
+  _release_free_heap()
   start = time.perf_counter()
   run(0)
   first_step_s = time.perf_counter() - start
