@@ -243,4 +243,3 @@ def _max_pool_bwd(window, stride, residuals, g):
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
-

@@ -8,8 +8,8 @@ be made to crash part-way, and exits cleanly on SIGTERM.
 
 import csv
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
