@@ -16,16 +16,24 @@ README "Speed".
   nor transposes one (it does both for a whole-batch im2col). Strided
   convolutions (conv1: 11x11, stride 4) are first rewritten as stride-1
   ones by space-to-depth.
+* On CPU, float32 convolutions (all three) run by default as oneDNN custom
+  calls instead (`onednn.py`): the kernels PyTorch uses, about twice as
+  fast as XLA:CPU's here. ALEXNET_JAX_CONV=xla|onednn|auto picks (auto:
+  oneDNN when it builds here, else XLA).
 * `max_pool`: the gradient goes to the first maximum of each window (what
   select_and_scatter and PyTorch do), found with strided slices and
   compares on the output grid, then interleaved back to input positions.
 """
 
 import functools
+import logging
+import os
 
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from alexnet_jax import onednn
 
 Array = jnp.ndarray
 
@@ -127,7 +135,69 @@ def conv2d(x: Array, kernel: Array, stride: int, padding) -> Array:
                                   (stride, stride), padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   x, kernel = _same_varying_axes(x, kernel)
+  if conv_backend(x.dtype) == 'onednn':
+    return _onednn_conv2d(x, kernel, stride, padding)
   return _conv2d(x, kernel, stride, padding)
+
+
+CONV_BACKENDS = ('auto', 'xla', 'onednn')
+
+
+def conv_backend(dtype=jnp.float32) -> str:
+  """The convolutions conv2d runs for `dtype`: 'onednn' or 'xla'.
+
+  ALEXNET_JAX_CONV (read when a function is traced) chooses: 'xla';
+  'onednn' (an error if it cannot run); or 'auto', the default: oneDNN for
+  float32 on CPU when it builds here, else XLA.
+  """
+  choice = os.environ.get('ALEXNET_JAX_CONV', 'auto')
+  if choice not in CONV_BACKENDS:
+    raise ValueError(f'ALEXNET_JAX_CONV={choice!r} is not one of '
+                     f'{", ".join(CONV_BACKENDS)}')
+  if choice == 'xla':
+    return 'xla'
+  platform = jax.default_backend()
+  if platform != 'cpu' or jnp.dtype(dtype) != jnp.float32:
+    if choice == 'onednn':
+      raise ValueError(f'ALEXNET_JAX_CONV=onednn runs float32 on CPU only, '
+                       f'not {jnp.dtype(dtype).name} on {platform}')
+    return 'xla'
+  reason = onednn.unavailable()
+  if reason is None:
+    return 'onednn'
+  if choice == 'onednn':
+    raise onednn.Unavailable(reason)
+  _warn_once(f'oneDNN convolutions unavailable, using XLA\'s: {reason}')
+  return 'xla'
+
+
+@functools.cache
+def _warn_once(message):
+  logging.warning(message)
+
+
+# Custom calls return values typed as varying over no shard_map axis:
+# `_vary` gives them their operands' types back.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _onednn_conv2d(x, kernel, stride, padding):
+  return _vary(onednn.conv(x, kernel, stride, padding), _varying(x))
+
+
+def _onednn_conv2d_fwd(x, kernel, stride, padding):
+  return _onednn_conv2d(x, kernel, stride, padding), (x, kernel)
+
+
+def _onednn_conv2d_bwd(stride, padding, residuals, dy):
+  x, kernel = residuals
+  # When x needs no gradient (conv1 reads the images), XLA drops the
+  # input-gradient call: the custom calls have no side effects.
+  dx = onednn.input_grad(dy, kernel, x.shape, stride, padding)
+  dkernel = onednn.kernel_grad(x, dy, kernel.shape, stride, padding)
+  return _vary(dx, _varying(x)), _vary(dkernel, _varying(kernel))
+
+
+_onednn_conv2d.defvjp(_onednn_conv2d_fwd, _onednn_conv2d_bwd)
 
 
 # shard_map (parallel.py's two-tower forward) types every value with the mesh

@@ -6,7 +6,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import onednn
 from alexnet_jax import ops
+
+# Where requirements.txt installs oneDNN it must build: a skip there would
+# hide a broken build behind a slower, still-passing suite.
+ONEDNN_EXPECTED = onednn.PLATFORM_SUPPORTED
+
+
+@pytest.fixture(params=['xla', 'onednn'])
+def conv_backend(request, monkeypatch):
+  """Runs a test once with each convolution backend."""
+  if request.param == 'onednn' and not ONEDNN_EXPECTED:
+    pytest.skip('oneDNN convolutions are built on x86-64 Linux only')
+  monkeypatch.setenv('ALEXNET_JAX_CONV', request.param)
+  assert ops.conv_backend() == request.param
+  return request.param
 
 
 def _xla_conv(x, k, stride, padding):
@@ -32,7 +47,8 @@ def _numpy_kernel_grad(x, dy, k, padding):
     ((1, 27, 26, 3), 11, 4, 'VALID'),           # conv1, Caffe (unused rows)
     ((1, 12, 12, 2), 4, 3, ((1, 2), (0, 1))),   # kernel a multiple of stride
 ])
-def test_conv2d_value_and_gradients_match_xla(shape, kernel, stride, padding):
+def test_conv2d_value_and_gradients_match_xla(shape, kernel, stride, padding,
+                                              conv_backend):
   rng = np.random.default_rng(0)
   x = rng.normal(size=shape).astype(np.float32)
   k = rng.normal(size=(kernel, kernel, shape[-1], 6)).astype(np.float32)
