@@ -108,6 +108,7 @@ def _jax_setup(spec):
   import jax.numpy as jnp
   import optax
   from alexnet_jax import model as model_lib
+  from alexnet_jax import ops
   from alexnet_jax.configs import paper
 
   if spec['benchmark'] == 'matmul':
@@ -177,7 +178,8 @@ def _jax_setup(spec):
   facts = dict(compile_s=compile_s, rss_base_mb=rss_base,
                version=jax.__version__,
                xla_flags=os.environ.get('XLA_FLAGS', ''),
-               devices=len(jax.devices()))
+               devices=len(jax.devices()),
+               conv_backend=ops.conv_backend(cfg.dtype))
   return run, facts
 
 
@@ -394,7 +396,7 @@ def _record(benchmark, spec, result, flops):
       version=ready['version'])
   if spec['width_scale'] != 1.0:
     rec['width_scale'] = spec['width_scale']
-  for key in ('xla_flags', 'devices', 'threads'):
+  for key in ('xla_flags', 'devices', 'threads', 'conv_backend'):
     if key in ready:
       rec[key] = ready[key]
   return rec
