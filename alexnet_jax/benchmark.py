@@ -273,6 +273,9 @@ def _release_free_heap():
 
 def worker_main(spec):
   """Sets up, reports `ready`, then serves `step` / `finish` commands."""
+  if spec['impl'] == 'jax':
+    from alexnet_jax import xla_flags
+    xla_flags.set_defaults()      # what the trainer runs with
   setup = _jax_setup if spec['impl'] == 'jax' else _torch_setup
   run, facts = setup(spec)
   _release_free_heap()

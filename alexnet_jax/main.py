@@ -18,7 +18,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from alexnet_jax import xla_flags
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+xla_flags.set_defaults()        # before anything starts JAX's backend
 
 FLAGS = flags.FLAGS
 
