@@ -5,13 +5,15 @@ variant's training step at about 0.7x PyTorch on CPU; PyTorch's come from
 oneDNN. `csrc/onednn_conv.cc` wraps oneDNN's forward, input-gradient and
 kernel-gradient convolutions as XLA FFI custom calls, so a jitted step calls
 the same kernels PyTorch does, in place on XLA's buffers (README "Speed").
+bfloat16 convolutions run on oneDNN too where it has fast kernels for
+them on this CPU (AMX or AVX512-BF16; `bfloat16_fast()`).
 
 The library is compiled on first use (g++, about ten seconds) against the
 headers of the `onednn-devel-cpu-gomp` wheel and jaxlib's FFI headers, and
 cached under $ALEXNET_JAX_CACHE (default ~/.cache/alexnet_jax), keyed by
 everything that goes into it. Anything missing (not x86-64 Linux, no
 compiler, no wheel) makes `unavailable()` say why, and ops.conv2d then uses
-XLA's convolutions: same maths, slower on CPU. Only float32.
+XLA's convolutions: same maths, slower on CPU.
 """
 
 import ctypes
@@ -95,21 +97,44 @@ def build() -> pathlib.Path:
 
 
 @functools.cache
-def _load() -> str | None:
-  """Builds, loads and registers the custom calls; the reason if not."""
+def _library():
+  """(the loaded library with its targets registered, None) or (None, why)."""
   try:
     library = ctypes.cdll.LoadLibrary(str(build()))
   except (Unavailable, OSError) as e:
-    return str(e)
+    return None, str(e)
   for name in TARGETS.values():
     jax.ffi.register_ffi_target(
         name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu')
-  return None
+  return library, None
+
+
+def _load() -> str | None:
+  return _library()[1]
 
 
 def unavailable() -> str | None:
   """None if the oneDNN convolutions can run here, else why not."""
   return _load()
+
+
+@functools.cache
+def bfloat16_implementation() -> str:
+  """The kernel oneDNN picks for a bfloat16 convolution on this CPU."""
+  library, reason = _library()
+  if library is None:
+    raise Unavailable(reason)
+  out = ctypes.create_string_buffer(256)
+  status = library.AlexnetConvBf16Impl(out, len(out))
+  return out.value.decode() if status == 0 else 'unsupported: ' + (
+      out.value.decode())
+
+
+def bfloat16_fast() -> bool:
+  """Whether oneDNN has real bfloat16 kernels here (AMX, AVX512-BF16), not
+  its reference loops or nothing."""
+  return unavailable() is None and not bfloat16_implementation().startswith(
+      ('ref', 'unsupported'))
 
 
 def _call(kind, out_shape, a, b, stride, padding):

@@ -16,9 +16,10 @@ README "Speed".
   nor transposes one (it does both for a whole-batch im2col). Strided
   convolutions (conv1: 11x11, stride 4) are first rewritten as stride-1
   ones by space-to-depth.
-* On CPU, float32 convolutions (all three) run by default as oneDNN custom
-  calls instead (`onednn.py`): the kernels PyTorch uses, about twice as
-  fast as XLA:CPU's here. ALEXNET_JAX_CONV=xla|onednn|auto picks (auto:
+* On CPU, float32 convolutions (all three; bfloat16 ones too where oneDNN
+  has bfloat16 kernels for the CPU) run by default as oneDNN custom calls
+  instead (`onednn.py`): the kernels PyTorch uses, 1.5-3x as fast as
+  XLA:CPU's here. ALEXNET_JAX_CONV=xla|onednn|auto picks (auto:
   oneDNN when it builds here, else XLA).
 * `max_pool`: the gradient goes to the first maximum of each window (what
   select_and_scatter and PyTorch do), found with strided slices and
@@ -147,8 +148,9 @@ def conv_backend(dtype=jnp.float32) -> str:
   """The convolutions conv2d runs for `dtype`: 'onednn' or 'xla'.
 
   ALEXNET_JAX_CONV (read when a function is traced) chooses: 'xla';
-  'onednn' (an error if it cannot run); or 'auto', the default: oneDNN for
-  float32 on CPU when it builds here, else XLA.
+  'onednn' (an error if it cannot run); or 'auto', the default: oneDNN on
+  CPU when it builds here, for float32, and for bfloat16 where oneDNN has
+  fast bfloat16 kernels for the CPU; else XLA.
   """
   choice = os.environ.get('ALEXNET_JAX_CONV', 'auto')
   if choice not in CONV_BACKENDS:
@@ -156,19 +158,21 @@ def conv_backend(dtype=jnp.float32) -> str:
                      f'{", ".join(CONV_BACKENDS)}')
   if choice == 'xla':
     return 'xla'
-  platform = jax.default_backend()
-  if platform != 'cpu' or jnp.dtype(dtype) != jnp.float32:
+  platform, dtype = jax.default_backend(), jnp.dtype(dtype)
+  if platform != 'cpu' or dtype not in (jnp.float32, jnp.bfloat16):
     if choice == 'onednn':
-      raise ValueError(f'ALEXNET_JAX_CONV=onednn runs float32 on CPU only, '
-                       f'not {jnp.dtype(dtype).name} on {platform}')
+      raise ValueError(f'ALEXNET_JAX_CONV=onednn runs float32 or bfloat16 '
+                       f'on CPU only, not {dtype.name} on {platform}')
     return 'xla'
   reason = onednn.unavailable()
-  if reason is None:
-    return 'onednn'
-  if choice == 'onednn':
-    raise onednn.Unavailable(reason)
-  _warn_once(f'oneDNN convolutions unavailable, using XLA\'s: {reason}')
-  return 'xla'
+  if reason is not None:
+    if choice == 'onednn':
+      raise onednn.Unavailable(reason)
+    _warn_once(f'oneDNN convolutions unavailable, using XLA\'s: {reason}')
+    return 'xla'
+  if dtype == jnp.bfloat16 and choice == 'auto' and not onednn.bfloat16_fast():
+    return 'xla'       # oneDNN's reference bfloat16 loops are slower
+  return 'onednn'
 
 
 @functools.cache

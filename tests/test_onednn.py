@@ -72,12 +72,46 @@ def test_backend_choice(monkeypatch):
   with pytest.raises(ValueError, match="ALEXNET_JAX_CONV='onedn' is not one "
                      'of auto, xla, onednn'):
     ops.conv_backend()
-  # bfloat16 always runs XLA's; asking oneDNN for it is an error.
+  # float16 always runs XLA's; asking oneDNN for it is an error.
   monkeypatch.setenv('ALEXNET_JAX_CONV', 'auto')
-  assert ops.conv_backend(jnp.bfloat16) == 'xla'
+  assert ops.conv_backend(jnp.float16) == 'xla'
   monkeypatch.setenv('ALEXNET_JAX_CONV', 'onednn')
-  with pytest.raises(ValueError, match='float32 on CPU only, not bfloat16'):
-    ops.conv_backend(jnp.bfloat16)
+  with pytest.raises(ValueError, match='float32 or bfloat16 on CPU only, '
+                     'not float16'):
+    ops.conv_backend(jnp.float16)
+
+
+@needs_onednn
+@pytest.mark.parametrize('fast', [True, False])
+def test_auto_runs_bfloat16_on_onednn_only_where_it_is_fast(monkeypatch,
+                                                            fast):
+  monkeypatch.setattr(onednn, 'bfloat16_fast', lambda: fast)
+  monkeypatch.setenv('ALEXNET_JAX_CONV', 'auto')
+  assert ops.conv_backend(jnp.bfloat16) == ('onednn' if fast else 'xla')
+  assert ops.conv_backend(jnp.float32) == 'onednn'
+  monkeypatch.setenv('ALEXNET_JAX_CONV', 'onednn')   # forced: always
+  assert ops.conv_backend(jnp.bfloat16) == 'onednn'
+
+
+@needs_onednn
+def test_bfloat16_convolutions_match_float32_to_bfloat16_precision():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 13, 13, 32)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 32, 16)) / 17, jnp.float32)
+  dy = jnp.asarray(rng.normal(size=(2, 13, 13, 16)), jnp.float32)
+  pads = ((1, 1), (1, 1))
+  b = lambda a: a.astype(jnp.bfloat16)
+  run = lambda dtype: (
+      jax.jit(onednn.conv, static_argnums=(2, 3))(
+          dtype(x), dtype(k), 1, pads),
+      jax.jit(onednn.input_grad, static_argnums=(2, 3, 4))(
+          dtype(dy), dtype(k), x.shape, 1, pads),
+      jax.jit(onednn.kernel_grad, static_argnums=(2, 3, 4))(
+          dtype(x), dtype(dy), k.shape, 1, pads))
+  for got, want in zip(run(b), run(lambda a: a)):
+    assert got.dtype == jnp.bfloat16
+    err = jnp.max(jnp.abs(got.astype(jnp.float32) - want))
+    assert err < 2e-2 * jnp.max(jnp.abs(want)), err
 
 
 def test_auto_falls_back_to_xla_when_onednn_cannot_build(monkeypatch,

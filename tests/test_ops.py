@@ -104,7 +104,7 @@ def test_kernel_grad_scratch_memory_does_not_grow_with_the_batch(
   assert scratch(64) - scratch(16) < 2**20, (scratch(16), scratch(64))
 
 
-def test_conv2d_bfloat16_gradient_dtype():
+def test_conv2d_bfloat16_gradient_dtype(conv_backend):
   x = jnp.ones((1, 5, 5, 2), jnp.bfloat16)
   k = jnp.ones((3, 3, 2, 3), jnp.bfloat16)
   dk = jax.jit(jax.grad(lambda k: ops.conv2d(x, k, 1, 'SAME').astype(

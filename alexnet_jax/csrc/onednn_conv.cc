@@ -1,12 +1,14 @@
 // oneDNN convolutions for XLA:CPU, as XLA FFI custom calls.
 //
-// float32, activations NHWC, kernels HWIO: the layouts XLA hands us, read in
+// float32 or bfloat16, activations NHWC, kernels HWIO: XLA's layouts, read in
 // place (oneDNN's NHWC convolutions are as fast as its blocked ones here).
 // Kernels are reordered into the layout oneDNN picks for the shape (a few
 // MB at most; the convolutions are 0.1-1 GFLOP each). Built and loaded by
 // alexnet_jax/onednn.py; the maths is lax.conv_general_dilated's, and
 // tests/test_onednn.py checks all three against it.
 #include <cstdint>
+#include <cstdio>
+#include <stdexcept>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,6 +29,7 @@ dnnl::engine& Engine() {
 }
 
 struct Geometry {
+  memory::data_type dt;
   memory::dim n, h, w, c, kh, kw, o, oh, ow, stride, pt, pb, pl, pr;
   memory::dims src() const { return {n, c, h, w}; }
   memory::dims wei() const { return {o, c, kh, kw}; }
@@ -36,17 +39,18 @@ struct Geometry {
   memory::dims padr() const { return {pb, pr}; }
   std::string Key(char kind) const {
     std::string k(1, kind);
+    k += dt == memory::data_type::bf16 ? "bf16" : "f32";
     for (auto v : {n, h, w, c, kh, kw, o, oh, ow, stride, pt, pb, pl, pr})
       k += "," + std::to_string(v);
     return k;
   }
 };
 
-memory::desc Plain(const memory::dims& d, tag t) {
-  return memory::desc(d, memory::data_type::f32, t);
+memory::desc Plain(const Geometry& g, const memory::dims& d, tag t) {
+  return memory::desc(d, g.dt, t);
 }
-memory::desc Any(const memory::dims& d) {
-  return memory::desc(d, memory::data_type::f32, tag::any);
+memory::desc Any(const Geometry& g, const memory::dims& d) {
+  return memory::desc(d, g.dt, tag::any);
 }
 
 // XLA runs devices' programs (and independent ops) on concurrent threads.
@@ -62,8 +66,8 @@ dnnl::primitive_attr Attr() {
 dnnl::convolution_forward::primitive_desc FwdPd(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training,
-      dnnl::algorithm::convolution_direct, Plain(g.src(), tag::nhwc),
-      Any(g.wei()), Plain(g.dst(), tag::nhwc), g.strides(), g.padl(),
+      dnnl::algorithm::convolution_direct, Plain(g, g.src(), tag::nhwc),
+      Any(g, g.wei()), Plain(g, g.dst(), tag::nhwc), g.strides(), g.padl(),
       g.padr(), Attr());
 }
 
@@ -82,7 +86,7 @@ template <typename Primitive, typename Pd>
 Entry MakeEntry(const Pd& pd, const Geometry& g, const memory::desc& prim_md,
                 bool to_user) {
   Entry e{Primitive(pd), pd.scratchpad_desc(),
-          Plain(g.wei(), tag::hwio), prim_md};
+          Plain(g, g.wei(), tag::hwio), prim_md};
   if (e.prim_md != e.user_md) {
     e.reorder = true;
     const auto& from = to_user ? e.prim_md : e.user_md;
@@ -118,10 +122,19 @@ std::shared_ptr<const Entry> Lookup(const std::string& key, Make make) {
   return e;
 }
 
-Geometry FromShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                    ffi::Span<const int64_t> y, int64_t stride, int64_t pt,
+// x [N,H,W,C], w [KH,KW,C,O], y [N,OH,OW,O], all of one dtype.
+Geometry FromShapes(const ffi::AnyBuffer& xb, const ffi::AnyBuffer& wb,
+                    const ffi::AnyBuffer& yb, int64_t stride, int64_t pt,
                     int64_t pb, int64_t pl, int64_t pr) {
-  return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
+  ffi::DataType type = xb.element_type();
+  if (wb.element_type() != type || yb.element_type() != type ||
+      (type != ffi::DataType::F32 && type != ffi::DataType::BF16))
+    throw std::invalid_argument(
+        "oneDNN convolutions take float32 or bfloat16 operands of one type");
+  auto x = xb.dimensions(), w = wb.dimensions(), y = yb.dimensions();
+  return Geometry{type == ffi::DataType::BF16 ? memory::data_type::bf16
+                                               : memory::data_type::f32,
+                  x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
                   stride, pt, pb, pl, pr};
 }
 
@@ -149,11 +162,11 @@ ffi::Error Guarded(Body body) {
 }
 
 // y = conv(x, w)
-ffi::Error Fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-               ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pt,
+ffi::Error Fwd(ffi::AnyBuffer x, ffi::AnyBuffer w,
+               ffi::Result<ffi::AnyBuffer> y, int64_t stride, int64_t pt,
                int64_t pb, int64_t pl, int64_t pr) {
   return Guarded([&] {
-    Geometry g = FromShapes(x.dimensions(), w.dimensions(), y->dimensions(),
+    Geometry g = FromShapes(x, w, *y,
                             stride, pt, pb, pl, pr);
     auto e = Lookup(g.Key('f'), [&] {
       auto pd = FwdPd(g);
@@ -161,9 +174,9 @@ ffi::Error Fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                                                   false);
     });
     dnnl::stream s(Engine());
-    memory src(Plain(g.src(), tag::nhwc), Engine(), x.typed_data());
-    memory dst(Plain(g.dst(), tag::nhwc), Engine(), y->typed_data());
-    memory kernel = KernelIn(*e, s, w.typed_data());
+    memory src(Plain(g, g.src(), tag::nhwc), Engine(), x.untyped_data());
+    memory dst(Plain(g, g.dst(), tag::nhwc), Engine(), y->untyped_data());
+    memory kernel = KernelIn(*e, s, w.untyped_data());
     e->prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel},
                         {DNNL_ARG_DST, dst},
                         {DNNL_ARG_SCRATCHPAD, Scratch(e->scratch_md)}});
@@ -172,24 +185,24 @@ ffi::Error Fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 }
 
 // dx = d(loss)/dx from dy = d(loss)/dy and w
-ffi::Error BwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t pt,
+ffi::Error BwdData(ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                   ffi::Result<ffi::AnyBuffer> dx, int64_t stride, int64_t pt,
                    int64_t pb, int64_t pl, int64_t pr) {
   return Guarded([&] {
-    Geometry g = FromShapes(dx->dimensions(), w.dimensions(), dy.dimensions(),
+    Geometry g = FromShapes(*dx, w, dy,
                             stride, pt, pb, pl, pr);
     auto e = Lookup(g.Key('d'), [&] {
       auto pd = dnnl::convolution_backward_data::primitive_desc(
           Engine(), dnnl::algorithm::convolution_direct,
-          Plain(g.src(), tag::nhwc), Any(g.wei()), Plain(g.dst(), tag::nhwc),
+          Plain(g, g.src(), tag::nhwc), Any(g, g.wei()), Plain(g, g.dst(), tag::nhwc),
           g.strides(), g.padl(), g.padr(), FwdPd(g), Attr());
       return MakeEntry<dnnl::convolution_backward_data>(
           pd, g, pd.weights_desc(), false);
     });
     dnnl::stream s(Engine());
-    memory diff_dst(Plain(g.dst(), tag::nhwc), Engine(), dy.typed_data());
-    memory diff_src(Plain(g.src(), tag::nhwc), Engine(), dx->typed_data());
-    memory kernel = KernelIn(*e, s, w.typed_data());
+    memory diff_dst(Plain(g, g.dst(), tag::nhwc), Engine(), dy.untyped_data());
+    memory diff_src(Plain(g, g.src(), tag::nhwc), Engine(), dx->untyped_data());
+    memory kernel = KernelIn(*e, s, w.untyped_data());
     e->prim.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst},
                         {DNNL_ARG_WEIGHTS, kernel},
                         {DNNL_ARG_DIFF_SRC, diff_src},
@@ -199,24 +212,24 @@ ffi::Error BwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
 }
 
 // dw = d(loss)/dw from x and dy
-ffi::Error BwdKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                     ffi::ResultBuffer<ffi::F32> dw, int64_t stride,
+ffi::Error BwdKernel(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                     ffi::Result<ffi::AnyBuffer> dw, int64_t stride,
                      int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   return Guarded([&] {
-    Geometry g = FromShapes(x.dimensions(), dw->dimensions(), dy.dimensions(),
+    Geometry g = FromShapes(x, *dw, dy,
                             stride, pt, pb, pl, pr);
     auto e = Lookup(g.Key('w'), [&] {
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
           Engine(), dnnl::algorithm::convolution_direct,
-          Plain(g.src(), tag::nhwc), Any(g.wei()), Plain(g.dst(), tag::nhwc),
+          Plain(g, g.src(), tag::nhwc), Any(g, g.wei()), Plain(g, g.dst(), tag::nhwc),
           g.strides(), g.padl(), g.padr(), FwdPd(g), Attr());
       return MakeEntry<dnnl::convolution_backward_weights>(
           pd, g, pd.diff_weights_desc(), true);
     });
     dnnl::stream s(Engine());
-    memory src(Plain(g.src(), tag::nhwc), Engine(), x.typed_data());
-    memory diff_dst(Plain(g.dst(), tag::nhwc), Engine(), dy.typed_data());
-    memory user(e->user_md, Engine(), dw->typed_data());
+    memory src(Plain(g, g.src(), tag::nhwc), Engine(), x.untyped_data());
+    memory diff_dst(Plain(g, g.dst(), tag::nhwc), Engine(), dy.untyped_data());
+    memory user(e->user_md, Engine(), dw->untyped_data());
     memory kernel = e->reorder ? memory(e->prim_md, Engine()) : user;
     e->prim.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
                         {DNNL_ARG_DIFF_WEIGHTS, kernel},
@@ -230,9 +243,9 @@ ffi::Error BwdKernel(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 
 #define ALEXNET_CONV_BINDING                                              \
   ffi::Ffi::Bind()                                                        \
-      .Arg<ffi::Buffer<ffi::F32>>()                                       \
-      .Arg<ffi::Buffer<ffi::F32>>()                                       \
-      .Ret<ffi::Buffer<ffi::F32>>()                                       \
+      .Arg<ffi::AnyBuffer>()                                       \
+      .Arg<ffi::AnyBuffer>()                                       \
+      .Ret<ffi::AnyBuffer>()                                       \
       .Attr<int64_t>("stride")                                            \
       .Attr<int64_t>("pad_top")                                           \
       .Attr<int64_t>("pad_bottom")                                        \
@@ -244,3 +257,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvBwdData, BwdData,
                               ALEXNET_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AlexnetConvBwdKernel, BwdKernel,
                               ALEXNET_CONV_BINDING);
+
+// The implementation oneDNN picks for a bfloat16 convolution on this CPU
+// ("ref:any" where the CPU has no bfloat16 instructions, too slow to use).
+extern "C" int AlexnetConvBf16Impl(char* out, int size) {
+  try {
+    Geometry g{memory::data_type::bf16, 8, 13, 13, 64, 3, 3, 64, 13, 13,
+               1, 1, 1, 1, 1};
+    std::snprintf(out, size, "%s", FwdPd(g).impl_info_str());
+    return 0;
+  } catch (const std::exception& e) {
+    std::snprintf(out, size, "%s", e.what());
+    return 1;
+  }
+}
