@@ -80,6 +80,29 @@ def test_cli_prints_one_record_per_implementation(command, tmp_path):
       torch_rec['step_ms'] / jax_rec['step_ms'])
   assert 'ratio_to_torch' not in torch_rec
   assert '| jax |' in proc.stdout and '| torch |' in proc.stdout
+  # The JAX worker ran with the trainer's XLA flags and says which
+  # convolutions it used.
+  assert ('--xla_cpu_copy_insertion_use_region_analysis=true'
+          in jax_rec['xla_flags'])
+  assert jax_rec['conv_backend'] in ('onednn', 'xla')
+
+
+def test_all_runs_the_headline_benchmarks(monkeypatch):
+  """`all`: float32 train and infer of both models, one device vs two
+  towers, the input pipeline (bf16 and the other modes have their own
+  commands, to keep `all` near ten minutes)."""
+  calls = []
+  monkeypatch.setattr(benchmark, 'model_benchmark', lambda name, args: (
+      calls.append((name, args.variant, args.dtype)) or [{'name': name}]))
+  monkeypatch.setattr(benchmark, '_delegate', lambda name, args: (
+      calls.append((name, args.modes)) or [{'name': name}]))
+  records = benchmark.run_all(benchmark.parse_args(['all', '--quick']))
+  assert calls == [
+      ('train', ['paper', 'torchvision'], ['float32']),
+      ('infer', ['paper', 'torchvision'], ['float32']),
+      ('parallel_benchmark', ['single', 'model']),
+      ('input_benchmark', ['single', 'model'])]
+  assert len(records) == 4
 
 
 def test_parallel_benchmark_arguments_name_what_is_accepted(capsys):
