@@ -18,8 +18,8 @@ README "Speed".
   ones by space-to-depth.
 * On CPU, float32 convolutions (all three; bfloat16 ones too where oneDNN
   has bfloat16 kernels for the CPU) run by default as oneDNN custom calls
-  instead (`onednn.py`): the kernels PyTorch uses, 1.5-3x as fast as
-  XLA:CPU's here. ALEXNET_JAX_CONV=xla|onednn|auto picks (auto:
+  instead (`onednn.py`): the kernels PyTorch uses, 1.4-4.6x as fast as
+  XLA:CPU's here (README "Speed"). ALEXNET_JAX_CONV=xla|onednn|auto picks (auto:
   oneDNN when it builds here, else XLA).
 * `max_pool`: the gradient goes to the first maximum of each window (what
   select_and_scatter and PyTorch do), found with strided slices and
