@@ -1,7 +1,7 @@
 """Speed of alexnet_jax against PyTorch on the same machine, side by side.
 
     python -m alexnet_jax.benchmark all            # the README table (~12 min)
-    python -m alexnet_jax.benchmark all --quick    # a smaller run (~3 min)
+    python -m alexnet_jax.benchmark all --quick    # model steps only (~2 min)
     python -m alexnet_jax.benchmark train [--variant paper,torchvision]
         [--batch 128] [--image-size 224] [--dtype float32|bfloat16]
         [--steps 6] [--warmup 2]
@@ -591,12 +591,19 @@ def run_all(args):
   steps against PyTorch (with matmul peaks), one device against two towers
   on two devices, and the input pipeline. bfloat16 (`train --dtype
   bfloat16`) and the other parallel modes (`parallel`) have their own
-  commands: with them `all` took 23 minutes here instead of about 12."""
+  commands: with them `all` took 23 minutes here instead of about 12.
+  `--quick` (about 2 minutes) runs the model steps only: the parallel and
+  input figures take another 75 s even when quick, so they have their own
+  `parallel --quick` and `input --quick`."""
   records = []
   for benchmark in ('train', 'infer'):
     sub = argparse.Namespace(**vars(args))
     sub.variant, sub.dtype = list(VARIANTS), ['float32']
     records += model_benchmark(benchmark, sub)
+  if args.quick:
+    print('all --quick: model steps only; run `parallel --quick` and '
+          '`input --quick` for the rest', file=sys.stderr)
+    return records
   for name in ('parallel_benchmark', 'input_benchmark'):
     sub = argparse.Namespace(**vars(args))
     sub.modes = ['single', 'model']
