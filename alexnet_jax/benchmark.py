@@ -102,11 +102,37 @@ def _say(**record):
   print(PROTOCOL + json.dumps(record), flush=True)
 
 
+def train_step_fn(net):
+  """(tx, train_step) of the benchmark's training step for the Flax `net`:
+  forward with dropout, softmax cross-entropy, backward, the paper's SGD
+  update. train_step((params, opt_state), images, labels, key) returns the
+  new state and the loss. Also compiled by experiments/benchmarks/
+  step_memory.py, so its memory figures are this step's."""
+  import jax
+  import optax
+  tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
+                   optax.sgd(LR, momentum=MOMENTUM))
+
+  def train_step(state, images, labels, key):
+    params, opt_state = state
+
+    def loss_fn(params):
+      logits = net.apply({'params': params}, images, train=True,
+                         rngs={'dropout': key})
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  return tx, train_step
+
+
 def _jax_setup(spec):
   """Returns (run_one_step, matmul_fn(n, dtype) -> seconds, facts)."""
   import jax
   import jax.numpy as jnp
-  import optax
   from alexnet_jax import model as model_lib
   from alexnet_jax import ops
   from alexnet_jax.configs import paper
@@ -137,22 +163,7 @@ def _jax_setup(spec):
   rss_base = _rss_mb()
 
   if spec['benchmark'] == 'train':
-    tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
-                     optax.sgd(LR, momentum=MOMENTUM))
-
-    def train_step(state, images, labels, key):
-      params, opt_state = state
-
-      def loss_fn(params):
-        logits = net.apply({'params': params}, images, train=True,
-                           rngs={'dropout': key})
-        return optax.softmax_cross_entropy_with_integer_labels(
-            logits, labels).mean()
-
-      loss, grads = jax.value_and_grad(loss_fn)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
-
+    tx, train_step = train_step_fn(net)
     state = [(params, tx.init(params))]
     fn = jax.jit(train_step, donate_argnums=(0,))
     key = jax.random.key(3)

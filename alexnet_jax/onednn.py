@@ -109,13 +109,9 @@ def _library():
   return library, None
 
 
-def _load() -> str | None:
-  return _library()[1]
-
-
 def unavailable() -> str | None:
   """None if the oneDNN convolutions can run here, else why not."""
-  return _load()
+  return _library()[1]
 
 
 @functools.cache
@@ -138,7 +134,7 @@ def bfloat16_fast() -> bool:
 
 
 def _call(kind, out_shape, a, b, stride, padding):
-  reason = _load()
+  reason = unavailable()
   if reason:
     raise Unavailable(reason)
   (top, bottom), (left, right) = padding

@@ -12,14 +12,13 @@ PYTHONPATH=<older checkout> measures an older commit the same way.
 """
 
 import argparse
-import ctypes
 import json
 import re
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from alexnet_jax import benchmark
 from alexnet_jax import model as model_lib
 from alexnet_jax.configs import paper
 
@@ -37,28 +36,13 @@ def measure(variant, batch=128, size=224):
   params = model_lib.init(net, jax.random.key(0), size)['params']
   images = jnp.zeros((batch, size, size, 3))
   labels = jnp.zeros((batch,), jnp.int32)
-  tx = optax.chain(optax.add_decayed_weights(5e-4),
-                   optax.sgd(0.01, momentum=0.9))
-
-  def train_step(state, images, labels, key):
-    params, opt_state = state
-
-    def loss_fn(params):
-      logits = net.apply({'params': params}, images, train=True,
-                         rngs={'dropout': key})
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean()
-
-    grads = jax.grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
+  tx, train_step = benchmark.train_step_fn(net)
   state = (params, tx.init(params))
   compiled = jax.jit(train_step, donate_argnums=(0,)).lower(
       state, images, labels, jax.random.key(1)).compile()
   mem = compiled.memory_analysis()
   rss_compiled = _rss_mb()
-  ctypes.CDLL('libc.so.6').malloc_trim(0)
+  benchmark._release_free_heap()
   return dict(
       variant=variant, batch=batch, jax=jax.__version__,
       argument_mb=mem.argument_size_in_bytes / 2**20,
