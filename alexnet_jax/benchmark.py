@@ -24,7 +24,7 @@ table. How the figures are taken, so they hold on a shared, noisy machine:
   back on the host (block_until_ready / .item()), nothing else is copied.
 * Train step: forward with dropout, softmax cross-entropy, backward, the
   paper's SGD update (momentum 0.9, weight decay 5e-4); JAX donates the
-  state buffers. PyTorch: `torch_reference` twins, `torch.optim.SGD`.
+  state buffers. PyTorch: `torch_models` twins, `torch.optim.SGD`.
 * FLOPs are counted from the layer shapes (multiply-add = 2), not from
   either implementation: train = forward + weight gradients + input
   gradients of every layer but conv1 = 3 x forward - conv1. The fraction
@@ -60,7 +60,7 @@ def _conv_out(size, kernel, stride, pad):
 
 def layer_flops(variant, image_size, width_scale=1.0, num_classes=1000):
   """Forward FLOPs per image of each layer, as a list of (name, flops)."""
-  from alexnet_jax import model as model_lib  # the width table only
+  from alexnet_jax.core import model as model_lib  # the width table only
   towers = 2 if variant == 'paper' else 1
   c1, c2, c3, c4, c5, f6, f7 = model_lib.widths_for(variant, towers,
                                                     width_scale)
@@ -133,8 +133,8 @@ def _jax_setup(spec):
   """Returns (run_one_step, matmul_fn(n, dtype) -> seconds, facts)."""
   import jax
   import jax.numpy as jnp
-  from alexnet_jax import model as model_lib
-  from alexnet_jax import ops
+  from alexnet_jax.core import model as model_lib
+  from alexnet_jax.core import ops
   from alexnet_jax.configs import paper
 
   if spec['benchmark'] == 'matmul':
@@ -197,7 +197,7 @@ def _jax_setup(spec):
 def _torch_setup(spec):
   import torch
   import torch.nn.functional as F
-  from alexnet_jax import torch_reference
+  from alexnet_jax.reference import torch_models
   from alexnet_jax.configs import paper
 
   if spec['benchmark'] == 'matmul':
@@ -214,7 +214,7 @@ def _torch_setup(spec):
   torch.manual_seed(0)
   b, size = spec['batch'], spec['image_size']
   # flatten='chw': the twin as a PyTorch user writes it (no permute).
-  net = torch_reference.from_config(cfg, image_size=size, flatten='chw')
+  net = torch_models.from_config(cfg, image_size=size, flatten='chw')
   images = torch.randn(b, 3, size, size)
   labels = torch.randint(0, cfg.num_classes, (b,))
   bf16 = spec['dtype'] == 'bfloat16'
@@ -285,7 +285,7 @@ def _release_free_heap():
 def worker_main(spec):
   """Sets up, reports `ready`, then serves `step` / `finish` commands."""
   if spec['impl'] == 'jax':
-    from alexnet_jax import xla_flags
+    from alexnet_jax.core import xla_flags
     xla_flags.set_defaults()      # what the trainer runs with
   setup = _jax_setup if spec['impl'] == 'jax' else _torch_setup
   run, facts = setup(spec)
@@ -493,13 +493,13 @@ def _delegate(module_name, args):
   """Runs another helper's benchmark module (parallel, input)."""
   import importlib
   try:
-    module = importlib.import_module(f'alexnet_jax.{module_name}')
+    module = importlib.import_module(f'alexnet_jax.benchmarks.{module_name}')
   except ModuleNotFoundError as e:
-    if e.name != f'alexnet_jax.{module_name}':
+    if e.name != f'alexnet_jax.benchmarks.{module_name}':
       raise
     raise SystemExit(f'benchmark {args.command!r} needs '
-                     f'alexnet_jax/{module_name}.py, which this checkout '
-                     'does not have') from None
+                     f'alexnet_jax/benchmarks/{module_name}.py, which this '
+                     'checkout does not have') from None
   return module.run(args) or []
 
 
@@ -615,7 +615,7 @@ def run_all(args):
     print('all --quick: model steps only; run `parallel --quick` and '
           '`input --quick` for the rest', file=sys.stderr)
     return records
-  for name in ('parallel_benchmark', 'input_benchmark'):
+  for name in ('parallel', 'input'):
     sub = argparse.Namespace(**vars(args))
     sub.modes = ['single', 'model']
     try:
@@ -637,7 +637,7 @@ def main(argv=None):
   elif args.command == 'matmul':
     records = matmul_benchmark(args)
   else:
-    records = _delegate(f'{args.command}_benchmark', args)
+    records = _delegate(args.command, args)
   print_table(records)
 
 

@@ -22,8 +22,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from alexnet_jax import input_pipeline
-from alexnet_jax import preprocess
+from alexnet_jax.core import input_pipeline
+from alexnet_jax.core import preprocess
 from alexnet_jax.configs import paper
 
 

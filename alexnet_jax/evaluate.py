@@ -5,7 +5,7 @@ r"""Top-1 / top-5 error of a checkpoint on a dataset split.
 
 DIR is a training workdir (its latest checkpoint; --best for the lowest
 validation error), one of its step directories, or a model export from
-`alexnet_jax.convert`. Images are preprocessed the way the checkpoint says
+`alexnet_jax.core.convert`. Images are preprocessed the way the checkpoint says
 its weights expect (its `preprocessing` metadata); the dataset defaults to
 the one the checkpoint was trained on.
 """
@@ -76,10 +76,10 @@ def run_evaluation(path, *, best=False, dataset=None, data_dir=None,
   """Loads `path` and returns its metrics on the split (see module doc)."""
   import jax  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import parallel  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
 
   model, variables, config = checkpoint.load(path, best=best)
   meta = checkpoint.load_metadata(path, best=best)
@@ -121,8 +121,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.checkpoint:
     raise app.UsageError('--checkpoint=DIR is required')
-  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import tfds_source  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
   try:
     result = run_evaluation(
         FLAGS.checkpoint, best=FLAGS.best, dataset=FLAGS.dataset,

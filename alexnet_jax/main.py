@@ -18,7 +18,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from alexnet_jax import xla_flags
+from alexnet_jax.core import xla_flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 xla_flags.set_defaults()        # before anything starts JAX's backend
@@ -86,14 +86,14 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
   config = FLAGS.config
   # Imports are deferred so that a bad config fails in a second.
-  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import config_checks  # pylint: disable=g-import-not-at-top
   try:
     config_checks.validate(config)
   except config_checks.ConfigError as e:
     sys.exit(f'error: {e}')
 
-  from alexnet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import parallel  # pylint: disable=g-import-not-at-top
   try:
     parallel.setup_devices(config)   # before anything touches a device
   except config_checks.ConfigError as e:
@@ -105,8 +105,8 @@ def main(argv):
                ', '.join(str(d) for d in jax.local_devices()))
   logging.info('Workdir: %s', FLAGS.workdir)
 
-  from alexnet_jax import tfds_source  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(config, FLAGS.workdir)
   except (config_checks.ConfigError, checkpoint.CheckpointError,

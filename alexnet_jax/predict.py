@@ -42,7 +42,7 @@ def readable_names(class_names) -> list[str]:
   names = list(class_names)
   if not any(_WNID.match(n) for n in names):
     return names
-  data = importlib.resources.files('alexnet_jax.data')
+  data = importlib.resources.files('alexnet_jax.assets')
   wnids = (data / 'imagenet_wnids.txt').read_text().split('\n')
   readable = (data / 'imagenet_classes.txt').read_text().split('\n')
   lookup = dict(zip(wnids, readable))
@@ -52,7 +52,7 @@ def readable_names(class_names) -> list[str]:
 def preprocess_params(preprocessing):
   """preprocess.Params for evaluation from a checkpoint's preprocessing."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import preprocess  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import preprocess  # pylint: disable=g-import-not-at-top
   mean_image = None
   if preprocessing.get('mean_image'):
     mean_image = np.load(preprocessing['mean_image']).astype(np.float32)
@@ -70,7 +70,7 @@ class Predictor:
 
   def __init__(self, checkpoint_path, *, best=False, crops=1):
     import jax  # pylint: disable=g-import-not-at-top
-    from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
     self.model, self.variables, self.config = checkpoint.load(
         checkpoint_path, best=best)
     meta = checkpoint.load_metadata(checkpoint_path, best=best)
@@ -88,7 +88,7 @@ class Predictor:
   def image(self, path):
     """The normalised crops of one image file: f32[crops, H, W, 3]."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from alexnet_jax import preprocess  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.core import preprocess  # pylint: disable=g-import-not-at-top
     try:
       with open(path, 'rb') as f:
         encoded = f.read()
@@ -113,7 +113,7 @@ def main(argv):
   if not FLAGS.checkpoint or not images:
     raise app.UsageError('usage: python -m alexnet_jax.predict '
                          '--checkpoint=DIR IMAGE [IMAGE ...]')
-  from alexnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     predictor = Predictor(FLAGS.checkpoint, best=FLAGS.best,
                           crops=FLAGS.crops)

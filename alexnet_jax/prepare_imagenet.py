@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from alexnet_jax import tfds_source
+from alexnet_jax.core import tfds_source
 
 
 def prepare(data_dir='', manual_dir='', name='imagenet2012:5.*.*'):

@@ -1,7 +1,7 @@
 """Smoke run: a small AlexNet on the CIFAR-10 sample shipped with the package.
 
 Command (no dataset to download: the ~2,000 CIFAR-10 JPEGs in
-alexnet_jax/data/cifar10_mini are found through the installed package):
+alexnet_jax/assets/cifar10_mini are found through the installed package):
 
     python -m alexnet_jax.main --config=configs/smoke.py --workdir=/tmp/smoke
 
@@ -26,7 +26,7 @@ from alexnet_jax.configs import paper
 
 def sample_root() -> str:
   """The embedded CIFAR-10 sample, wherever the package is installed."""
-  return str(importlib.resources.files('alexnet_jax.data') / 'cifar10_mini')
+  return str(importlib.resources.files('alexnet_jax.assets') / 'cifar10_mini')
 
 
 def get_config():

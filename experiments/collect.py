@@ -1,7 +1,7 @@
 """Collects a sweep's metrics: a CSV, a markdown table and comparison plots.
 
 Reads the JSONL metrics file the trainer writes in each workdir
-(alexnet_jax.metrics.JsonlWriter: one JSON object per line, `step` plus
+(alexnet_jax.core.metrics.JsonlWriter: one JSON object per line, `step` plus
 scalars such as `train_top1_error` and `epoch`, or `val_top1_error`), copies
 it into the results directory, and summarises each run. Every output names
 the command, machine and date that made it.
@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from experiments import runner  # noqa: E402
 from experiments import sweeps as sweeps_lib  # noqa: E402
 
-METRICS_FILE = 'metrics.jsonl'   # alexnet_jax.metrics.JSONL_FILE
+METRICS_FILE = 'metrics.jsonl'   # alexnet_jax.core.metrics.JSONL_FILE
 RESULTS_ROOT = sweeps_lib.REPO / 'experiments' / 'results'
 TRAIN_ERROR = 'train_top1_error'
 VAL_ERROR = 'val_top1_error'

@@ -24,7 +24,7 @@ from experiments import sweeps as sweeps_lib
 STATUS_FILE = 'sweep_run.json'   # in each workdir: command, start, finish
 LOG_FILE = 'sweep_run.log'       # the trainer's stdout and stderr
 # What the trainer writes when it has trained and evaluated to the end
-# (alexnet_jax.train.RESULTS_FILE): a preempted trainer exits 0 without it.
+# (alexnet_jax.core.train.RESULTS_FILE): a preempted trainer exits 0 without it.
 RESULTS_FILE = 'results.json'
 DEFAULT_ROOT = sweeps_lib.REPO / 'experiments' / 'runs'
 

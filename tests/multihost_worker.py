@@ -19,7 +19,7 @@ import numpy as np
 def main(argv):
   npz, out_prefix, address, num, pid = argv[:5]
   num, pid = int(num), int(pid)
-  from alexnet_jax import parallel
+  from alexnet_jax.core import parallel
   from test_parallel import TX, _config, sgd_step
 
   base = _config(dropout=0.0)
@@ -34,7 +34,7 @@ def main(argv):
     os._exit(3)   # a crash: no clean jax.distributed shutdown
 
   import jax
-  from alexnet_jax import model as model_lib
+  from alexnet_jax.core import model as model_lib
   assert jax.process_count() == num and jax.device_count() == 2 * num
   data = dict(np.load(npz))
   flat_state = {k[len('state/'):]: v for k, v in data.items()

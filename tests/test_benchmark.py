@@ -99,8 +99,8 @@ def test_all_runs_the_headline_benchmarks(monkeypatch):
   records = benchmark.run_all(benchmark.parse_args(['all']))
   models = [('train', ['paper', 'torchvision'], ['float32']),
             ('infer', ['paper', 'torchvision'], ['float32'])]
-  assert calls == models + [('parallel_benchmark', ['single', 'model']),
-                            ('input_benchmark', ['single', 'model'])]
+  assert calls == models + [('parallel', ['single', 'model']),
+                            ('input', ['single', 'model'])]
   assert len(records) == 4
   # --quick: the model steps only (about two minutes).
   calls.clear()
@@ -109,7 +109,7 @@ def test_all_runs_the_headline_benchmarks(monkeypatch):
 
 
 def test_parallel_benchmark_arguments_name_what_is_accepted(capsys):
-  from alexnet_jax import parallel_benchmark
+  from alexnet_jax.benchmarks import parallel as parallel_benchmark
   with pytest.raises(SystemExit):
     parallel_benchmark.parse_args(['--modes', 'single,tensor'])
   assert 'single, model, jit, pmap, hybrid' in capsys.readouterr().err

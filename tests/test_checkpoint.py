@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint
+from alexnet_jax.core import checkpoint
 from alexnet_jax.configs import paper
 
 CLASSES = [f'class_{i}' for i in range(10)]

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet_jax import config_checks
-from alexnet_jax import features
-from alexnet_jax import model as model_lib
+from alexnet_jax.core import config_checks
+from alexnet_jax.core import features
+from alexnet_jax.core import model as model_lib
 from alexnet_jax.configs import paper
 
 

@@ -15,11 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint
-from alexnet_jax import config_checks
-from alexnet_jax import input_pipeline
+from alexnet_jax.core import checkpoint
+from alexnet_jax.core import config_checks
+from alexnet_jax.core import input_pipeline
 from alexnet_jax import main as main_lib
-from alexnet_jax import model as model_lib
+from alexnet_jax.core import model as model_lib
 from alexnet_jax import predict
 from alexnet_jax.configs import ablations
 from alexnet_jax.configs import cifar10

@@ -8,8 +8,8 @@ import ml_collections
 from ml_collections import config_flags
 import pytest
 
-from alexnet_jax import config_checks
-from alexnet_jax.config_checks import ConfigError
+from alexnet_jax.core import config_checks
+from alexnet_jax.core.config_checks import ConfigError
 from alexnet_jax.configs import paper
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'

@@ -12,12 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import config_checks
-from alexnet_jax import convert
-from alexnet_jax import model as model_lib
+from alexnet_jax.core import config_checks
+from alexnet_jax import convert as convert_cli
+from alexnet_jax.core import convert
+from alexnet_jax.core import model as model_lib
 
 torch = pytest.importorskip('torch')
-from alexnet_jax import torch_reference  # noqa: E402  (needs torch)
+from alexnet_jax.reference import torch_models  # noqa: E402  (needs torch)
 
 TINY = 1 / 16
 
@@ -36,7 +37,7 @@ def _randomize(net, seed=0):
 
 def _torchvision_net(width_scale, num_classes=1000):
   widths = model_lib.widths_for('torchvision', 1, width_scale)
-  return _randomize(torch_reference.TorchvisionAlexNet(num_classes,
+  return _randomize(torch_models.TorchvisionAlexNet(num_classes,
                                                        widths=widths))
 
 
@@ -44,7 +45,7 @@ def _caffe_net(width_scale, num_classes=1000):
   """bvlc_alexnet as Caffe runs it: groups=2, LRN k=1 alpha/n across all
   channels, 227 input, no conv1 padding."""
   widths = model_lib.widths_for('paper', 2, width_scale)
-  return _randomize(torch_reference.PaperAlexNet(
+  return _randomize(torch_models.PaperAlexNet(
       num_classes, widths=widths, image_size=227, conv1_padding='caffe',
       lrn_k=1.0, lrn_n=5, lrn_alpha=1e-4, lrn_beta=0.75,
       lrn_alpha_over_n=True, lrn_across_towers=True, flatten='chw'), seed=1)
@@ -288,10 +289,10 @@ def test_plain_array_and_missing_file(tmp_path):
 # --- The command line ---------------------------------------------------------
 
 def test_cli_round_trip_through_checkpoint_load(tmp_path, caffe_file):
-  checkpoint = pytest.importorskip('alexnet_jax.checkpoint')
+  checkpoint = pytest.importorskip('alexnet_jax.core.checkpoint')
   net, path = caffe_file
   out = tmp_path / 'export'
-  assert convert.main(['--format=caffe-npy', f'--input={path}',
+  assert convert_cli.main(['--format=caffe-npy', f'--input={path}',
                        f'--output={out}', f'--width_scale={TINY}']) == 0
   model, variables, config = checkpoint.load(out)
   assert config.model.conv1_padding == 'caffe' and config.data.image_size == 227
@@ -305,7 +306,7 @@ def test_cli_round_trip_through_checkpoint_load(tmp_path, caffe_file):
 
 def test_cli_refuses_to_overwrite_and_leaves_nothing_on_failure(
     tmp_path, torchvision_file, caffe_file, capsys):
-  pytest.importorskip('alexnet_jax.checkpoint')
+  pytest.importorskip('alexnet_jax.core.checkpoint')
   _, path = torchvision_file
   args = ['--format=torchvision', f'--input={path}', f'--width_scale={TINY}']
   # Failed conversions write nothing: a Caffe file read as torchvision, a
@@ -315,22 +316,22 @@ def test_cli_refuses_to_overwrite_and_leaves_nothing_on_failure(
       (['--format=torchvision', f'--input={caffe_file[1]}'], 'weights_only'),
       (['--format=torchvision', f'--input={path}'], 'expected'),
       (['--format=caffe-npy', f'--input={bad}.npy'], 'does not exist')):
-    assert convert.main([*wrong, f'--output={bad}']) == 1
+    assert convert_cli.main([*wrong, f'--output={bad}']) == 1
     assert reason in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
   # An existing non-empty output is kept unless --overwrite.
   out = tmp_path / 'out'
   out.mkdir()
   (out / 'keep.txt').write_text('mine')
-  assert convert.main([*args, f'--output={out}']) == 1
+  assert convert_cli.main([*args, f'--output={out}']) == 1
   assert '--overwrite' in capsys.readouterr().err
   assert (out / 'keep.txt').read_text() == 'mine'
-  assert convert.main([*args, f'--output={out}', '--overwrite']) == 0
+  assert convert_cli.main([*args, f'--output={out}', '--overwrite']) == 0
   assert not (out / 'keep.txt').exists()
   # An existing empty directory is fine.
   empty = tmp_path / 'empty'
   empty.mkdir()
-  assert convert.main([*args, f'--output={empty}']) == 0
+  assert convert_cli.main([*args, f'--output={empty}']) == 0
 
 
 # --- Real size (opt-in) -------------------------------------------------------

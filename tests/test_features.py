@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_jax import features
-from alexnet_jax import model as model_lib
-from alexnet_jax import visualize
+from alexnet_jax.core import features
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import visualize
 from alexnet_jax.configs import paper
 
 

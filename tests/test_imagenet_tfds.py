@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import input_pipeline
+from alexnet_jax.core import input_pipeline
 from alexnet_jax import prepare_imagenet
-from alexnet_jax import preprocess
-from alexnet_jax import tfds_source
+from alexnet_jax.core import preprocess
+from alexnet_jax.core import tfds_source
 from alexnet_jax.configs import paper
 
 WNIDS = (pathlib.Path(input_pipeline.__file__).parent / 'data' /

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from alexnet_jax import input_pipeline
+from alexnet_jax.core import input_pipeline
 from alexnet_jax.configs import paper
 
 MINI = pathlib.Path(input_pipeline.__file__).parent / 'data' / 'cifar10_mini'

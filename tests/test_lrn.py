@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import lrn as lrn_lib
+from alexnet_jax.core import lrn as lrn_lib
 
 
 def lrn_loop(x, *, k, n, alpha, beta, alpha_over_n):

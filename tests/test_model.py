@@ -4,7 +4,7 @@ model.
 Real sizes (shapes, parameter counts) are checked with `jax.eval_shape`, which
 costs no memory or compute; numerical checks run at tiny widths
 (`width_scale=1/16`) on small inputs, with random parameters drawn in NumPy
-(no jitted init to compile) and copied into `torch_reference`'s Caffe-style
+(no jitted init to compile) and copied into `torch_models`'s Caffe-style
 model (grouped convolutions, nn.LocalResponseNorm).
 """
 
@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import model as model_lib
+from alexnet_jax.core import model as model_lib
 from alexnet_jax.configs import paper
 
 torch = pytest.importorskip('torch')
-from alexnet_jax import torch_reference  # noqa: E402  (needs torch)
+from alexnet_jax.reference import torch_models  # noqa: E402  (needs torch)
 
 TINY = 1 / 16
 # 96x96 input: conv1 23x23 (the paper's 3 padded columns are read, as at
@@ -63,9 +63,9 @@ def _images(n, size, seed=1):
 
 
 def _torch_logits(model_config, params, images, flatten='hwc'):
-  net = torch_reference.from_config(model_config, image_size=images.shape[1],
+  net = torch_models.from_config(model_config, image_size=images.shape[1],
                                     flatten=flatten)
-  torch_reference.load_flax_params(net.eval(), params)
+  torch_models.load_flax_params(net.eval(), params)
   with torch.no_grad():
     return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
 
@@ -174,7 +174,7 @@ def test_parameter_counts(overrides, expected):
   assert _count(params) == expected
   # The independent PyTorch model agrees (built on the meta device: free).
   with torch.device('meta'):
-    net = torch_reference.from_config(config)
+    net = torch_models.from_config(config)
   assert sum(p.numel() for p in net.parameters()) == expected
 
 

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import model as model_lib
-from alexnet_jax import parallel
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import parallel
 from test_parallel import STEP_SIZE, TX, _batch, _close, _config, \
     _initial_state, sgd_step
 

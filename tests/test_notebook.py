@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import checkpoint
-from alexnet_jax import input_pipeline
-from alexnet_jax import model as model_lib
-from alexnet_jax import visualize
+from alexnet_jax.core import checkpoint
+from alexnet_jax.core import input_pipeline
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import visualize
 from alexnet_jax.configs import paper
 from conftest import REPO
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import onednn
-from alexnet_jax import ops
+from alexnet_jax.core import onednn
+from alexnet_jax.core import ops
 
 ONEDNN_EXPECTED = onednn.PLATFORM_SUPPORTED   # requirements.txt installs it
 

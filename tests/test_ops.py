@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import onednn
-from alexnet_jax import ops
+from alexnet_jax.core import onednn
+from alexnet_jax.core import ops
 
 # Where requirements.txt installs oneDNN it must build: a skip there would
 # hide a broken build behind a slower, still-passing suite.

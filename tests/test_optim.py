@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import optim
+from alexnet_jax.core import optim
 from alexnet_jax.configs import paper
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import model as model_lib
-from alexnet_jax import parallel
-from alexnet_jax.config_checks import ConfigError
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import parallel
+from alexnet_jax.core.config_checks import ConfigError
 from alexnet_jax.configs import paper
 
 BATCH = 8

@@ -7,7 +7,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import preprocess
+from alexnet_jax.core import preprocess
 
 P = preprocess.Params()
 

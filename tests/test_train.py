@@ -19,12 +19,12 @@ from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint
-from alexnet_jax import config_checks
+from alexnet_jax.core import checkpoint
+from alexnet_jax.core import config_checks
 from alexnet_jax import evaluate
-from alexnet_jax import input_pipeline
-from alexnet_jax import metrics as metrics_lib
-from alexnet_jax import train
+from alexnet_jax.core import input_pipeline
+from alexnet_jax.core import metrics as metrics_lib
+from alexnet_jax.core import train
 from alexnet_jax.configs import smoke
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from alexnet_jax import xla_flags
+from alexnet_jax.core import xla_flags
 
 FLAG = '--xla_cpu_copy_insertion_use_region_analysis'
 

@@ -6,7 +6,7 @@ calls, for ONEDNN_VERBOSE=1 to name the implementation oneDNN picks and time eac
 Aggregated output of the 2026-12-01 run: step_profile_2026-12-01.txt, section 3.
 """
 import time, numpy as np, jax, jax.numpy as jnp
-from alexnet_jax import onednn
+from alexnet_jax.core import onednn
 B=128
 L=[(224,3,64,11,4,2),(27,64,192,5,1,2),(13,192,384,3,1,1),(13,384,256,3,1,1),(13,256,256,3,1,1)]
 r=np.random.default_rng(0)

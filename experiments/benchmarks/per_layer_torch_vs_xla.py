@@ -8,7 +8,7 @@ Output of the 2026-12-01 run: step_profile_2026-12-01.txt.
 import time, sys, os
 import numpy as np
 import torch, jax, jax.numpy as jnp
-from alexnet_jax import ops
+from alexnet_jax.core import ops
 torch.set_num_threads(2)
 B=128
 # torchvision layers: (H, Cin, Cout, k, stride, pad)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax import benchmark
-from alexnet_jax import model as model_lib
+from alexnet_jax.core import model as model_lib
 from alexnet_jax.configs import paper
 
 

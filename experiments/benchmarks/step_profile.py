@@ -9,7 +9,7 @@ YNNPACK dots). Output of the 2026-12-01 runs: step_profile_2026-12-01.txt.
 """
 import sys, os, time, gzip, json, glob, collections
 import jax, jax.numpy as jnp, optax
-from alexnet_jax import model as model_lib
+from alexnet_jax.core import model as model_lib
 from alexnet_jax.configs import paper
 variant = sys.argv[1] if len(sys.argv) > 1 else 'torchvision'
 B = int(sys.argv[2]) if len(sys.argv) > 2 else 128

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import model as model_lib
+from alexnet_jax.core import model as model_lib
 
 # Layer names by model class, input to output.
 ALEXNET_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
@@ -125,7 +125,7 @@ def load_images(paths, preprocessing: dict) -> np.ndarray:
   """
   import tensorflow as tf  # only needed here; keeps `extract` TF-free
 
-  from alexnet_jax import preprocess
+  from alexnet_jax.core import preprocess
 
   p = dict(preprocessing)
   mean_image = None

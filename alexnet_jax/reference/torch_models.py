@@ -15,10 +15,10 @@ does, so agreement between the two checks the tower semantics:
 Both take NCHW float32 tensors and return logits. torch is a test and
 benchmark dependency only: nothing in the package imports this module.
 
-    from alexnet_jax import torch_reference
-    net = torch_reference.PaperAlexNet()             # paper model, 224 input
-    net = torch_reference.from_config(config.model)  # what model.py builds
-    torch_reference.load_flax_params(net, variables['params'])  # same weights
+    from alexnet_jax.reference import torch_models
+    net = torch_models.PaperAlexNet()             # paper model, 224 input
+    net = torch_models.from_config(config.model)  # what model.py builds
+    torch_models.load_flax_params(net, variables['params'])  # same weights
 """
 
 import numpy as np
@@ -186,7 +186,7 @@ def from_config(model_config, *, image_size=224, flatten='hwc'):
   layer semantics are this module's own. flatten='hwc' makes the fc6 weights
   interchangeable with model.py's (see load_flax_params).
   """
-  from alexnet_jax import model as model_lib  # only the width table
+  from alexnet_jax.core import model as model_lib  # only the width table
   m = model_config
   widths = model_lib.widths_for(m.variant, m.towers, m.width_scale)
   if m.variant == 'torchvision':

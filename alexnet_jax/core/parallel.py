@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax.config_checks import ConfigError
+from alexnet_jax.core.config_checks import ConfigError
 
 DATA = 'data'
 MODEL = 'model'

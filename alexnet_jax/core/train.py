@@ -31,13 +31,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from alexnet_jax import checkpoint
-from alexnet_jax import config_checks
-from alexnet_jax import input_pipeline
-from alexnet_jax import metrics as metrics_lib
-from alexnet_jax import model as model_lib
-from alexnet_jax import optim
-from alexnet_jax import parallel
+from alexnet_jax.core import checkpoint
+from alexnet_jax.core import config_checks
+from alexnet_jax.core import input_pipeline
+from alexnet_jax.core import metrics as metrics_lib
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import optim
+from alexnet_jax.core import parallel
 
 RESULTS_FILE = 'results.json'
 CONFIG_FILE = 'config.json'

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from alexnet_jax import lrn as lrn_lib
-from alexnet_jax import ops
+from alexnet_jax.core import lrn as lrn_lib
+from alexnet_jax.core import ops
 
 Array = jnp.ndarray
 

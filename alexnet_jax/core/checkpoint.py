@@ -29,8 +29,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from alexnet_jax import config_checks
-from alexnet_jax import model as model_lib
+from alexnet_jax.core import config_checks
+from alexnet_jax.core import model as model_lib
 
 FORMAT_VERSION = 1
 METADATA_FILE = 'metadata.json'     # in a model export

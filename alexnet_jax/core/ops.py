@@ -34,7 +34,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from alexnet_jax import onednn
+from alexnet_jax.core import onednn
 
 Array = jnp.ndarray
 

@@ -37,7 +37,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from alexnet_jax import preprocess
+from alexnet_jax.core import preprocess
 
 # tf.data must never take an accelerator from JAX.
 try:
@@ -295,7 +295,7 @@ def _source(config):
     return None
   if name.startswith('folder:'):
     return _folder_source(name[len('folder:'):])
-  from alexnet_jax import tfds_source  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
   return tfds_source.TfdsSource(config)
 
 

@@ -1,0 +1,276 @@
+"""Training-input throughput: our tf.data pipeline vs a PIL + NumPy loader.
+
+    python -m alexnet_jax.input_benchmark \
+        [--data=../shared/datasets/imagenet-samples] [--workers=1,2]
+
+Both loaders do the paper's training preprocessing on the same JPEGs, in the
+same run: shorter side to 256, centre 256x256, random 224x224 crop, random
+flip, PCA lighting (alpha ~ N(0, 0.1)), per-channel mean subtraction,
+batched as float32. The PIL loader is the PyTorch-style one (torchvision's
+Resize -> CenterCrop -> RandomCrop -> flip -> ToTensor -> lighting ->
+Normalize, as a DataLoader worker runs it), with PIL's `draft` JPEG
+downscaling; with N workers it is a process pool (as DataLoader's
+num_workers), batches shipped back to the parent.
+
+Figures per loader and worker count: images/s (wall), images/s per core
+(wall rate / workers) and images per CPU-second (all threads and worker
+processes), the measure of cost that noisy shared machines disturb least.
+Prints JSON lines, then a table.
+"""
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / (
+    'datasets/imagenet-samples')
+
+
+def add_arguments(parser):
+  parser.add_argument('--data', default=str(DEFAULT_DATA),
+                      help='image folder ROOT/SPLIT/CLASS/IMAGE')
+  parser.add_argument('--split', default='val')
+  parser.add_argument('--workers', default='1,2',
+                      help='comma-separated thread / process counts')
+  parser.add_argument('--batch', type=int, default=50)
+  parser.add_argument('--epochs', type=float, default=2.0,
+                      help='passes over the images per measurement')
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--resize_size', type=int, default=256)
+  parser.add_argument('--resize_method', default='',
+                      help="data.resize_method for ours ('' = the config's)")
+  parser.add_argument('--loaders', default='ours,pil',
+                      help='comma-separated: ours, pil, pil_box')
+  parser.add_argument('--repeats', type=int, default=3,
+                      help='measurements per loader, interleaved; the best '
+                      'is reported (shared machines are noisy)')
+  parser.add_argument('--json', default='',
+                      help='also append the JSON lines to this file')
+  return parser
+
+
+# ------------------------------------------------------------------ ours
+
+
+def _ours(args, workers, n_images):
+  from alexnet_jax.core import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.configs import paper  # pylint: disable=g-import-not-at-top
+  c = paper.get_config()
+  c.data.name = f'folder:{args.data}'
+  c.data.train_split = args.split
+  c.data.image_size = args.image_size
+  c.data.resize_size = args.resize_size
+  if args.resize_method:
+    c.data.resize_method = args.resize_method
+  c.data.threads = workers
+  c.optim.batch_size = args.batch
+  it = input_pipeline.train_iterator(c)
+  for _ in range(2):  # start-up: listing, tracing, first decodes
+    next(it)
+  steps = max(1, round(n_images / args.batch))
+  return _timed(lambda: [next(it) for _ in range(steps)], steps * args.batch)
+
+
+# ------------------------------------------------------------------- PIL
+
+_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
+                    [-0.5836, -0.6948, 0.4203]], np.float32)
+_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+
+
+def pil_train_image(path, rng, image_size=224, resize_size=256, box=False):
+  """One image the torchvision way (box=True: resize only the crop box)."""
+  with open(path, 'rb') as f:
+    im = Image.open(io.BytesIO(f.read()))
+  w, h = im.size
+  scale = resize_size / min(w, h)
+  # draft: let libjpeg decode at 1/2, 1/4 or 1/8 scale while still at
+  # least the resized size.
+  im.draft('RGB', (int(w * scale) + 1, int(h * scale) + 1))
+  im = im.convert('RGB')
+  w, h = im.size
+  scale = resize_size / min(w, h)
+  ox, oy = rng.integers(0, resize_size - image_size + 1, 2)
+  if box:
+    side = min(w, h)
+    c = side * image_size / resize_size
+    x0 = (w - side) / 2 + ox / scale
+    y0 = (h - side) / 2 + oy / scale
+    im = im.resize((image_size, image_size), Image.BILINEAR,
+                   box=(x0, y0, x0 + c, y0 + c))
+  else:
+    im = im.resize((max(resize_size, round(w * scale)),
+                    max(resize_size, round(h * scale))), Image.BILINEAR)
+    w, h = im.size
+    left = (w - resize_size) // 2 + ox
+    top = (h - resize_size) // 2 + oy
+    im = im.crop((left, top, left + image_size, top + image_size))
+  if rng.random() < 0.5:
+    im = im.transpose(Image.FLIP_LEFT_RIGHT)
+  x = np.asarray(im, np.float32) * np.float32(1 / 255)
+  x += _EIGVEC @ (rng.normal(0, 0.1, 3).astype(np.float32) * _EIGVAL)
+  x -= _MEAN
+  return x
+
+
+def _pil_batch(task):
+  paths, seed, box, image_size, resize_size = task
+  start = time.process_time()
+  rng = np.random.default_rng(seed)
+  images = np.stack([pil_train_image(p, rng, image_size, resize_size, box)
+                     for p in paths])
+  return images, time.process_time() - start
+
+
+def _pil(args, workers, n_images, paths, box):
+  rng = np.random.default_rng(0)
+  steps = max(1, round(n_images / args.batch))
+  tasks = []
+  for i in range(steps + 2):
+    idx = rng.integers(0, len(paths), args.batch)
+    tasks.append(([paths[j] for j in idx], i, box, args.image_size,
+                  args.resize_size))
+  if workers == 1:
+    _pil_batch(tasks[0])
+    return _timed(lambda: [_pil_batch(t) for t in tasks[2:]],
+                  steps * args.batch)
+  ctx = multiprocessing.get_context('fork')
+  with ctx.Pool(workers) as pool:
+    list(pool.imap(_pil_batch, tasks[:workers]))  # warm the workers
+    worker_cpu = []
+
+    def run():
+      for _, cpu in pool.imap(_pil_batch, tasks[2:]):
+        worker_cpu.append(cpu)
+    row = _timed(run, steps * args.batch)
+  row['cpu_s'] += sum(worker_cpu)
+  row['img_per_cpu_s'] = row['images'] / row['cpu_s']
+  return row
+
+
+# ---------------------------------------------------------------- common
+
+
+def _timed(fn, images):
+  wall, cpu = time.perf_counter(), time.process_time()
+  fn()
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  return dict(images=images, wall_s=round(wall, 3), cpu_s=cpu,
+              img_per_s=images / wall, img_per_cpu_s=images / cpu)
+
+
+def _list_images(root, split):
+  paths = sorted(str(p) for p in (pathlib.Path(root) / split).glob('*/*')
+                 if p.suffix.lower() in ('.jpg', '.jpeg', '.png'))
+  if not paths:
+    raise FileNotFoundError(f'no images under {root}/{split}/CLASS/')
+  return paths
+
+
+_NAMES = {'ours': 'alexnet_jax tf.data',
+          'pil': 'PIL+NumPy (torchvision-style, draft)',
+          'pil_box': 'PIL+NumPy (resize of the crop box, draft)'}
+
+
+def _measure(args, loader, workers, n_images, paths):
+  if loader == 'ours':
+    return _ours(args, workers, n_images)
+  if loader in ('pil', 'pil_box'):
+    return _pil(args, workers, n_images, paths, box=loader == 'pil_box')
+  raise ValueError(f'--loaders: {loader!r} is not one of {sorted(_NAMES)}')
+
+
+def run(args):
+  """Measures each loader at each worker count (best of --repeats,
+  interleaved); returns the rows. `args` may come from another command's
+  parser (benchmark.py's `input`): options it lacks take their defaults,
+  and its --quick makes one short pass."""
+  defaults = vars(add_arguments(argparse.ArgumentParser()).parse_args([]))
+  for key, value in defaults.items():
+    if not hasattr(args, key):
+      setattr(args, key, value)
+      if getattr(args, 'quick', False) and key in ('epochs', 'repeats'):
+        setattr(args, key, {'epochs': 0.5, 'repeats': 1}[key])
+  paths = _list_images(args.data, args.split)
+  n_images = int(len(paths) * args.epochs)
+  rows = []
+  machine = f'{platform.processor() or platform.machine()}, ' \
+            f'{os.cpu_count()} cores'
+  loaders = args.loaders.split(',')
+  for workers in [int(w) for w in str(args.workers).split(',')]:
+    best = {}
+    for _ in range(args.repeats):
+      for loader in loaders:
+        row = _measure(args, loader, workers, n_images, paths)
+        for key in ('img_per_s', 'img_per_cpu_s'):
+          best.setdefault(loader, {}).setdefault(key, 0.0)
+          best[loader][key] = max(best[loader][key], row[key])
+        best[loader].setdefault('runs', []).append(
+            round(row['img_per_cpu_s'], 1))
+    for loader in loaders:
+      row = dict(bench='input', loader=_NAMES[loader], workers=workers,
+                 images=n_images, repeats=args.repeats,
+                 img_per_s=round(best[loader]['img_per_s'], 1),
+                 img_per_s_per_core=round(best[loader]['img_per_s'] / workers,
+                                          1),
+                 img_per_cpu_s=round(best[loader]['img_per_cpu_s'], 1),
+                 img_per_cpu_s_runs=best[loader]['runs'],
+                 image_size=args.image_size, batch=args.batch,
+                 data=str(args.data), machine=machine,
+                 date=time.strftime('%Y-%m-%d'))
+      rows.append(row)
+  _add_ratios(rows)
+  for row in rows:
+    print(json.dumps(row), flush=True)
+  if args.json:
+    with open(args.json, 'a') as f:
+      for row in rows:
+        f.write(json.dumps(row) + '\n')
+  print(table(rows))
+  return rows
+
+
+def _add_ratios(rows):
+  """ours / PIL at the same worker count (per core and per CPU-second)."""
+  for row in rows:
+    peers = [r for r in rows if r['workers'] == row['workers']
+             and r['loader'].startswith('PIL+NumPy (torchvision')]
+    if peers and row['loader'].startswith('alexnet_jax'):
+      row['vs_pil_per_core'] = round(row['img_per_s_per_core']
+                                     / peers[0]['img_per_s_per_core'], 2)
+      row['vs_pil_per_cpu_s'] = round(row['img_per_cpu_s']
+                                      / peers[0]['img_per_cpu_s'], 2)
+
+
+def table(rows):
+  head = ('| loader | workers | img/s | img/s per core | img per CPU-s | '
+          'vs PIL per core | vs PIL per CPU-s |\n'
+          '|---|---|---|---|---|---|---|')
+  lines = [head]
+  for r in rows:
+    lines.append(f"| {r['loader']} | {r['workers']} | {r['img_per_s']} | "
+                 f"{r['img_per_s_per_core']} | {r['img_per_cpu_s']} | "
+                 f"{r.get('vs_pil_per_core', '')} | "
+                 f"{r.get('vs_pil_per_cpu_s', '')} |")
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  parser = add_arguments(argparse.ArgumentParser(
+      description=__doc__.split('\n')[0]))
+  run(parser.parse_args(argv))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,424 @@
+"""Imports published AlexNet weights: torchvision's and the Caffe port's.
+
+    from alexnet_jax.core import convert
+    model, variables = convert.from_torchvision('alexnet.pth')
+    model, variables = convert.from_caffe_npy('bvlc_alexnet.npy')
+    logits = model.apply(variables, images, train=False)  # NHWC, normalised
+
+`from_torchvision` reads a `torchvision.models.alexnet` state_dict saved with
+`torch.save` and returns the torchvision variant (224x224 input). The images
+it wants: RGB in [0, 1], minus mean (0.485, 0.456, 0.406), divided by std
+(0.229, 0.224, 0.225) (`preprocessing('torchvision')`).
+
+`from_caffe_npy` reads the layout of the widely used TensorFlow port of
+Caffe's bvlc_alexnet: `np.save` of a dict {'conv1'..'conv5', 'fc6'..'fc8':
+[W, b]} (or {'weights': W, 'biases': b}), conv W as (kh, kw, in_channels
+per group, out) with the grouped layers conv2/4/5 holding both groups'
+kernels along `out`, fc W as (in, out) with fc6's rows in (H, W, C) order. It
+returns the two-tower paper model with Caffe's constants (227x227 input,
+conv1 unpadded, LRN k=1, alpha 1e-4 / n, windows across both towers as
+Caffe's grouped convolutions have no towers). The images it wants: BGR in
+0..255 minus the per-channel mean (104, 117, 123)
+(`preprocessing('caffe-npy')`).
+
+Loading never runs code from the file: `torch.load(weights_only=True)`, and
+the .npy dict goes through an unpickler that admits numpy arrays, dicts and
+lists only (`np.load(allow_pickle=True)` would execute whatever a crafted
+file contains).
+
+The command line (`alexnet_jax/convert.py`) writes a model export that
+`checkpoint.load` reads, with the preprocessing and class names recorded:
+
+    python -m alexnet_jax.convert --format=torchvision --input=alexnet.pth \\
+        --output=/tmp/alexnet_torchvision
+"""
+
+import dataclasses
+import importlib.resources
+import pathlib
+import pickle
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.configs import paper
+
+FORMATS = ('torchvision', 'caffe-npy')
+
+_PREPROCESSING = {
+    'torchvision': dict(channel_order='RGB', pixel_scale=1.0,
+                        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+                        image_size=224, resize_size=256),
+    'caffe-npy': dict(channel_order='BGR', pixel_scale=255.0,
+                      mean=[104.0, 117.0, 123.0], std=[1.0, 1.0, 1.0],
+                      image_size=227, resize_size=256),
+}
+
+
+class WeightFileError(ValueError):
+  """A weight file is unreadable, unsafe, or not the expected layout."""
+
+
+def _check_format(fmt):
+  if fmt not in FORMATS:
+    raise ValueError(f'weight format {fmt!r} is not one of '
+                     f'{", ".join(FORMATS)}')
+
+
+def preprocessing(fmt: str) -> dict:
+  """What the images fed to the imported weights must look like.
+
+  model input = (pixels in [0, pixel_scale], channel_order - mean) / std,
+  the `preprocessing` dict checkpoints carry (see checkpoint.py).
+  """
+  _check_format(fmt)
+  return {k: list(v) if isinstance(v, list) else v
+          for k, v in _PREPROCESSING[fmt].items()}
+
+
+def _data_file(name):
+  return importlib.resources.files('alexnet_jax.assets').joinpath(name)
+
+
+def imagenet_class_names() -> list[str]:
+  """The 1000 ILSVRC-2012 class names, in label order (sorted WNIDs)."""
+  return _data_file('imagenet_classes.txt').read_text().splitlines()
+
+
+def imagenet_wnids() -> list[str]:
+  """The 1000 ILSVRC-2012 WordNet ids, sorted (= label order)."""
+  return _data_file('imagenet_wnids.txt').read_text().splitlines()
+
+
+def class_names(num_classes: int) -> list[str]:
+  """ImageNet's names for 1000 classes; 'class i' for a fine-tuned head."""
+  if num_classes == 1000:
+    return imagenet_class_names()
+  return [f'class {i}' for i in range(num_classes)]
+
+
+def config_for(fmt: str, *, num_classes: int = 1000,
+               width_scale: float = 1.0) -> ml_collections.ConfigDict:
+  """configs/paper.py, changed to describe the imported model.
+
+  config.data gets the input size and, as far as its fields can say it, the
+  normalisation. It has no channel-order field, so for the Caffe weights
+  mean/std are the [0, 1]-pixel equivalents of Caffe's 0..255 ones in RGB
+  order and the input must still be given in BGR: the `preprocessing(fmt)`
+  dict recorded in the export is the authority.
+  """
+  _check_format(fmt)
+  config = paper.get_config()
+  m, d = config.model, config.data
+  m.num_classes = num_classes
+  m.width_scale = width_scale
+  if fmt == 'torchvision':
+    m.variant = 'torchvision'
+    m.towers = 1
+    m.lrn.enabled = False
+    m.conv1_padding = 'torchvision'
+    m.bias_init = 0.0
+    d.mean = (0.485, 0.456, 0.406)
+    d.std = (0.229, 0.224, 0.225)
+  else:
+    m.variant = 'paper'
+    m.towers = 2
+    m.conv1_padding = 'caffe'
+    m.lrn.update(dict(enabled=True, k=1.0, n=5, alpha=1e-4, beta=0.75,
+                      alpha_over_n=True, across_towers=True))
+    m.bias_init = 0.1
+    d.mean = (123.0 / 255, 117.0 / 255, 104.0 / 255)  # RGB order, [0, 1]
+    d.std = (1 / 255, 1 / 255, 1 / 255)
+  d.image_size = _PREPROCESSING[fmt]['image_size']
+  d.resize_size = _PREPROCESSING[fmt]['resize_size']
+  d.normalization = 'channel'
+  return config
+
+
+# --- Safe reading -------------------------------------------------------------
+
+def _numpy_reconstruct():
+  try:
+    from numpy._core.multiarray import _reconstruct  # numpy >= 2
+  except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+  return _reconstruct
+
+
+# The only globals a pickled dict/list of numpy arrays refers to: how an
+# ndarray and its dtype rebuild themselves (module names of numpy 1 and 2).
+_ALLOWED_GLOBALS = {
+    ('numpy', 'ndarray'): lambda: np.ndarray,
+    ('numpy', 'dtype'): lambda: np.dtype,
+    ('numpy.core.multiarray', '_reconstruct'): _numpy_reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): _numpy_reconstruct,
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+  """Builds numpy arrays, dicts, lists and plain values; refuses the rest.
+
+  Any other class or function (os.system, builtins.eval, ...) is refused
+  before it is looked up, so nothing in the file can run.
+  """
+
+  def find_class(self, module, name):
+    make = _ALLOWED_GLOBALS.get((module, name))
+    if make is None:
+      raise pickle.UnpicklingError(
+          f'refusing to load {module}.{name}: a weight file may hold only '
+          'numpy arrays in dicts and lists')
+    return make()
+
+  def persistent_load(self, pid):
+    raise pickle.UnpicklingError('refusing a persistent id in a weight file')
+
+
+def _read_npy_dict(path) -> dict:
+  """The dict stored by `np.save(path, {...})`, read without running code."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'weight file {path} does not exist')
+  fmt = np.lib.format
+  with open(path, 'rb') as f:
+    try:
+      version = fmt.read_magic(f)
+      header = {(1, 0): fmt.read_array_header_1_0,
+                (2, 0): fmt.read_array_header_2_0}.get(version)
+      if header is None:
+        raise ValueError(f'unsupported .npy version {version}')
+      shape, _, dtype = header(f)
+    except ValueError as e:
+      raise WeightFileError(
+          f'{path} is not a .npy file ({e}); the caffe-npy format is '
+          "np.save('FILE.npy', {'conv1': [W, b], ...})") from None
+    if dtype != np.dtype(object) or shape != ():
+      raise WeightFileError(
+          f'{path} holds an array of shape {shape} and dtype {dtype}, not the '
+          "dict of layers np.save('FILE.npy', {'conv1': [W, b], ...}) writes")
+    try:
+      obj = _ArraysOnlyUnpickler(f, encoding='latin1').load()
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle raises any kind
+      raise WeightFileError(f'{path}: {e}') from None
+  if isinstance(obj, np.ndarray) and obj.shape == () and obj.dtype == object:
+    obj = obj.item()
+  if not isinstance(obj, dict):
+    raise WeightFileError(f'{path} holds a {type(obj).__name__}, not a dict '
+                          "{'conv1': [W, b], ..., 'fc8': [W, b]}")
+  return {k.decode('latin1') if isinstance(k, bytes) else k: v
+          for k, v in obj.items()}
+
+
+def _read_torch_state_dict(path) -> dict:
+  """A state_dict saved by torch.save, as numpy arrays; never runs code."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'weight file {path} does not exist')
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError('reading torchvision weights needs PyTorch: pip install '
+                      'torch==2.13.0 (see requirements-test.txt)') from None
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as e:
+    # torch's message suggests weights_only=False; keep only the reason.
+    reason = re.search(r'WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)', str(e))
+    raise WeightFileError(
+        f'{path} was refused by torch.load(weights_only=True) '
+        f'({reason.group(1) if reason else e}): only a state_dict of tensors '
+        '(torch.save(model.state_dict(), FILE)) is read, never code') from None
+  except Exception as e:  # noqa: BLE001 - torch raises many kinds
+    raise WeightFileError(f'{path} is not a torch.save file: {e}') from None
+  # Common wrappers: {'state_dict': ...}, {'model': ...}, DataParallel names.
+  for key in ('state_dict', 'model'):
+    if isinstance(state, dict) and isinstance(state.get(key), dict):
+      state = state[key]
+  if not isinstance(state, dict):
+    raise WeightFileError(f'{path} holds a {type(state).__name__}, not a '
+                          'state_dict (a dict of tensors)')
+  out = {}
+  for key, value in state.items():
+    if not isinstance(value, torch.Tensor):
+      raise WeightFileError(f'{path}: {key!r} is a {type(value).__name__}, '
+                            'not a tensor')
+    out[key.removeprefix('module.')] = value.detach().float().numpy()
+  return out
+
+
+# --- Layouts ------------------------------------------------------------------
+
+def _check_layout(path, got: dict, expected: dict):
+  """Every expected key present with its shape, and nothing else."""
+  problems = []
+  for key, shape in expected.items():
+    if key not in got:
+      problems.append(f'missing {key!r} (expected shape {shape})')
+    elif tuple(np.shape(got[key])) != shape:
+      problems.append(f'{key!r} has shape {tuple(np.shape(got[key]))}, '
+                      f'expected {shape}')
+  extra = sorted(set(got) - set(expected))
+  if extra:
+    problems.append(f'unexpected keys {", ".join(map(repr, extra))}')
+  if problems:
+    raise WeightFileError(f'{path} does not hold the expected AlexNet '
+                          f'weights: {"; ".join(problems)}')
+
+
+def _num_classes(value, default=1000):
+  shape = np.shape(value) if value is not None else ()
+  return int(shape[0]) if len(shape) == 1 and shape[0] > 0 else default
+
+
+def _towers(a, towers):
+  """[..., out] -> [towers, ..., out / towers]: tower t = out block t."""
+  a = np.asarray(a, np.float32)
+  split = a.reshape(*a.shape[:-1], towers, a.shape[-1] // towers)
+  return np.moveaxis(split, -2, 0)
+
+
+def _finish(fmt, path, params, num_classes, width_scale):
+  config = config_for(fmt, num_classes=num_classes, width_scale=width_scale)
+  module = model_lib.from_config(config.model)
+  size = config.data.image_size
+  # Self-check: the tree is exactly what the model builds (free: no compute).
+  want = jax.eval_shape(lambda: module.init(
+      jax.random.key(0), jnp.zeros((1, size, size, 3))))['params']
+  want = jax.tree_util.tree_map(lambda s: s.shape, want)
+  got = jax.tree_util.tree_map(np.shape, params)
+  if want != got:
+    raise WeightFileError(f'{path}: converted parameters {got} do not fit '
+                          f'the model {want}')
+  return module, {'params': jax.tree_util.tree_map(jnp.asarray, params)}
+
+
+_TV_CONVS = ('features.0', 'features.3', 'features.6', 'features.8',
+             'features.10')
+_TV_KERNELS = (11, 5, 3, 3, 3)
+
+
+def _torchvision_layout(num_classes, width_scale):
+  c = model_lib.widths_for('torchvision', 1, width_scale)
+  expected = {}
+  cin = 3
+  for name, k, cout in zip(_TV_CONVS, _TV_KERNELS, c[:5]):
+    expected[f'{name}.weight'] = (cout, cin, k, k)
+    expected[f'{name}.bias'] = (cout,)
+    cin = cout
+  for name, din, dout in (('classifier.1', c[4] * 36, c[5]),
+                          ('classifier.4', c[5], c[6]),
+                          ('classifier.6', c[6], num_classes)):
+    expected[f'{name}.weight'] = (dout, din)
+    expected[f'{name}.bias'] = (dout,)
+  return expected
+
+
+def from_torchvision(path, *, width_scale: float = 1.0):
+  """(model, variables) from a torchvision alexnet state_dict (torch.save).
+
+  num_classes is read from classifier.6 (a fine-tuned head works);
+  width_scale < 1 reads a proportionally narrower model (tests).
+  """
+  sd = _read_torch_state_dict(path)
+  num_classes = _num_classes(sd.get('classifier.6.bias'))
+  _check_layout(path, sd, _torchvision_layout(num_classes, width_scale))
+  params = {}
+  for i, name in enumerate(_TV_CONVS):
+    w = sd[f'{name}.weight'].transpose(2, 3, 1, 0)     # OIHW -> HWIO
+    params[f'conv{i + 1}'] = dict(kernel=w[None], bias=sd[f'{name}.bias'][None])
+  # fc6: torchvision flattens pool5 as (C, H, W); the model as (H, W, C).
+  w6 = sd['classifier.1.weight'].T                     # [C*6*6, 4096]
+  c5 = w6.shape[0] // 36
+  w6 = w6.reshape(c5, 6, 6, -1).transpose(1, 2, 0, 3).reshape(36 * c5, -1)
+  params['fc6'] = dict(kernel=w6[None], bias=sd['classifier.1.bias'][None])
+  params['fc7'] = dict(kernel=sd['classifier.4.weight'].T[None],
+                       bias=sd['classifier.4.bias'][None])
+  params['fc8'] = dict(kernel=sd['classifier.6.weight'].T,
+                       bias=sd['classifier.6.bias'])
+  return _finish('torchvision', path, params, num_classes, width_scale)
+
+
+_CAFFE_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
+                 'fc8')
+
+
+def _caffe_layout(num_classes, width_scale):
+  c1, c2, c3, c4, c5, f6, f7 = model_lib.widths_for('paper', 2, width_scale)
+  shapes = {
+      'conv1': (11, 11, 3, c1),
+      'conv2': (5, 5, c1 // 2, c2),      # group 2: half the inputs per group
+      'conv3': (3, 3, c2, c3),
+      'conv4': (3, 3, c3 // 2, c4),      # group 2
+      'conv5': (3, 3, c4 // 2, c5),      # group 2
+      'fc6': (6 * 6 * c5, f6),
+      'fc7': (f6, f7),
+      'fc8': (f7, num_classes),
+  }
+  expected = {}
+  for name, shape in shapes.items():
+    expected[f'{name}/W'] = shape
+    expected[f'{name}/b'] = (shape[-1],)
+  return expected
+
+
+def _caffe_flat(path, layers: dict) -> dict:
+  """{'conv1': [W, b]} (or {'weights': W, 'biases': b}) -> {'conv1/W': W}."""
+  flat = {}
+  for name, value in layers.items():
+    if isinstance(value, dict) and set(value) == {'weights', 'biases'}:
+      value = [value['weights'], value['biases']]
+    if not (isinstance(value, (list, tuple)) and len(value) == 2):
+      raise WeightFileError(f'{path}: layer {name!r} must be [W, b], got '
+                            f'{type(value).__name__}')
+    for part, array in zip(('W', 'b'), value):
+      if not isinstance(array, np.ndarray):
+        raise WeightFileError(f'{path}: {name!r} {part} is a '
+                              f'{type(array).__name__}, not a numpy array')
+      flat[f'{name}/{part}'] = array
+  return flat
+
+
+def from_caffe_npy(path, *, width_scale: float = 1.0):
+  """(model, variables) from the Caffe bvlc_alexnet port's .npy dict.
+
+  The grouped layers' two groups become the model's two towers (group g's
+  kernels are columns [g*out/2, (g+1)*out/2) of W, and read group g's
+  inputs, exactly a tower). num_classes is read from fc8.
+  """
+  flat = _caffe_flat(path, _read_npy_dict(path))
+  num_classes = _num_classes(flat.get('fc8/b'))
+  _check_layout(path, flat, _caffe_layout(num_classes, width_scale))
+  params = {}
+  for name in _CAFFE_LAYERS[:-1]:
+    params[name] = dict(kernel=_towers(flat[f'{name}/W'], 2),
+                        bias=_towers(flat[f'{name}/b'], 2))
+  params['fc8'] = dict(kernel=np.asarray(flat['fc8/W'], np.float32),
+                       bias=np.asarray(flat['fc8/b'], np.float32))
+  return _finish('caffe-npy', path, params, num_classes, width_scale)
+
+
+# --- Everything an export needs -----------------------------------------------
+
+@dataclasses.dataclass
+class Imported:
+  model: object
+  variables: dict
+  config: ml_collections.ConfigDict
+  preprocessing: dict
+  class_names: list
+
+
+def load(fmt: str, path, *, width_scale: float = 1.0) -> Imported:
+  """The model plus its config, preprocessing and class names."""
+  _check_format(fmt)
+  reader = from_torchvision if fmt == 'torchvision' else from_caffe_npy
+  module, variables = reader(path, width_scale=width_scale)
+  num_classes = module.num_classes
+  return Imported(module, variables,
+                  config_for(fmt, num_classes=num_classes,
+                             width_scale=width_scale),
+                  preprocessing(fmt), class_names(num_classes))

@@ -1,0 +1,1 @@
+"""The PyTorch twins of the models: tests and benchmarks only (imports torch)."""
