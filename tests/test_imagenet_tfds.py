@@ -17,7 +17,7 @@ from alexnet_jax.core import preprocess
 from alexnet_jax.core import tfds_source
 from alexnet_jax.configs import paper
 
-WNIDS = (pathlib.Path(input_pipeline.__file__).parent / 'data' /
+WNIDS = (pathlib.Path(input_pipeline.__file__).parents[1] / 'assets' /
          'imagenet_wnids.txt').read_text().split()
 TRAIN_WNIDS = ('n01440764', 'n01443537', 'n15075141')
 NUM_VAL = 4

@@ -12,7 +12,7 @@ import pytest
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.configs import paper
 
-MINI = pathlib.Path(input_pipeline.__file__).parent / 'data' / 'cifar10_mini'
+MINI = pathlib.Path(input_pipeline.__file__).parents[1] / 'assets' / 'cifar10_mini'
 CIFAR10 = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
            'horse', 'ship', 'truck')
 
@@ -255,7 +255,7 @@ def test_shared_imagenet_samples_folder(shared_datasets):
   root = shared_datasets / 'imagenet-samples'
   c = _config(f'folder:{root}', batch=4, size=224, resize=256)
   info = input_pipeline.get_info(c)
-  wnids = (pathlib.Path(input_pipeline.__file__).parent / 'data' /
+  wnids = (pathlib.Path(input_pipeline.__file__).parents[1] / 'assets' /
            'imagenet_wnids.txt').read_text().split()
   assert info.class_names == tuple(wnids)
   batches = list(input_pipeline.eval_iterator(c, 'val[:6]'))

@@ -31,7 +31,7 @@ import time
 import numpy as np
 from PIL import Image
 
-DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / 'shared' / (
+DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[3] / 'shared' / (
     'datasets/imagenet-samples')
 
 
