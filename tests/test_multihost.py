@@ -1,14 +1,15 @@
 """Two processes with jax.distributed on 127.0.0.1 (gloo CPU collectives).
 
 Each process simulates 2 CPU devices and feeds its half of every global
-batch; after a few SGD steps in the 2x2 hybrid mode (each process holds both
-towers of one data replica; gradients are summed across processes), in
-4-way jit data parallelism and in 4-way pmap, both processes hold the
-parameters one device gets from the whole batches. The processes run under a deadline and are
-killed on the way out; a dead peer fails the run at once.
+batch to the trainer's step (train.make_train_step, dropout on) in the 2x2
+hybrid mode (each process holds both towers of one data replica; gradients
+are summed across processes), in 4-way jit data parallelism and in 4-way
+pmap. After a few steps both processes hold the parameters one device gets
+from the whole batches, each data shard drawing its own dropout masks. The
+processes run under a deadline and are killed on the way out; a dead peer
+fails the run at once.
 """
 
-import functools
 import os
 import pathlib
 import socket
@@ -20,13 +21,11 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.core import model as model_lib
-from alexnet_jax.core import parallel
-from test_parallel import STEP_SIZE, TX, _batch, _close, _config, \
-    _initial_state, sgd_step
+from test_parallel import STEP_SIZE, _batch, _close, initial_state, \
+    make_step, reference_step, run_steps
 
 WORKER = pathlib.Path(__file__).with_name('multihost_worker.py')
-DEADLINE_S = 300      # a healthy run takes well under a minute
+DEADLINE_S = 600      # about a minute when idle; minutes on a loaded host
 NUM_BATCHES = 2
 
 
@@ -82,38 +81,34 @@ def _tail(path, lines=30):
 
 
 def _inputs(tmp_path):
-  """The initial state and global batches, as the workers read them."""
-  state = _initial_state()
-  flat = {'state/' + '/'.join(str(k.key) for k in path): np.asarray(x)
-          for path, x in jax.tree_util.tree_flatten_with_path(
-              dict(step=state['step'], rng=state['rng'],
-                   params=state['params']))[0]}
+  """The global batches, as the workers read them."""
   batches = [_batch(20 + i, size=STEP_SIZE) for i in range(NUM_BATCHES)]
+  flat = {}
   for i, b in enumerate(batches):
     flat[f'image{i}'], flat[f'label{i}'] = b['image'], b['label']
   path = tmp_path / 'inputs.npz'
   np.savez(path, num_batches=NUM_BATCHES, **flat)
-  return path, state, batches
+  return path, batches
+
+
+# Data shards of each mode over the two processes' four devices.
+DATA_SHARDS = {'hybrid': 2, 'jit': 4, 'pmap': 4}
 
 
 def test_two_processes_end_with_the_single_device_params(tmp_path):
-  inputs, state, batches = _inputs(tmp_path)
+  inputs, batches = _inputs(tmp_path)
   address = f'127.0.0.1:{_free_port()}'
   prefix = tmp_path / 'params'
   run_processes([(inputs, prefix, address, 2, pid) for pid in range(2)],
                 tmp_path)
 
-  # The reference: one device, whole batches, same steps.
-  c = _config('single', dropout=0.0)
-  par = parallel.Parallel(c, model_lib.from_config(c.model))
-  step = par.jit_step(functools.partial(sgd_step, apply_fn=par.apply, tx=TX))
-  ref = par.place_state(state)
-  for b in batches:
-    ref, _ = step(ref, par.shard_batch(b))
-  ref = par.to_host(ref['params'])
-  flat_ref = {'/'.join(k.key for k in path): x for path, x in
-              jax.tree_util.tree_flatten_with_path(ref)[0]}
-  for mode in ('hybrid', 'jit', 'pmap'):
+  # The reference: one device, whole batches, each data shard's dropout.
+  single = make_step('single')
+  for mode, shards in DATA_SHARDS.items():
+    ref, _ = run_steps(single, reference_step(single, shards),
+                       initial_state(single), batches)
+    flat_ref = {'/'.join(k.key for k in path): x for path, x in
+                jax.tree_util.tree_flatten_with_path(ref.params)[0]}
     for pid in range(2):
       got = dict(np.load(f'{prefix}.{mode}.{pid}.npz'))
       assert got.keys() == flat_ref.keys()
@@ -121,7 +116,7 @@ def test_two_processes_end_with_the_single_device_params(tmp_path):
 
 
 def test_a_dead_peer_fails_the_run_quickly(tmp_path):
-  inputs, _, _ = _inputs(tmp_path)
+  inputs, _ = _inputs(tmp_path)
   address = f'127.0.0.1:{_free_port()}'
   start = time.monotonic()
   with pytest.raises(PeerFailed, match='worker 1 exited with code 3'):

@@ -1,9 +1,10 @@
 """Device parallelism on 4 simulated CPU devices (tests/conftest.py).
 
 The reference for every parallel mode is the same model on one device: the
-model-parallel forward and gradients, and a few SGD steps in every mode,
-must reproduce it. The compiled train step's collectives are checked against
-a list written here with the reason for each, so an extra one fails.
+model-parallel forward and gradients, and a few steps of the trainer's own
+step (train.make_train_step, dropout on) in every mode, must reproduce it.
+The compiled train step's collectives are checked against a list written
+here with the reason for each, so an extra one fails.
 """
 
 import collections
@@ -18,6 +19,7 @@ import pytest
 
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import parallel
+from alexnet_jax.core import train
 from alexnet_jax.core.config_checks import ConfigError
 from alexnet_jax.configs import paper
 
@@ -43,6 +45,7 @@ def _config(mode='single', *, classes=CLASSES, dropout=0.5):
   c.model.num_classes = classes
   c.model.conv1_padding = 'caffe'
   c.model.dropout = dropout
+  c.data.name = 'fake'     # no dataset: the step needs only its sizes
   c.data.image_size = SIZE
   c.optim.batch_size = BATCH
   data, model, dp = MODES[mode]
@@ -238,78 +241,127 @@ def test_odd_class_count_replicates_fc8():
       jax.jit(functools.partial(grad, m.apply))(variables))
 
 
-# ----------------------------------------------- SGD steps in each mode ---
+# -------------------------------------- the trainer's step in each mode ---
 
-
-def sgd_step(state, batch, *, apply_fn, tx, axis_name=None):
-  """SGD with momentum on mean cross-entropy; pmap passes axis_name."""
-  def loss_fn(params):
-    logits = apply_fn({'params': params}, batch['image'], train=True,
-                      rngs={'dropout': jax.random.fold_in(state['rng'],
-                                                          state['step'])})
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch['label']).mean()
-
-  loss, grads = jax.value_and_grad(loss_fn)(state['params'])
-  if axis_name is not None:
-    grads = jax.lax.pmean(grads, axis_name)
-    loss = jax.lax.pmean(loss, axis_name)
-  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-  return dict(state, step=state['step'] + 1, opt_state=opt_state,
-              params=optax.apply_updates(state['params'], updates)), loss
-
-
-TX = optax.sgd(0.05, momentum=0.9)
 STEP_SIZE = 67  # smaller images for the step tests (fc6 reads 1x1)
+# Cosine over four steps: the lr changes every step, so the lr each mode's
+# step writes into its optimiser state is compared too.
+SIZES = train.Plan(num_train_examples=4 * BATCH, steps_per_epoch=4.0,
+                   total_steps=4)
+# Modes whose data shards each draw their own dropout masks (the key folded
+# with the shard's index), unlike one device drawing them for the batch.
+DATA_SHARDS = {'single': 1, 'model': 1, 'jit': 2, 'pmap': 2, 'hybrid': 2}
+
+
+def step_config(mode, *, dropout=0.5):
+  c = _config(mode, dropout=dropout)
+  c.optim.lr = 0.05
+  c.optim.schedule = 'cosine'
+  return c
+
+
+def make_step(mode, *, dropout=0.5, config=None):
+  """The trainer's step (train.make_train_step) for the tiny model."""
+  c = config or step_config(mode, dropout=dropout)
+  return train.make_train_step(c, model_lib.from_config(c.model),
+                               sizes=SIZES)
+
+
+def initial_state(step):
+  """The trainer's initial state on the host, with _variables' params."""
+  return jax.tree.map(np.asarray, step.init_state(
+      _variables(size=STEP_SIZE)['params']))
+
+
+def reference_step(step, shards):
+  """`step`'s update on one device, with `shards` data shards' dropout.
+
+  Shard i of the batch (its i-th 1/shards) gets dropout key fold_in(key, i),
+  as parallel.py and train_step's pmap path give each data shard; the loss
+  is the mean over the whole batch, as theirs.
+  """
+  model = step.par.model
+
+  def apply(variables, images, *, train, rngs):
+    return jnp.concatenate([
+        model.apply(variables, x, train=train,
+                    rngs={k: jax.random.fold_in(r, i) for k, r in
+                          rngs.items()})
+        for i, x in enumerate(jnp.split(images, shards))])
+
+  return jax.jit(functools.partial(train.train_step, apply_fn=apply,
+                                   tx=step.tx, lr_fn=step.lr_fn))
+
+
+def run_steps(step, fn, host_state, batches):
+  """(final host state, [host metrics of each step]) of fn from host_state."""
+  par = step.par
+  state = par.place_state(host_state)
+  metrics = []
+  for b in batches:
+    state, m = fn(state, par.shard_batch(b))
+    metrics.append(par.to_host(m.compute()))
+  return par.to_host(state), metrics
 
 
 @pytest.fixture(scope='module')
-def runners():
-  """{mode: (Parallel, compiled step)} for a dropout-free tiny model.
-
-  Dropout is off here: with several data shards each draws its own mask,
-  which cannot equal the one-device mask of the whole batch.
-  """
-  out = {}
-  for mode in MODES:
-    c = _config(mode, dropout=0.0)
-    m = model_lib.from_config(c.model)
-    par = parallel.Parallel(c, m)
-    out[mode] = par, par.jit_step(functools.partial(
-        sgd_step, apply_fn=par.apply, tx=TX))
-  return out
+def steps():
+  """{mode: the trainer's step}, dropout on (rate 0.5)."""
+  return {mode: make_step(mode) for mode in MODES}
 
 
-def _initial_state():
-  params = _variables(size=STEP_SIZE)['params']
-  return jax.tree.map(np.asarray, dict(
-      step=np.zeros((), np.int32), rng=jax.random.PRNGKey(5), params=params,
-      opt_state=TX.init(params)))
-
-
-def test_sgd_steps_end_with_the_same_params_in_every_mode(runners):
+@functools.cache
+def _reference(shards):
+  step = make_step('single')
+  fn = step if shards == 1 else reference_step(step, shards)
   batches = [_batch(10 + i, size=STEP_SIZE) for i in range(3)]
-  finals, losses = {}, {}
-  for mode, (par, step) in runners.items():
-    state = par.place_state(_initial_state())
-    losses[mode] = []
-    for b in batches:
-      state, loss = step(state, par.shard_batch(b))
-      losses[mode].append(float(loss))
-    finals[mode] = par.to_host(state)
-    # The state keeps its layout across steps (no silent resharding).
-    if par.model_size == 2:
-      kernel = state['opt_state'][0].trace['conv2']['kernel']
-      assert kernel.sharding.spec == jax.P('model')
-  ref = finals.pop('single')
-  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), ref['params'],
-                       _initial_state()['params'])
+  return batches, run_steps(step, fn, initial_state(step), batches)
+
+
+@pytest.mark.parametrize('mode', [m for m in MODES if m != 'single'])
+def test_trainer_step_in_each_mode_equals_one_device(steps, mode):
+  """Three steps from the same state end in the same state and metrics.
+
+  Dropout is on: two towers draw the one-device masks; modes with data
+  shards are compared with one device drawing each shard's own masks.
+  """
+  step = steps[mode]
+  assert step.par.mode == mode
+  batches, (want, want_metrics) = _reference(DATA_SHARDS[mode])
+  init = initial_state(step)
+  placed = step.par.place_state(init)
+  specs = jax.tree.map(lambda x: x.sharding.spec, placed)
+  state = placed
+  got_metrics = []
+  for b in batches:
+    state, m = step(state, step.par.shard_batch(b))
+    got_metrics.append(step.par.to_host(m.compute()))
+  if mode != 'pmap':  # the state keeps its layout (no silent resharding)
+    assert jax.tree.map(lambda x: x.sharding.spec, state) == specs
+  got = step.par.to_host(state)
+  assert int(got.step) == 3
+  _close(got.params, want.params, atol=1e-6, rtol=1e-4)
+  _close(got.opt_state, want.opt_state, atol=1e-6, rtol=1e-4)
+  for g, w in zip(got_metrics, want_metrics):
+    assert g.keys() == w.keys() == {'loss', 'top1_error', 'top5_error',
+                                    'learning_rate', 'grad_norm',
+                                    'param_norm'}
+    _close(g, w, rtol=1e-5)
+  lrs = [float(m['learning_rate']) for m in got_metrics]
+  assert lrs[0] == pytest.approx(0.05) and lrs[0] > lrs[1] > lrs[2]
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), want.params,
+                       init.params)
   assert min(jax.tree.leaves(moved)) > 1e-4
-  for mode, final in finals.items():
-    _close(final['params'], ref['params'], atol=1e-6, rtol=1e-4)
-    _close(final['opt_state'], ref['opt_state'], atol=1e-6, rtol=1e-4)
-    _close(losses[mode], losses['single'], rtol=1e-5)
-    assert int(final['step']) == 3
+
+
+def test_data_shards_draw_their_own_dropout_masks():
+  """The per-shard reference differs from one device's masks, so the
+  comparison above tells the two apart."""
+  _, (one_device, _) = _reference(1)
+  _, (per_shard, _) = _reference(2)
+  diff = jax.tree.map(lambda a, b: np.abs(a - b).max(), one_device.params,
+                      per_shard.params)
+  assert max(jax.tree.leaves(diff)) > 1e-3
 
 
 # ------------------------------------------- the compiled collectives -----
@@ -319,21 +371,44 @@ _COLLECTIVE = re.compile(
     r'collective-permute|all-to-all|collective-broadcast)(?:-start)?\(')
 
 
-def _axis_of(line, par):
-  """The mesh axis a collective's replica groups span ('data'/'model')."""
+def _replica_groups(line):
+  """A collective's replica groups as tuples of device ids.
+
+  XLA prints them either as a list, replica_groups={{0,1},{2,3}}, or in
+  the compact mesh form, replica_groups=mesh['axis_0'=2,'axis_1'=2],
+  device_ids=([2,2]T(1,0)) {'axis_1'}: the devices (an iota, reshaped and
+  transposed as device_ids says) laid out on those axes, grouped along the
+  axes in braces.
+  """
   m = re.search(r'replica_groups=\{(\{[\d,]+\}(?:,\{[\d,]+\})*)\}', line)
-  if not m:
-    # XLA's compact form names the partitioner's own axes; the modes that
-    # produce it (jit data parallel) have only the data axis.
-    assert par.model_size == 1, line
-    return 'data'
-  groups = [tuple(map(int, g.split(','))) for g in
+  if m:
+    return [tuple(map(int, g.split(','))) for g in
             re.findall(r'\{([\d,]+)\}', m.group(1))]
-  pos = {d.id: idx for idx, d in np.ndenumerate(par.mesh.devices)}
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:, device_ids=\(\[([\d,]+)"
+                r"\](?:T\(([\d,]+)\))?\))? \{([^}]*)\}", line)
+  assert m, line
+  axes = re.findall(r"'(\w+)'=(\d+)", m.group(1))
+  names, sizes = [a for a, _ in axes], [int(n) for _, n in axes]
+  ids = np.arange(int(np.prod(sizes)))
+  if m.group(2):
+    ids = ids.reshape([int(d) for d in m.group(2).split(',')])
+    if m.group(3):
+      ids = ids.transpose([int(d) for d in m.group(3).split(',')])
+  ids = ids.reshape(sizes)
+  grouped = [names.index(a) for a in re.findall(r"'(\w+)'", m.group(4))]
+  kept = [i for i in range(len(sizes)) if i not in grouped]
+  ids = ids.transpose(kept + grouped).reshape(
+      -1, int(np.prod([sizes[i] for i in grouped])))
+  return [tuple(int(i) for i in g) for g in ids]
+
+
+def _axis_of(line, par):
+  """The mesh axes a collective's replica groups span ('data'/'model')."""
   if par.data_parallel == 'pmap':
     return 'data'
+  pos = {d.id: idx for idx, d in np.ndenumerate(par.mesh.devices)}
   spans = set()
-  for g in groups:
+  for g in _replica_groups(line):
     coords = np.array([pos[i] for i in g])
     spans |= {('data', 'model')[a] for a in range(2)
               if len(set(coords[:, a])) > 1}
@@ -385,15 +460,29 @@ MODEL_SCATTERS = [
 ]
 
 
-def test_train_step_collectives_are_exactly_the_expected_ones(runners):
-  state0 = _initial_state()
-  params = state0['params']
+# What the trainer's step adds to the collectives beyond forward and backward.
+NUM_LEAVES = 16      # params: conv1-5, fc6-8 kernels and biases
+# The per-leaf sums of squares of the gradient and parameter norms, where
+# the leaves are split over towers (every leaf is: fc8 too, 10 classes).
+NORM_PARTIALS = 2 * NUM_LEAVES
+# The partial sums of the loss, top-1 and top-5 errors over a data shard.
+METRIC_PARTIALS = 3
+# pmap: CLU's gather_from_model_output gathers the metric collection's
+# per-device scalars: six totals and the counts XLA did not fold away (the
+# counts are constants), at most twelve.
+PMAP_METRIC_GATHERS = range(6, 13)
+
+
+def test_train_step_collectives_are_exactly_the_expected_ones(steps):
+  params = initial_state(steps['single']).params
   n_params = sum(x.size for x in jax.tree.leaves(params))
+  assert len(jax.tree.leaves(params)) == NUM_LEAVES
+  model_par = steps['model'].par
   n_local = sum(int(np.prod(
-      jax.sharding.NamedSharding(runners['model'][0].mesh, spec)
+      jax.sharding.NamedSharding(model_par.mesh, spec)
       .shard_shape(x.shape))) for x, spec in zip(
           jax.tree.leaves(params),
-          jax.tree.leaves(runners['model'][0].specs(params))))
+          jax.tree.leaves(model_par.specs(params))))
   assert n_local * 2 == n_params          # fc8's 10 classes split too
 
   expected = {
@@ -401,31 +490,40 @@ def test_train_step_collectives_are_exactly_the_expected_ones(runners):
       'model': (
           [('all-gather', 'model', f(BATCH)) for f, _ in MODEL_GATHERS]
           + [('reduce-scatter', 'model', f(BATCH)) for f, _ in MODEL_SCATTERS]
-          # No all-reduce: both towers see the whole batch, and every device
-          # computes the loss from the same gathered logits.
+          # Both towers see the whole batch and compute the loss and errors
+          # from the same gathered logits: over `model` only the norms'
+          # per-leaf partial sums.
+          + [('all-reduce', 'model', NORM_PARTIALS)]
       ),
       'hybrid': (
           [('all-gather', 'model', f(BATCH // 2)) for f, _ in MODEL_GATHERS]
           + [('reduce-scatter', 'model', f(BATCH // 2))
              for f, _ in MODEL_SCATTERS]
-          # One all-reduce over data: the gradients of this device's tower
-          # parameters and fc8 half (n_local numbers), summed over the two
-          # data shards, and the loss's partial sums (1 number).
-          + [('all-reduce', 'data', n_local + 1)]
+          # Over data: the gradients of this device's tower parameters and
+          # fc8 half (n_local numbers), summed over the two data shards, and
+          # the metrics' partial sums.
+          + [('all-reduce', 'data', n_local + METRIC_PARTIALS),
+             ('all-reduce', 'model', NORM_PARTIALS)]
       ),
-      # Data parallel: the gradients of every parameter and the loss,
-      # summed over the data axis; nothing else (in particular no gathered
-      # batch, which XLA's partitioner would need to split ops.conv2d's
-      # per-image scan: parallel.py runs the forward per device instead).
-      'jit': [('all-reduce', 'data', n_params + 1)],
-      'pmap': [('all-reduce', 'data', n_params + 1)],
+      # Data parallel: the gradients of every parameter and the metrics'
+      # partial sums, over the data axis; nothing else (in particular no
+      # gathered batch, which XLA's partitioner would need to split
+      # ops.conv2d's per-image scan: parallel.py runs the forward per
+      # device instead). The norms read the summed gradients.
+      'jit': [('all-reduce', 'data', n_params + METRIC_PARTIALS)],
+      'pmap': [('all-reduce', 'data', n_params)],
   }
   batch = _batch(0, size=STEP_SIZE)
-  for mode, (par, step) in runners.items():
-    found = collectives(par, step, par.place_state(state0),
+  for mode, step in steps.items():
+    par = step.par
+    found = collectives(par, step, par.place_state(initial_state(step)),
                         par.shard_batch(batch))
     reduces = [(k, a, s) for k, a, s in found if k == 'all-reduce']
     others = sorted((k, a, s) for k, a, s in found if k != 'all-reduce')
+    if mode == 'pmap':
+      gathers = [e for e in others if e == ('all-gather', 'data', (2,))]
+      assert len(gathers) in PMAP_METRIC_GATHERS, others
+      others = [e for e in others if e not in gathers]
     want_reduces = [e for e in expected[mode] if e[0] == 'all-reduce']
     want_others = sorted(e for e in expected[mode] if e[0] != 'all-reduce')
     assert others == want_others, mode
@@ -484,28 +582,34 @@ def test_device_bytes_of_placed_state_are_half(tiny):
   assert sorted(per_device.values()) == [whole // 2, whole // 2]
 
 
-def test_state_written_under_one_mesh_restores_under_another(runners):
-  state = _initial_state()
+def test_state_written_under_one_mesh_restores_under_another(steps):
+  step = steps['model']
+  par = step.par
   batch = _batch(3, size=STEP_SIZE)
-  par, step = runners['model']
-  trained, _ = step(par.place_state(state), par.shard_batch(batch))
+  trained, _ = step(par.place_state(initial_state(step)),
+                    par.shard_batch(batch))
   host = par.to_host(trained)            # what a checkpoint stores
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(host))
   for mode in ('single', 'hybrid', 'pmap'):
-    other, other_step = runners[mode]
-    placed = other.place_state(host)
-    _close(other.to_host(placed), host, rtol=0, atol=0)
-    # ...and training continues there exactly as it would have here.
-    mine, _ = step(par.place_state(host), par.shard_batch(batch))
-    theirs, _ = other_step(placed, other.shard_batch(batch))
-    _close(other.to_host(theirs)['params'], par.to_host(mine)['params'],
+    other = steps[mode]
+    placed = other.par.place_state(host)
+    _close(other.par.to_host(placed), host, rtol=0, atol=0)
+    # ...and training continues there as it would on one device (drawing
+    # that mode's dropout masks).
+    theirs, _ = other(placed, other.par.shard_batch(batch))
+    shards = DATA_SHARDS[mode]
+    ref = steps['single'] if shards == 1 else reference_step(step, shards)
+    single = steps['single'].par
+    mine, _ = ref(single.place_state(host), single.shard_batch(batch))
+    _close(other.par.to_host(theirs).params, single.to_host(mine).params,
            atol=1e-6, rtol=1e-4)
 
 
-def test_pmap_metrics_come_back_unstacked(runners):
-  par, step = runners['pmap']
-  state = par.place_state(_initial_state())
-  assert state['params']['fc8']['kernel'].shape[0] == 2   # one per device
-  state, loss = step(state, par.shard_batch(_batch(0, size=STEP_SIZE)))
-  assert np.shape(loss) == ()
-  assert par.to_host(state)['params']['fc8']['kernel'].shape == (256, 10)
+def test_pmap_metrics_come_back_unstacked(steps):
+  step = steps['pmap']
+  state = step.par.place_state(initial_state(step))
+  assert state.params['fc8']['kernel'].shape[0] == 2   # one per device
+  state, m = step(state, step.par.shard_batch(_batch(0, size=STEP_SIZE)))
+  assert all(np.shape(x) == () for x in jax.tree.leaves(m))
+  assert m.loss.count == BATCH          # every device's examples
+  assert step.par.to_host(state).params['fc8']['kernel'].shape == (256, 10)

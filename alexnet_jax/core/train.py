@@ -3,7 +3,9 @@
 Data flows one way: config -> Parallel (mesh) -> input batches + model ->
 train step -> metrics (CLU) and checkpoints (Orbax). The step functions are
 pure and module-level; parallel.py decides how they run (jit with
-shardings, or pmap, where they receive `axis_name`).
+shardings, or pmap, where they receive `axis_name`). `make_train_step` builds
+the compiled train step; training, the benchmarks and the tests all get
+theirs from it.
 
 Exact resume: batch k is a pure function of (config.train.seed, k) (see
 input_pipeline.train_iterator), the dropout key of step k is folded from
@@ -65,8 +67,15 @@ def cross_entropy(logits, labels):
 
 def train_step(state: TrainState, batch, *, apply_fn: Callable,
                tx: optax.GradientTransformation, lr_fn: Callable,
-               axis_name: str | None = None):
-  """One SGD step. batch: image f32[B, H, W, 3], label int32[B]."""
+               axis_name: str | None = None, bare: bool = False):
+  """One SGD step. batch: image f32[B, H, W, 3], label int32[B].
+
+  Returns the new state and its TrainMetrics (top-1/top-5 errors, the
+  learning rate, gradient and parameter norms beside the loss). bare=True
+  leaves out everything but forward, backward and update (the lr stays
+  what the state holds) and returns the mean loss instead: only for
+  measuring what the rest costs (`benchmark overhead`).
+  """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:  # pmap: a different mask on every device
     dropout_rng = jax.random.fold_in(dropout_rng,
@@ -79,13 +88,21 @@ def train_step(state: TrainState, batch, *, apply_fn: Callable,
     return losses.mean(), (losses, logits)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, (losses, logits)), grads = grad_fn(state.params)
+  (loss, (losses, logits)), grads = grad_fn(state.params)
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
-  lr = lr_fn(state.step) * state.plateau['scale']
-  opt_state = optim.with_learning_rate(state.opt_state, lr)
+  opt_state = state.opt_state
+  if not bare:
+    lr = lr_fn(state.step) * state.plateau['scale']
+    opt_state = optim.with_learning_rate(opt_state, lr)
   updates, opt_state = tx.update(grads, opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            opt_state=opt_state)
+  if bare:
+    if axis_name is not None:
+      loss = jax.lax.pmean(loss, axis_name)
+    return new_state, loss
   top1, top5 = metrics_lib.topk_errors(logits, batch['label'])
   outputs = dict(loss=losses, top1_error=top1, top5_error=top5,
                  learning_rate=lr, grad_norm=optax.tree.norm(grads),
@@ -95,8 +112,6 @@ def train_step(state: TrainState, batch, *, apply_fn: Callable,
   else:
     metrics = metrics_lib.TrainMetrics.gather_from_model_output(
         axis_name=axis_name, **outputs)
-  new_state = state.replace(step=state.step + 1, params=params,
-                            opt_state=opt_state)
   return new_state, metrics
 
 
@@ -158,21 +173,81 @@ def plan(config, info) -> Plan:
   return Plan(examples, steps_per_epoch, total)
 
 
-def create_train_state(config, module, tx) -> TrainState:
+def create_train_state(config, module, tx, params=None) -> TrainState:
   """The initial state, on the host (unplaced).
 
-  Parameters are drawn with an 'rbg' key from config.train.seed: XLA:CPU
-  compiles threefry's init of the sixteen parameter arrays about 5x slower
-  (tens of seconds). Dropout keys stay threefry (`rng`), whose masks do not
-  depend on how the batch is sharded.
+  Parameters are drawn with an 'rbg' key from config.train.seed unless
+  `params` are given: XLA:CPU compiles threefry's init of the sixteen
+  parameter arrays about 5x slower (tens of seconds). Dropout keys stay
+  threefry (`rng`), whose masks do not depend on how the batch is sharded.
   """
-  init_rng = jax.random.key(config.train.seed, impl='rbg')
-  variables = model_lib.init(module, init_rng, config.data.image_size)
-  params = variables['params']
+  if params is None:
+    init_rng = jax.random.key(config.train.seed, impl='rbg')
+    variables = model_lib.init(module, init_rng, config.data.image_size)
+    params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params),
                     rng=jax.random.PRNGKey(config.train.seed),
                     plateau=jax.tree.map(jnp.asarray, optim.plateau_init()))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """The trainer's compiled step for one config, model and layout.
+
+  `step(state, batch) -> (state, TrainMetrics)` takes a placed state
+  (`par.place_state(step.init_state())`) and a placed batch
+  (`par.shard_batch`); the state is donated. Built by make_train_step.
+  """
+  config: ml_collections.ConfigDict
+  par: parallel.Parallel
+  tx: optax.GradientTransformation
+  lr_fn: Callable          # step -> lr before plateau drops
+  bare: bool
+  compiled: parallel.Step
+
+  def __call__(self, state, batch):
+    return self.compiled(state, batch)
+
+  def lower(self, state, batch):
+    return self.compiled.lower(state, batch)
+
+  def init_state(self, params=None) -> TrainState:
+    """The initial state on the host (see create_train_state)."""
+    return create_train_state(self.config, self.par.model, self.tx, params)
+
+
+def make_train_step(config, model, par=None, *, sizes: Plan | None = None,
+                    bare: bool = False) -> TrainStep:
+  """The train step training runs, for `model` laid out by `par`.
+
+  Training, the benchmarks, the profiling tools and the tests all build
+  their step here, so what they time and check is what trains.
+
+  Args:
+    config: the run's config (optim.* sets the update rule and schedule).
+    model: the Flax module (`model.from_config(config.model)`).
+    par: its parallel.Parallel; by default made from config and model.
+    sizes: the run's Plan, which the 'step' and 'cosine' schedules need;
+      by default computed from config.data (use data.name='fake' where no
+      dataset is at hand).
+    bare: forward, backward and update only (train_step's `bare`).
+  """
+  if par is None:
+    par = parallel.Parallel(config, model)
+  elif par.model != model:
+    raise ValueError('make_train_step: par was built for another model '
+                     f'({type(par.model).__name__}); pass the model it '
+                     'places, or par=None')
+  if sizes is None:
+    sizes = plan(config, input_pipeline.get_info(config))
+  tx = optim.make_optimizer(config.optim)
+  lr_fn = optim.base_schedule(config.optim,
+                              steps_per_epoch=sizes.steps_per_epoch,
+                              total_steps=sizes.total_steps)
+  compiled = par.jit_step(functools.partial(
+      train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn, bare=bare))
+  return TrainStep(config, par, tx, lr_fn, bare, compiled)
 
 
 def _host_state(par, state) -> dict:
@@ -282,9 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   module = model_lib.from_config(config.model)
   par = parallel.Parallel(config, module)
-  tx = optim.make_optimizer(config.optim)
-  lr_fn = optim.base_schedule(config.optim, steps_per_epoch=p.steps_per_epoch,
-                              total_steps=p.total_steps)
+  step_fn = make_train_step(config, module, par, sizes=p)
+  tx = step_fn.tx
   preprocessing = input_pipeline.preprocessing_from_config(config)
   metadata = checkpoint.make_metadata(
       config=config, preprocessing=preprocessing,
@@ -322,8 +396,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     if start_step == 0:
       writer.write_hparams(_flat_config(config))
 
-  step_fn = par.jit_step(functools.partial(
-      train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn))
   eval_fn = make_eval_fn(par)
   hooks = [periodic_actions.ReportProgress(
       num_train_steps=p.total_steps, writer=writer,
