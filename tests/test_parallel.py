@@ -269,8 +269,7 @@ def make_step(mode, *, dropout=0.5, config=None):
 
 def initial_state(step):
   """The trainer's initial state on the host, with _variables' params."""
-  return jax.tree.map(np.asarray, step.init_state(
-      _variables(size=STEP_SIZE)['params']))
+  return step.init_state(_variables(size=STEP_SIZE)['params'])
 
 
 def reference_step(step, shards):

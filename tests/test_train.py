@@ -24,6 +24,7 @@ from alexnet_jax.core import config_checks
 from alexnet_jax import evaluate
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import metrics as metrics_lib
+from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import train
 from alexnet_jax.configs import smoke
 
@@ -322,3 +323,121 @@ def test_ctrl_c_requests_a_save_and_a_second_one_interrupts():
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ------------------------------------------------- the trainer's step -----
+
+
+def test_loss_falls_on_the_smoke_data():
+  """The trainer's step makes progress: the smoke model (quarter width) on
+  64 of the smoke images, read by the training input pipeline, goes from
+  chance (ln 10 = 2.30) to well below it in 60 steps. Dropout is off so
+  the fall is the step's, not noise."""
+  config = smoke.get_config()
+  config.data.train_split = 'train[:64]'
+  config.model.dropout = 0.0
+  config.optim.schedule = 'constant'
+  config.train.num_train_steps = 60
+  step = train.make_train_step(config, model_lib.from_config(config.model))
+  par = step.par
+  state = par.place_state(step.init_state())
+  batches = input_pipeline.train_iterator(config)
+  losses = []
+  for _ in range(60):
+    state, m = step(state, par.shard_batch(next(batches)))
+    losses.append(float(m.compute()['loss']))
+  first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+  assert first == pytest.approx(math.log(10), abs=0.15)
+  assert last < 0.8 * math.log(10), losses
+
+
+def _params(module, image_size, seed=0):
+  """He-scaled NumPy parameters (no jitted init to compile)."""
+  shapes = jax.eval_shape(lambda: model_lib.init(
+      module, jax.random.PRNGKey(0), image_size))['params']
+  rng = np.random.default_rng(seed)
+
+  def draw(path, x):
+    if path[-1].key == 'bias':
+      return (0.1 * rng.normal(size=x.shape)).astype(np.float32)
+    fan_in = np.prod(x.shape[1:-1]) if x.ndim > 2 else x.shape[0]
+    return (rng.normal(size=x.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _batches(n, batch, size, classes=10, seed=3):
+  rng = np.random.default_rng(seed)
+  return [dict(image=rng.normal(size=(batch, size, size, 3)).astype(
+      np.float32), label=rng.integers(0, classes, batch).astype(np.int32))
+          for _ in range(n)]
+
+
+# Cosine over four steps: the lr changes every step.
+SIZES = train.Plan(num_train_examples=32, steps_per_epoch=4.0, total_steps=4)
+
+
+def test_bare_step_updates_exactly_like_the_trainers():
+  """`benchmark overhead` times the step with and without its metrics,
+  norms and lr write: both must do the same update."""
+  config = tiny_config(**{'optim.schedule': 'constant'})
+  module = model_lib.from_config(config.model)
+  full = train.make_train_step(config, module, sizes=SIZES)
+  bare = train.make_train_step(config, module, full.par, sizes=SIZES,
+                               bare=True)
+  par = full.par
+  host = full.init_state(_params(module, 64))
+  batch = par.shard_batch(_batches(1, 8, 64)[0])
+  state, metrics = full(par.place_state(host), batch)
+  bare_state, loss = bare(par.place_state(host), batch)
+  assert np.shape(loss) == ()
+  assert float(loss) == pytest.approx(float(metrics.compute()['loss']),
+                                      rel=1e-6)
+  for a, b in zip(jax.tree.leaves(par.to_host(state)),
+                  jax.tree.leaves(par.to_host(bare_state))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_make_train_step_refuses_a_layout_of_another_model():
+  config = tiny_config()
+  module = model_lib.from_config(config.model)
+  other = model_lib.from_config(tiny_config(**{'model.towers': 1}).model)
+  par = train.parallel.Parallel(config, other)
+  with pytest.raises(ValueError, match='par was built for another model'):
+    train.make_train_step(config, module, par, sizes=SIZES)
+
+
+def test_pytorch_twin_step_does_the_trainers_work():
+  """torch_models.TrainStep (the benchmark's PyTorch step) against the
+  trainer's step from the same weights, Caffe's bias switches on and the
+  lr changing every step: the same metrics, norms and parameters."""
+  torch = pytest.importorskip('torch')
+  from alexnet_jax.reference import torch_models  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{'model.dropout': 0.0, 'optim.lr': 0.05,
+                          'optim.schedule': 'cosine',
+                          'optim.decay_biases': False,
+                          'optim.bias_lr_mult': 2.0})
+  module = model_lib.from_config(config.model)
+  step = train.make_train_step(config, module, sizes=SIZES)
+  par = step.par
+  params = _params(module, 64)
+  net = torch_models.from_config(config.model, image_size=64,
+                                 flatten='hwc')
+  torch_models.load_flax_params(net, params)
+  twin = torch_models.TrainStep(net, config.optim,
+                                lr_fn=lambda i: float(step.lr_fn(i)))
+  state = par.place_state(step.init_state(params))
+  for batch in _batches(3, 8, 64):
+    state, m = step(state, par.shard_batch(batch))
+    want = {k: float(v) for k, v in par.to_host(m.compute()).items()}
+    got = twin(torch.from_numpy(batch['image'].transpose(0, 3, 1, 2)),
+               torch.from_numpy(batch['label'].astype(np.int64)))
+    assert got.keys() == want.keys()
+    for k in want:
+      assert float(got[k]) == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
+  # The parameters, compared in the twin's layout.
+  ours = torch_models.from_config(config.model, image_size=64, flatten='hwc')
+  torch_models.load_flax_params(ours, par.to_host(state.params))
+  for (name, a), b in zip(net.state_dict().items(),
+                          ours.state_dict().values()):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
+                               atol=1e-4 * float(b.abs().max()), err_msg=name)

@@ -213,8 +213,11 @@ class TrainStep:
     return self.compiled.lower(state, batch)
 
   def init_state(self, params=None) -> TrainState:
-    """The initial state on the host (see create_train_state)."""
-    return create_train_state(self.config, self.par.model, self.tx, params)
+    """The initial state as NumPy arrays (see create_train_state), which
+    `par.place_state` copies: placing it twice gives two states, each of
+    which the step may donate."""
+    return jax.tree.map(np.asarray, create_train_state(
+        self.config, self.par.model, self.tx, params))
 
 
 def make_train_step(config, model, par=None, *, sizes: Plan | None = None,

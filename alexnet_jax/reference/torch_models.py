@@ -19,6 +19,7 @@ benchmark dependency only: nothing in the package imports this module.
     net = torch_models.PaperAlexNet()             # paper model, 224 input
     net = torch_models.from_config(config.model)  # what model.py builds
     torch_models.load_flax_params(net, variables['params'])  # same weights
+    step = torch_models.TrainStep(net, config.optim)  # the trainer's step
 """
 
 import numpy as np
@@ -258,3 +259,83 @@ def load_flax_params(net, params):
   put(fc8, np.asarray(params['fc8']['kernel'], np.float32).T,
       np.asarray(params['fc8']['bias'], np.float32))
   return net
+
+
+class TrainStep:
+  """The trainer's train step (alexnet_jax.core.train) for a PyTorch twin.
+
+  The same work as train.make_train_step's step, so that timing one against
+  the other compares like with like: forward with dropout, mean softmax
+  cross-entropy, backward, the paper's update (optim.paper_sgd:
+  v <- momentum v - lr mult (g + decay w), w <- w + v, with Caffe's bias
+  switches) at the learning rate lr_fn(step), then the top-1 and top-5
+  errors, the gradient norm and the norm of the updated parameters.
+  torch.optim.SGD puts lr after the momentum (a drop rescales the whole
+  velocity), so the rule is written here with the same multi-tensor
+  (`_foreach`) kernels SGD uses.
+
+  `step(images, labels)` takes NCHW float32 images and int64 labels and
+  returns 0-d tensors: loss, top1_error, top5_error, learning_rate,
+  grad_norm, param_norm (nothing is read back to Python: the caller reads
+  what it needs, as the trainer does).
+
+  Args:
+    net: the twin (from_config).
+    optim_config: config.optim (momentum, weight_decay, decay_biases,
+      bias_lr_mult, lr).
+    lr_fn: step -> learning rate; default the constant optim_config.lr.
+    autocast: a dtype (torch.bfloat16) to run forward and loss under CPU
+      autocast, or None.
+  """
+
+  def __init__(self, net, optim_config, lr_fn=None, autocast=None):
+    o = optim_config
+    self.net = net
+    self.lr_fn = lr_fn or (lambda step: o.lr)
+    self.momentum = o.momentum
+    self.autocast = autocast
+    self.step = 0
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    self.params = [p for _, p in named]
+    # (params, momentum buffers, weight decay, lr multiplier) per group.
+    self.groups = []
+    for bias in (False, True):
+      ps = [p for n, p in named if n.endswith('bias') == bias]
+      if ps:
+        decay = o.weight_decay if (o.decay_biases or not bias) else 0.0
+        self.groups.append((ps, [torch.zeros_like(p) for p in ps], decay,
+                            o.bias_lr_mult if bias else 1.0))
+
+  def __call__(self, images, labels):
+    self.net.train()
+    with torch.autocast('cpu', dtype=self.autocast or torch.bfloat16,
+                        enabled=self.autocast is not None):
+      logits = self.net(images)
+      losses = F.cross_entropy(logits, labels, reduction='none')
+    loss = losses.mean()
+    for p in self.params:
+      p.grad = None
+    loss.backward()
+    lr = float(self.lr_fn(self.step))
+    with torch.no_grad():
+      grad_norm = torch.nn.utils.get_total_norm(
+          [p.grad for p in self.params])
+      for params, velocity, decay, mult in self.groups:
+        grads = [p.grad for p in params]
+        if decay:
+          grads = torch._foreach_add(grads, params, alpha=decay)
+        torch._foreach_mul_(velocity, self.momentum)
+        torch._foreach_add_(velocity, grads, alpha=-lr * mult)
+        torch._foreach_add_(params, velocity)
+      param_norm = torch.nn.utils.get_total_norm(self.params)
+      # The label's rank: how many classes score strictly higher.
+      logits = logits.float()
+      rank = (logits > logits.gather(1, labels[:, None])).sum(1)
+      k = min(5, logits.shape[1])
+      metrics = dict(loss=loss.detach(),
+                     top1_error=(rank >= 1).float().mean(),
+                     top5_error=(rank >= k).float().mean(),
+                     learning_rate=torch.tensor(lr), grad_norm=grad_norm,
+                     param_norm=param_norm)
+    self.step += 1
+    return metrics
