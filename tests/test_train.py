@@ -441,3 +441,13 @@ def test_pytorch_twin_step_does_the_trainers_work():
                           ours.state_dict().values()):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
                                atol=1e-4 * float(b.abs().max()), err_msg=name)
+
+
+def test_the_step_does_not_need_tensorflow():
+  """steps.py (the step and its factory) stays free of TensorFlow, so the
+  benchmark's JAX worker measures the step's memory, not tf.data's."""
+  code = ('import sys; from alexnet_jax.core import steps; '
+          'print("tensorflow" in sys.modules)')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, check=True, timeout=300).stdout
+  assert out.strip() == 'False'

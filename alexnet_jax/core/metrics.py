@@ -1,9 +1,10 @@
-"""CLU metric collections for training and evaluation, and the metric writers.
+"""The metric writers: TensorBoard, logging and WORKDIR/metrics.jsonl.
 
-Errors, not accuracies: the paper reports top-1 and top-5 ERROR rates.
 `JsonlWriter` puts every scalar in WORKDIR/metrics.jsonl (one JSON object a
 line: {"step": N, "name": value, ...}), next to the TensorBoard events, so
-runs can be plotted and committed without TensorBoard.
+runs can be plotted and committed without TensorBoard. The metric
+collections the steps return (TrainMetrics, EvalMetrics) are in steps.py,
+which does not import TensorFlow; clu's writers do.
 """
 
 import json
@@ -13,41 +14,10 @@ import time
 from typing import Any, Mapping
 
 from clu import metric_writers
-from clu import metrics
-import flax
 import jax.numpy as jnp
 import numpy as np
 
 JSONL_FILE = 'metrics.jsonl'
-
-
-@flax.struct.dataclass
-class TrainMetrics(metrics.Collection):
-  loss: metrics.Average.from_output('loss')
-  top1_error: metrics.Average.from_output('top1_error')
-  top5_error: metrics.Average.from_output('top5_error')
-  learning_rate: metrics.LastValue.from_output('learning_rate')
-  grad_norm: metrics.Average.from_output('grad_norm')
-  param_norm: metrics.LastValue.from_output('param_norm')
-
-
-@flax.struct.dataclass
-class EvalMetrics(metrics.Collection):
-  loss: metrics.Average.from_output('loss')
-  top1_error: metrics.Average.from_output('top1_error')
-  top5_error: metrics.Average.from_output('top5_error')
-
-
-def topk_errors(scores: jnp.ndarray, labels: jnp.ndarray, k: int = 5):
-  """(top-1 error, top-k error) per example as float32 0/1 arrays.
-
-  scores: f32[B, C] (logits or probabilities); labels: int32[B].
-  """
-  k = min(k, scores.shape[-1])
-  label_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
-  # The label's rank: how many classes score strictly higher than it.
-  rank = (scores > label_score).sum(axis=-1)
-  return ((rank >= 1).astype(jnp.float32), (rank >= k).astype(jnp.float32))
 
 
 class JsonlWriter(metric_writers.MetricWriter):

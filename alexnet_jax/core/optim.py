@@ -91,11 +91,20 @@ def learning_rate(opt_state):
 # ------------------------------------------------------------- schedules --
 
 
-def base_schedule(optim_config, *, steps_per_epoch: float, total_steps: int):
-  """step -> lr before any plateau drops (constant for 'plateau')."""
+def base_schedule(optim_config, *, steps_per_epoch: float | None,
+                  total_steps: int | None):
+  """step -> lr before any plateau drops (constant for 'plateau').
+
+  The run's sizes may be None for 'plateau' and 'constant'.
+  """
   o = optim_config
   if o.schedule in ('plateau', 'constant'):
     return optax.constant_schedule(o.lr)
+  if o.schedule in ('step', 'cosine') and (steps_per_epoch is None or
+                                           total_steps is None):
+    raise ValueError(f'config.optim.schedule={o.schedule!r} needs the run\'s '
+                     'steps per epoch and total steps: pass '
+                     'sizes=train.plan(config, info) to make_train_step')
   if o.schedule == 'step':
     boundaries = {max(1, int(round(e * steps_per_epoch))): 0.1
                   for e in o.step_epochs}

@@ -1,11 +1,12 @@
-"""Training and evaluation: TrainState, pure step functions and the loop.
+"""Training and evaluation: the loop around the steps of steps.py.
 
 Data flows one way: config -> Parallel (mesh) -> input batches + model ->
 train step -> metrics (CLU) and checkpoints (Orbax). The step functions are
 pure and module-level; parallel.py decides how they run (jit with
-shardings, or pmap, where they receive `axis_name`). `make_train_step` builds
-the compiled train step; training, the benchmarks and the tests all get
-theirs from it.
+shardings, or pmap, where they receive `axis_name`). They and
+`make_train_step`, which builds the compiled train step that training, the
+benchmarks and the tests all run, live in steps.py (free of TensorFlow) and
+are re-exported here.
 
 Exact resume: batch k is a pure function of (config.train.seed, k) (see
 input_pipeline.train_iterator), the dropout key of step k is folded from
@@ -14,7 +15,6 @@ run restarted from a checkpoint replays exactly what the interrupted run
 would have done.
 """
 
-import dataclasses
 import functools
 import json
 import math
@@ -22,7 +22,6 @@ import pathlib
 import signal
 import threading
 import time
-from typing import Any, Callable
 
 from absl import logging
 from clu import periodic_actions
@@ -31,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from alexnet_jax.core import checkpoint
 from alexnet_jax.core import config_checks
@@ -40,6 +38,14 @@ from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import optim
 from alexnet_jax.core import parallel
+# The steps and their factory, re-exported (train.make_train_step etc.).
+from alexnet_jax.core.steps import Plan
+from alexnet_jax.core.steps import TrainState  # noqa: F401
+from alexnet_jax.core.steps import TrainStep  # noqa: F401
+from alexnet_jax.core.steps import create_train_state
+from alexnet_jax.core.steps import eval_step
+from alexnet_jax.core.steps import make_train_step
+from alexnet_jax.core.steps import train_step  # noqa: F401
 
 RESULTS_FILE = 'results.json'
 CONFIG_FILE = 'config.json'
@@ -49,110 +55,7 @@ class NonFiniteError(RuntimeError):
   """The loss or the parameters stopped being finite."""
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array        # int32[]: updates done so far (= data position)
-  params: Any
-  opt_state: Any         # holds the current learning rate (optim.py)
-  rng: jax.Array         # uint32[2]; step k's dropout key = fold_in(rng, k)
-  plateau: dict          # optim.plateau_init(): reduce-on-plateau state
-
-
-# ------------------------------------------------------------ pure steps --
-
-
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def train_step(state: TrainState, batch, *, apply_fn: Callable,
-               tx: optax.GradientTransformation, lr_fn: Callable,
-               axis_name: str | None = None, bare: bool = False):
-  """One SGD step. batch: image f32[B, H, W, 3], label int32[B].
-
-  Returns the new state and its TrainMetrics (top-1/top-5 errors, the
-  learning rate, gradient and parameter norms beside the loss). bare=True
-  leaves out everything but forward, backward and update (the lr stays
-  what the state holds) and returns the mean loss instead: only for
-  measuring what the rest costs (`benchmark overhead`).
-  """
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
-  if axis_name is not None:  # pmap: a different mask on every device
-    dropout_rng = jax.random.fold_in(dropout_rng,
-                                     jax.lax.axis_index(axis_name))
-
-  def loss_fn(params):
-    logits = apply_fn({'params': params}, batch['image'], train=True,
-                      rngs={'dropout': dropout_rng})
-    losses = cross_entropy(logits, batch['label'])
-    return losses.mean(), (losses, logits)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, (losses, logits)), grads = grad_fn(state.params)
-  if axis_name is not None:
-    grads = jax.lax.pmean(grads, axis_name)
-  opt_state = state.opt_state
-  if not bare:
-    lr = lr_fn(state.step) * state.plateau['scale']
-    opt_state = optim.with_learning_rate(opt_state, lr)
-  updates, opt_state = tx.update(grads, opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params,
-                            opt_state=opt_state)
-  if bare:
-    if axis_name is not None:
-      loss = jax.lax.pmean(loss, axis_name)
-    return new_state, loss
-  top1, top5 = metrics_lib.topk_errors(logits, batch['label'])
-  outputs = dict(loss=losses, top1_error=top1, top5_error=top5,
-                 learning_rate=lr, grad_norm=optax.tree.norm(grads),
-                 param_norm=optax.tree.norm(params))
-  if axis_name is None:
-    metrics = metrics_lib.TrainMetrics.single_from_model_output(**outputs)
-  else:
-    metrics = metrics_lib.TrainMetrics.gather_from_model_output(
-        axis_name=axis_name, **outputs)
-  return new_state, metrics
-
-
-def eval_step(params, batch, *, apply_fn: Callable,
-              axis_name: str | None = None):
-  """Metrics of one eval batch; 10-crop batches average the softmax.
-
-  batch: image f32[B, H, W, 3] or f32[B, crops, H, W, 3], label int32[B],
-  mask bool[B] (False for the padding of the last batch).
-  """
-  images = batch['image']
-  if images.ndim == 5:
-    b, n = images.shape[:2]
-    logits = apply_fn({'params': params}, images.reshape((b * n,) +
-                                                         images.shape[2:]),
-                      train=False)
-    probs = jax.nn.softmax(logits).reshape(b, n, -1).mean(axis=1)
-    log_probs = jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
-  else:
-    logits = apply_fn({'params': params}, images, train=False)
-    log_probs = jax.nn.log_softmax(logits)
-  labels = batch['label']
-  losses = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
-  top1, top5 = metrics_lib.topk_errors(log_probs, labels)
-  outputs = dict(loss=losses, top1_error=top1, top5_error=top5,
-                 mask=batch['mask'])
-  if axis_name is None:
-    return metrics_lib.EvalMetrics.single_from_model_output(**outputs)
-  return metrics_lib.EvalMetrics.gather_from_model_output(
-      axis_name=axis_name, **outputs)
-
-
 # ------------------------------------------------------------ set-up ------
-
-
-@dataclasses.dataclass
-class Plan:
-  """Derived sizes, computed once at start-up (and logged)."""
-  num_train_examples: int
-  steps_per_epoch: float
-  total_steps: int
 
 
 def plan(config, info) -> Plan:
@@ -171,86 +74,6 @@ def plan(config, info) -> Plan:
   if total <= 0:
     total = max(1, math.ceil(config.optim.num_epochs * steps_per_epoch))
   return Plan(examples, steps_per_epoch, total)
-
-
-def create_train_state(config, module, tx, params=None) -> TrainState:
-  """The initial state, on the host (unplaced).
-
-  Parameters are drawn with an 'rbg' key from config.train.seed unless
-  `params` are given: XLA:CPU compiles threefry's init of the sixteen
-  parameter arrays about 5x slower (tens of seconds). Dropout keys stay
-  threefry (`rng`), whose masks do not depend on how the batch is sharded.
-  """
-  if params is None:
-    init_rng = jax.random.key(config.train.seed, impl='rbg')
-    variables = model_lib.init(module, init_rng, config.data.image_size)
-    params = variables['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params),
-                    rng=jax.random.PRNGKey(config.train.seed),
-                    plateau=jax.tree.map(jnp.asarray, optim.plateau_init()))
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainStep:
-  """The trainer's compiled step for one config, model and layout.
-
-  `step(state, batch) -> (state, TrainMetrics)` takes a placed state
-  (`par.place_state(step.init_state())`) and a placed batch
-  (`par.shard_batch`); the state is donated. Built by make_train_step.
-  """
-  config: ml_collections.ConfigDict
-  par: parallel.Parallel
-  tx: optax.GradientTransformation
-  lr_fn: Callable          # step -> lr before plateau drops
-  bare: bool
-  compiled: parallel.Step
-
-  def __call__(self, state, batch):
-    return self.compiled(state, batch)
-
-  def lower(self, state, batch):
-    return self.compiled.lower(state, batch)
-
-  def init_state(self, params=None) -> TrainState:
-    """The initial state as NumPy arrays (see create_train_state), which
-    `par.place_state` copies: placing it twice gives two states, each of
-    which the step may donate."""
-    return jax.tree.map(np.asarray, create_train_state(
-        self.config, self.par.model, self.tx, params))
-
-
-def make_train_step(config, model, par=None, *, sizes: Plan | None = None,
-                    bare: bool = False) -> TrainStep:
-  """The train step training runs, for `model` laid out by `par`.
-
-  Training, the benchmarks, the profiling tools and the tests all build
-  their step here, so what they time and check is what trains.
-
-  Args:
-    config: the run's config (optim.* sets the update rule and schedule).
-    model: the Flax module (`model.from_config(config.model)`).
-    par: its parallel.Parallel; by default made from config and model.
-    sizes: the run's Plan, which the 'step' and 'cosine' schedules need;
-      by default computed from config.data (use data.name='fake' where no
-      dataset is at hand).
-    bare: forward, backward and update only (train_step's `bare`).
-  """
-  if par is None:
-    par = parallel.Parallel(config, model)
-  elif par.model != model:
-    raise ValueError('make_train_step: par was built for another model '
-                     f'({type(par.model).__name__}); pass the model it '
-                     'places, or par=None')
-  if sizes is None:
-    sizes = plan(config, input_pipeline.get_info(config))
-  tx = optim.make_optimizer(config.optim)
-  lr_fn = optim.base_schedule(config.optim,
-                              steps_per_epoch=sizes.steps_per_epoch,
-                              total_steps=sizes.total_steps)
-  compiled = par.jit_step(functools.partial(
-      train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn, bare=bare))
-  return TrainStep(config, par, tx, lr_fn, bare, compiled)
 
 
 def _host_state(par, state) -> dict:
