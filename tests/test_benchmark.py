@@ -1,12 +1,17 @@
 """The benchmark CLI at tiny size: records, fields and FLOP counting (no timing)."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from alexnet_jax import benchmark
+from alexnet_jax.benchmarks import harness
+from alexnet_jax.benchmarks import model as model_bench
+from alexnet_jax.benchmarks import parallel as parallel_bench
+from alexnet_jax.benchmarks import profile
 
 
 def test_paper_flops_match_the_layer_table():
@@ -16,16 +21,16 @@ def test_paper_flops_match_the_layer_table():
           13 * 13 * 3 * 3 * 256 * 384, 13 * 13 * 3 * 3 * 192 * 384,
           13 * 13 * 3 * 3 * 192 * 256, 6 * 6 * 256 * 4096, 4096 * 4096,
           4096 * 1000]
-  got = dict(benchmark.layer_flops('paper', 224))
+  got = dict(model_bench.layer_flops('paper', 224))
   assert list(got.values()) == [2 * m for m in macs]
-  assert benchmark.step_flops('infer', 'paper', 224, 2) == 2 * 2 * sum(macs)
+  assert model_bench.step_flops('infer', 'paper', 224, 2) == 2 * 2 * sum(macs)
   # Training: forward, weight gradients, input gradients except conv1's.
-  assert benchmark.step_flops('train', 'paper', 224, 1) == (
+  assert model_bench.step_flops('train', 'paper', 224, 1) == (
       2 * (3 * sum(macs) - macs[0]))
 
 
 def test_torchvision_flops():
-  got = dict(benchmark.layer_flops('torchvision', 224))
+  got = dict(model_bench.layer_flops('torchvision', 224))
   assert got['conv1'] == 2 * 55 * 55 * 11 * 11 * 3 * 64
   assert got['conv2'] == 2 * 27 * 27 * 5 * 5 * 64 * 192   # no groups
   assert got['fc6'] == 2 * 6 * 6 * 256 * 4096
@@ -48,6 +53,14 @@ def test_quick_defaults():
                                                     ['float32'])
 
 
+TINY = ['--width-scale', '0.05', '--image-size', '67', '--batch', '2',
+        '--steps', '2', '--warmup', '1']
+
+
+def _records(stdout):
+  return [json.loads(l) for l in stdout.splitlines() if l.startswith('{')]
+
+
 @pytest.mark.parametrize('command', [
     'train', pytest.param('infer', marks=pytest.mark.slow)])
 def test_cli_prints_one_record_per_implementation(command, tmp_path):
@@ -55,13 +68,10 @@ def test_cli_prints_one_record_per_implementation(command, tmp_path):
   del torch
   out = tmp_path / 'bench.jsonl'
   proc = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.benchmark', command,
-       '--width-scale', '0.05', '--image-size', '67', '--batch', '2',
-       '--steps', '2', '--warmup', '1', '--matmul-size', '64',
-       '--out', str(out)],
+      [sys.executable, '-m', 'alexnet_jax.benchmark', command, *TINY,
+       '--matmul-size', '64', '--out', str(out)],
       capture_output=True, text=True, check=True, timeout=600)
-  lines = [json.loads(l) for l in proc.stdout.splitlines()
-           if l.startswith('{')]
+  lines = _records(proc.stdout)
   assert [l['impl'] for l in lines] == ['jax', 'torch']
   assert [json.loads(l) for l in out.read_text().splitlines()] == lines
   for rec in lines:
@@ -73,8 +83,18 @@ def test_cli_prints_one_record_per_implementation(command, tmp_path):
                   'frac_of_xla_matmul_peak', 'frac_of_torch_matmul_peak'):
       assert rec[field] > 0, field
     assert rec['img_per_s'] == pytest.approx(2e3 / rec['step_ms'])
-    assert rec['gflop_per_step'] == pytest.approx(benchmark.step_flops(
+    assert rec['gflop_per_step'] == pytest.approx(model_bench.step_flops(
         command, 'paper', 67, 2, 0.05) / 1e9)
+    # Provenance: machine (with AMX or not), load before and after, date,
+    # the command, the commit.
+    if os.path.exists('/proc/cpuinfo'):
+      assert rec['machine'].endswith(('AMX', 'no AMX')), rec['machine']
+    assert len(rec['load_avg']) == 2
+    assert rec['command'].startswith('python -m alexnet_jax.benchmark '
+                                     + command)
+    assert {'date', 'commit'} <= rec.keys()
+    if command == 'train':
+      assert rec['step'] == 'trainer'
   jax_rec, torch_rec = lines
   assert jax_rec['ratio_to_torch'] == pytest.approx(
       torch_rec['step_ms'] / jax_rec['step_ms'])
@@ -87,12 +107,103 @@ def test_cli_prints_one_record_per_implementation(command, tmp_path):
   assert jax_rec['conv_backend'] in ('onednn', 'xla')
 
 
+def test_jax_worker_runs_the_trainers_step_without_torch_or_tensorflow():
+  """The JAX worker's step is make_train_step's (its metrics come back),
+  and the worker carries neither torch nor TensorFlow in its memory."""
+  code = (
+      'import sys\n'
+      'from alexnet_jax.benchmarks import model\n'
+      'built = model.build_jax_train(dict(model="paper", batch=2, '
+      'image_size=67, width_scale=0.05))\n'
+      'step, state, batch = built["step"], built["state"], built["batch"]\n'
+      'state[0], m = step(state[0], batch)\n'
+      'print(sorted(m.compute()), "tensorflow" in sys.modules, '
+      '"torch" in sys.modules)\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, check=True, timeout=300).stdout
+  assert out.strip().splitlines()[-1] == (
+      "['grad_norm', 'learning_rate', 'loss', 'param_norm', 'top1_error', "
+      "'top5_error'] False False")
+
+
+def _fake_compare(step_ms):
+  """A harness.compare stand-in: each spec's steps take step_ms[spec
+  step] ms (wall and CPU)."""
+  calls = []
+
+  def compare(kind, specs, *, steps, **_):
+    calls.append([s['step'] for s in specs])
+    return [dict(ready={}, steps=[step_ms[s['step']] / 1e3] * steps,
+                 cpu_steps=[step_ms[s['step']] / 1e3] * steps,
+                 done=dict(peak_rss_mb=100.0), load=[1.0, 1.0])
+            for s in specs]
+  return compare, calls
+
+
+def test_overhead_pairs_trainer_and_bare_steps(monkeypatch):
+  compare, calls = _fake_compare({'trainer': 103.0, 'bare': 100.0})
+  monkeypatch.setattr(harness, 'compare', compare)
+  args = benchmark.parse_args(['overhead', '--repeats', '3', '--steps',
+                               '4'])
+  rec, = model_bench.overhead(args)
+  # Which step starts alternates by round; every round has both.
+  assert calls == [['trainer', 'bare'], ['bare', 'trainer'],
+                   ['trainer', 'bare']]
+  assert rec['overhead_pct'] == pytest.approx(3.0)
+  assert rec['cpu_overhead_pct'] == pytest.approx(3.0)
+  assert rec['pairs'] == 12 and len(rec['rounds']) == 3
+
+
+def test_param_copies_reads_the_entry_of_the_compiled_step():
+  hlo = """HloModule m
+
+%body { %x = f32[2] parameter(0) ROOT %c = f32[2] copy(%x) }
+
+ENTRY %main {
+  %state_params__fc6____kernel__.1 = f32[9216,4096]{1,0} parameter(0)
+  %state_step.1 = s32[] parameter(1)
+  %copy.1 = f32[9216,4096]{1,0} copy(%state_params__fc6____kernel__.1)
+  %copy.2 = s32[] copy(%state_step.1)
+  ROOT %t = (f32[9216,4096]) tuple(%copy.1)
+}
+"""
+  assert profile._param_copies(hlo) == [  # noqa: SLF001
+      ('%state_params__fc6____kernel__.1', 9216 * 4096 * 4)]
+
+
+def test_memory_reports_the_trainers_compiled_step(tmp_path):
+  out = tmp_path / 'memory.jsonl'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.benchmark', 'memory',
+       '--variant', 'torchvision', '--width-scale', '0.05', '--image-size',
+       '67', '--batch', '2', '--out', str(out)],
+      capture_output=True, text=True, check=True, timeout=600)
+  rec, = _records(proc.stdout)
+  assert rec['benchmark'] == 'memory' and rec['step'] == 'trainer'
+  assert rec['argument_mb'] > 0 and rec['temp_mb'] > 0
+  # The trainer's XLA flag removes the copies of donated parameters.
+  assert rec['copied_params'] == 0
+  assert rec['rss_after_trim_mb'] <= rec['rss_after_compile_mb']
+
+
+@pytest.mark.slow
+def test_profile_lists_the_steps_ops():
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.benchmark', 'profile', *TINY,
+       '--top', '5'], capture_output=True, text=True, check=True,
+      timeout=600)
+  rec, = _records(proc.stdout)
+  assert len(rec['top_ops']) == 5 and rec['traced_ops_ms'] > 0
+  assert sum(rec['ms_by_kind'].values()) == pytest.approx(
+      rec['traced_ops_ms'])
+
+
 def test_all_runs_the_headline_benchmarks(monkeypatch):
   """`all`: float32 train and infer of both models, one device vs two
-  towers, the input pipeline (bf16 and the other modes have their own
-  commands, to keep `all` near ten minutes)."""
+  towers, the input pipeline (bf16, the other modes and the overhead have
+  their own commands, to keep `all` near ten minutes)."""
   calls = []
-  monkeypatch.setattr(benchmark, 'model_benchmark', lambda name, args: (
+  monkeypatch.setattr(model_bench, 'measure', lambda name, args: (
       calls.append((name, args.variant, args.dtype)) or [{'name': name}]))
   monkeypatch.setattr(benchmark, '_delegate', lambda name, args: (
       calls.append((name, args.modes)) or [{'name': name}]))
@@ -109,12 +220,48 @@ def test_all_runs_the_headline_benchmarks(monkeypatch):
 
 
 def test_parallel_benchmark_arguments_name_what_is_accepted(capsys):
-  from alexnet_jax.benchmarks import parallel as parallel_benchmark
   with pytest.raises(SystemExit):
-    parallel_benchmark.parse_args(['--modes', 'single,tensor'])
+    parallel_bench.parse_args(['--modes', 'single,tensor'])
   assert 'single, model, jit, pmap, hybrid' in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    parallel_benchmark.parse_args(['--batch', '0'])
+    parallel_bench.parse_args(['--batch', '0'])
   assert 'not a positive integer' in capsys.readouterr().err
-  args = parallel_benchmark.parse_args(['--modes', 'single,model'])
+  args = parallel_bench.parse_args(['--modes', 'single,model'])
   assert args.modes == ['single', 'model']
+
+
+def test_benchmark_parallel_is_parallel_benchmark(monkeypatch):
+  """`benchmark parallel ARGS` and `parallel_benchmark ARGS` are one
+  measurement: the same parser, the same run."""
+  runs = []
+  monkeypatch.setattr(parallel_bench, 'run', runs.append)
+  argv = ['--modes', 'single,model', '--batch', '8', '--sequential']
+  benchmark.main(['parallel', *argv])
+  parallel_bench.main(argv)
+  a, b = runs
+  assert a.command_line == 'python -m alexnet_jax.benchmark parallel ' + (
+      ' '.join(argv))
+  assert b.command_line == 'python -m alexnet_jax.parallel_benchmark ' + (
+      ' '.join(argv))
+  del a.command_line, b.command_line
+  assert vars(a) == vars(b)
+
+
+def test_parallel_modes_run_the_trainers_step(tmp_path):
+  out = tmp_path / 'parallel.jsonl'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.parallel_benchmark', '--modes',
+       'single,model', '--width-scale', '0.05', '--image-size', '67',
+       '--batch', '2', '--steps', '2', '--warmup', '1', '--out', str(out)],
+      capture_output=True, text=True, check=True, timeout=600)
+  records = _records(proc.stdout)
+  assert [r['mode'] for r in records] == ['single', 'model']
+  assert [json.loads(l) for l in out.read_text().splitlines()] == records
+  single, model = records
+  assert (single['devices'], model['devices']) == (1, 2)
+  assert single['ratio_to_single'] == 1.0
+  assert model['param_bytes_per_device'] * 2 == single[
+      'param_bytes_per_device']
+  for r in records:
+    assert r['step'] == 'trainer' and r['step_ms'] > 0
+    assert r['command'].startswith('python -m alexnet_jax.parallel_benchmark')

@@ -351,7 +351,7 @@ def test_loss_falls_on_the_smoke_data():
   assert last < 0.8 * math.log(10), losses
 
 
-def _params(module, image_size, seed=0):
+def _he_params(module, image_size, seed=0):
   """He-scaled NumPy parameters (no jitted init to compile)."""
   shapes = jax.eval_shape(lambda: model_lib.init(
       module, jax.random.PRNGKey(0), image_size))['params']
@@ -385,7 +385,7 @@ def test_bare_step_updates_exactly_like_the_trainers():
   bare = train.make_train_step(config, module, full.par, sizes=SIZES,
                                bare=True)
   par = full.par
-  host = full.init_state(_params(module, 64))
+  host = full.init_state(_he_params(module, 64))
   batch = par.shard_batch(_batches(1, 8, 64)[0])
   state, metrics = full(par.place_state(host), batch)
   bare_state, loss = bare(par.place_state(host), batch)
@@ -419,7 +419,7 @@ def test_pytorch_twin_step_does_the_trainers_work():
   module = model_lib.from_config(config.model)
   step = train.make_train_step(config, module, sizes=SIZES)
   par = step.par
-  params = _params(module, 64)
+  params = _he_params(module, 64)
   net = torch_models.from_config(config.model, image_size=64,
                                  flatten='hwc')
   torch_models.load_flax_params(net, params)

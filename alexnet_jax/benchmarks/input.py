@@ -20,16 +20,15 @@ Prints JSON lines, then a table.
 
 import argparse
 import io
-import json
 import multiprocessing
-import os
 import pathlib
-import platform
 import sys
 import time
 
 import numpy as np
 from PIL import Image
+
+from alexnet_jax.benchmarks import harness
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[3] / 'shared' / (
     'datasets/imagenet-samples')
@@ -204,8 +203,7 @@ def run(args):
   paths = _list_images(args.data, args.split)
   n_images = int(len(paths) * args.epochs)
   rows = []
-  machine = f'{platform.processor() or platform.machine()}, ' \
-            f'{os.cpu_count()} cores'
+  load_before = harness.load()
   loaders = args.loaders.split(',')
   for workers in [int(w) for w in str(args.workers).split(',')]:
     best = {}
@@ -226,16 +224,14 @@ def run(args):
                  img_per_cpu_s=round(best[loader]['img_per_cpu_s'], 1),
                  img_per_cpu_s_runs=best[loader]['runs'],
                  image_size=args.image_size, batch=args.batch,
-                 data=str(args.data), machine=machine,
-                 date=time.strftime('%Y-%m-%d'))
+                 data=str(args.data))
       rows.append(row)
   _add_ratios(rows)
   for row in rows:
-    print(json.dumps(row), flush=True)
-  if args.json:
-    with open(args.json, 'a') as f:
-      for row in rows:
-        f.write(json.dumps(row) + '\n')
+    row['load_avg'] = [load_before, harness.load()]
+    harness.emit(harness.stamp(row, getattr(
+        args, 'command_line', 'python -m alexnet_jax.input_benchmark')),
+                 args.json or getattr(args, 'out', ''))
   print(table(rows))
   return rows
 
@@ -265,10 +261,15 @@ def table(rows):
   return '\n'.join(lines)
 
 
-def main(argv=None):
+def main(argv=None, prog='alexnet_jax.input_benchmark'):
+  """`python -m alexnet_jax.benchmark input ARGS`, and its older name
+  `python -m alexnet_jax.input_benchmark ARGS`."""
+  argv = sys.argv[1:] if argv is None else argv
   parser = add_arguments(argparse.ArgumentParser(
-      description=__doc__.split('\n')[0]))
-  run(parser.parse_args(argv))
+      prog=f'python -m {prog}', description=__doc__.split('\n')[0]))
+  args = parser.parse_args(argv)
+  args.command_line = ' '.join([f'python -m {prog}'] + list(argv))
+  run(args)
   return 0
 
 

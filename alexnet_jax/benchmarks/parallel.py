@@ -7,10 +7,10 @@
 For each mode (single device; the two towers on two devices; jit and pmap
 data parallelism on two; both on a 2x2 mesh) a worker process simulates the
 devices it needs (`config.parallel.cpu_devices`, through
-`parallel.setup_devices`), places the paper model's state with
-`parallel.Parallel` and compiles its train step (forward with dropout,
-softmax cross-entropy, backward, SGD with momentum 0.9 and weight decay
-5e-4, state donated). Workers compile one after the other, then the parent
+`parallel.setup_devices`) and builds the trainer's own step for that layout
+(`steps.make_train_step` on a fake-data config of the paper recipe: the
+update, metrics and norms training runs, state donated). The workers run on
+benchmarks/harness.py: they compile one after the other, then the parent
 alternates single timed steps between them (A B C ... A B C ...), so the
 machine's drifting load hits every mode alike (`--sequential`: one worker
 alive at a time, for memory). Every mode runs the same global batch.
@@ -23,17 +23,10 @@ busy, not a real multi-GPU speed-up.
 """
 
 import argparse
-import datetime
-import functools
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import time
 
-from alexnet_jax import benchmark  # its argument parsers; imports no jax
+from alexnet_jax.benchmarks import harness
 
 MODES = {        # name: (mesh.data, mesh.model, data_parallel, label)
     'single': (1, 1, 'jit', 'one device'),
@@ -42,71 +35,21 @@ MODES = {        # name: (mesh.data, mesh.model, data_parallel, label)
     'pmap': (2, 1, 'pmap', 'data parallel, pmap (classic path)'),
     'hybrid': (2, 2, 'jit', 'data x model 2x2'),
 }
-PROTOCOL = '@@parallel_benchmark '
-LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 
 
 # ----------------------------------------------------------------------------
 # The worker: one mode, its own process and simulated devices.
 
 
-def _numpy_params(net, config, size):
-  """The paper's initial distribution, drawn by NumPy.
-
-  Shapes come from jax.eval_shape; JAX's own initialisers would compile its
-  random-number kernels, which takes long on XLA:CPU and is not measured.
-  """
-  import jax
-  import numpy as np
-  from alexnet_jax.core import model as model_lib
-  shapes = jax.eval_shape(
-      lambda: model_lib.init(net, jax.random.PRNGKey(0), size))['params']
-  rng = np.random.default_rng(0)
-  std, bias = config.model.weight_init_std, config.model.bias_init
-
-  def make(path, x):
-    if path[-1].key == 'bias':
-      return np.full(x.shape, bias, np.float32)
-    return (rng.standard_normal(x.shape, np.float32) * std)
-  return jax.tree_util.tree_map_with_path(make, shapes)
-
-
-def train_step(state, batch, *, apply_fn, tx, axis_name=None):
-  """The benchmark's step; pmap binds axis_name and averages gradients."""
-  import jax
-  import optax
-  key = jax.random.fold_in(state['rng'], state['step'])
-  if axis_name is not None:
-    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-
-  def loss_fn(params):
-    logits = apply_fn({'params': params}, batch['image'], train=True,
-                      rngs={'dropout': key})
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch['label']).mean()
-
-  loss, grads = jax.value_and_grad(loss_fn)(state['params'])
-  if axis_name is not None:
-    grads = jax.lax.pmean(grads, axis_name)
-    loss = jax.lax.pmean(loss, axis_name)
-  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-  return dict(state, step=state['step'] + 1, opt_state=opt_state,
-              params=optax.apply_updates(state['params'], updates)), loss
-
-
-def _say(**message):
-  print(PROTOCOL + json.dumps(message), flush=True)
-
-
-def worker_main(spec):
-  """Sets up one mode, reports `ready`, then runs `step` until `finish`."""
+def setup(spec) -> harness.Job:
+  """Builds and compiles the trainer's step for one mode."""
+  import time
+  from alexnet_jax.benchmarks import model as model_bench
   from alexnet_jax.core import parallel
-  from alexnet_jax.configs import paper
+  from alexnet_jax.core import xla_flags
+  xla_flags.set_defaults()           # what the trainer runs with
   data, model, data_parallel, _ = MODES[spec['mode']]
-  config = paper.get_config()
-  config.model.width_scale = spec['width_scale']
-  config.data.image_size = spec['image_size']
-  config.optim.batch_size = spec['batch']
+  config = model_bench.config_for(dict(spec, model='paper'))
   config.parallel.mesh.data = data
   config.parallel.mesh.model = model
   config.parallel.data_parallel = data_parallel
@@ -114,128 +57,41 @@ def worker_main(spec):
   parallel.setup_devices(config)     # before anything touches a device
 
   import jax
-  import numpy as np
-  import optax
   from alexnet_jax.core import model as model_lib
+  from alexnet_jax.core import steps
   net = model_lib.from_config(config.model)
-  par = parallel.Parallel(config, net)
-  tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
-                   optax.sgd(LR, momentum=MOMENTUM))
-  params = _numpy_params(net, config, spec['image_size'])
-  host_state = dict(step=np.zeros((), np.int32),
-                    rng=np.asarray(jax.random.PRNGKey(0)), params=params,
-                    opt_state=jax.tree.map(np.asarray, tx.init(params)))
-  rng = np.random.default_rng(1)
-  b, size = spec['batch'], spec['image_size']
-  batch = par.shard_batch(dict(
-      image=rng.standard_normal((b, size, size, 3), np.float32),
-      label=rng.integers(0, config.model.num_classes, b).astype(np.int32)))
-  state = [par.place_state(host_state)]
-  del host_state, params
-  step = par.jit_step(functools.partial(train_step, apply_fn=par.apply,
-                                        tx=tx))
+  step = steps.make_train_step(config, net)
+  par = step.par
+  state = [par.place_state(step.init_state(
+      model_bench.numpy_params(net, config)))]
+  batch = par.shard_batch(model_bench.fake_batch(config))
   start = time.perf_counter()
-  step.lower(state[0], batch).compile()
+  step.lower(state[0], batch).compile()   # jit reuses this executable
   compile_s = time.perf_counter() - start
-  per_device = parallel.param_bytes_per_device(state[0]['params'])
+  per_device = parallel.param_bytes_per_device(state[0].params)
 
-  def run():
-    state[0], loss = step(state[0], batch)
-    return float(loss)       # the step's only host transfer
+  def run(i):
+    del i
+    state[0], m = step(state[0], batch)
+    # What the trainer reads back after every step.
+    return jax.device_get((m.loss.total, m.param_norm.total))
 
-  for _ in range(spec['warmup']):
-    run()
-  _say(event='ready', compile_s=compile_s, devices=len(per_device),
-       param_bytes_per_device=max(per_device.values()),
-       param_bytes_total=sum(x.nbytes for x in jax.tree.leaves(par.to_host(
-           state[0]['params']))), version=jax.__version__)
-  for line in sys.stdin:
-    command = line.strip()
-    if command == 'step':
-      start, cpu = time.perf_counter(), time.process_time()
-      loss = run()
-      _say(event='step', seconds=time.perf_counter() - start,
-           cpu_seconds=time.process_time() - cpu, loss=loss)
-    elif command == 'finish':
-      _say(event='done', peak_rss_mb=_rss_mb())
-      return
-    else:
-      raise ValueError(f'parallel benchmark worker: unknown command '
-                       f'{command!r}')
-
-
-def _rss_mb():
-  import resource
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return harness.Job(run=run, facts=dict(
+      compile_s=compile_s, devices=len(per_device),
+      param_bytes_per_device=max(per_device.values()),
+      param_bytes_total=sum(x.nbytes for x in jax.tree.leaves(
+          par.to_host(state[0].params))), version=jax.__version__))
 
 
 # ----------------------------------------------------------------------------
 # The parent: workers, alternating timed steps, records.
 
 
-class _Worker:
-
-  def __init__(self, spec):
-    self.spec = spec
-    env = dict(os.environ)
-    env.pop('XLA_FLAGS', None)  # devices come from config.parallel.cpu_devices
-    env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    self.proc = subprocess.Popen(
-        [sys.executable, '-m', 'alexnet_jax.benchmarks.parallel', '_worker',
-         json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True, env=env)
-
-  def receive(self):
-    for line in self.proc.stdout:
-      if line.startswith(PROTOCOL):
-        return json.loads(line[len(PROTOCOL):])
-      sys.stderr.write(line)
-    code = self.proc.wait()
-    raise RuntimeError(f'parallel benchmark worker {self.spec["mode"]} exited '
-                       f'with code {code} (its error is printed above)')
-
-  def send(self, command):
-    self.proc.stdin.write(command + '\n')
-    self.proc.stdin.flush()
-    return self.receive()
-
-  def close(self):
-    if self.proc.poll() is None:
-      self.proc.kill()
-    self.proc.wait()
-
-
-def _machine():
-  try:
-    with open('/proc/cpuinfo') as f:
-      names = [l.split(':', 1)[1].strip() for l in f
-               if l.startswith('model name')]
-    if names:
-      return f'{len(names)}x {names[0]}'
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def _time_workers(specs, steps):
-  """Starts a worker per spec, then alternates `steps` timed steps."""
-  workers, results = [], []
-  try:
-    for spec in specs:   # one at a time: compiling does not overlap timing
-      workers.append(_Worker(spec))
-      results.append(dict(ready=workers[-1].receive(), steps=[], cpu=[]))
-    for _ in range(steps):
-      for worker, result in zip(workers, results):
-        time.sleep(0.1)  # let the previous worker's threads go idle
-        reply = worker.send('step')
-        result['steps'].append(reply['seconds'])
-        result['cpu'].append(reply['cpu_seconds'])
-    for worker, result in zip(workers, results):
-      result['done'] = worker.send('finish')
-  finally:
-    for worker in workers:
-      worker.close()
-  return results
+def _env():
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # devices come from config.parallel.cpu_devices
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  return env
 
 
 def measure(args) -> list[dict]:
@@ -243,33 +99,30 @@ def measure(args) -> list[dict]:
   specs = [dict(mode=m, batch=args.batch, image_size=args.image_size,
                 width_scale=args.width_scale, warmup=args.warmup)
            for m in args.modes]
-  if getattr(args, 'sequential', False):
-    results = [r for spec in specs for r in _time_workers([spec], args.steps)]
-  else:
-    results = _time_workers(specs, args.steps)
+  sequential = getattr(args, 'sequential', False)
+  groups = [[s] for s in specs] if sequential else [specs]
+  results = [r for group in groups for r in harness.compare(
+      'parallel', group, steps=args.steps, envs=[_env()] * len(group))]
 
-  date = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
   records = []
   for spec, result in zip(specs, results):
-    ready, step_s = result['ready'], statistics.median(result['steps'])
+    ready = result['ready']
     data, model, data_parallel, label = MODES[spec['mode']]
-    records.append(dict(
+    rec = dict(
         benchmark='parallel', impl='jax', model='paper', mode=spec['mode'],
-        timing='sequential' if getattr(args, 'sequential', False)
-        else 'alternating',
+        timing='sequential' if sequential else 'alternating',
         label=label, mesh=dict(data=data, model=model),
         data_parallel=data_parallel, devices=ready['devices'],
         batch=spec['batch'], image_size=spec['image_size'],
-        width_scale=spec['width_scale'], step_ms=step_s * 1e3,
-        step_ms_min=min(result['steps']) * 1e3,
-        step_ms_max=max(result['steps']) * 1e3, steps=len(result['steps']),
-        step_cpu_ms=statistics.median(result['cpu']) * 1e3,
-        img_per_s=spec['batch'] / step_s,
+        width_scale=spec['width_scale'], step='trainer')
+    rec.update(harness.step_fields(result, spec['batch']))
+    rec.update(
         param_bytes_per_device=ready['param_bytes_per_device'],
         param_bytes_total=ready['param_bytes_total'],
-        compile_s=ready['compile_s'], peak_rss_mb=result['done'][
-            'peak_rss_mb'], version=ready['version'], date=date,
-        machine=_machine(), command=args.command_line))
+        compile_s=ready['compile_s'],
+        peak_rss_mb=result['done']['peak_rss_mb'],
+        version=ready['version'], load_avg=result['load'])
+    records.append(harness.stamp(rec, args.command_line))
   single = next((r for r in records if r['mode'] == 'single'), None)
   for r in records:
     r['ratio_to_single'] = (r['step_ms'] / single['step_ms'] if single
@@ -291,21 +144,22 @@ def print_table(records, file=sys.stdout):
           f"{r['compile_s']:.1f} |", file=file)
 
 
-def parse_args(argv):
+def parse_args(argv, prog='alexnet_jax.parallel_benchmark'):
   parser = argparse.ArgumentParser(
-      prog='python -m alexnet_jax.parallel_benchmark',
+      prog=f'python -m {prog}',
       description=__doc__.split('\n\n')[0])
-  parser.add_argument('--modes', type=benchmark.csv_choices(MODES, '--modes'), default=list(MODES),
+  parser.add_argument('--modes', type=harness.csv_choices(MODES, '--modes'),
+                      default=list(MODES),
                       help=f'comma-separated subset of {",".join(MODES)}')
   parser.add_argument('--quick', action='store_true',
                       help='batch 32, 3 steps: a few minutes')
-  parser.add_argument('--batch', type=benchmark.positive_int, default=None,
+  parser.add_argument('--batch', type=harness.positive_int, default=None,
                       help='global batch, every mode (default 128; 32 '
                       'with --quick)')
-  parser.add_argument('--image-size', type=benchmark.positive_int, default=224)
-  parser.add_argument('--steps', type=benchmark.positive_int, default=None,
+  parser.add_argument('--image-size', type=harness.positive_int, default=224)
+  parser.add_argument('--steps', type=harness.positive_int, default=None,
                       help='timed steps per mode (default 6, 3 with --quick)')
-  parser.add_argument('--warmup', type=benchmark.positive_int, default=None,
+  parser.add_argument('--warmup', type=harness.positive_int, default=None,
                       help='untimed steps after compiling (default 2, 1 '
                       'with --quick)')
   parser.add_argument('--width-scale', type=float, default=1.0,
@@ -317,7 +171,7 @@ def parse_args(argv):
   parser.add_argument('--out', default='',
                       help='also append the JSON lines to this file')
   args = parser.parse_args(argv)
-  args.argv = list(argv)
+  args.command_line = ' '.join([f'python -m {prog}'] + list(argv))
   return _defaults(args)
 
 
@@ -331,11 +185,6 @@ def _defaults(args):
   args.width_scale = getattr(args, 'width_scale', None) or 1.0
   args.modes = getattr(args, 'modes', None) or list(MODES)
   args.out = getattr(args, 'out', '')
-  if not hasattr(args, 'command_line'):
-    prog = ('alexnet_jax.parallel_benchmark' if not hasattr(args, 'command')
-            else 'alexnet_jax.benchmark')
-    args.command_line = ' '.join(['python -m', prog]
-                                 + list(getattr(args, 'argv', [])))
   for mode in args.modes:
     data = MODES[mode][0]
     if args.batch % data:
@@ -354,21 +203,15 @@ def run(args) -> list[dict]:
   args = _defaults(args)
   records = measure(args)
   for r in records:
-    line = json.dumps(r)
-    print(line, flush=True)
-    if args.out:
-      os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-      with open(args.out, 'a') as f:
-        f.write(line + '\n')
+    harness.emit(r, args.out)
   print_table(records)
   return records
 
 
-def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
-  if argv[:1] == ['_worker']:
-    return worker_main(json.loads(argv[1]))
-  run(parse_args(argv))
+def main(argv=None, prog='alexnet_jax.parallel_benchmark'):
+  """`python -m alexnet_jax.benchmark parallel ARGS`, and its older name
+  `python -m alexnet_jax.parallel_benchmark ARGS`."""
+  run(parse_args(sys.argv[1:] if argv is None else argv, prog))
 
 
 if __name__ == '__main__':

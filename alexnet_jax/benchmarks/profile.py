@@ -1,0 +1,191 @@
+"""Where the trainer's step spends its time and memory.
+
+    python -m alexnet_jax.benchmark profile [--variant torchvision]
+        [--batch 128] [--dtype float32] [--top 40]
+    python -m alexnet_jax.benchmark memory [--variant torchvision,paper]
+        [--batch 128]
+
+Both build the trainer's own step (steps.make_train_step, as the `train`
+benchmark does) in a harness worker with the trainer's XLA flags.
+
+* profile: times --steps steps, then traces one with jax.profiler and sums
+  the trace's XLA ops by name: the longest ones, and the time per kind
+  (oneDNN convolution custom calls `ffi_call.*`, XLA's YNNPACK fusions
+  `ynn_fusion.*` (the dots), everything else).
+* memory: compiles the step without running it and reports XLA's memory
+  plan (`memory_analysis()`: argument, output and temporary bytes), the
+  donated parameters XLA copies anyway (`copy(state_params...)` at the
+  entry of the compiled step), and this process's resident memory after
+  compiling, before and after glibc's malloc_trim(0). None of these depend
+  on the machine's load.
+"""
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+
+from alexnet_jax.benchmarks import harness
+from alexnet_jax.benchmarks import model as model_bench
+
+
+def _current_rss_mb():
+  try:
+    with open('/proc/self/status') as f:
+      return int(re.search(r'VmRSS:\s+(\d+)', f.read()).group(1)) / 1024
+  except (OSError, AttributeError):
+    return None
+
+
+def _param_copies(hlo):
+  """[(parameter name, bytes)] of entry parameters the step copies."""
+  entry = hlo[hlo.index('\nENTRY'):]
+  entry = entry[:entry.index('\n}')]
+  params = dict(re.findall(
+      r'(%[\w.\-]+) = (\w+\[[\d,]*\])[^\n]*? parameter\(\d+\)', entry))
+  sizes = dict(f32=4, s32=4, u32=4, bf16=2, f16=2, s8=1, u8=1, pred=1)
+  out = []
+  for operand in re.findall(r' copy\((%[\w.\-]+)\)', entry):
+    if operand in params and 'params' in operand:
+      dtype, dims = re.match(r'(\w+)\[([\d,]*)\]', params[operand]).groups()
+      n = 1
+      for d in filter(None, dims.split(',')):
+        n *= int(d)
+      out.append((operand, n * sizes.get(dtype, 4)))
+  return out
+
+
+def setup(spec) -> harness.Job:
+  from alexnet_jax.core import xla_flags
+  xla_flags.set_defaults()          # what the trainer runs with
+  import jax
+  built = model_bench.build_jax_train(spec)
+  step, state, batch = built['step'], built['state'], built['batch']
+
+  def run(i):
+    del i
+    state[0], m = step(state[0], batch)
+    return jax.device_get((m.loss.total, m.param_norm.total))
+
+  if spec['what'] == 'memory':
+    mem = built['compiled'].memory_analysis()
+    copies = _param_copies(built['compiled'].as_text())
+    rss_compiled = _current_rss_mb()
+    harness.release_free_heap()
+    facts = dict(
+        argument_mb=mem.argument_size_in_bytes / 2**20,
+        output_mb=mem.output_size_in_bytes / 2**20,
+        alias_mb=mem.alias_size_in_bytes / 2**20,
+        temp_mb=mem.temp_size_in_bytes / 2**20,
+        copied_params=len(copies),
+        copied_param_mb=sum(b for _, b in copies) / 2**20,
+        rss_after_compile_mb=rss_compiled,
+        rss_after_trim_mb=_current_rss_mb(),
+        compile_s=built['compile_s'], version=jax.__version__,
+        xla_flags=os.environ.get('XLA_FLAGS', ''))
+    return harness.Job(run=lambda i: None, facts=facts)
+
+  def trace():
+    with tempfile.TemporaryDirectory() as d:
+      with jax.profiler.trace(d):
+        run(-1)
+      path, = glob.glob(f'{d}/**/*.trace.json.gz', recursive=True)
+      with gzip.open(path) as f:
+        events = json.load(f)['traceEvents']
+    total, count = collections.Counter(), collections.Counter()
+    for e in events:
+      # XLA's ops carry their HLO name; runtime frames (ThunkExecutor,
+      # Python calls) span whole steps and are left out.
+      if e.get('ph') == 'X' and 'hlo_op' in e.get('args', {}):
+        total[e['name']] += e['dur'] / 1e3
+        count[e['name']] += 1
+    return dict(ops=[(n, ms, count[n]) for n, ms in total.most_common()])
+
+  return harness.Job(run=run, facts=dict(
+      compile_s=built['compile_s'], version=jax.__version__,
+      xla_flags=os.environ.get('XLA_FLAGS', '')), finish=trace)
+
+
+def _kind(op):
+  if op.startswith('ffi_call') or 'custom-call' in op:
+    return 'oneDNN convolutions (ffi_call)'
+  if op.startswith('ynn_fusion') or op.startswith('__ynn'):
+    return 'YNNPACK fusions (dots)'
+  return 'other XLA ops'
+
+
+def _spec(args, variant, dtype, what):
+  return dict(model=variant, dtype=dtype, batch=args.batch,
+              image_size=args.image_size, width_scale=args.width_scale,
+              warmup=args.warmup, what=what)
+
+
+def profile(args):
+  records = []
+  for variant in args.variant:
+    for dtype in args.dtype:
+      spec = _spec(args, variant, dtype, 'trace')
+      result, = harness.compare('profile', [spec], steps=args.steps)
+      ops = result['done']['ops']
+      kinds = collections.Counter()
+      for name, ms, _ in ops:
+        kinds[_kind(name)] += ms
+      rec = dict(benchmark='profile', impl='jax', model=variant, dtype=dtype,
+                 batch=args.batch, image_size=args.image_size,
+                 step='trainer', **harness.step_fields(result, args.batch),
+                 traced_ops_ms=sum(ms for _, ms, _ in ops),
+                 ms_by_kind=dict(kinds.most_common()),
+                 top_ops=[dict(op=n, ms=round(ms, 1), calls=c)
+                          for n, ms, c in ops[:args.top]],
+                 compile_s=result['ready']['compile_s'],
+                 version=result['ready']['version'],
+                 xla_flags=result['ready']['xla_flags'],
+                 load_avg=result['load'])
+      harness.emit(harness.stamp(rec, args.command_line), args.out)
+      records.append(rec)
+  return records
+
+
+def memory(args):
+  records = []
+  for variant in args.variant:
+    for dtype in args.dtype:
+      result, = harness.compare('profile', [_spec(args, variant, dtype,
+                                                  'memory')], steps=0)
+      ready = dict(result['ready'])
+      ready.pop('first_step_s', None)
+      rec = dict(benchmark='memory', impl='jax', model=variant, dtype=dtype,
+                 batch=args.batch, image_size=args.image_size,
+                 step='trainer', **ready)
+      harness.emit(harness.stamp(rec, args.command_line), args.out)
+      records.append(rec)
+  return records
+
+
+def print_table(records, file=sys.stdout):
+  for r in (r for r in records if r.get('benchmark') == 'profile'):
+    print(f"\n{r['model']} {r['dtype']} batch {r['batch']}: step "
+          f"{r['step_ms']:.0f} ms (median of {r['steps']}); traced ops "
+          f"{r['traced_ops_ms']:.0f} ms", file=file)
+    for kind, ms in r['ms_by_kind'].items():
+      print(f'  {ms:9.1f} ms  {ms / r["traced_ops_ms"]:4.0%}  {kind}',
+            file=file)
+    print('\n| ms | calls | op |\n|---|---|---|', file=file)
+    for op in r['top_ops']:
+      print(f"| {op['ms']:.1f} | {op['calls']} | {op['op'][:90]} |",
+            file=file)
+  mem = [r for r in records if r.get('benchmark') == 'memory']
+  if mem:
+    print('\n| model | dtype | batch | argument MB | temp MB | copied params '
+          '| RSS after compile MB | after trim MB |\n' + '|---' * 8 + '|',
+          file=file)
+    for r in mem:
+      print(f"| {r['model']} | {r['dtype']} | {r['batch']} | "
+            f"{r['argument_mb']:.0f} | {r['temp_mb']:.0f} | "
+            f"{r['copied_params']} ({r['copied_param_mb']:.0f} MB) | "
+            f"{r['rss_after_compile_mb']:.0f} | "
+            f"{r['rss_after_trim_mb']:.0f} |", file=file)
