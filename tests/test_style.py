@@ -1,9 +1,9 @@
 """Style: the linter (ruff) and the formatter (pyink) pass on the code.
 
 Their settings live in pyproject.toml; requirements-test.txt pins both. To
-fix what these report:
+fix what these report (in this order; see pyproject.toml):
 
-    ruff check --fix alexnet_jax configs tests experiments
+    ruff check --fix --exit-zero alexnet_jax configs tests experiments
     pyink alexnet_jax configs tests experiments
 """
 
@@ -28,7 +28,7 @@ def _run(*args):
 
 def test_ruff_check():
   status, out = _run('ruff', 'check', '--no-fix', '--output-format=concise')
-  fix = 'ruff check --fix ' + ' '.join(PATHS)
+  fix = 'ruff check --fix --exit-zero ' + ' '.join(PATHS)
   assert status == 0, f'{out[-4000:]}\n(fix: {fix})'
 
 
