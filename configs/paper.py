@@ -23,8 +23,10 @@ configs).
 
 import ml_collections
 
+# ImageNet's RGB PCA for the lighting augmentation (the one copy: the
+# preprocessing defaults and the input benchmark use these). Columns are
+# the eigenvectors (PAPER.md), stored row-major as a 3x3 tuple.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
-# Columns are the eigenvectors (PAPER.md), stored row-major as a 3x3 tuple.
 IMAGENET_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),
     (-0.5808, -0.0045, -0.8140),
