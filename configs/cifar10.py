@@ -1,16 +1,16 @@
 """AlexNet on CIFAR-10 at CPU scale: the paper's recipe, sized to an hour.
 
-Command (the CIFAR-10 JPEGs beside this checkout; TFDS 'cifar10' is the
-default source where it is prepared):
+Command (the CIFAR-10 JPEGs under the data root, docs/data.md; TFDS
+'cifar10' is the default source where it is prepared):
 
     python -m alexnet_jax.main --config=configs/cifar10.py \\
         --workdir=/tmp/cifar10 \\
-        --config.data.name=folder:../shared/datasets/cifar10
+        --config.data.name='folder:$ALEXNET_JAX_DATA/cifar10'
 
 Hardware: a 2-core Xeon CPU, no GPU: 20 epochs of 45,000 images at about
 300-400 images/s when the machine is otherwise idle, so about an hour.
-The result is in the README's training section (curves under
-experiments/cifar10/).
+The result is in docs/experiments.md (logs and curves in
+experiments/results/cifar10/).
 
 What is the paper's and what is adapted:
   * the paper's network (two towers, LRN, overlapping pooling, dropout 0.5,
@@ -46,7 +46,7 @@ def get_config():
   m.bias_init = 0.1
 
   d = c.data
-  d.name = 'cifar10'             # or 'folder:../shared/datasets/cifar10'
+  d.name = 'cifar10'             # or 'folder:$ALEXNET_JAX_DATA/cifar10'
   d.train_split = 'train[:90%]'  # 45,000 images
   d.eval_split = 'train[90%:]'   # 5,000 held-out images: the plateau's
   d.test_split = 'test'          # 10,000, reported after training
