@@ -44,10 +44,8 @@ def _files_with(pattern, names):
                 if rx.search((REPO / n).read_text(errors='replace')))
 
 
-# The one place tests find the shared data, and the README, which another
-# change is rewriting: drop it from here once it names the data root.
-SHARED_ALLOWED = {'tests/conftest.py', 'tests/test_one_definition.py',
-                  'README.md'}
+# The one place tests find the shared data (and this test, which names it).
+SHARED_ALLOWED = {'tests/conftest.py', 'tests/test_one_definition.py'}
 
 
 def test_no_sibling_or_machine_paths():
