@@ -46,7 +46,8 @@ def add_arguments(parser):
                       f'{paths_lib.in_data_root(DEFAULT_DATA)})')
   parser.add_argument('--data_root', default=None,
                       help='the folder holding the datasets (default '
-                      f'${paths_lib.DATA_ENV} or {paths_lib.DEFAULT_DATA_ROOT})')
+                      f'${paths_lib.DATA_ENV} or '
+                      f'{paths_lib.DEFAULT_DATA_ROOT})')
   parser.add_argument('--split', default='val')
   parser.add_argument('--workers', default='1,2',
                       help='comma-separated thread / process counts')
@@ -209,7 +210,8 @@ def run(args):
       if getattr(args, 'quick', False) and key in ('epochs', 'repeats'):
         setattr(args, key, {'epochs': 0.5, 'repeats': 1}[key])
   paths_lib.set_data_root(args.data_root)
-  args.data = paths_lib.expand(args.data or paths_lib.in_data_root(DEFAULT_DATA))
+  args.data = paths_lib.expand(
+      args.data or paths_lib.in_data_root(DEFAULT_DATA))
   files = _list_images(args.data, args.split)
   n_images = int(len(files) * args.epochs)
   rows = []
