@@ -393,3 +393,26 @@ def test_real_trainer_two_steps_then_resume(tmp_path):
   assert 'resum' in log.lower()
   rows = collect.read_metrics(runs[0].workdir)
   assert [r['step'] for r in rows if 'train_top1_error' in r] == [1, 2, 3, 4]
+
+
+def test_cifar10_run_redraws_from_its_logs_and_exports(tmp_path):
+  from experiments.cifar10 import plot as cifar10_plot
+  committed = collect.RESULTS_ROOT / 'cifar10'
+  out = tmp_path / 'cifar10'
+  shutil.copytree(committed, out)
+  (out / 'table.md').unlink()
+  assert cifar10_plot.main([f'--results={out}']) == 0
+  assert (out / 'table.md').read_text() == (committed / 'table.md').read_text()
+  assert '| test `test`, 10 crops' in (out / 'table.md').read_text()
+  # --export: a workdir's trainer files replace the logs; provenance says so.
+  work = tmp_path / 'work'
+  work.mkdir()
+  for name in ('metrics.jsonl', 'config.json'):
+    shutil.copyfile(out / 'logs' / name, work / name)
+  assert cifar10_plot.main([f'--results={out}', f'--export={work}',
+                            '--command=experiments/cifar10/run.sh']) == 0
+  prov = json.loads((out / collect.PROVENANCE_FILE).read_text())
+  assert prov['command'] == 'experiments/cifar10/run.sh'
+  assert prov['status'] == 'unfinished'     # no results.json in the workdir
+  assert not (out / 'logs' / 'results.json').exists()
+  assert 'Unfinished run' in (out / 'table.md').read_text()

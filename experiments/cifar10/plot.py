@@ -89,6 +89,8 @@ def export(workdir, out, command):
   for name in TRAINER_FILES:
     if (workdir / name).is_file():
       shutil.copyfile(workdir / name, logs / name)
+    else:  # e.g. results.json of an earlier run: not this run's
+      (logs / name).unlink(missing_ok=True)
   status = 'finished' if (workdir / 'results.json').is_file() else 'unfinished'
   prov = collect.provenance([], [collect.runner.git_commit()])
   prov.update(command=command, status=status)
