@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from alexnet_jax.core import paths
 from experiments import sweeps as sweeps_lib
 
 STATUS_FILE = 'sweep_run.json'   # in each workdir: command, start, finish
@@ -29,7 +30,6 @@ RESULTS_FILE = 'results.json'
 # A trainer stopped by SIGTERM or Ctrl-C saves a checkpoint and exits 143 or
 # 130 (128 + the signal); 0 is kept for trainers that exit cleanly early.
 STOPPED_RETURNCODES = (0, 128 + signal.SIGINT, 128 + signal.SIGTERM)
-DEFAULT_ROOT = sweeps_lib.REPO / 'experiments' / 'runs'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +55,16 @@ def format_value(value) -> str:
   return str(value)
 
 
-def plan(sweep: sweeps_lib.Sweep, dataset: str, *, root=DEFAULT_ROOT,
+def plan(sweep: sweeps_lib.Sweep, dataset: str, *, root=None,
          extra: dict[str, Any] | None = None,
          only: list[str] | None = None) -> list[Run]:
-  """The runs of `sweep` on `dataset`: its variants, in definition order."""
+  """The runs of `sweep` on `dataset`: its variants, in definition order.
+
+  Workdirs go to ROOT/SWEEP/DATASET/VARIANT; ROOT defaults to the runs root
+  (paths.runs_root: $ALEXNET_JAX_RUNS or ~/alexnet_jax_runs), outside the
+  repository.
+  """
+  root = paths.runs_root(root)
   all_datasets = sweeps_lib.datasets()
   if dataset not in sweep.datasets:
     raise ValueError(f'sweep {sweep.name!r} runs on '
