@@ -132,6 +132,18 @@ def test_stderr_without_drops_only_the_notices(capfd):
   assert capfd.readouterr().err == 'a real problem\n'
 
 
+def test_exit_on_is_one_line_and_ctrl_c_is_130(capsys):
+  with pytest.raises(SystemExit) as e:
+    with console.exit_on(config_checks.ConfigError):
+      raise config_checks.ConfigError('config.x=1 is not accepted')
+  assert e.value.code == 'error: config.x=1 is not accepted'
+  with pytest.raises(SystemExit) as e:
+    with console.exit_on(config_checks.ConfigError):
+      raise KeyboardInterrupt   # Ctrl-C before or after the training loop
+  assert e.value.code == 130
+  assert capsys.readouterr().err == 'interrupted\n'
+
+
 def test_config_path_resolution(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   resolved = main_lib.resolve_config_path('configs/smoke.py')

@@ -35,8 +35,11 @@ TF_NOTICES = (
 # Orbax logs a dozen lines per save or load, TFDS a few per dataset (and a
 # 'Failed to load dataset' before its own not-found error), and JAX one
 # 'Unable to initialize backend' per missing accelerator plugin.
-QUIET_INFO_PATHS = ('/orbax/', '/tensorflow_datasets/',
-                    '/jax/_src/xla_bridge.py')
+QUIET_INFO_PATHS = (
+    '/orbax/',
+    '/tensorflow_datasets/',
+    '/jax/_src/xla_bridge.py',
+)
 
 
 def setup(environ=os.environ):
@@ -62,7 +65,7 @@ def stderr_without(notices):
   try:
     sys.stderr.flush()
     saved = os.dup(2)
-  except (OSError, ValueError):   # no stderr to capture
+  except (OSError, ValueError):  # no stderr to capture
     yield
     return
   with tempfile.TemporaryFile() as held:
@@ -78,8 +81,11 @@ def stderr_without(notices):
       os.close(saved)
       held.seek(0)
       text = held.read().decode('utf-8', 'replace')
-      kept = [line for line in text.splitlines(keepends=True)
-              if not is_notice(line, notices)]
+      kept = [
+          line
+          for line in text.splitlines(keepends=True)
+          if not is_notice(line, notices)
+      ]
       if kept:
         os.write(2, ''.join(kept).encode())
 
@@ -100,7 +106,7 @@ class _QuietImport(importlib.abc.MetaPathFinder):
     del path, target
     if fullname != self._name or self._finding:
       return None
-    self._finding = True    # let the other finders find the real module
+    self._finding = True  # let the other finders find the real module
     try:
       spec = importlib.util.find_spec(fullname)
     finally:
@@ -125,7 +131,7 @@ class _QuietLoader(importlib.abc.Loader):
     if self._finder in sys.meta_path:
       sys.meta_path.remove(self._finder)
 
-  def __getattr__(self, name):   # resource readers and the like
+  def __getattr__(self, name):  # resource readers and the like
     return getattr(self._loader, name)
 
 
@@ -134,10 +140,10 @@ class _QuietInfo(logging.Filter):
 
   def filter(self, record):
     if 'tracked_metric' in str(record.msg):
-      return False   # Orbax: steps saved between evaluations carry no metrics
-    return (record.levelno >= logging.WARNING
-            or not any(p in record.pathname.replace(os.sep, '/')
-                       for p in QUIET_INFO_PATHS))
+      return False  # Orbax: steps saved between evaluations carry no metrics
+    return record.levelno >= logging.WARNING or not any(
+        p in record.pathname.replace(os.sep, '/') for p in QUIET_INFO_PATHS
+    )
 
 
 def filter_logs(verbose=False):
@@ -145,6 +151,7 @@ def filter_logs(verbose=False):
   if verbose:
     return
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
   handlers = list(logging.getLogger().handlers)
   handlers.append(absl_logging.get_absl_handler())
   for handler in handlers:
@@ -185,6 +192,7 @@ def parse_absl_flags(argv):
   whole traceback) plus a hint; this keeps the flag and the last line.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -192,12 +200,12 @@ def parse_absl_flags(argv):
     if '--verbose' in argv:
       print(text, file=sys.stderr)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) > 1:     # 'flag --x=v: Error whilst ...', ..., 'XError: m'
+    if len(lines) > 1:  # 'flag --x=v: Error whilst ...', ..., 'XError: m'
       flag = re.sub(r':? *Error whilst.*$', '', lines[0]).rstrip(':')
-      text = f'{flag}: ' + re.sub(r'^[\w.]*(Error|Exception): ', '',
-                                  lines[-1])
-    required = re.search(r'Flag (--\w+) must have a value other than None',
-                         text)
+      text = f'{flag}: ' + re.sub(r'^[\w.]*(Error|Exception): ', '', lines[-1])
+    required = re.search(
+        r'Flag (--\w+) must have a value other than None', text
+    )
     if required:
       text = f'{required.group(1)} is required'
     raise SystemExit(f'error: {text} (--helpshort lists the flags)') from None

@@ -218,11 +218,12 @@ class _Preemption:
   def _handler(self, signum, frame):
     if signum == signal.SIGINT and self.requested:
       raise KeyboardInterrupt
+    # Set before logging: a second signal may run this during the log call.
+    self.requested = True
+    self.signal = self.signal or signal.Signals(signum).name
     logging.warning('Received %s: saving a checkpoint at the current step, '
                     'then exiting (Ctrl-C again to stop without saving)',
                     signal.Signals(signum).name)
-    self.requested = True
-    self.signal = self.signal or signal.Signals(signum).name
     del frame
 
   def __enter__(self):
