@@ -148,6 +148,7 @@ def main(argv):
 
 def run():
   define_flags()
+  console.adopt_main(__name__)
   app.run(main, flags_parser=console.parse_absl_flags)
 
 

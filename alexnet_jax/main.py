@@ -168,6 +168,7 @@ def _parse_flags(argv):
 
 def run():
   define_flags()
+  console.adopt_main(__name__)
   app.run(main, argv=_resolve_argv(sys.argv), flags_parser=_parse_flags)
 
 

@@ -185,6 +185,24 @@ def exit_on(*errors, verbose=False):
     raise SystemExit(130) from None
 
 
+def adopt_main(module_name: str):
+  """Lets absl's --help describe `module_name` when run as a console script.
+
+  absl prints __main__'s docstring and the flags registered under
+  sys.argv[0]. Under `python -m` those are the command's own; from a
+  console script __main__ is pip's wrapper and the flags sit under the
+  module's name, so --help would list nothing.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  main, module = sys.modules['__main__'], sys.modules[module_name]
+  if main is module:
+    return
+  main.__doc__ = module.__doc__
+  for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def parse_absl_flags(argv):
   """absl's flag parsing with its errors as one line (`--verbose`: whole).
 
