@@ -3,7 +3,8 @@ calls, for ONEDNN_VERBOSE=1 to name the implementation oneDNN picks and time eac
 
     ONEDNN_VERBOSE=1 python experiments/benchmarks/onednn_verbose_layers.py 2>&1 | grep exec
 
-Aggregated output of the 2026-12-01 run: step_profile_2026-12-01.txt, section 3.
+Aggregated output of the 2026-12-01 run: experiments/results/benchmarks/logs/
+step_profile_2026-12-01.txt, section 3.
 """
 import time, numpy as np, jax, jax.numpy as jnp
 from alexnet_jax.core import onednn

@@ -3,7 +3,8 @@ against ops.conv2d's XLA path, forward, input and kernel gradients, in ms.
 
     ALEXNET_JAX_CONV=xla python experiments/benchmarks/per_layer_torch_vs_xla.py
 
-Output of the 2026-12-01 run: step_profile_2026-12-01.txt.
+Output of the 2026-12-01 run: experiments/results/benchmarks/logs/
+step_profile_2026-12-01.txt, section 1.
 """
 import time, sys, os
 import numpy as np
