@@ -195,7 +195,9 @@ def build_jax_train(spec):
   net = model_lib.from_config(config.model)
   step = steps.make_train_step(config, net, bare=spec.get('step') == 'bare')
   par = step.par
-  state = [par.place_state(step.init_state(numpy_params(net, config)))]
+  # Placed as the trainer places a fresh state (no host copies).
+  state = [par.place_state(steps.create_train_state(
+      config, net, step.tx, numpy_params(net, config)))]
   batch = par.shard_batch(fake_batch(config))
   start = time.perf_counter()
   compiled = step.lower(state[0], batch).compile()

@@ -62,8 +62,9 @@ def setup(spec) -> harness.Job:
   net = model_lib.from_config(config.model)
   step = steps.make_train_step(config, net)
   par = step.par
-  state = [par.place_state(step.init_state(
-      model_bench.numpy_params(net, config)))]
+  # Placed as the trainer places a fresh state (no host copies).
+  state = [par.place_state(steps.create_train_state(
+      config, net, step.tx, model_bench.numpy_params(net, config)))]
   batch = par.shard_batch(model_bench.fake_batch(config))
   start = time.perf_counter()
   step.lower(state[0], batch).compile()   # jit reuses this executable
