@@ -1,6 +1,6 @@
 """Speed of alexnet_jax against PyTorch on the same machine, side by side.
 
-    python -m alexnet_jax.benchmark all            # docs/performance.md's table (~12 min)
+    python -m alexnet_jax.benchmark all            # docs/performance.md (6-12 min)
     python -m alexnet_jax.benchmark all --quick    # model steps only (~2 min)
     python -m alexnet_jax.benchmark train [--variant paper,torchvision]
         [--batch 128] [--image-size 224] [--dtype float32|bfloat16]
@@ -61,6 +61,9 @@ def parse_args(argv):
                       help='overhead: rounds of fresh workers (default 3)')
   parser.add_argument('--top', type=harness.positive_int, default=40,
                       help='profile: how many of the longest ops to list')
+  parser.add_argument('--bare', action='store_true',
+                      help='memory: also the step without its metrics and '
+                      'norms')
   parser.add_argument('--impls', type=harness.csv_choices(
       ('jax', 'torch'), '--impls'), default=['jax', 'torch'])
   parser.add_argument('--matmul-size', type=harness.positive_int,

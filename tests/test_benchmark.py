@@ -176,11 +176,15 @@ def test_memory_reports_the_trainers_compiled_step(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.benchmark', 'memory',
        '--variant', 'torchvision', '--width-scale', '0.05', '--image-size',
-       '67', '--batch', '2', '--out', str(out)],
+       '67', '--batch', '2', '--bare', '--out', str(out)],
       capture_output=True, text=True, check=True, timeout=600)
-  rec, = _records(proc.stdout)
-  assert rec['benchmark'] == 'memory' and rec['step'] == 'trainer'
+  rec, bare = _records(proc.stdout)
+  assert rec['benchmark'] == 'memory'
+  assert (rec['step'], bare['step']) == ('trainer', 'bare')
   assert rec['argument_mb'] > 0 and rec['temp_mb'] > 0
+  # The same state goes in; the metrics and norms only add temporaries.
+  assert bare['argument_mb'] == rec['argument_mb']
+  assert bare['temp_mb'] <= rec['temp_mb']
   # The trainer's XLA flag removes the copies of donated parameters.
   assert rec['copied_params'] == 0
   assert rec['rss_after_trim_mb'] <= rec['rss_after_compile_mb']

@@ -3,7 +3,7 @@
     python -m alexnet_jax.benchmark profile [--variant torchvision]
         [--batch 128] [--dtype float32] [--top 40]
     python -m alexnet_jax.benchmark memory [--variant torchvision,paper]
-        [--batch 128]
+        [--batch 128] [--bare]
 
 Both build the trainer's own step (steps.make_train_step, as the `train`
 benchmark does) in a harness worker with the trainer's XLA flags.
@@ -17,7 +17,8 @@ benchmark does) in a harness worker with the trainer's XLA flags.
   donated parameters XLA copies anyway (`copy(state_params...)` at the
   entry of the compiled step), and this process's resident memory after
   compiling, before and after glibc's malloc_trim(0). None of these depend
-  on the machine's load.
+  on the machine's load. --bare adds the same for the step without its
+  metrics and norms (make_train_step(bare=True)).
 """
 
 import collections
@@ -68,8 +69,10 @@ def setup(spec) -> harness.Job:
 
   def run(i):
     del i
-    state[0], m = step(state[0], batch)
-    return jax.device_get((m.loss.total, m.param_norm.total))
+    state[0], out = step(state[0], batch)
+    if step.bare:
+      return jax.device_get(out)
+    return jax.device_get((out.loss.total, out.param_norm.total))
 
   if spec['what'] == 'memory':
     mem = built['compiled'].memory_analysis()
@@ -151,16 +154,21 @@ def profile(args):
 
 
 def memory(args):
+  """One record per variant and dtype; with --bare, also of the bare step
+  (forward, backward and update only: what the metrics and norms hold)."""
   records = []
+  kinds = ('trainer', 'bare') if getattr(args, 'bare', False) else (
+      'trainer',)
   for variant in args.variant:
-    for dtype in args.dtype:
-      result, = harness.compare('profile', [_spec(args, variant, dtype,
-                                                  'memory')], steps=0)
+    for dtype, step in ((d, s) for d in args.dtype for s in kinds):
+      spec = dict(_spec(args, variant, dtype, 'memory'), step=step)
+      result, = harness.compare('profile', [spec], steps=0)
       ready = dict(result['ready'])
       ready.pop('first_step_s', None)
+      ready.pop('event', None)
       rec = dict(benchmark='memory', impl='jax', model=variant, dtype=dtype,
-                 batch=args.batch, image_size=args.image_size,
-                 step='trainer', **ready)
+                 batch=args.batch, image_size=args.image_size, step=step,
+                 **ready)
       harness.emit(harness.stamp(rec, args.command_line), args.out)
       records.append(rec)
   return records
@@ -180,11 +188,11 @@ def print_table(records, file=sys.stdout):
             file=file)
   mem = [r for r in records if r.get('benchmark') == 'memory']
   if mem:
-    print('\n| model | dtype | batch | argument MB | temp MB | copied params '
-          '| RSS after compile MB | after trim MB |\n' + '|---' * 8 + '|',
-          file=file)
+    print('\n| model | step | dtype | batch | argument MB | temp MB | copied '
+          'params | RSS after compile MB | after trim MB |\n' + '|---' * 9
+          + '|', file=file)
     for r in mem:
-      print(f"| {r['model']} | {r['dtype']} | {r['batch']} | "
+      print(f"| {r['model']} | {r['step']} | {r['dtype']} | {r['batch']} | "
             f"{r['argument_mb']:.0f} | {r['temp_mb']:.0f} | "
             f"{r['copied_params']} ({r['copied_param_mb']:.0f} MB) | "
             f"{r['rss_after_compile_mb']:.0f} | "
