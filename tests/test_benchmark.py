@@ -183,7 +183,8 @@ def test_memory_reports_the_trainers_compiled_step(tmp_path):
   assert (rec['step'], bare['step']) == ('trainer', 'bare')
   assert rec['argument_mb'] > 0 and rec['temp_mb'] > 0
   # The same state goes in; the metrics and norms only add temporaries.
-  assert bare['argument_mb'] == rec['argument_mb']
+  # (To a few bytes: the two steps read different scalars of the state.)
+  assert bare['argument_mb'] == pytest.approx(rec['argument_mb'], rel=1e-4)
   assert bare['temp_mb'] <= rec['temp_mb']
   # The trainer's XLA flag removes the copies of donated parameters.
   assert rec['copied_params'] == 0
