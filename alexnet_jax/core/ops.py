@@ -136,7 +136,9 @@ def conv2d(x: Array, kernel: Array, stride: int, padding) -> Array:
                                   (stride, stride), padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   x, kernel = _same_varying_axes(x, kernel)
-  if conv_backend(x.dtype) == 'onednn':
+  # oneDNN takes no negative (cropping) padding: XLA's convolutions do.
+  if (min(p for pair in padding for p in pair) >= 0
+      and conv_backend(x.dtype) == 'onednn'):
     return _onednn_conv2d(x, kernel, stride, padding)
   return _conv2d(x, kernel, stride, padding)
 
@@ -148,9 +150,11 @@ def conv_backend(dtype=jnp.float32) -> str:
   """The convolutions conv2d runs for `dtype`: 'onednn' or 'xla'.
 
   ALEXNET_JAX_CONV (read when a function is traced) chooses: 'xla';
-  'onednn' (an error if it cannot run); or 'auto', the default: oneDNN on
-  CPU when it builds here, for float32, and for bfloat16 where oneDNN has
-  fast bfloat16 kernels for the CPU; else XLA.
+  'onednn' (an error if it cannot run, or for bfloat16 on a CPU without
+  bfloat16 instructions); or 'auto', the default: oneDNN on CPU when it
+  builds here, for float32, and for bfloat16 where the CPU has bfloat16
+  instructions (`onednn.bfloat16_unavailable`); else XLA, with one line
+  saying why.
   """
   choice = os.environ.get('ALEXNET_JAX_CONV', 'auto')
   if choice not in CONV_BACKENDS:
@@ -170,8 +174,14 @@ def conv_backend(dtype=jnp.float32) -> str:
       raise onednn.Unavailable(reason)
     _warn_once(f'oneDNN convolutions unavailable, using XLA\'s: {reason}')
     return 'xla'
-  if dtype == jnp.bfloat16 and choice == 'auto' and not onednn.bfloat16_fast():
-    return 'xla'       # oneDNN's reference bfloat16 loops are slower
+  if dtype == jnp.bfloat16:
+    reason = onednn.bfloat16_unavailable()
+    if reason is not None:
+      if choice == 'onednn':
+        raise onednn.Unavailable(f'oneDNN bfloat16 convolutions: {reason}')
+      _warn_once(f'oneDNN bfloat16 convolutions would be slow here, using '
+                 f'XLA\'s for bfloat16: {reason}')
+      return 'xla'
   return 'onednn'
 
 
