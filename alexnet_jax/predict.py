@@ -35,6 +35,8 @@ def define_flags():
   flags.DEFINE_enum('crops', '1', ['1', '10'],
                     '1 = centre crop, 10 = average over 10 crops.')
   flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
+  flags.DEFINE_enum('precision', 'highest', ['default', 'high', 'highest'],
+                    'Matmul/convolution precision (config.model.precision).')
 
 
 def readable_names(class_names) -> list[str]:
@@ -68,11 +70,15 @@ def preprocess_params(preprocessing):
 class Predictor:
   """Loads a checkpoint once; `__call__(path)` -> [(name, probability)]."""
 
-  def __init__(self, checkpoint_path, *, best=False, crops=1):
+  def __init__(self, checkpoint_path, *, best=False, crops=1,
+               precision='highest'):
     import jax  # pylint: disable=g-import-not-at-top
     from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
     self.model, self.variables, self.config = checkpoint.load(
         checkpoint_path, best=best)
+    self.model = model_lib.with_precision(self.model, precision)
+    self.config.model.precision = precision
     meta = checkpoint.load_metadata(checkpoint_path, best=best)
     self.names = readable_names(meta['class_names'])
     self.params = preprocess_params(meta['preprocessing'])
@@ -116,7 +122,7 @@ def main(argv):
   from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     predictor = Predictor(FLAGS.checkpoint, best=FLAGS.best,
-                          crops=FLAGS.crops)
+                          crops=FLAGS.crops, precision=FLAGS.precision)
   except checkpoint.CheckpointError as e:
     sys.exit(f'error: {e}')
   failed = 0

@@ -218,3 +218,31 @@ def test_precision_reaches_every_convolution_and_matmul(precision, expected):
     # 'default' may also be written as no precision_config at all.
     assert (re.findall(r'\b(DEFAULT|HIGHEST|HIGH)\b', op) == [expected] * 2
             or (expected == 'DEFAULT' and 'precision' not in op)), op
+
+
+def test_checkpoint_records_precision_and_predict_overrides_it(tmp_path):
+  """Training runs at config.model.precision (recorded with the weights);
+  predict (and evaluate, the same two lines) runs at 'highest' unless its
+  --precision flag says otherwise."""
+  from alexnet_jax import predict
+  from alexnet_jax.core import checkpoint
+  config = paper.get_config()
+  config.model.update_from_flattened_dict(dict(
+      width_scale=SCALE, num_classes=CLASSES, precision='high'))
+  config.data.image_size, config.data.resize_size = 64, 72
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                        checkpoint.abstract_params(config))
+  out = tmp_path / 'export'
+  checkpoint.save_model(
+      out, config=config, variables={'params': params},
+      preprocessing=dict(channel_order='RGB', pixel_scale=1.0,
+                         mean=[0.5] * 3, std=[1.0] * 3, image_size=64,
+                         resize_size=72),
+      class_names=[str(i) for i in range(CLASSES)])
+  model, _, saved = checkpoint.load(out)
+  assert saved.model.precision == model.precision == 'high'
+  assert predict.Predictor(out).model.precision == 'highest'
+  assert predict.Predictor(out, precision='default').model.precision == (
+      'default')
+  with pytest.raises(ValueError, match="precision 'fp32' is not one of"):
+    model_lib.with_precision(model, 'fp32')

@@ -469,6 +469,17 @@ def from_config(model_config: ml_collections.ConfigDict, **overrides):
   return AlexNet(**kwargs)
 
 
+def with_precision(model: nn.Module, precision: str) -> nn.Module:
+  """`model` with its matmul/convolution precision set (ops.PRECISIONS).
+
+  evaluate and predict use it for 'highest' by default: published
+  accuracies are float32 figures, which the platform default (TF32 on
+  A100/H100, bf16 passes on TPU) can move.
+  """
+  ops.precision_of(precision)     # one clear error for a bad name
+  return model.clone(precision=precision)
+
+
 def init(model: nn.Module, rng: jax.Array, image_size: int):
   """Initial variables for `model` at image_size x image_size inputs."""
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
