@@ -94,6 +94,10 @@ def write(stats, out):
 
 
 def main(argv=None):
+  try:  # host-side work only: keep TensorFlow off any GPU JAX may want
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TensorFlow has started (main() called in-process)
+    pass
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--data', required=True,
                       help="config.data.name: a TFDS name or 'folder:/path'")
@@ -121,5 +125,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  tf.config.set_visible_devices([], 'GPU')
   sys.exit(main())

@@ -1,7 +1,7 @@
 r"""Top-1 / top-5 error of a checkpoint on a dataset split.
 
     python -m alexnet_jax.evaluate --checkpoint=DIR \
-        [--dataset=folder:../shared/datasets/cifar10 --split=test --crops=10]
+        [--dataset='folder:$ALEXNET_JAX_DATA/cifar10' --split=test --crops=10]
 
 DIR is a training workdir (its latest checkpoint; --best for the lowest
 validation error), one of its step directories, or a model export from

@@ -51,22 +51,6 @@ def readable_names(class_names) -> list[str]:
   return [f'{lookup[n]} ({n})' if n in lookup else n for n in names]
 
 
-def preprocess_params(preprocessing):
-  """preprocess.Params for evaluation from a checkpoint's preprocessing."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import preprocess  # pylint: disable=g-import-not-at-top
-  mean_image = None
-  if preprocessing.get('mean_image'):
-    mean_image = np.load(preprocessing['mean_image']).astype(np.float32)
-  return preprocess.Params(
-      image_size=int(preprocessing['image_size']),
-      resize_size=int(preprocessing['resize_size']),
-      channel_order=preprocessing['channel_order'],
-      pixel_scale=float(preprocessing['pixel_scale']),
-      mean=tuple(preprocessing['mean']), std=tuple(preprocessing['std']),
-      mean_image=mean_image)
-
-
 class Predictor:
   """Loads a checkpoint once; `__call__(path)` -> [(name, probability)]."""
 
@@ -81,7 +65,8 @@ class Predictor:
     self.config.model.precision = precision
     meta = checkpoint.load_metadata(checkpoint_path, best=best)
     self.names = readable_names(meta['class_names'])
-    self.params = preprocess_params(meta['preprocessing'])
+    from alexnet_jax.core import preprocess  # pylint: disable=g-import-not-at-top
+    self.params = preprocess.params_from_record(meta['preprocessing'])
     self.crops = int(crops)
     model, variables = self.model, self.variables
 

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from alexnet_jax.core import paths
 from experiments import sweeps as sweeps_lib
 
 STATUS_FILE = 'sweep_run.json'   # in each workdir: command, start, finish
@@ -26,7 +27,6 @@ LOG_FILE = 'sweep_run.log'       # the trainer's stdout and stderr
 # What the trainer writes when it has trained and evaluated to the end
 # (alexnet_jax.core.train.RESULTS_FILE): a preempted trainer exits 0 without it.
 RESULTS_FILE = 'results.json'
-DEFAULT_ROOT = sweeps_lib.REPO / 'experiments' / 'runs'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +52,16 @@ def format_value(value) -> str:
   return str(value)
 
 
-def plan(sweep: sweeps_lib.Sweep, dataset: str, *, root=DEFAULT_ROOT,
+def plan(sweep: sweeps_lib.Sweep, dataset: str, *, root=None,
          extra: dict[str, Any] | None = None,
          only: list[str] | None = None) -> list[Run]:
-  """The runs of `sweep` on `dataset`: its variants, in definition order."""
+  """The runs of `sweep` on `dataset`: its variants, in definition order.
+
+  Workdirs go to ROOT/SWEEP/DATASET/VARIANT; ROOT defaults to the runs root
+  (paths.runs_root: $ALEXNET_JAX_RUNS or ~/alexnet_jax_runs), outside the
+  repository.
+  """
+  root = paths.runs_root(root)
   all_datasets = sweeps_lib.datasets()
   if dataset not in sweep.datasets:
     raise ValueError(f'sweep {sweep.name!r} runs on '

@@ -35,6 +35,14 @@ import pathlib  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
+DATA_ENV = 'ALEXNET_JAX_DATA'   # alexnet_jax.core.paths.DATA_ENV
+
+# The one place tests find the shared data: the data root is
+# $ALEXNET_JAX_DATA when set, else ../shared/datasets beside this checkout
+# (set here for this process and those the tests start: trainers, the
+# notebook's kernel). No test needs the variable set by hand.
+if DATA_ENV not in os.environ and (SHARED / 'datasets').is_dir():
+  os.environ[DATA_ENV] = str(SHARED / 'datasets')
 
 
 def pytest_collection_modifyitems(config, items):
@@ -57,8 +65,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope='session')
 def shared_datasets():
-  """../shared/datasets, or skip when this checkout has none beside it."""
-  path = SHARED / 'datasets'
+  """The data root (see above), or skip when there is none."""
+  path = pathlib.Path(os.environ.get(DATA_ENV, SHARED / 'datasets'))
   if not path.is_dir():
-    pytest.skip('../shared/datasets is not beside this checkout')
+    pytest.skip(f'no datasets: set {DATA_ENV} or put ../shared/datasets '
+                'beside this checkout')
   return path
