@@ -33,12 +33,11 @@ from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import optim
 from alexnet_jax.core import parallel
 from alexnet_jax.core import train
-
 import test_parallel  # the CPU collective test's modes, model and lists
 
-MODES = test_parallel.MODES                   # single, model, jit, pmap, hybrid
-BATCH = test_parallel.BATCH                   # 8
-SIZE = test_parallel.STEP_SIZE                # 67: fc6 reads a 1x1 map
+MODES = test_parallel.MODES  # single, model, jit, pmap, hybrid
+BATCH = test_parallel.BATCH  # 8
+SIZE = test_parallel.STEP_SIZE  # 67: fc6 reads a 1x1 map
 PLATFORMS = ('cuda', 'tpu')
 
 # XLA's convolutions per device: (forward, input gradients, kernel
@@ -49,8 +48,11 @@ PLATFORMS = ('cuda', 'tpu')
 # every kernel needs its gradient, so 8. Two-tower and hybrid modes hold one
 # tower per device: 5, 4, 5.
 CONVOLUTIONS = {
-    'single': (8, 7, 8), 'jit': (8, 7, 8), 'pmap': (8, 7, 8),
-    'model': (5, 4, 5), 'hybrid': (5, 4, 5),
+    'single': (8, 7, 8),
+    'jit': (8, 7, 8),
+    'pmap': (8, 7, 8),
+    'model': (5, 4, 5),
+    'hybrid': (5, 4, 5),
 }
 # JAX's autodiff writes each kind with its own dimension numbers (NHWC
 # activations, HWIO kernels): the input gradient is the forward with the
@@ -67,7 +69,8 @@ ALLOWED_LOOPS = {
         'gather_from_model_output': (
             "CLU's metric gathering under pmap (train.train_step): the "
             'per-device metric totals are all-gathered and folded by a scan '
-            'over the devices, on scalars, after the update'),
+            'over the devices, on scalars, after the update'
+        ),
     },
 }
 
@@ -85,10 +88,14 @@ def _train_step(config, par):
   The one place to switch to core/train.py's step factory when it lands.
   """
   tx = optim.make_optimizer(config.optim)
-  lr_fn = optim.base_schedule(config.optim, steps_per_epoch=100.0,
-                              total_steps=1000)
-  step = par.jit_step(functools.partial(
-      train.train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn))
+  lr_fn = optim.base_schedule(
+      config.optim, steps_per_epoch=100.0, total_steps=1000
+  )
+  step = par.jit_step(
+      functools.partial(
+          train.train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn
+      )
+  )
   return step, tx
 
 
@@ -99,25 +106,38 @@ def exported(mode, platform, dtype='float32'):
   module = model_lib.from_config(config.model)
   par = parallel.Parallel(config, module)
   step, tx = _train_step(config, par)
-  state = jax.eval_shape(functools.partial(
-      train.create_train_state, config, module, tx))
-  batch = dict(image=jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3),
-                                          jnp.float32),
-               label=jax.ShapeDtypeStruct((BATCH,), jnp.int32))
+  state = jax.eval_shape(
+      functools.partial(train.create_train_state, config, module, tx)
+  )
+  batch = dict(
+      image=jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),
+      label=jax.ShapeDtypeStruct((BATCH,), jnp.int32),
+  )
   if par.data_parallel == 'pmap':
     # jax.export refuses a bare pmap but takes jax.jit of it.
     n = par.data_size
     state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype), state)
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        (n, x.shape[0] // n) + x.shape[1:], x.dtype), batch)
+        lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype), state
+    )
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            (n, x.shape[0] // n) + x.shape[1:], x.dtype
+        ),
+        batch,
+    )
     fn = jax.jit(step._get(state, batch, ()))
   else:
     state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        state, par.shardings(state))
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape, x.dtype, sharding=par.batch_sharding), batch)
+        state,
+        par.shardings(state),
+    )
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=par.batch_sharding
+        ),
+        batch,
+    )
     fn = step._get(state, batch, ())
   return jax.export.export(fn, platforms=[platform])(state, batch), par, state
 
@@ -142,7 +162,8 @@ def _source_lines(loc, locations, depth=0):
   """Every 'file:first-last' a location (and its callers) points to."""
   out = []
   for path, first, last in re.findall(
-      r'"([^"]+\.py)":(\d+):\d+(?: to (?:(\d+):)?\d+)?', loc):
+      r'"([^"]+\.py)":(\d+):\d+(?: to (?:(\d+):)?\d+)?', loc
+  ):
     out.append((path, int(first), int(last or first)))
   if depth < 20:
     for ref in re.findall(r'#loc\d+', loc):
@@ -163,9 +184,13 @@ def while_loops(text):
     if 'stablehlo.while' not in line:
       continue
     indent = ' ' * (len(line) - len(line.lstrip()))
-    close = next(l for l in lines[i + 1:]
-                 if l.startswith(indent + '}') and 'loc(' in l
-                 and not l.startswith(indent + '} do'))
+    close = next(
+        l
+        for l in lines[i + 1 :]
+        if l.startswith(indent + '}')
+        and 'loc(' in l
+        and not l.startswith(indent + '} do')
+    )
     sources = _source_lines(close, locations)
     loops.append(sources[0] if sources else ('?', 0, 0))
   return loops
@@ -174,8 +199,9 @@ def while_loops(text):
 def _reason_for_loop(mode, source):
   path, first, last = source
   try:
-    code = ''.join(pathlib.Path(path).read_text().splitlines(True)
-                   [first - 1:last])
+    code = ''.join(
+        pathlib.Path(path).read_text().splitlines(True)[first - 1 : last]
+    )
   except OSError:
     return None
   for key, reason in ALLOWED_LOOPS.get(mode, {}).items():
@@ -198,18 +224,23 @@ def collectives(text, par):
   for m in re.finditer(
       r'"stablehlo\.(all_gather|all_reduce|reduce_scatter|all_to_all|'
       r'collective_permute|collective_broadcast)"\((.*?)-> (.*?) loc\(',
-      text, re.S):
+      text,
+      re.S,
+  ):
     kind, body, result = m.groups()
-    groups = [[int(i) for i in g.split(',') if i.strip()] for g in
-              re.findall(r'\[([\d, ]+)\]', _GROUPS.search(body).group(1))]
+    groups = [
+        [int(i) for i in g.split(',') if i.strip()]
+        for g in re.findall(r'\[([\d, ]+)\]', _GROUPS.search(body).group(1))
+    ]
     if par.data_parallel == 'pmap':
       axis = 'data'
     else:
       spans = set()
       for g in groups:
         coords = np.array([pos[i] for i in g])
-        spans |= {('data', 'model')[a] for a in range(2)
-                  if len(set(coords[:, a])) > 1}
+        spans |= {
+            ('data', 'model')[a] for a in range(2) if len(set(coords[:, a])) > 1
+        }
       axis = '+'.join(sorted(spans)) or 'none'
     shape = re.match(r'\(?tensor<([\dx]*?)x?[a-z]+\d*>', result.strip())
     dims = tuple(int(d) for d in shape.group(1).split('x') if d)
@@ -229,21 +260,33 @@ def _sdy_spec(text):
 
 def io_shardings(text):
   """({input name: spec}, {output name: spec}) from main's signature."""
-  main = re.search(r'func\.func public @main\((.*?)\) -> \((.*?)\) \{\n',
-                   text, re.S)
-  ins = {name: _sdy_spec(sh) for sh, name in re.findall(
-      r'sdy\.sharding = (#sdy\.sharding<@mesh, \[[^\]]*\]>)[^}]*\} '
-      r'loc\("([^"]+)"\)', main.group(1))}
-  outs = {name: _sdy_spec(sh) for name, sh in re.findall(
-      r'jax\.result_info = "([^"]+)", sdy\.sharding = '
-      r'(#sdy\.sharding<@mesh, \[[^\]]*\]>)', main.group(2))}
+  main = re.search(
+      r'func\.func public @main\((.*?)\) -> \((.*?)\) \{\n', text, re.S
+  )
+  ins = {
+      name: _sdy_spec(sh)
+      for sh, name in re.findall(
+          r'sdy\.sharding = (#sdy\.sharding<@mesh, \[[^\]]*\]>)[^}]*\} '
+          r'loc\("([^"]+)"\)',
+          main.group(1),
+      )
+  }
+  outs = {
+      name: _sdy_spec(sh)
+      for name, sh in re.findall(
+          r'jax\.result_info = "([^"]+)", sdy\.sharding = '
+          r'(#sdy\.sharding<@mesh, \[[^\]]*\]>)',
+          main.group(2),
+      )
+  }
   return ins, outs
 
 
 def _spec_tuple(spec, rank):
   spec = tuple(spec) + (None,) * (rank - len(spec))
-  return tuple(s[0] if isinstance(s, tuple) and len(s) == 1 else s
-               for s in spec)
+  return tuple(
+      s[0] if isinstance(s, tuple) and len(s) == 1 else s for s in spec
+  )
 
 
 # ----------------------------------------------------------------- tests --
@@ -252,7 +295,8 @@ def _spec_tuple(spec, rank):
 @pytest.mark.parametrize('platform', PLATFORMS)
 @pytest.mark.parametrize('mode', list(MODES))
 def test_the_real_train_step_lowers_to_xla_convolutions_without_loops(
-    mode, platform):
+    mode, platform
+):
   exp, par, _ = exported(mode, platform)
   text = exp.mlir_module()
   assert exp.platforms == (platform,)
@@ -261,11 +305,13 @@ def test_the_real_train_step_lowers_to_xla_convolutions_without_loops(
   # Loops: none from the model, only the ones named with a reason.
   for source in while_loops(text):
     assert _reason_for_loop(mode, source), (
-        f'{mode}/{platform}: a while loop from {source} (ops.py\'s '
-        'per-image kernel gradient is CPU-only)')
+        f"{mode}/{platform}: a while loop from {source} (ops.py's "
+        'per-image kernel gradient is CPU-only)'
+    )
   forward, input_grad, kernel_grad = CONVOLUTIONS[mode]
-  assert convolutions(text) == dict(forward=forward, input_grad=input_grad,
-                                    kernel_grad=kernel_grad)
+  assert convolutions(text) == dict(
+      forward=forward, input_grad=input_grad, kernel_grad=kernel_grad
+  )
   # The grouped alternative is not what runs (model.py says why).
   assert 'feature_group_count = 2' not in text
 
@@ -284,11 +330,12 @@ def test_the_loop_detector_sees_the_cpu_kernel_gradients(monkeypatch):
   """The CPU formulation lowered for CPU (XLA convolutions, not oneDNN) has
   one per-image loop per kernel gradient, found in ops.py: the check above
   would see them if they reached cuda or tpu."""
-  monkeypatch.setenv('ALEXNET_JAX_CONV', 'xla')   # read at trace time
+  monkeypatch.setenv('ALEXNET_JAX_CONV', 'xla')  # read at trace time
   config = _config('single')
   module = model_lib.from_config(config.model)
-  params = jax.eval_shape(lambda: model_lib.init(
-      module, jax.random.PRNGKey(0), SIZE))['params']
+  params = jax.eval_shape(
+      lambda: model_lib.init(module, jax.random.PRNGKey(0), SIZE)
+  )['params']
   x = jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32)
   grad = jax.jit(jax.grad(lambda p, x: module.apply({'params': p}, x).sum()))
   text = jax.export.export(grad, platforms=['cpu'])(params, x).mlir_module()
@@ -308,10 +355,12 @@ def test_two_tower_collectives_are_those_of_the_cpu_test(mode, platform):
   b = BATCH // par.data_size
   gathers = sorted(c for c in found if c[0] == 'all-gather')
   scatters = sorted(c for c in found if c[0] == 'reduce-scatter')
-  assert gathers == sorted(('all-gather', 'model', f(b))
-                           for f, _ in test_parallel.MODEL_GATHERS)
-  assert scatters == sorted(('reduce-scatter', 'model', f(b))
-                            for f, _ in test_parallel.MODEL_SCATTERS)
+  assert gathers == sorted(
+      ('all-gather', 'model', f(b)) for f, _ in test_parallel.MODEL_GATHERS
+  )
+  assert scatters == sorted(
+      ('reduce-scatter', 'model', f(b)) for f, _ in test_parallel.MODEL_SCATTERS
+  )
   reduces = [c for c in found if c[0] == 'all-reduce']
   if mode == 'model':
     assert reduces == []
@@ -319,12 +368,13 @@ def test_two_tower_collectives_are_those_of_the_cpu_test(mode, platform):
     # Each device's parameter gradients (its tower and fc8 half), summed
     # over the data axis; XLA packs these into one all-reduce when it
     # compiles (the CPU test sees that), the export has one per tensor.
-    local = sum(int(np.prod(s.sharding.shard_shape(s.shape)))
-                for s in jax.tree.leaves(state.params))
+    local = sum(
+        int(np.prod(s.sharding.shard_shape(s.shape)))
+        for s in jax.tree.leaves(state.params)
+    )
     assert {a for _, a, _ in reduces} == {'data'}
     assert sum(int(np.prod(s)) for _, _, s in reduces) == local
-  assert {c[0] for c in found} <= {'all-gather', 'reduce-scatter',
-                                   'all-reduce'}
+  assert {c[0] for c in found} <= {'all-gather', 'reduce-scatter', 'all-reduce'}
 
 
 @pytest.mark.parametrize('platform', PLATFORMS)
@@ -333,8 +383,10 @@ def test_data_parallel_sums_exactly_the_gradients(mode, platform):
   exp, par, state = exported(mode, platform)
   found = collectives(exp.mlir_module(), par)
   params = state.params
-  n_params = sum(int(np.prod(x.shape[1:] if mode == 'pmap' else x.shape))
-                 for x in jax.tree.leaves(params))
+  n_params = sum(
+      int(np.prod(x.shape[1:] if mode == 'pmap' else x.shape))
+      for x in jax.tree.leaves(params)
+  )
   reduces = [c for c in found if c[0] == 'all-reduce']
   assert {a for _, a, _ in reduces} == {'data'}
   assert sum(int(np.prod(s)) for _, _, s in reduces) == n_params
@@ -343,8 +395,10 @@ def test_data_parallel_sums_exactly_the_gradients(mode, platform):
     assert others == []
   else:
     # CLU's gather of the metrics' totals and counts: one value per device.
-    assert others and all(c[:2] == ('all-gather', 'data')
-                          and c[2] == (par.data_size,) for c in others)
+    assert others and all(
+        c[:2] == ('all-gather', 'data') and c[2] == (par.data_size,)
+        for c in others
+    )
 
 
 @pytest.mark.parametrize('mode', ['single', 'jit', 'model', 'hybrid'])
@@ -354,8 +408,9 @@ def test_inputs_and_outputs_are_laid_out_as_the_mode_asks(mode):
   exp, par, state = exported(mode, 'cuda')
   ins, outs = io_shardings(exp.mlir_module())
   leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-  specs = jax.tree.leaves(par.specs(state),
-                          is_leaf=lambda x: isinstance(x, jax.P))
+  specs = jax.tree.leaves(
+      par.specs(state), is_leaf=lambda x: isinstance(x, jax.P)
+  )
   assert len(leaves) == len(specs)
   split = 0
   for (path, leaf), spec in zip(leaves, specs):
@@ -393,8 +448,11 @@ def test_bfloat16_tpu_step_convolves_in_bfloat16_and_updates_in_float32():
   assert matmuls and all('bf16' in op.rsplit(' : ', 1)[1] for op in matmuls)
   # Parameters, momenta, and the state in and out stay float32...
   state_out, _ = jax.tree.unflatten(exp.out_tree, exp.out_avals)
-  floats = lambda tree: {a.dtype for a in jax.tree.leaves(tree)
-                         if jnp.issubdtype(a.dtype, jnp.floating)}
+  floats = lambda tree: {
+      a.dtype
+      for a in jax.tree.leaves(tree)
+      if jnp.issubdtype(a.dtype, jnp.floating)
+  }
   assert floats(state_out.params) == {jnp.dtype('float32')}
   assert floats(state_out.opt_state) == {jnp.dtype('float32')}
   assert floats(exp.in_avals) == {jnp.dtype('float32')}
@@ -403,6 +461,6 @@ def test_bfloat16_tpu_step_convolves_in_bfloat16_and_updates_in_float32():
   # the forward only converts that kernel to bfloat16.
   fc6 = 'x'.join(map(str, state_out.params['fc6']['kernel'].shape))
   arithmetic = re.findall(
-      rf'stablehlo\.(?:add|subtract|multiply) [^\n]*: tensor<{fc6}x(\w+)>',
-      text)
+      rf'stablehlo\.(?:add|subtract|multiply) [^\n]*: tensor<{fc6}x(\w+)>', text
+  )
   assert len(arithmetic) >= 3 and set(arithmetic) == {'f32'}, arithmetic

@@ -17,7 +17,6 @@ import pytest
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import parallel
 from alexnet_jax.core import train
-
 import test_formulations
 import test_parallel
 
@@ -34,10 +33,16 @@ def _loss_grads_fn(module):
   def run(params, images, labels):
     def loss_fn(params):
       logits = module.apply({'params': params}, images, train=False)
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean(), logits
+      return (
+          optax.softmax_cross_entropy_with_integer_labels(
+              logits, labels
+          ).mean(),
+          logits,
+      )
+
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, grads, logits
+
   return run
 
 
@@ -61,11 +66,13 @@ def test_default_precision_stays_close_to_highest():
   args = (test_formulations._params(), *test_formulations._batch())
   out = {}
   for precision in ('default', 'highest'):
-    module = model_lib.from_config(test_formulations._model_config(
-        'auto', precision=precision))
+    module = model_lib.from_config(
+        test_formulations._model_config('auto', precision=precision)
+    )
     out[precision] = _on(jax.devices()[0], _loss_grads_fn(module), *args)
   logits_error = test_formulations._relative_errors(
-      out['default'][2], out['highest'][2])
+      out['default'][2], out['highest'][2]
+  )
   assert logits_error < 2e-2, logits_error
 
 
@@ -75,16 +82,19 @@ def test_two_towers_on_two_devices_equal_one_device():
   config = test_parallel._config('model')
   config.model.precision = 'highest'
   module = model_lib.from_config(config.model)
-  single = model_lib.from_config(test_parallel._config('single').model,
-                                 precision='highest')
+  single = model_lib.from_config(
+      test_parallel._config('single').model, precision='highest'
+  )
   variables = test_parallel._variables()
   batch = test_parallel._batch(1)
   par = parallel.Parallel(config, module)
   loss = functools.partial(test_parallel._loss_and_logits, train=True)
-  grad = lambda apply: jax.jit(jax.grad(functools.partial(loss, apply),
-                                        has_aux=True))
-  want_g, want_logits = grad(single.apply)(variables, batch['image'],
-                                           batch['label'])
+  grad = lambda apply: jax.jit(
+      jax.grad(functools.partial(loss, apply), has_aux=True)
+  )
+  want_g, want_logits = grad(single.apply)(
+      variables, batch['image'], batch['label']
+  )
   placed = par.place_state(variables)
   images = par.shard_batch(batch)
   g, logits = grad(par.apply)(placed, images['image'], images['label'])
@@ -100,14 +110,23 @@ def test_a_short_training_run_learns(tmp_path):
   """The smoke config (embedded CIFAR-10 sample), 30 steps on the device:
   the loss falls and every metric is finite."""
   import test_train
-  config = test_train.tiny_config(**{
-      'train.num_train_steps': 30, 'train.eval_every_steps': 30,
-      'train.checkpoint_every_steps': 30, 'optim.schedule': 'constant',
-      'optim.batch_size': 32})
+
+  config = test_train.tiny_config(
+      **{
+          'train.num_train_steps': 30,
+          'train.eval_every_steps': 30,
+          'train.checkpoint_every_steps': 30,
+          'optim.schedule': 'constant',
+          'optim.batch_size': 32,
+      }
+  )
   results = train.train_and_evaluate(config, str(tmp_path))
-  assert all(np.isfinite(v) for v in results.values()
-             if isinstance(v, float))
+  assert all(np.isfinite(v) for v in results.values() if isinstance(v, float))
   from alexnet_jax.core import metrics as metrics_lib
-  rows = [r for r in metrics_lib.read_jsonl(tmp_path / metrics_lib.JSONL_FILE)
-          if 'train_loss' in r]
+
+  rows = [
+      r
+      for r in metrics_lib.read_jsonl(tmp_path / metrics_lib.JSONL_FILE)
+      if 'train_loss' in r
+  ]
   assert rows[-1]['train_loss'] < rows[0]['train_loss']

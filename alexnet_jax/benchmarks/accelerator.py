@@ -37,7 +37,7 @@ import time
 # as 1, 3 or 6 bf16 passes at precision default, high, highest. TPU v2/v3
 # show each of a chip's two cores as a device (half the chip's figure);
 # v4 and v5p one megacore device per chip; v5e and v6e one core per chip.
-PEAKS = (   # (device_kind pattern, {unit: TFLOP/s}); first match wins
+PEAKS = (  # (device_kind pattern, {unit: TFLOP/s}); first match wins
     (r'H100 PCIe', dict(fp32=51.0, tf32=378.0, bf16=756.0)),
     (r'H100|H200|GH200', dict(fp32=67.0, tf32=494.7, bf16=989.4)),
     (r'A100', dict(fp32=19.5, tf32=156.0, bf16=312.0)),
@@ -57,14 +57,15 @@ TPU_F32_PASSES = {'default': 1, 'high': 3, 'highest': 6}
 SIMULATED_KIND = {'cuda': 'NVIDIA A100-SXM4-80GB', 'tpu': 'TPU v4'}
 
 
-def device_peak_tflops(device_kind: str, dtype: str,
-                       precision: str = 'default'):
+def device_peak_tflops(
+    device_kind: str, dtype: str, precision: str = 'default'
+):
   """(TFLOP/s, unit) of one device for a model in `dtype` at `precision`,
   or (None, reason) when the device is not in PEAKS."""
-  for pattern, units in PEAKS:
-    if re.search(pattern, device_kind or ''):
-      break
-  else:
+  units = next(
+      (u for pattern, u in PEAKS if re.search(pattern, device_kind or '')), None
+  )
+  if units is None:
     return None, f'{device_kind!r} is not in the peak table'
   if device_kind.startswith('TPU'):
     if dtype == 'bfloat16':
@@ -74,7 +75,7 @@ def device_peak_tflops(device_kind: str, dtype: str,
   if dtype == 'bfloat16':
     unit = 'bf16' if units['bf16'] else 'fp32'
   elif precision in ('default', 'high') and units['tf32']:
-    unit = 'tf32'              # XLA:GPU's default for float32 dots
+    unit = 'tf32'  # XLA:GPU's default for float32 dots
   else:
     unit = 'fp32'
   return units[unit], unit
@@ -84,7 +85,7 @@ def device_peak_tflops(device_kind: str, dtype: str,
 # What is here (asked in a subprocess: importing jax in this process would
 # preallocate GPU memory the benchmark workers need).
 
-_PROBE = r'''
+_PROBE = r"""
 import json, jax
 d = jax.devices()
 torch_cuda = False
@@ -98,35 +99,58 @@ platform = {'gpu': d[0].platform}.get(jax.default_backend(),
                                     jax.default_backend())
 print(json.dumps(dict(platform=platform, devices=len(d),
                       device_kind=d[0].device_kind, torch_cuda=torch_cuda)))
-'''
+"""
 
 
 def probe(simulate: str | None = None) -> dict:
   """{platform, devices, device_kind, torch_cuda, simulated}."""
   if not simulate and os.environ.get('JAX_PLATFORMS') == 'cpu':
-    return dict(platform='cpu', devices=None, device_kind='cpu',
-                torch_cuda=False, simulated=False)
+    return dict(
+        platform='cpu',
+        devices=None,
+        device_kind='cpu',
+        torch_cuda=False,
+        simulated=False,
+    )
   if simulate:
     platform, _, count = simulate.partition(':')
     if platform not in SIMULATED_KIND:
       raise SystemExit(f'--simulate={simulate!r}: use cuda[:N] or tpu[:N]')
-    return dict(platform=platform, devices=int(count or 1),
-                device_kind=SIMULATED_KIND[platform], torch_cuda=False,
-                simulated=True)
-  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false',
-             TF_CPP_MIN_LOG_LEVEL='3')
-  out = subprocess.run([sys.executable, '-c', _PROBE], check=True, env=env,
-                       stdout=subprocess.PIPE, text=True).stdout
+    return dict(
+        platform=platform,
+        devices=int(count or 1),
+        device_kind=SIMULATED_KIND[platform],
+        torch_cuda=False,
+        simulated=True,
+    )
+  env = dict(
+      os.environ,
+      XLA_PYTHON_CLIENT_PREALLOCATE='false',
+      TF_CPP_MIN_LOG_LEVEL='3',
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', _PROBE],
+      check=True,
+      env=env,
+      stdout=subprocess.PIPE,
+      text=True,
+  ).stdout
   return dict(json.loads(out.strip().splitlines()[-1]), simulated=False)
 
 
 def annotate(record: dict, info: dict, precision: str) -> dict:
   """Adds the platform and the fraction of the device's peak to a record
   of `benchmark train` / `infer` (achieved_gflops per device)."""
-  peak, unit = device_peak_tflops(info['device_kind'], record['dtype'],
-                                  precision)
-  record.update(platform=info['platform'], device_kind=info['device_kind'],
-                precision=precision, peak_tflops=peak, peak_unit=unit)
+  peak, unit = device_peak_tflops(
+      info['device_kind'], record['dtype'], precision
+  )
+  record.update(
+      platform=info['platform'],
+      device_kind=info['device_kind'],
+      precision=precision,
+      peak_tflops=peak,
+      peak_unit=unit,
+  )
   if info.get('simulated'):
     record['simulated'] = True
   if peak:
@@ -142,12 +166,17 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 def _emit(record, args):
   from alexnet_jax import benchmark
+
   benchmark.emit(record, args)
 
 
 def _pytest_counts(output: str) -> dict:
-  counts = {k: int(n) for n, k in re.findall(
-      r'(\d+) (passed|failed|skipped|errors?|deselected)', output)}
+  counts = {
+      k: int(n)
+      for n, k in re.findall(
+          r'(\d+) (passed|failed|skipped|errors?|deselected)', output
+      )
+  }
   counts.setdefault('passed', 0)
   counts.setdefault('failed', 0)
   return counts
@@ -157,29 +186,48 @@ def run_tests(args, info):
   """`pytest -m accelerator` (a checkout's tests/; installs have none)."""
   tests = REPO / 'tests'
   if not tests.is_dir():
-    return dict(step='tests', skipped='no tests/ beside this package '
-                '(run from a git checkout)')
-  command = [sys.executable, '-m', 'pytest', '-q', '-m', 'accelerator',
-             str(tests / 'test_on_accelerator.py')]
+    return dict(
+        step='tests',
+        skipped='no tests/ beside this package ' '(run from a git checkout)',
+    )
+  command = [
+      sys.executable,
+      '-m',
+      'pytest',
+      '-q',
+      '-m',
+      'accelerator',
+      str(tests / 'test_on_accelerator.py'),
+  ]
   start = time.perf_counter()
-  proc = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, text=True,
-                        timeout=args.test_timeout)
+  proc = subprocess.run(
+      command,
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      timeout=args.test_timeout,
+  )
   sys.stderr.write(proc.stdout[-3000:])
-  return dict(step='tests', command=' '.join(command[1:]),
-              returncode=proc.returncode,
-              seconds=time.perf_counter() - start,
-              **_pytest_counts(proc.stdout.splitlines()[-1]
-                               if proc.stdout else ''))
+  return dict(
+      step='tests',
+      command=' '.join(command[1:]),
+      returncode=proc.returncode,
+      seconds=time.perf_counter() - start,
+      **_pytest_counts(proc.stdout.splitlines()[-1] if proc.stdout else ''),
+  )
 
 
 def run(args):
   """The sequence in the module doc; returns every record written."""
   from alexnet_jax import benchmark
+
   info = probe(args.simulate)
   if info['platform'] == 'cpu':
-    raise SystemExit('benchmark accelerator: no GPU or TPU here (JAX sees '
-                     'cpu); `--simulate=cuda` rehearses it on CPU')
+    raise SystemExit(
+        'benchmark accelerator: no GPU or TPU here (JAX sees '
+        'cpu); `--simulate=cuda` rehearses it on CPU'
+    )
   quick = args.quick or bool(args.simulate)
   records = []
 
@@ -203,7 +251,7 @@ def run(args):
   sub.variant = ['paper']
   sub.dtype = ['float32', 'bfloat16']
   sub.impls = ['jax'] + (['torch'] if info['torch_cuda'] else [])
-  if args.simulate:        # tiny, on this CPU
+  if args.simulate:  # tiny, on this CPU
     sub.batch, sub.image_size, sub.width_scale = 8, 67, 1 / 16
     sub.steps, sub.warmup, sub.matmul_size = 2, 1, 256
   else:
@@ -211,10 +259,18 @@ def run(args):
     sub.steps, sub.warmup = (5, 2) if quick else (20, 5)
     sub.matmul_size = 8192
   if not info['torch_cuda']:
-    emit(dict(benchmark='accelerator', step='torch', skipped=(
-        'no CUDA build of torch here (pip install torch with CUDA to '
-        'measure the PyTorch twin)' if info['platform'] == 'cuda' else
-        f'PyTorch twin runs on CUDA only, not {info["platform"]}')))
+    emit(
+        dict(
+            benchmark='accelerator',
+            step='torch',
+            skipped=(
+                'no CUDA build of torch here (pip install torch with CUDA to '
+                'measure the PyTorch twin)'
+                if info['platform'] == 'cuda'
+                else f'PyTorch twin runs on CUDA only, not {info["platform"]}'
+            ),
+        )
+    )
   for rec in benchmark.model_benchmark('train', sub):
     records.append(rec)
 
@@ -222,13 +278,18 @@ def run(args):
     par = benchmark.parse_args(['parallel'])
     par.argv, par.out = args.argv, args.out
     par.modes = ['single', 'model']
-    par.sequential = True      # one process at a time on the device
+    par.sequential = True  # one process at a time on the device
     par.batch, par.steps, par.warmup = sub.batch, sub.steps, sub.warmup
     par.image_size, par.width_scale = sub.image_size, sub.width_scale
     for rec in benchmark._delegate('parallel', par):
       rec = dict(rec, host=info)
       records.append(rec)
   else:
-    emit(dict(benchmark='accelerator', step='parallel',
-              skipped='one device: two towers need two'))
+    emit(
+        dict(
+            benchmark='accelerator',
+            step='parallel',
+            skipped='one device: two towers need two',
+        )
+    )
   return records

@@ -26,9 +26,11 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 def export_tree(rev, dest):
   """BEFORE_REV's alexnet_jax package (configs/ inside, as installed)."""
-  archive = subprocess.run(['git', '-C', str(REPO), 'archive', rev,
-                            'alexnet_jax', 'configs'], check=True,
-                           stdout=subprocess.PIPE).stdout
+  archive = subprocess.run(
+      ['git', '-C', str(REPO), 'archive', rev, 'alexnet_jax', 'configs'],
+      check=True,
+      stdout=subprocess.PIPE,
+  ).stdout
   subprocess.run(['tar', '-x', '-C', str(dest)], input=archive, check=True)
   shutil.copytree(dest / 'configs', dest / 'alexnet_jax' / 'configs')
 
@@ -43,32 +45,57 @@ def main():
   parser.add_argument('--model', default='paper')
   parser.add_argument('--out', default='')
   args = parser.parse_args()
-  after = subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short',
-                          'HEAD'], check=True, stdout=subprocess.PIPE,
-                         text=True).stdout.strip()
-  dirty = subprocess.run(['git', '-C', str(REPO), 'status', '--porcelain',
-                          'alexnet_jax', 'configs'], check=True,
-                         stdout=subprocess.PIPE, text=True).stdout.strip()
+  after = subprocess.run(
+      ['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'],
+      check=True,
+      stdout=subprocess.PIPE,
+      text=True,
+  ).stdout.strip()
+  dirty = subprocess.run(
+      [
+          'git',
+          '-C',
+          str(REPO),
+          'status',
+          '--porcelain',
+          'alexnet_jax',
+          'configs',
+      ],
+      check=True,
+      stdout=subprocess.PIPE,
+      text=True,
+  ).stdout.strip()
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     export_tree(args.before, tmp)
-    spec = dict(impl='jax', benchmark='train', model=args.model,
-                dtype=args.dtype, batch=args.batch, image_size=224,
-                warmup=args.warmup, width_scale=1.0, matmul_size=2048)
+    spec = dict(
+        impl='jax',
+        benchmark='train',
+        model=args.model,
+        dtype=args.dtype,
+        batch=args.batch,
+        image_size=224,
+        warmup=args.warmup,
+        width_scale=1.0,
+        matmul_size=2048,
+    )
     env_before = dict(os.environ, PYTHONPATH=str(tmp))
     env_after = dict(os.environ, PYTHONPATH=str(REPO))
-    results = benchmark.compare([spec, spec], steps=args.steps,
-                                envs=[env_before, env_after])
+    results = benchmark.compare(
+        [spec, spec], steps=args.steps, envs=[env_before, env_after]
+    )
   flops = benchmark.step_flops('train', args.model, 224, args.batch)
   argv = ' '.join(sys.argv[1:])
-  for label, rev, result in (('before', args.before, results[0]),
-                             ('after', after + ('+dirty' if dirty else ''),
-                              results[1])):
+  for label, rev, result in (
+      ('before', args.before, results[0]),
+      ('after', after + ('+dirty' if dirty else ''), results[1]),
+  ):
     rec = benchmark._record('train', spec, result, flops)
-    rec.update(side=label, rev=rev, steps_ms=[s * 1e3 for s in
-                                              result['steps']])
+    rec.update(side=label, rev=rev, steps_ms=[s * 1e3 for s in result['steps']])
     rec = benchmark._stamp(rec, argparse.Namespace(argv=[argv]))
-    rec['command'] = f'python experiments/accelerator/cpu_before_after.py {argv}'
+    rec['command'] = (
+        f'python experiments/accelerator/cpu_before_after.py {argv}'
+    )
     line = json.dumps(rec)
     print(line, flush=True)
     if args.out:
