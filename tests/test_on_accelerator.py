@@ -118,6 +118,8 @@ def test_a_short_training_run_learns(tmp_path):
           'train.checkpoint_every_steps': 30,
           'optim.schedule': 'constant',
           'optim.batch_size': 32,
+          # One device: 32 need not divide over every device of the host.
+          'parallel.mesh.data': 1,
       }
   )
   results = train.train_and_evaluate(config, str(tmp_path))
