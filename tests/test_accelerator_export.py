@@ -464,3 +464,41 @@ def test_bfloat16_tpu_step_convolves_in_bfloat16_and_updates_in_float32():
       rf'stablehlo\.(?:add|subtract|multiply) [^\n]*: tensor<{fc6}x(\w+)>', text
   )
   assert len(arithmetic) >= 3 and set(arithmetic) == {'f32'}, arithmetic
+
+
+def test_one_export_serves_cpu_cuda_and_tpu():
+  """platform_dependent keeps a branch per platform in one artifact: the
+  CPU's oneDNN calls (admitted by name) beside the plain XLA branch, and
+  the platform is picked when the artifact is compiled."""
+  from alexnet_jax.core import onednn
+
+  config = _config('single')
+  module = model_lib.from_config(config.model)
+  par = parallel.Parallel(config, module)
+  step, tx = _train_step(config, par)
+  state = jax.eval_shape(
+      functools.partial(train.create_train_state, config, module, tx)
+  )
+  batch = dict(
+      image=jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),
+      label=jax.ShapeDtypeStruct((BATCH,), jnp.int32),
+  )
+  checks = [
+      jax.export.DisabledSafetyCheck.custom_call(t)
+      for t in onednn.TARGETS.values()
+  ]
+  exp = jax.export.export(
+      step._get(state, batch, ()),
+      platforms=['cpu', 'cuda', 'tpu'],
+      disabled_checks=checks,
+  )(state, batch)
+  text = exp.mlir_module()
+  assert exp.platforms == ('cpu', 'cuda', 'tpu')
+  assert set(custom_calls(text)) <= set(onednn.TARGETS.values())
+  # Both formulations are in it. XLA's convolutions are written once per
+  # platform that lowers them differently (a platform switch around each),
+  # so they come in whole sets of the 8 kernel gradients.
+  kernel_grads = convolutions(text)['kernel_grad']
+  assert kernel_grads and kernel_grads % 8 == 0
+  if onednn.unavailable() is None:  # the CPU branch's own kernel gradients
+    assert custom_calls(text)['AlexnetConvBwdKernel'] == 8
