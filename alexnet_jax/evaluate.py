@@ -11,14 +11,15 @@ the one the checkpoint was trained on.
 """
 
 import json
-import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from alexnet_jax.core import console
+
+console.setup()                 # before anything imports TensorFlow
 
 FLAGS = flags.FLAGS
 
@@ -49,6 +50,8 @@ def define_flags():
                     'Matmul/convolution precision (config.model.precision); '
                     "'highest' reproduces float32 accuracy on GPUs and TPUs, "
                     "whose 'default' is TF32 / bf16 passes.")
+  flags.DEFINE_bool('verbose', False, 'Show tracebacks of errors and the '
+                    'INFO logs of Orbax, TFDS and JAX start-up.')
 
 
 def eval_config(config, *, dataset=None, data_dir=None, split=None,
@@ -126,20 +129,22 @@ def run_evaluation(path, *, best=False, dataset=None, data_dir=None,
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])} (flags '
+             'take the form --name=value)')
   if not FLAGS.checkpoint:
-    raise app.UsageError('--checkpoint=DIR is required')
+    sys.exit('error: --checkpoint=DIR is required (a training workdir, a '
+             'step directory or a model export)')
+  console.filter_logs(FLAGS.verbose)
   from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
-  try:
+  with console.exit_on(checkpoint.CheckpointError,
+                       tfds_source.DataNotReadyError, ValueError,
+                       FileNotFoundError, verbose=FLAGS.verbose):
     result = run_evaluation(
         FLAGS.checkpoint, best=FLAGS.best, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, split=FLAGS.split, crops=FLAGS.crops,
         batch_size=FLAGS.batch_size, max_batches=FLAGS.max_batches,
         precision=FLAGS.precision)
-  except (checkpoint.CheckpointError, tfds_source.DataNotReadyError,
-          ValueError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
   print(f'{result["dataset"]} {result["split"]}, {result["examples"]} '
         f'images, {result["crops"]} crop(s): top-1 error '
         f'{100 * result["top1_error"]:.2f}%, top-5 error '
@@ -152,7 +157,8 @@ def main(argv):
 
 def run():
   define_flags()
-  app.run(main)
+  console.adopt_main(__name__)
+  app.run(main, flags_parser=console.parse_absl_flags)
 
 
 if __name__ == '__main__':

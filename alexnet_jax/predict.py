@@ -11,14 +11,15 @@ that ship with the package.
 
 import importlib.resources
 import json
-import os
 import re
 import sys
 
 from absl import app
 from absl import flags
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from alexnet_jax.core import console
+
+console.setup()                 # before anything imports TensorFlow
 
 FLAGS = flags.FLAGS
 _WNID = re.compile(r'^n\d{8}$')
@@ -37,6 +38,8 @@ def define_flags():
   flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
   flags.DEFINE_enum('precision', 'highest', ['default', 'high', 'highest'],
                     'Matmul/convolution precision (config.model.precision).')
+  flags.DEFINE_bool('verbose', False, 'Show tracebacks of errors and the '
+                    'INFO logs of Orbax and JAX start-up.')
 
 
 def readable_names(class_names) -> list[str]:
@@ -102,14 +105,13 @@ class Predictor:
 def main(argv):
   images = argv[1:]
   if not FLAGS.checkpoint or not images:
-    raise app.UsageError('usage: python -m alexnet_jax.predict '
-                         '--checkpoint=DIR IMAGE [IMAGE ...]')
+    sys.exit('error: usage: python -m alexnet_jax.predict --checkpoint=DIR '
+             'IMAGE [IMAGE ...]')
+  console.filter_logs(FLAGS.verbose)
   from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
-  try:
+  with console.exit_on(checkpoint.CheckpointError, verbose=FLAGS.verbose):
     predictor = Predictor(FLAGS.checkpoint, best=FLAGS.best,
                           crops=FLAGS.crops, precision=FLAGS.precision)
-  except checkpoint.CheckpointError as e:
-    sys.exit(f'error: {e}')
   failed = 0
   for path in images:
     try:
@@ -131,7 +133,8 @@ def main(argv):
 
 def run():
   define_flags()
-  app.run(main)
+  console.adopt_main(__name__)
+  app.run(main, flags_parser=console.parse_absl_flags)
 
 
 if __name__ == '__main__':

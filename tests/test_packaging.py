@@ -174,13 +174,8 @@ def test_console_script_help(script, monkeypatch, capsys):
     assert HELP_FLAG[script] in out
 
 
-# absl's --help prints __main__'s docstring and the flags registered under
-# sys.argv[0]. From a console script __main__ is pip's wrapper and the flags
-# are registered under the command's module name, so it prints only
-# 'USAGE: alexnet-train [flags]'. Fix: when __main__ is not the command's
-# module, copy its docstring to __main__ and register the module's key
-# flags for sys.argv[0] (FLAGS.register_key_flag_for_module).
-@pytest.mark.xfail(strict=True, reason='see the comment above')
+# From a console script __main__ is pip's wrapper: console.adopt_main gives
+# absl's --help the command's docstring and flags.
 @pytest.mark.parametrize('script', ABSL_SCRIPTS)
 def test_absl_console_script_help_lists_flags(script, monkeypatch, capsys):
   status, out = _help(script, monkeypatch, capsys)

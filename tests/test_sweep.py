@@ -36,9 +36,9 @@ FAKE_MAIN = textwrap.dedent('''
     state = wd / 'state.json'
     start = json.loads(state.read_text())['step'] if state.exists() else 0
     crash = int(os.environ.get('FAKE_CRASH_AT', '0'))
-    def term(*_):  # like the trainer: checkpoint, exit 0, no results file
+    def term(*_):  # like the trainer: checkpoint, exit 143, no results file
       (wd / 'got_sigterm').write_text('yes')
-      sys.exit(0)
+      sys.exit(143)
     signal.signal(signal.SIGTERM, term)
     if os.environ.get('FAKE_SLEEP'):
       (wd / 'started').write_text('yes')
@@ -294,7 +294,7 @@ def test_sigterm_stops_trainers_cleanly(fake):
   for w in wds:
     assert (w / 'got_sigterm').read_text() == 'yes'
     status = json.loads((w / runner.STATUS_FILE).read_text())
-    assert status['returncode'] == 0 and status['completed'] is False
+    assert status['returncode'] == 143 and status['completed'] is False
   assert (root / 'res' / 'summary.csv').is_file()
 
 

@@ -135,9 +135,9 @@ _SLICE = re.compile(
     r'^(?P<name>[\w-]+)(\[(?P<lo>-?\d+%?)?:(?P<hi>-?\d+%?)?\])?$')
 
 
-def parse_split(split, sizes):
-  """'train', 'train[:1000]' or 'train[10%:]' -> (name, start, stop), as
-  TFDS slices splits (percentages round to the closest example)."""
+def check_split(split, sizes):
+  """The split's name; ValueError if `split` is not NAME, NAME[a:b] or
+  NAME[a%:b%] of a split in `sizes` (which is not asked for a size)."""
   match = _SLICE.match(split)
   if not match:
     raise ValueError(f'split {split!r} is not accepted; use NAME, NAME[a:b] '
@@ -146,6 +146,14 @@ def parse_split(split, sizes):
   if name not in sizes:
     raise ValueError(f'split {name!r} does not exist; the dataset has '
                      f'{sorted(sizes)}')
+  return match
+
+
+def parse_split(split, sizes):
+  """'train', 'train[:1000]' or 'train[10%:]' -> (name, start, stop), as
+  TFDS slices splits (percentages round to the closest example)."""
+  match = check_split(split, sizes)
+  name = match['name']
   n = sizes[name]
 
   def bound(text, default):
