@@ -9,6 +9,13 @@
     python -m alexnet_jax.benchmark matmul         # this machine's peaks
     python -m alexnet_jax.benchmark parallel ...   # two towers, two devices
     python -m alexnet_jax.benchmark input ...      # the input pipeline
+    python -m alexnet_jax.benchmark accelerator    # a GPU/TPU host's check
+
+On a GPU or TPU (`train`, `infer`) the implementations run one after the
+other instead (each owns the device; JAX preallocates 75% of a GPU's
+memory), PyTorch's on CUDA when a CUDA build of torch is installed, and
+each record adds the device and the fraction of its datasheet peak
+(benchmarks/accelerator.py's table, per dtype and --precision).
 
 Each measurement prints one JSON line (and appends it to --out), then a
 table. How the figures are taken, so they hold on a shared, noisy machine:
@@ -155,6 +162,7 @@ def _jax_setup(spec):
   cfg.towers = 2 if spec['model'] == 'paper' else 1
   cfg.dtype = spec['dtype']
   cfg.width_scale = spec['width_scale']
+  cfg.precision = spec.get('precision', 'default')
   net = model_lib.from_config(cfg)
   b, size = spec['batch'], spec['image_size']
   params = model_lib.init(net, jax.random.key(0), size)['params']
@@ -190,6 +198,8 @@ def _jax_setup(spec):
                version=jax.__version__,
                xla_flags=os.environ.get('XLA_FLAGS', ''),
                devices=len(jax.devices()),
+               platform=jax.devices()[0].platform,
+               device_kind=jax.devices()[0].device_kind,
                conv_backend=ops.conv_backend(cfg.dtype))
   return run, facts
 
@@ -215,10 +225,18 @@ def _torch_setup(spec):
   b, size = spec['batch'], spec['image_size']
   # flatten='chw': the twin as a PyTorch user writes it (no permute).
   net = torch_models.from_config(cfg, image_size=size, flatten='chw')
-  images = torch.randn(b, 3, size, size)
-  labels = torch.randint(0, cfg.num_classes, (b,))
+  device = spec.get('device', 'cpu')
+  if device == 'cuda':
+    # The same maths as JAX's default precision on the GPU (TF32).
+    torch.backends.cuda.matmul.allow_tf32 = spec.get('precision') != 'highest'
+    torch.backends.cudnn.allow_tf32 = spec.get('precision') != 'highest'
+    torch.backends.cudnn.benchmark = True
+  net = net.to(device)
+  images = torch.randn(b, 3, size, size, device=device)
+  labels = torch.randint(0, cfg.num_classes, (b,), device=device)
   bf16 = spec['dtype'] == 'bfloat16'
-  autocast = lambda: torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16)
+  autocast = lambda: torch.autocast(device, dtype=torch.bfloat16,
+                                    enabled=bf16)
   rss_base = _rss_mb()
 
   if spec['benchmark'] == 'train':
@@ -243,11 +261,12 @@ def _torch_setup(spec):
         return net(images).float().sum().item()
 
   facts = dict(compile_s=None, rss_base_mb=rss_base,
-               version=torch.__version__, threads=torch.get_num_threads())
+               version=torch.__version__, threads=torch.get_num_threads(),
+               platform=device)
   return run, facts
 
 
-def matmul_gflops(impl, n, dtype, repeats=3):
+def matmul_gflops(impl, n, dtype, repeats=3, device='cpu'):
   """Best-of-`repeats` GFLOP/s of an n x n @ n x n matmul (XLA or torch)."""
   if impl == 'jax':
     import jax
@@ -257,8 +276,9 @@ def matmul_gflops(impl, n, dtype, repeats=3):
     run = lambda: mm(a, a).block_until_ready()
   else:
     import torch
-    a = torch.randn(n, n, dtype=getattr(torch, dtype))
-    run = lambda: torch.mm(a, a)
+    a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    run = lambda: (torch.mm(a, a), sync())
   run()
   best = float('inf')
   for _ in range(repeats):
@@ -307,7 +327,8 @@ def worker_main(spec):
       step += 1
     elif command == 'finish':
       peak = _rss_mb()        # before the matmuls allocate anything
-      peaks = {d: matmul_gflops(spec['impl'], spec['matmul_size'], d)
+      peaks = {d: matmul_gflops(spec['impl'], spec['matmul_size'], d,
+                                device=spec.get('device', 'cpu'))
                for d in sorted({'float32', spec['dtype']})}
       _say(event='done', peak_rss_mb=peak, matmul_gflops=peaks)
       return
@@ -346,13 +367,18 @@ class Worker:
     self.proc.wait()
 
 
-def compare(specs, *, steps, settle_s=0.1, envs=None):
+def compare(specs, *, steps, settle_s=0.1, envs=None, sequential=False):
   """Runs each spec in its own worker, steps alternating; returns results.
 
   Workers set up one at a time (compilation does not overlap a timed
   step), then step i of every worker runs before step i+1 of any.
+  `sequential`: each worker runs all its steps and exits before the next
+  starts (on a GPU or TPU, where each must own the device's memory).
   """
   envs = envs or [None] * len(specs)
+  if sequential:
+    return [compare([s], steps=steps, settle_s=0, envs=[e])[0]
+            for s, e in zip(specs, envs)]
   workers, results = [], []
   try:
     for spec, env in zip(specs, envs):
@@ -410,7 +436,8 @@ def _record(benchmark, spec, result, flops):
       version=ready['version'])
   if spec['width_scale'] != 1.0:
     rec['width_scale'] = spec['width_scale']
-  for key in ('xla_flags', 'devices', 'threads', 'conv_backend'):
+  for key in ('xla_flags', 'devices', 'threads', 'conv_backend',
+              'platform', 'device_kind'):
     if key in ready:
       rec[key] = ready[key]
   return rec
@@ -450,7 +477,15 @@ def emit(record, args):
 
 
 def model_benchmark(benchmark, args):
-  """train / infer: every variant and dtype asked, jax and torch alternating."""
+  """train / infer: every variant and dtype asked, jax and torch alternating
+  (on CPU) or one after the other (on a GPU or TPU)."""
+  from alexnet_jax.benchmarks import accelerator
+  info = getattr(args, 'platform_info', None) or accelerator.probe()
+  on_device = info['platform'] != 'cpu'
+  impls = list(args.impls)
+  if info['platform'] not in ('cpu', 'cuda') or (
+      info['platform'] == 'cuda' and not info['torch_cuda']):
+    impls = [i for i in impls if i != 'torch']   # no twin for this device
   records = []
   for variant in args.variant:
     for dtype in args.dtype:
@@ -458,13 +493,19 @@ def model_benchmark(benchmark, args):
                     dtype=dtype, batch=args.batch,
                     image_size=args.image_size, warmup=args.warmup,
                     width_scale=args.width_scale,
-                    matmul_size=args.matmul_size) for impl in args.impls]
-      results = compare(specs, steps=args.steps)
+                    precision=getattr(args, 'precision', 'default'),
+                    device=('cuda' if impl == 'torch' and on_device and
+                            not info.get('simulated') else 'cpu'),
+                    matmul_size=args.matmul_size) for impl in impls]
+      results = compare(specs, steps=args.steps, sequential=on_device)
       flops = step_flops(benchmark, variant, args.image_size, args.batch,
                          args.width_scale)
       group = _finish_records([_record(benchmark, s, r, flops)
                                for s, r in zip(specs, results)])
       for rec in group:
+        if on_device:
+          accelerator.annotate(rec, info, getattr(args, 'precision',
+                                                  'default'))
         emit(rec, args)
       records += group
   return records
@@ -560,7 +601,7 @@ def parse_args(argv):
       prog='python -m alexnet_jax.benchmark',
       description=__doc__.split('\n\n')[0])
   parser.add_argument('command', choices=(
-      'all', 'train', 'infer', 'matmul', 'parallel', 'input'))
+      'all', 'train', 'infer', 'matmul', 'parallel', 'input', 'accelerator'))
   parser.add_argument('--quick', action='store_true',
                       help='fewer steps, smaller batch: one or two minutes')
   parser.add_argument('--variant', type=csv_choices(VARIANTS, '--variant'),
@@ -583,6 +624,15 @@ def parse_args(argv):
                       help='side of the square peak matmul (default 4096)')
   parser.add_argument('--width-scale', type=float, default=1.0,
                       help='< 1 shrinks every layer (tests only)')
+  parser.add_argument('--precision', default='default',
+                      choices=('default', 'high', 'highest'),
+                      help='config.model.precision of the JAX model '
+                      "(default: the platform's, TF32 / bf16 passes)")
+  parser.add_argument('--simulate', default='',
+                      help='accelerator: rehearse on CPU as cuda[:N] or '
+                      'tpu[:N] (tests)')
+  parser.add_argument('--test-timeout', type=positive_int, default=300,
+                      help='accelerator: seconds for pytest -m accelerator')
   parser.add_argument('--out', default='',
                       help='also append the JSON lines to this file')
   args = parser.parse_args(argv)
@@ -590,6 +640,7 @@ def parse_args(argv):
   quick = args.quick
   args.variant = args.variant or ['paper']
   args.dtype = args.dtype or ['float32']
+  args.batch_given = args.batch is not None
   args.batch = args.batch or (32 if quick else 128)
   args.steps = args.steps or (3 if quick else 6)
   args.warmup = args.warmup or (1 if quick else 2)
@@ -636,6 +687,9 @@ def main(argv=None):
     records = model_benchmark(args.command, args)
   elif args.command == 'matmul':
     records = matmul_benchmark(args)
+  elif args.command == 'accelerator':
+    from alexnet_jax.benchmarks import accelerator
+    records = accelerator.run(args)
   else:
     records = _delegate(args.command, args)
   print_table(records)

@@ -11,7 +11,11 @@ import argparse
 import pathlib
 import sys
 
-from alexnet_jax.core import convert
+from alexnet_jax.core import console
+
+console.setup()                 # before anything imports TensorFlow
+
+from alexnet_jax.core import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _output_is_free(output: pathlib.Path, overwrite: bool):

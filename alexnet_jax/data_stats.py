@@ -19,12 +19,19 @@ import json
 import os
 import sys
 
+from alexnet_jax.core import console
+
+console.setup()                 # before anything imports TensorFlow
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax.core import config_checks
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import preprocess
 from alexnet_jax.configs import paper
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def compute(config, split, max_images=-1, log_every=0):
@@ -94,6 +101,10 @@ def write(stats, out):
 
 
 def main(argv=None):
+  try:  # host-side work only: keep TensorFlow off any GPU JAX may want
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TensorFlow has started (main() called in-process)
+    pass
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--data', required=True,
                       help="config.data.name: a TFDS name or 'folder:/path'")
@@ -105,13 +116,19 @@ def main(argv=None):
   parser.add_argument('--max_images', type=int, default=-1,
                       help='use only the first N images (-1: all)')
   parser.add_argument('--out', required=True, help='output directory')
+  parser.add_argument('--verbose', action='store_true',
+                      help='show the traceback of an error')
   args = parser.parse_args(argv)
   config = paper.get_config()
   config.data.name = args.data
   config.data.data_dir = args.data_dir
   config.data.resize_size = args.resize_size
   config.data.resize_method = args.resize_method
-  stats = compute(config, args.split, args.max_images, log_every=5000)
+  from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
+  with console.exit_on(config_checks.ConfigError, ValueError,
+                       FileNotFoundError, tfds_source.DataNotReadyError,
+                       verbose=args.verbose):
+    stats = compute(config, args.split, args.max_images, log_every=5000)
   image_path, json_path = write(stats, args.out)
   print(f"{stats['num_images']} images ({len(stats['skipped'])} unreadable "
         f'skipped); wrote {image_path} and {json_path}')
@@ -121,5 +138,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  tf.config.set_visible_devices([], 'GPU')
   sys.exit(main())

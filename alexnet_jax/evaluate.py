@@ -1,7 +1,7 @@
 r"""Top-1 / top-5 error of a checkpoint on a dataset split.
 
     python -m alexnet_jax.evaluate --checkpoint=DIR \
-        [--dataset=folder:../shared/datasets/cifar10 --split=test --crops=10]
+        [--dataset='folder:$ALEXNET_JAX_DATA/cifar10' --split=test --crops=10]
 
 DIR is a training workdir (its latest checkpoint; --best for the lowest
 validation error), one of its step directories, or a model export from
@@ -11,14 +11,15 @@ the one the checkpoint was trained on.
 """
 
 import json
-import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from alexnet_jax.core import console
+
+console.setup()                 # before anything imports TensorFlow
 
 FLAGS = flags.FLAGS
 
@@ -45,6 +46,12 @@ def define_flags():
                        'Stop after this many batches (-1: all).')
   flags.DEFINE_string('output', None,
                       'Also write the metrics to this JSON file.')
+  flags.DEFINE_enum('precision', 'highest', ['default', 'high', 'highest'],
+                    'Matmul/convolution precision (config.model.precision); '
+                    "'highest' reproduces float32 accuracy on GPUs and TPUs, "
+                    "whose 'default' is TF32 / bf16 passes.")
+  flags.DEFINE_bool('verbose', False, 'Show tracebacks of errors and the '
+                    'INFO logs of Orbax, TFDS and JAX start-up.')
 
 
 def eval_config(config, *, dataset=None, data_dir=None, split=None,
@@ -72,7 +79,7 @@ def eval_config(config, *, dataset=None, data_dir=None, split=None,
 
 def run_evaluation(path, *, best=False, dataset=None, data_dir=None,
                    split=None, crops=None, batch_size=64, max_batches=-1,
-                   progress=True) -> dict:
+                   progress=True, precision='highest') -> dict:
   """Loads `path` and returns its metrics on the split (see module doc)."""
   import jax  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
@@ -81,7 +88,11 @@ def run_evaluation(path, *, best=False, dataset=None, data_dir=None,
   from alexnet_jax.core import parallel  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
 
+  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
+
   model, variables, config = checkpoint.load(path, best=best)
+  model = model_lib.with_precision(model, precision)
+  config.model.precision = precision
   meta = checkpoint.load_metadata(path, best=best)
   config = eval_config(config, dataset=dataset, data_dir=data_dir,
                        split=split, crops=crops, batch_size=batch_size)
@@ -112,25 +123,28 @@ def run_evaluation(path, *, best=False, dataset=None, data_dir=None,
                           max_batches=max_batches, progress=bar.update)
   bar.close()
   result.update(checkpoint=str(path), dataset=config.data.name, split=split,
-                crops=crops, devices=jax.device_count())
+                crops=crops, devices=jax.device_count(), precision=precision)
   return result
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])} (flags '
+             'take the form --name=value)')
   if not FLAGS.checkpoint:
-    raise app.UsageError('--checkpoint=DIR is required')
+    sys.exit('error: --checkpoint=DIR is required (a training workdir, a '
+             'step directory or a model export)')
+  console.filter_logs(FLAGS.verbose)
   from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
-  try:
+  with console.exit_on(checkpoint.CheckpointError,
+                       tfds_source.DataNotReadyError, ValueError,
+                       FileNotFoundError, verbose=FLAGS.verbose):
     result = run_evaluation(
         FLAGS.checkpoint, best=FLAGS.best, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, split=FLAGS.split, crops=FLAGS.crops,
-        batch_size=FLAGS.batch_size, max_batches=FLAGS.max_batches)
-  except (checkpoint.CheckpointError, tfds_source.DataNotReadyError,
-          ValueError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
+        batch_size=FLAGS.batch_size, max_batches=FLAGS.max_batches,
+        precision=FLAGS.precision)
   print(f'{result["dataset"]} {result["split"]}, {result["examples"]} '
         f'images, {result["crops"]} crop(s): top-1 error '
         f'{100 * result["top1_error"]:.2f}%, top-5 error '
@@ -143,7 +157,8 @@ def main(argv):
 
 def run():
   define_flags()
-  app.run(main)
+  console.adopt_main(__name__)
+  app.run(main, flags_parser=console.parse_absl_flags)
 
 
 if __name__ == '__main__':

@@ -5,12 +5,15 @@ r"""Trains and evaluates AlexNet: flags, process facts, then train.py.
 
 Running the same command again resumes from the workdir's latest
 checkpoint. `--config=configs/NAME.py` also works from an installed copy
-(the configs ship as the package `alexnet_jax.configs`).
+(the configs ship as the package `alexnet_jax.configs`). A run ends with a
+summary of where its outputs went; Ctrl-C or SIGTERM save a checkpoint and
+exit with status 130 or 143 (docs/training.md).
 """
 
-import logging as std_logging
+import difflib
 import os
 import pathlib
+import signal
 import sys
 
 from absl import app
@@ -18,9 +21,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from alexnet_jax.core import console
 from alexnet_jax.core import xla_flags
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+console.setup()                 # before anything imports TensorFlow
 xla_flags.set_defaults()        # before anything starts JAX's backend
 
 FLAGS = flags.FLAGS
@@ -35,6 +39,8 @@ def define_flags():
   config_flags.DEFINE_config_file(
       'config', None, 'Config file, e.g. configs/paper.py; override fields '
       'with --config.FIELD=VALUE.', lock_config=True)
+  flags.DEFINE_bool('verbose', False, 'Show tracebacks of errors and the '
+                    'INFO logs of Orbax, TFDS and JAX start-up.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -70,50 +76,35 @@ def _resolve_argv(argv):
   return out
 
 
-class _QuietOrbax(std_logging.Filter):
-  """Orbax logs a dozen INFO lines per save; keep its warnings only."""
-
-  def filter(self, record):
-    if 'tracked_metric' in str(record.msg):
-      return False   # steps saved between evaluations carry no metrics
-    return (record.levelno >= std_logging.WARNING
-            or '/orbax/' not in record.pathname)
-
-
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+    sys.exit(f'error: unexpected arguments: {" ".join(argv[1:])} (flags '
+             'take the form --name=value)')
+  console.filter_logs(FLAGS.verbose)
   config = FLAGS.config
   # Imports are deferred so that a bad config fails in a second.
-  from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import config_checks  # pylint: disable=g-import-not-at-top
-  try:
+  with console.exit_on(config_checks.ConfigError, verbose=FLAGS.verbose):
     config_checks.validate(config)
-  except config_checks.ConfigError as e:
-    sys.exit(f'error: {e}')
-
-  from alexnet_jax.core import parallel  # pylint: disable=g-import-not-at-top
-  try:
+    from alexnet_jax.core import parallel  # pylint: disable=g-import-not-at-top
     parallel.setup_devices(config)   # before anything touches a device
-  except config_checks.ConfigError as e:
-    sys.exit(f'error: {e}')
-  import jax  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    parallel.mesh_shape(config, jax.device_count())   # before data and model
   logging.info('JAX %s, process %d of %d, %d local / %d global devices: %s',
                jax.__version__, jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(),
                ', '.join(str(d) for d in jax.local_devices()))
   logging.info('Workdir: %s', FLAGS.workdir)
 
+  from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
-  try:
-    train.train_and_evaluate(config, FLAGS.workdir)
-  except (config_checks.ConfigError, checkpoint.CheckpointError,
-          train.NonFiniteError, tfds_source.DataNotReadyError,
-          FileNotFoundError) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+  with console.exit_on(config_checks.ConfigError, checkpoint.CheckpointError,
+                       train.NonFiniteError, tfds_source.DataNotReadyError,
+                       FileNotFoundError, ValueError, verbose=FLAGS.verbose):
+    results = train.train_and_evaluate(config, FLAGS.workdir)
+  if results.get('signal'):    # preempted: saved, but not finished
+    sys.exit(128 + signal.Signals[results['signal']].value)
 
 
 def _unknown_override(argv):
@@ -132,9 +123,39 @@ def _unknown_override(argv):
   return None
 
 
+def _config_files(directory) -> list[str]:
+  return sorted(p.name for p in pathlib.Path(directory).glob('*.py')
+                if not p.name.startswith('_'))
+
+
+def _check_config_file(argv):
+  """Exits with one line if --config names a file that does not exist."""
+  paths = [b[len('--config='):] if b.startswith('--config=') else c
+           for b, c in zip(argv, argv[1:] + [''])
+           if b.startswith('--config=') or b == '--config']
+  if not paths:
+    return
+  path = paths[-1]
+  file = path.partition(':')[0]
+  if os.path.isfile(file):
+    return
+  folder = pathlib.Path(file).parent
+  shown = str(folder)
+  if not folder.is_dir() or not _config_files(folder):
+    import importlib.resources  # pylint: disable=g-import-not-at-top
+    folder = pathlib.Path(str(importlib.resources.files('alexnet_jax.configs')))
+    shown = 'configs'
+  names = _config_files(folder)
+  close = difflib.get_close_matches(pathlib.Path(file).name, names, n=1)
+  guess = f'; did you mean {shown}/{close[0]}?' if close else ''
+  sys.exit(f'error: --config={path}: no such file ({shown}/ has '
+           f'{", ".join(names)}){guess}')
+
+
 def _parse_flags(argv):
+  _check_config_file(argv)
   try:
-    return app.parse_flags_with_usage(argv)
+    return console.parse_absl_flags(argv)
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for overrides of fields that don't exist.
     unknown = _unknown_override(argv)
@@ -147,6 +168,7 @@ def _parse_flags(argv):
 
 def run():
   define_flags()
+  console.adopt_main(__name__)
   app.run(main, argv=_resolve_argv(sys.argv), flags_parser=_parse_flags)
 
 

@@ -11,14 +11,15 @@ that ship with the package.
 
 import importlib.resources
 import json
-import os
 import re
 import sys
 
 from absl import app
 from absl import flags
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from alexnet_jax.core import console
+
+console.setup()                 # before anything imports TensorFlow
 
 FLAGS = flags.FLAGS
 _WNID = re.compile(r'^n\d{8}$')
@@ -35,6 +36,10 @@ def define_flags():
   flags.DEFINE_enum('crops', '1', ['1', '10'],
                     '1 = centre crop, 10 = average over 10 crops.')
   flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
+  flags.DEFINE_enum('precision', 'highest', ['default', 'high', 'highest'],
+                    'Matmul/convolution precision (config.model.precision).')
+  flags.DEFINE_bool('verbose', False, 'Show tracebacks of errors and the '
+                    'INFO logs of Orbax and JAX start-up.')
 
 
 def readable_names(class_names) -> list[str]:
@@ -49,33 +54,22 @@ def readable_names(class_names) -> list[str]:
   return [f'{lookup[n]} ({n})' if n in lookup else n for n in names]
 
 
-def preprocess_params(preprocessing):
-  """preprocess.Params for evaluation from a checkpoint's preprocessing."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import preprocess  # pylint: disable=g-import-not-at-top
-  mean_image = None
-  if preprocessing.get('mean_image'):
-    mean_image = np.load(preprocessing['mean_image']).astype(np.float32)
-  return preprocess.Params(
-      image_size=int(preprocessing['image_size']),
-      resize_size=int(preprocessing['resize_size']),
-      channel_order=preprocessing['channel_order'],
-      pixel_scale=float(preprocessing['pixel_scale']),
-      mean=tuple(preprocessing['mean']), std=tuple(preprocessing['std']),
-      mean_image=mean_image)
-
-
 class Predictor:
   """Loads a checkpoint once; `__call__(path)` -> [(name, probability)]."""
 
-  def __init__(self, checkpoint_path, *, best=False, crops=1):
+  def __init__(self, checkpoint_path, *, best=False, crops=1,
+               precision='highest'):
     import jax  # pylint: disable=g-import-not-at-top
     from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
     self.model, self.variables, self.config = checkpoint.load(
         checkpoint_path, best=best)
+    self.model = model_lib.with_precision(self.model, precision)
+    self.config.model.precision = precision
     meta = checkpoint.load_metadata(checkpoint_path, best=best)
     self.names = readable_names(meta['class_names'])
-    self.params = preprocess_params(meta['preprocessing'])
+    from alexnet_jax.core import preprocess  # pylint: disable=g-import-not-at-top
+    self.params = preprocess.params_from_record(meta['preprocessing'])
     self.crops = int(crops)
     model, variables = self.model, self.variables
 
@@ -111,14 +105,13 @@ class Predictor:
 def main(argv):
   images = argv[1:]
   if not FLAGS.checkpoint or not images:
-    raise app.UsageError('usage: python -m alexnet_jax.predict '
-                         '--checkpoint=DIR IMAGE [IMAGE ...]')
+    sys.exit('error: usage: python -m alexnet_jax.predict --checkpoint=DIR '
+             'IMAGE [IMAGE ...]')
+  console.filter_logs(FLAGS.verbose)
   from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
-  try:
+  with console.exit_on(checkpoint.CheckpointError, verbose=FLAGS.verbose):
     predictor = Predictor(FLAGS.checkpoint, best=FLAGS.best,
-                          crops=FLAGS.crops)
-  except checkpoint.CheckpointError as e:
-    sys.exit(f'error: {e}')
+                          crops=FLAGS.crops, precision=FLAGS.precision)
   failed = 0
   for path in images:
     try:
@@ -140,7 +133,8 @@ def main(argv):
 
 def run():
   define_flags()
-  app.run(main)
+  console.adopt_main(__name__)
+  app.run(main, flags_parser=console.parse_absl_flags)
 
 
 if __name__ == '__main__':

@@ -17,7 +17,11 @@ import logging
 import os
 import sys
 
-from alexnet_jax.core import tfds_source
+from alexnet_jax.core import console
+
+console.setup()                 # before anything imports TensorFlow
+
+from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def prepare(data_dir='', manual_dir='', name='imagenet2012:5.*.*'):

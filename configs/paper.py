@@ -1,14 +1,16 @@
 """The paper's recipe: AlexNet on ImageNet (ILSVRC-2012), Krizhevsky et al. 2012.
 
 Command (after `pip install -r requirements.txt -e .` and preparing ImageNet as
-the README's "ImageNet" section says):
+docs/data.md says):
 
-    python -m alexnet_jax.main --config=configs/paper.py --workdir=/tmp/alexnet
+    python -m alexnet_jax.main --config=configs/paper.py --workdir=/tmp/alexnet \\
+        --config.data.data_dir=DATA_DIR
 
-Hardware: the paper trained for 5-6 days on two GTX 580 GPUs (~230 img/s).
-Expect roughly a day on one modern GPU (~2-3k img/s), about three weeks on 8
-TPU-v2 cores; on a 2-core CPU (about 25 img/s) it would take about 18 months:
-use configs/cifar10.py there.
+Hardware and time: not run here. 90 epochs are 115M images: the paper took
+5-6 days on two GTX 580 GPUs (about 240 img/s); at 2,500 img/s (one modern
+GPU, an estimate) it is about 13 hours; on a 2-core CPU, at the 20-30 img/s
+of the train step (docs/performance.md), about two months: use
+configs/cifar10.py there.
 
 Expected result (the paper, one CNN, 10-crop testing, ILSVRC-2012 val):
 40.7% top-1 / 18.2% top-5 error. Centre-crop testing (`data.eval_crops=1`)
@@ -23,8 +25,10 @@ configs).
 
 import ml_collections
 
+# ImageNet's RGB PCA for the lighting augmentation (the one copy: the
+# preprocessing defaults and the input benchmark use these). Columns are
+# the eigenvectors (docs/faithfulness.md), stored row-major as a 3x3 tuple.
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
-# Columns are the eigenvectors (PAPER.md), stored row-major as a 3x3 tuple.
 IMAGENET_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),
     (-0.5808, -0.0045, -0.8140),
@@ -57,6 +61,15 @@ def get_config():
   m.bias_init = 1.0            # conv2, conv4, conv5, fc6, fc7 (Caffe: 0.1)
   m.width_scale = 1.0          # < 1 for tiny test and CPU models
   m.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16'
+                               # (bfloat16 on TPUs and recent GPUs; the
+                               # parameters and optimiser stay float32)
+  # Float32 matmul/convolution precision: 'default' (the platform's: TF32
+  # on A100/H100, bf16 passes on TPU) | 'high' | 'highest' (true float32).
+  # evaluate/predict run at 'highest' unless --precision says otherwise.
+  m.precision = 'default'
+  # 'auto': per platform when the step is lowered (CPU-tuned formulations
+  # on CPU, plain XLA on GPU/TPU) | 'accelerator': plain XLA everywhere.
+  m.formulation = 'auto'
 
   c.data = d = ml_collections.ConfigDict()
   d.name = 'imagenet2012:5.*.*'  # TFDS name | 'folder:/path' | 'fake'
@@ -69,7 +82,7 @@ def get_config():
   d.resize_size = 256
   d.train_crop = 'paper'       # 'paper' | 'inception' (torchvision's recipe)
   # 'area' (box filter when shrinking; fast, alias-free) | 'antialias'
-  # (PIL/torchvision's triangle filter; ~2x slower) | 'bilinear' (Caffe's).
+  # (PIL/torchvision's triangle filter; slower) | 'bilinear' (Caffe's).
   d.resize_method = 'area'
   d.flip = True
   d.lighting = ml_collections.ConfigDict(dict(

@@ -1,10 +1,17 @@
 """Collects a sweep's metrics: a CSV, a markdown table and comparison plots.
 
-Reads the JSONL metrics file the trainer writes in each workdir
-(alexnet_jax.core.metrics.JsonlWriter: one JSON object per line, `step` plus
-scalars such as `train_top1_error` and `epoch`, or `val_top1_error`), copies
-it into the results directory, and summarises each run. Every output names
-the command, machine and date that made it.
+Two steps, so that every table and plot comes from committed files:
+
+  export   copies the JSONL metrics file the trainer writes in each workdir
+           (alexnet_jax.core.metrics.JsonlWriter: one JSON object per line,
+           `step` plus scalars such as `train_top1_error` and `epoch`, or
+           `val_top1_error`) to RESULTS/logs/VARIANT.jsonl, and writes
+           RESULTS/provenance.json: the command, machine, date and commit,
+           and per run what its log cannot say (finished or not, overrides,
+           eval split, seconds, the trainer's commit).
+  render   draws summary.csv, table.md and curves.png from RESULTS alone.
+
+`python -m experiments.sweep NAME --from-logs` renders without workdirs.
 """
 
 import csv
@@ -26,6 +33,8 @@ from experiments import sweeps as sweeps_lib  # noqa: E402
 
 METRICS_FILE = 'metrics.jsonl'   # alexnet_jax.core.metrics.JSONL_FILE
 RESULTS_ROOT = sweeps_lib.REPO / 'experiments' / 'results'
+PROVENANCE_FILE = 'provenance.json'
+LOGS_DIR = 'logs'
 TRAIN_ERROR = 'train_top1_error'
 VAL_ERROR = 'val_top1_error'
 TEST_ERROR = 'test_top1_error'
@@ -60,12 +69,17 @@ def _parse_row(line):
 
 
 def read_metrics(workdir) -> list[dict]:
-  """The trainer's metric rows in step order, de-duplicated by (step, key).
+  """The metric rows of a workdir's log (read_log)."""
+  return read_log(pathlib.Path(workdir) / METRICS_FILE)
+
+
+def read_log(path) -> list[dict]:
+  """A trainer's metric rows in step order, de-duplicated by (step, key).
 
   A resumed run logs again from its last checkpoint: for each step the last
   value written wins.
   """
-  path = pathlib.Path(workdir) / METRICS_FILE
+  path = pathlib.Path(path)
   if not path.is_file():
     return []
   by_step: dict[int, dict] = {}
@@ -129,8 +143,8 @@ def epochs_to_reach(epoch_means: dict[int, float], threshold: float):
   return None
 
 
-def summarise(run: runner.Run, rows: list[dict]) -> dict:
-  status = runner.read_status(run) or {}
+def summarise(variant: str, rows: list[dict], record: dict) -> dict:
+  """One line of summary.csv: a run's log plus its provenance record."""
   last = lambda key: next((r[key] for r in reversed(rows) if key in r), None)
   vals = [r[VAL_ERROR] for r in rows if VAL_ERROR in r]
   xs, ys = series(rows, TRAIN_ERROR)
@@ -139,10 +153,8 @@ def summarise(run: runner.Run, rows: list[dict]) -> dict:
     means = per_epoch_mean(xs, ys)
     train_last_epoch = means[max(means)]
   return dict(
-      variant=run.variant,
-      status=('finished' if status.get('completed') else
-              'failed' if status.get('returncode') not in (None, 0) else
-              'unfinished' if rows or status else 'not started'),
+      variant=variant,
+      status=record.get('status', 'unknown'),
       steps=rows[-1]['step'] if rows else 0,
       epochs=round(rows[-1]['epoch'], 2) if rows and 'epoch' in rows[-1]
       else None,
@@ -150,10 +162,26 @@ def summarise(run: runner.Run, rows: list[dict]) -> dict:
       val_top1_error_final=last(VAL_ERROR),
       val_top1_error_best=min(vals) if vals else None,
       test_top1_error=last(TEST_ERROR),
-      seconds=status.get('seconds'),
+      seconds=record.get('seconds'),
       overrides=' '.join(f'{k}={runner.format_value(v)}'
-                         for k, v in sorted(run.overrides.items())),
+                         for k, v in sorted(record.get('overrides',
+                                                       {}).items())),
   )
+
+
+def run_record(run: runner.Run, rows: list[dict]) -> dict:
+  """What a run's log cannot say, from its workdir (the runner's status
+  file and the config.json its trainer saved)."""
+  status = runner.read_status(run) or {}
+  return dict(
+      status=('finished' if status.get('completed') else
+              'failed' if status.get('returncode') not in (None, 0) else
+              'unfinished' if rows or status else 'not started'),
+      seconds=status.get('seconds'),
+      overrides=json.loads(json.dumps(run.overrides)),
+      config=run.config,
+      eval_split=_eval_split(run),
+      trained_with=status.get('git_commit') or 'not recorded')
 
 
 def machine() -> str:
@@ -168,19 +196,17 @@ def machine() -> str:
   return f'{os.cpu_count()}-core {cpu}, {platform.system()}, no GPU used'
 
 
-def provenance(argv, runs=()) -> dict:
+def provenance(argv, trained_with=()) -> dict:
   """Command, machine, date and code of a results directory.
 
   `git_commit` is this collection's code; `trained_with` the commits the
   runs' trainers ran (recorded by the runner in each workdir).
   """
-  trained = sorted({(runner.read_status(r) or {}).get('git_commit')
-                    or 'not recorded' for r in runs})
   return dict(
       command='python -m ' + ' '.join(argv),
       machine=machine(),
       date=datetime.datetime.now().astimezone().isoformat(timespec='minutes'),
-      git_commit=runner.git_commit(), trained_with=trained,
+      git_commit=runner.git_commit(), trained_with=sorted(set(trained_with)),
       python=sys.version.split()[0])
 
 
@@ -192,31 +218,83 @@ def _fmt(v):
   return str(v)
 
 
-def collect(sweep: sweeps_lib.Sweep, dataset: str, runs: list[runner.Run],
-            *, out_dir=None, argv=None) -> pathlib.Path:
-  """Writes results/<sweep>-<dataset>/: summary.csv, table.md, curves.png,
-  logs/<variant>.jsonl and provenance.json. Returns the directory."""
-  out = pathlib.Path(out_dir or RESULTS_ROOT / f'{sweep.name}-{dataset}')
-  (out / 'logs').mkdir(parents=True, exist_ok=True)
-  prov = provenance(argv or ['experiments.sweep'] + sys.argv[1:], runs)
-  summaries, curves = [], {}
+def results_dir(sweep: sweeps_lib.Sweep, dataset: str, out_dir=None):
+  return pathlib.Path(out_dir or RESULTS_ROOT / f'{sweep.name}-{dataset}')
+
+
+def export(runs: list[runner.Run], out, *, argv) -> dict:
+  """Copies each run's log to OUT/logs/VARIANT.jsonl and writes
+  OUT/provenance.json; returns the provenance.
+
+  A run without a log in its workdir (e.g. a fresh clone resuming only some
+  runs) keeps the log and record that OUT already has.
+  """
+  out = pathlib.Path(out)
+  (out / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+  old = {}
+  if (out / PROVENANCE_FILE).is_file():
+    old = json.loads((out / PROVENANCE_FILE).read_text()).get('runs', {})
+  records = {}
   for run in runs:
-    rows = read_metrics(run.workdir)
-    rows = add_epochs(rows, steps_per_epoch(rows))
-    curves[run.variant] = rows
-    summaries.append(summarise(run, rows))
     src = run.workdir / METRICS_FILE
     if src.is_file():
-      shutil.copyfile(src, out / 'logs' / f'{run.variant}.jsonl')
-  (out / 'provenance.json').write_text(json.dumps(prov, indent=1) + '\n')
+      shutil.copyfile(src, out / LOGS_DIR / f'{run.variant}.jsonl')
+      records[run.variant] = run_record(run, read_log(src))
+    elif run.variant in old:
+      records[run.variant] = old[run.variant]
+    else:
+      records[run.variant] = run_record(run, [])
+  prov = provenance(argv, [r.get('trained_with') or 'not recorded'
+                           for r in records.values()])
+  prov['runs'] = records
+  (out / PROVENANCE_FILE).write_text(json.dumps(prov, indent=1) + '\n')
+  return prov
+
+
+def load(out) -> tuple[dict, dict[str, list[dict]]]:
+  """(provenance, {variant: metric rows with epochs}) of a results
+  directory, in the provenance's run order; no workdir is read."""
+  out = pathlib.Path(out)
+  path = out / PROVENANCE_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f'{path} does not exist: {out} is not a results '
+                            'directory (collect a sweep first)')
+  prov = json.loads(path.read_text())
+  curves = {}
+  for variant in prov.get('runs', {}):
+    rows = read_log(out / LOGS_DIR / f'{variant}.jsonl')
+    curves[variant] = add_epochs(rows, steps_per_epoch(rows))
+  return prov, curves
+
+
+def render(sweep: sweeps_lib.Sweep, dataset: str, out) -> list[dict]:
+  """Writes OUT/summary.csv, table.md and curves.png from OUT's logs and
+  provenance; returns the summaries."""
+  out = pathlib.Path(out)
+  prov, curves = load(out)
+  summaries = [summarise(v, rows, prov['runs'][v])
+               for v, rows in curves.items()]
   fields = list(summaries[0]) if summaries else ['variant']
   with open(out / 'summary.csv', 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=fields)
     w.writeheader()
     w.writerows(summaries)
-  _write_table(out / 'table.md', sweep, dataset, summaries, prov, runs)
+  splits = sorted({r.get('eval_split') for r in prov['runs'].values()}
+                  - {None})
+  _write_table(out / 'table.md', sweep, dataset, summaries, prov, splits)
   plot_curves(curves, out / 'curves.png',
               title=f'{sweep.name} on {dataset}: {sweep.question}')
+  return summaries
+
+
+def collect(sweep: sweeps_lib.Sweep, dataset: str, runs: list[runner.Run],
+            *, out_dir=None, argv=None) -> pathlib.Path:
+  """Exports the runs' logs to results/<sweep>-<dataset>/ (or out_dir) and
+  renders summary.csv, table.md and curves.png from them. Returns the
+  directory."""
+  out = results_dir(sweep, dataset, out_dir)
+  export(runs, out, argv=argv or ['experiments.sweep'] + sys.argv[1:])
+  render(sweep, dataset, out)
   return out
 
 
@@ -229,7 +307,7 @@ def _eval_split(run):
     return None
 
 
-def _write_table(path, sweep, dataset, summaries, prov, runs=()):
+def _write_table(path, sweep, dataset, summaries, prov, splits=()):
   cols = ['variant', 'status', 'epochs', 'train_top1_error_last_epoch',
           'val_top1_error_final', 'val_top1_error_best', 'test_top1_error',
           'seconds']
@@ -239,7 +317,6 @@ def _write_table(path, sweep, dataset, summaries, prov, runs=()):
            '|' + '---|' * len(cols)]
   for s in summaries:
     lines.append('| ' + ' | '.join(_fmt(s[c]) for c in cols) + ' |')
-  splits = sorted({_eval_split(r) for r in runs} - {None})
   if splits:
     lines += ['', "The `val_*` columns are the config's eval split: "
               + ', '.join(f'`{s}`' for s in splits) + '.']

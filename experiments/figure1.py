@@ -1,24 +1,29 @@
 r"""Figure 1 of the paper: ReLU vs tanh, four-layer CNN on CIFAR-10.
 
     python -m experiments.figure1 [--stage all|search|train|plot] [--jobs N]
-        [--root DIR] [--set field=value ...]
+        [--root DIR] [--data_root DIR] [--set field=value ...]
 
 Network, data and recipe: experiments/configs/figure1.py (model.Cifar4, the
 cuda-convnet layers-18pct net; real CIFAR-10 JPEGs at 32x32; no augmentation,
 weight decay or dropout; SGD with momentum 0.9 at a constant learning rate).
 
-Stages (each resumable; `all` runs them in order):
+Stages (each resumable; `all` runs them in order). Workdirs go under
+--root (default $ALEXNET_JAX_RUNS or ~/alexnet_jax_runs, outside the
+repository); each training stage ends by copying the runs' logs and records
+into the results tree, experiments/results/figure1/ (collect.export):
   search  the `figure1_lr` sweep: each activation at each rate in
-          sweeps.FIGURE1_LRS for FIGURE1_SEARCH_EPOCHS epochs; the rate with
-          the lowest training error in the last epoch wins (the paper chose
-          each network's rate "to make training as fast as possible").
+          sweeps.FIGURE1_LRS for FIGURE1_SEARCH_EPOCHS epochs, collected in
+          figure1/lr_search/; the rate with the lowest training error in the
+          last epoch wins (the paper chose each network's rate "to make
+          training as fast as possible"), read from lr_search's logs.
   train   the two long runs at the chosen rates (sweeps.FIGURE1_EPOCHS).
           Each starts from a copy of its search run's workdir: at a constant
           rate, with every batch a function of (seed, step), continuing that
-          run is exactly a fresh run of the longer length.
-  plot    experiments/results/figure1/: figure1.png (training error per
-          epoch for both), figure1.md (epochs to 25% and their ratio; the
-          paper: six times faster with ReLU) and summary.json.
+          run is exactly a fresh run of the longer length. Logs to
+          figure1/logs/, records to figure1/provenance.json.
+  plot    from the committed logs alone (no workdir): figure1.png (training
+          error per epoch for both), figure1.md (epochs to 25% and their
+          ratio; the paper: six times faster with ReLU) and summary.json.
 
 Training error is the trainer's running top-1 error on the training batches
 (in train mode, before each update, as cuda-convnet reported it), averaged
@@ -36,6 +41,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from alexnet_jax.core import paths  # noqa: E402
 from experiments import collect  # noqa: E402
 from experiments import runner  # noqa: E402
 from experiments import sweep as sweep_cli  # noqa: E402
@@ -43,41 +49,38 @@ from experiments import sweeps as sweeps_lib  # noqa: E402
 
 TARGET = 0.25            # the paper's 25% training error
 OUT = collect.RESULTS_ROOT / 'figure1'
+SEARCH_DIR = 'lr_search'  # the learning-rate search's results, under OUT
 ACTIVATIONS = ('relu', 'tanh')
 
 
-def choose_lrs(runs: list[runner.Run]) -> dict:
-  """Per activation: the rate whose last search epoch has the lowest error.
+def choose_lrs(search_dir) -> dict:
+  """Per activation: the rate whose last search epoch has the lowest error,
+  from the search's results directory (its logs and provenance records).
 
   Returns {'relu': {'lr': x, 'train_error_last_epoch': {lr: err, ...}}, ...}.
   """
+  try:
+    prov, curves = collect.load(search_dir)
+  except FileNotFoundError:
+    prov, curves = {'runs': {}}, {}
   out = {}
   for act in ACTIVATIONS:
     scores = {}
-    for run in runs:
-      if run.overrides['model.activation'] != act:
+    for variant, rows in curves.items():
+      record = prov['runs'][variant]
+      if record['overrides'].get('model.activation') != act:
         continue
-      rows = collect.read_metrics(run.workdir)
       xs, ys = collect.series(rows, collect.TRAIN_ERROR)
-      if not runner.is_finished(run) or not xs:
+      if record.get('status') != 'finished' or not xs:
         continue  # unfinished, or stopped by the trainer's NaN guard
       means = collect.per_epoch_mean(xs, ys)
-      scores[run.overrides['optim.lr']] = means[max(means)]
+      scores[float(record['overrides']['optim.lr'])] = means[max(means)]
     if not scores:
-      raise RuntimeError(f'no finished learning-rate search run for {act}; '
-                         'run --stage search first')
+      raise RuntimeError(f'no finished learning-rate search run for {act} '
+                         f'in {search_dir}; run --stage search first')
     best = min(scores, key=lambda lr: (scores[lr], lr))
     out[act] = dict(lr=best, train_error_last_epoch=scores)
   return out
-
-
-def load_chosen_lrs(path) -> dict:
-  """choose_lrs' result as written to chosen_lr.json (JSON keys are text)."""
-  lrs = json.loads(pathlib.Path(path).read_text())
-  for v in lrs.values():
-    v['train_error_last_epoch'] = {
-        float(k): e for k, e in v['train_error_last_epoch'].items()}
-  return lrs
 
 
 def seed_from_search(run: runner.Run, search_runs: list[runner.Run]):
@@ -137,32 +140,33 @@ def plot(curves: dict, path, lrs: dict):
   plt.close(fig)
 
 
-def report(runs, lrs, argv, out=OUT) -> dict:
-  """Writes figure1.png, figure1.md and summary.json; returns the summary."""
-  out.mkdir(parents=True, exist_ok=True)
-  curves, logs = {}, out / 'logs'
-  logs.mkdir(exist_ok=True)
-  for run in runs:
-    rows = collect.read_metrics(run.workdir)
+def report(out=OUT) -> dict:
+  """Writes figure1.png, figure1.md and summary.json from the results
+  directory alone (logs/, provenance.json, lr_search/); returns the
+  summary."""
+  out = pathlib.Path(out)
+  lrs = choose_lrs(out / SEARCH_DIR)
+  prov, rows_by_run = collect.load(out)
+  curves = {}
+  for variant, rows in rows_by_run.items():
     xs, ys = collect.series(rows, collect.TRAIN_ERROR)
     if xs:
-      curves[run.variant] = crossing(xs, ys)
-      curves[run.variant]['finished'] = runner.is_finished(run)
-      curves[run.variant]['epochs_run'] = max(xs)
-      (logs / f'{run.variant}.jsonl').write_bytes(
-          (run.workdir / collect.METRICS_FILE).read_bytes())
+      curves[variant] = crossing(xs, ys)
+      curves[variant]['finished'] = (
+          prov['runs'][variant].get('status') == 'finished')
+      curves[variant]['epochs_run'] = max(xs)
   plot(curves, out / 'figure1.png', lrs)
   relu, tanh = curves.get('relu'), curves.get('tanh')
   ratio = None
   if relu and tanh and relu['interpolated'] and tanh['interpolated']:
     ratio = tanh['interpolated'] / relu['interpolated']
-  prov = collect.provenance(argv, runs)
+  run_prov = {k: v for k, v in prov.items() if k != 'runs'}
   summary = dict(target_train_error=TARGET, learning_rates=lrs,
-                 ratio_tanh_over_relu=ratio, provenance=prov,
+                 ratio_tanh_over_relu=ratio, provenance=run_prov,
                  runs={k: {kk: vv for kk, vv in v.items()}
                        for k, v in curves.items()})
   (out / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
-  (out / 'figure1.md').write_text(_markdown(curves, lrs, ratio, prov))
+  (out / 'figure1.md').write_text(_markdown(curves, lrs, ratio, run_prov))
   return summary
 
 
@@ -212,12 +216,18 @@ def main(argv=None):
   p.add_argument('--stage', default='all',
                  choices=('all', 'search', 'train', 'plot'))
   p.add_argument('--jobs', type=int, default=1)
-  p.add_argument('--root', default=str(runner.DEFAULT_ROOT))
+  p.add_argument('--root', default=None,
+                 help='where the workdirs go (default $ALEXNET_JAX_RUNS or '
+                 '~/alexnet_jax_runs)')
+  p.add_argument('--data_root', default=None,
+                 help='the folder holding cifar10/ (default '
+                 '$ALEXNET_JAX_DATA or ~/alexnet_jax_data)')
   p.add_argument('--set', action='append', metavar='FIELD=VALUE',
                  help='config override for every run (repeatable)')
   p.add_argument('--main', default='alexnet_jax.main')
   p.add_argument('--out', default=str(OUT))
   args = p.parse_args(argv)
+  paths.set_data_root(args.data_root)
   extra = sweep_cli.parse_set(args.set)
   out = pathlib.Path(args.out)
   full_argv = ['experiments.figure1'] + argv
@@ -225,32 +235,26 @@ def main(argv=None):
   search = sweeps_lib.figure1_search()
   search_runs = runner.plan(search, 'cifar10', root=args.root, extra=extra)
   if args.stage in ('all', 'search'):
-    runner.run_all(search_runs, jobs=args.jobs, main_module=args.main)
-    collect.collect(search, 'cifar10', search_runs,
-                    out_dir=out / 'lr_search', argv=full_argv)
-  out.mkdir(parents=True, exist_ok=True)
-  try:
-    lrs = choose_lrs(search_runs)
-    (out / 'chosen_lr.json').write_text(json.dumps(lrs, indent=1) + '\n')
-  except RuntimeError:
-    # The search workdirs are not committed (only the Figure 1 runs are); a
-    # fresh checkout resumes or plots with the rates the search recorded.
-    if args.stage == 'search' or not (out / 'chosen_lr.json').is_file():
-      raise
-    lrs = load_chosen_lrs(out / 'chosen_lr.json')
-    print(f'[figure1] no search workdirs under {args.root}; using the rates '
-          f'recorded in {out / "chosen_lr.json"}')
+    try:
+      runner.run_all(search_runs, jobs=args.jobs, main_module=args.main)
+    finally:  # also when stopped: the logs so far are results too
+      collect.collect(search, 'cifar10', search_runs,
+                      out_dir=out / SEARCH_DIR, argv=full_argv)
+  lrs = choose_lrs(out / SEARCH_DIR)
   print('[figure1] learning rates:',
         {a: v['lr'] for a, v in lrs.items()})
   if args.stage == 'search':
     return 0
-  final = sweeps_lib.figure1({a: v['lr'] for a, v in lrs.items()})
-  runs = runner.plan(final, 'cifar10', root=args.root, extra=extra)
   if args.stage in ('all', 'train'):
+    final = sweeps_lib.figure1({a: v['lr'] for a, v in lrs.items()})
+    runs = runner.plan(final, 'cifar10', root=args.root, extra=extra)
     for run in runs:
       seed_from_search(run, search_runs)
-    runner.run_all(runs, jobs=args.jobs, main_module=args.main)
-  summary = report(runs, lrs, full_argv, out)
+    try:
+      runner.run_all(runs, jobs=args.jobs, main_module=args.main)
+    finally:
+      collect.export(runs, out, argv=full_argv)
+  summary = report(out)
   print((out / 'figure1.md').read_text())
   return 0 if summary['ratio_tanh_over_relu'] else 1
 

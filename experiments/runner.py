@@ -19,14 +19,17 @@ import sys
 import time
 from typing import Any, Callable
 
+from alexnet_jax.core import paths
 from experiments import sweeps as sweeps_lib
 
 STATUS_FILE = 'sweep_run.json'   # in each workdir: command, start, finish
 LOG_FILE = 'sweep_run.log'       # the trainer's stdout and stderr
 # What the trainer writes when it has trained and evaluated to the end
-# (alexnet_jax.core.train.RESULTS_FILE): a preempted trainer exits 0 without it.
+# (alexnet_jax.core.train.RESULTS_FILE): a preempted trainer exits without it.
 RESULTS_FILE = 'results.json'
-DEFAULT_ROOT = sweeps_lib.REPO / 'experiments' / 'runs'
+# A trainer stopped by SIGTERM or Ctrl-C saves a checkpoint and exits 143 or
+# 130 (128 + the signal); 0 is kept for trainers that exit cleanly early.
+STOPPED_RETURNCODES = (0, 128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +55,16 @@ def format_value(value) -> str:
   return str(value)
 
 
-def plan(sweep: sweeps_lib.Sweep, dataset: str, *, root=DEFAULT_ROOT,
+def plan(sweep: sweeps_lib.Sweep, dataset: str, *, root=None,
          extra: dict[str, Any] | None = None,
          only: list[str] | None = None) -> list[Run]:
-  """The runs of `sweep` on `dataset`: its variants, in definition order."""
+  """The runs of `sweep` on `dataset`: its variants, in definition order.
+
+  Workdirs go to ROOT/SWEEP/DATASET/VARIANT; ROOT defaults to the runs root
+  (paths.runs_root: $ALEXNET_JAX_RUNS or ~/alexnet_jax_runs), outside the
+  repository.
+  """
+  root = paths.runs_root(root)
   all_datasets = sweeps_lib.datasets()
   if dataset not in sweep.datasets:
     raise ValueError(f'sweep {sweep.name!r} runs on '
@@ -107,8 +116,8 @@ def is_finished(run: Run) -> bool:
 def _completed(run: Run, returncode: int, started: float, stopped: bool):
   """Whether the trainer ran to its end (not merely exited cleanly).
 
-  A trainer stopped by SIGTERM saves a checkpoint and exits 0 too; only a
-  run that finished writes a fresh results file.
+  A trainer stopped by SIGTERM saves a checkpoint and exits (143); only a
+  run that finished exits 0 with a fresh results file.
   """
   results = run.workdir / RESULTS_FILE
   return (returncode == 0 and not stopped and results.is_file()
@@ -201,14 +210,15 @@ def run_all(runs: list[Run], *, jobs: int = 1,
         logf.close()
         del active[name]
         completed = _completed(run, rc, status['_t0'], bool(stopping))
-        results[name] = rc if rc != 0 or completed else None
+        stopped = rc in STOPPED_RETURNCODES and not completed
+        results[name] = None if stopped else rc
         status.update(finished=_now(), returncode=rc, completed=completed,
                       seconds=round(time.time() - status['_t0'], 1))
         status.pop('_t0')
         _write_status(run, status)
         if completed:
           state = 'done'
-        elif rc == 0:
+        elif stopped:
           state = 'stopped before its end (it resumes next time)'
         else:
           state = f'FAILED (exit {rc}); see {run.workdir / LOG_FILE}'

@@ -3,15 +3,19 @@
 A sweep is a set of variants, each a few `--config.field=value` overrides of
 a dataset's base config: `configs/paper.py` for ImageNet (the paper's
 recipe) and `configs/cifar10.py` for CIFAR-10 (this machine's scale). The
-first variant is the paper's choice; the others change one thing.
+first variant is the paper's choice; the others change one thing. The
+ablations and their variants are defined once, in configs/ablations.py.
 """
 
 import dataclasses
 import pathlib
 from typing import Any
 
+from alexnet_jax.configs import ablations as ablations_config
+from alexnet_jax.core import paths
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_CIFAR10 = REPO.parent / 'shared' / 'datasets' / 'cifar10'
+CIFAR10 = 'cifar10'     # its folder under the data root (docs/data.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,11 +27,12 @@ class Dataset:
 def datasets() -> dict[str, Dataset]:
   """The datasets a sweep can run on, by name."""
   cifar = {}
-  # The real CIFAR-10 JPEGs beside this checkout (../shared/datasets), when
-  # present; otherwise configs/cifar10.py's own source (TFDS cifar10). The
-  # path is relative to the repository, where the trainer runs.
-  if SHARED_CIFAR10.is_dir():
-    cifar['data.name'] = 'folder:../shared/datasets/cifar10'
+  # The CIFAR-10 JPEGs under the data root, when there; otherwise
+  # configs/cifar10.py's own source (TFDS cifar10). Written with the
+  # $ALEXNET_JAX_DATA token, which the trainer resolves: overrides, logs
+  # and results then name no directory of this machine.
+  if paths.dataset_dir(CIFAR10).is_dir():
+    cifar['data.name'] = 'folder:' + paths.in_data_root(CIFAR10)
   return {
       'imagenet': Dataset('configs/paper.py', {}),
       'cifar10': Dataset('configs/cifar10.py', cifar),
@@ -49,36 +54,9 @@ class Sweep:
   config: str | None = None
 
 
-_ABLATIONS = [
-    Sweep('activation', 'ReLU vs tanh in every layer',
-          'Figure 1: ReLU reaches 25% training error six times faster '
-          '(four-layer CIFAR-10 net)',
-          {'relu': {'model.activation': 'relu'},
-           'tanh': {'model.activation': 'tanh'}}),
-    Sweep('lrn', 'local response normalisation on vs off',
-          'LRN lowers top-1/top-5 error by 1.4/1.2 points (ImageNet); '
-          '13% -> 11% test error on CIFAR-10 (four-layer conv-local net)',
-          {'lrn_on': {'model.lrn.enabled': True},
-           'lrn_off': {'model.lrn.enabled': False}}),
-    Sweep('pooling', 'overlapping 3/2 vs non-overlapping 2/2 max-pooling',
-          'overlapping pooling lowers top-1/top-5 error by 0.4/0.3 points',
-          {'overlap_3s2': {'model.pool.window': 3, 'model.pool.stride': 2},
-           'plain_2s2': {'model.pool.window': 2, 'model.pool.stride': 2}}),
-    Sweep('towers', "two towers vs the paper's one-tower control (half the "
-          'kernels in conv1-conv4)',
-          'two towers lower top-1/top-5 error by 1.7/1.2 points',
-          {'two_towers': {'model.towers': 2},
-           'one_tower': {'model.towers': 1}}),
-    Sweep('lighting', 'PCA colour augmentation on vs off',
-          'PCA lighting lowers top-1 error by over 1 point',
-          {'pca_on': {'data.lighting.std': 0.1},
-           'pca_off': {'data.lighting.std': 0.0}}),
-    Sweep('dropout', 'dropout 0.5 on fc6/fc7 vs none',
-          'without dropout the net overfits substantially; dropout roughly '
-          'doubles the iterations needed to converge',
-          {'dropout': {'model.dropout': 0.5},
-           'no_dropout': {'model.dropout': 0.0}}),
-]
+_ABLATIONS = [Sweep(name, question, paper, variants)
+              for name, (question, paper, variants)
+              in ablations_config.ABLATIONS.items()]
 
 # Figure 1 (experiments/figure1.py): experiments/configs/figure1.py (the
 # four-layer CIFAR-10 net, no regularisation, constant learning rate) with
@@ -94,8 +72,9 @@ FIGURE1_EPOCHS = {'relu': 20.0, 'tanh': 60.0}
 def figure1_search() -> Sweep:
   """The learning-rate search: each activation at each of FIGURE1_LRS."""
   variants = {
-      f'{act}_lr{lr:g}': {'model.activation': act, 'optim.lr': lr,
-                          'optim.num_epochs': FIGURE1_SEARCH_EPOCHS}
+      f'{act}_lr{lr:g}': dict(ablations_config.VARIANTS[act],
+                              **{'optim.lr': lr,
+                                 'optim.num_epochs': FIGURE1_SEARCH_EPOCHS})
       for act in ('relu', 'tanh') for lr in FIGURE1_LRS}
   return Sweep('figure1_lr', 'learning-rate search for Figure 1 (training '
                f'error after {FIGURE1_SEARCH_EPOCHS:g} epochs)',
@@ -107,8 +86,9 @@ def figure1_search() -> Sweep:
 def figure1(lrs: dict[str, float]) -> Sweep:
   """Figure 1's two runs at the learning rates the search chose."""
   variants = {
-      act: {'model.activation': act, 'optim.lr': lrs[act],
-            'optim.num_epochs': FIGURE1_EPOCHS[act]}
+      act: dict(ablations_config.VARIANTS[act],
+                **{'optim.lr': lrs[act],
+                   'optim.num_epochs': FIGURE1_EPOCHS[act]})
       for act in ('relu', 'tanh')}
   return Sweep('figure1', 'ReLU vs tanh, four-layer CIFAR-10 net, training '
                'error vs epochs', 'ReLU reaches 25% training error six times '
@@ -124,8 +104,7 @@ def lrn_cifar() -> Sweep:
       'lrn_cifar', "cross-map LRN on vs off in cuda-convnet's conv-local "
       'CIFAR-10 net', '13% test error without LRN, 11% with (about 450 '
       'epochs, 10-view testing)',
-      {'lrn_on': {'model.lrn.enabled': True},
-       'lrn_off': {'model.lrn.enabled': False}},
+      {v: ablations_config.VARIANTS[v] for v in ('lrn_on', 'lrn_off')},
       datasets=('cifar10',), config='experiments/configs/lrn_cifar.py')
 
 

@@ -1,8 +1,11 @@
 r"""Figures 3 and 4 of the paper from a trained checkpoint, as committed files.
 
     python -m experiments.trained_model_figures --checkpoint=DIR \
-        [--gallery=../shared/datasets/cifar10/test] [--gallery_size=2000]
+        [--gallery=DIR] [--data_root=DIR] [--gallery_size=2000]
         [--queries=8] [--neighbours=6] [--layer=fc7] [--out=DIR]
+
+The gallery defaults to the CIFAR-10 test images under the data root,
+$ALEXNET_JAX_DATA/cifar10/test (docs/data.md).
 
 Writes to --out (default experiments/results/trained_model_figures/):
   figure3_kernels.png   conv1's kernels, one panel per tower
@@ -10,7 +13,8 @@ Writes to --out (default experiments/results/trained_model_figures/):
                         Euclidean distance of `--layer` activations
   figures.md, figures.json  the towers' colour shares (alexnet_jax.core.visualize),
                         neighbour labels, how often a neighbour shares the
-                        query's class, and the command, machine and date.
+                        query's class, and the command, machine and date
+                        (also in provenance.json).
 
 Use a gallery you may redistribute (the CIFAR-10 test images are fine; do
 not commit figures made from the ImageNet photos).
@@ -30,6 +34,7 @@ from PIL import Image  # noqa: E402
 
 from alexnet_jax.core import checkpoint  # noqa: E402
 from alexnet_jax.core import features  # noqa: E402
+from alexnet_jax.core import paths  # noqa: E402
 from alexnet_jax.core import visualize  # noqa: E402
 from experiments import collect  # noqa: E402
 
@@ -87,14 +92,21 @@ def main(argv=None):
   p = argparse.ArgumentParser(prog='python -m experiments.trained_model_figures',
                               description=__doc__.split('\n')[0])
   p.add_argument('--checkpoint', required=True)
-  p.add_argument('--gallery', default=str(
-      collect.sweeps_lib.REPO.parent / 'shared/datasets/cifar10/test'))
+  p.add_argument('--gallery', default=None,
+                 help='image folder (default $ALEXNET_JAX_DATA/cifar10/test)')
+  p.add_argument('--data_root', default=None,
+                 help='the folder holding the datasets (default '
+                 '$ALEXNET_JAX_DATA or ~/alexnet_jax_data)')
   p.add_argument('--gallery_size', type=int, default=2000)
   p.add_argument('--queries', type=int, default=8)
   p.add_argument('--neighbours', type=int, default=6)
   p.add_argument('--layer', default='fc7')
   p.add_argument('--out', default=str(OUT))
   args = p.parse_args(argv)
+  paths.set_data_root(args.data_root)
+  gallery = paths.expand(args.gallery or paths.in_data_root('cifar10/test'))
+  # Recorded with the data root as $ALEXNET_JAX_DATA: no machine paths.
+  gallery_name = paths.portable(gallery)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
 
@@ -108,7 +120,7 @@ def main(argv=None):
   if layer not in features.layer_names(model):
     raise SystemExit(f'--layer={layer}: {type(model).__name__} has '
                      f'{", ".join(features.layer_names(model))}')
-  files = gallery_files(args.gallery, args.gallery_size)
+  files = gallery_files(gallery, args.gallery_size)
   feats = features.extract(model, variables,
                            features.load_images(files, prep), layer=layer)
   queries = [i * len(files) // args.queries for i in range(args.queries)]
@@ -128,11 +140,12 @@ def main(argv=None):
       variant=config.model.variant, towers=config.model.towers,
       tower_colour_share=[float(s) for s in spec],
       kernel_colour_share=[[float(v) for v in t] for t in shares],
-      layer=layer, gallery=str(args.gallery), gallery_size=len(files),
+      layer=layer, gallery=gallery_name, gallery_size=len(files),
       neighbours_same_class=float(np.mean(same)),
       same_class_by_chance=float(chance), classes=len(classes),
       provenance=prov)
   (out / 'figures.json').write_text(json.dumps(result, indent=1) + '\n')
+  (out / collect.PROVENANCE_FILE).write_text(json.dumps(prov, indent=1) + '\n')
   lines = [
       '# Figures 3 and 4 from a trained checkpoint', '',
       f'Checkpoint: `{args.checkpoint}` ({type(model).__name__}, variant '
@@ -145,7 +158,7 @@ def main(argv=None):
   lines += ['', '## Figure 4: nearest neighbours', '',
             '![neighbours](figure4_neighbours.png)', '',
             f'{len(queries)} queries, {args.neighbours} neighbours each among '
-            f'{len(files)} images of `{args.gallery}` by Euclidean distance '
+            f'{len(files)} images of `{gallery_name}` by Euclidean distance '
             f'of {layer} activations: {100 * np.mean(same):.0f}% of the '
             f'neighbours share the query\'s class ({100 * chance:.0f}% by '
             'chance).', '',

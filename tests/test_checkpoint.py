@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.core import checkpoint
 from alexnet_jax.configs import paper
+from alexnet_jax.core import checkpoint
 
 CLASSES = [f'class_{i}' for i in range(10)]
 PRE = dict(channel_order='RGB', pixel_scale=1.0, mean=[0.5, 0.4, 0.3],
@@ -101,7 +101,7 @@ def test_export_refuses_to_overwrite_unless_asked(tmp_path):
 def test_failed_export_leaves_nothing(tmp_path):
   config = _config()
   bad = {'params': {'conv1': {'kernel': object()}}}   # not an array
-  with pytest.raises(Exception):
+  with pytest.raises(ValueError):   # orbax: unsupported dtype "object"
     checkpoint.save_model(tmp_path / 'export', config=config, variables=bad,
                           preprocessing=PRE, class_names=CLASSES)
   assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""Command lines: main's config handling, evaluate and predict.
+"""Command lines: main's config handling, evaluate and predict, and what
+they print (the answer, one line per bad input, no third-party notices).
 
 evaluate/predict run on a model export whose fc8 bias makes 'cat' win by a
 wide margin, so their answers are known without training: every image is
@@ -7,6 +8,7 @@ called a cat, and the top-1 error on the embedded test split (34 cats of
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pytest
 
 from alexnet_jax.core import checkpoint
 from alexnet_jax.core import config_checks
+from alexnet_jax.core import console
 from alexnet_jax.core import input_pipeline
 from alexnet_jax import main as main_lib
 from alexnet_jax.core import model as model_lib
@@ -30,9 +33,21 @@ SAMPLE = pathlib.Path(smoke.sample_root())
 CAT = 3
 
 
-def _run(args, cwd=REPO, timeout=300):
+# What TensorFlow and JAX print on every start unless silenced.
+NOISE = ('oneDNN custom operations', 'absl::InitializeLog',
+         'Unable to initialize backend', '[Hyperparameters]')
+
+
+def _run(args, cwd=REPO, timeout=300, env=None):
   return subprocess.run([sys.executable, '-m'] + args, cwd=cwd,
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout,
+                        env=env)
+
+
+def _one_device_env():
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)    # conftest's four simulated devices
+  return env
 
 
 @pytest.fixture(scope='module')
@@ -74,6 +89,61 @@ def test_bad_value_fails_before_any_work(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize('args, want', [
+    (['--config=configs/smok.py'],
+     'error: --config=configs/smok.py: no such file (configs/ has '
+     'ablations.py, cifar10.py, paper.py, smoke.py); did you mean '
+     'configs/smoke.py?'),
+    (['--config=configs/ablations.py:cifar10/lrn'],
+     'error: flag --config=configs/ablations.py:cifar10/lrn: '
+     'configs/ablations.py:cifar10/lrn is not BASE/VARIANT'),
+    (['--config=configs/smoke.py', '--config.data.name=cifar11'],
+     "error: config.data.name='cifar11' is not a TFDS dataset (close: "),
+    (['--config=configs/smoke.py', '--config.parallel.mesh.model=2'],
+     'error: config.parallel.mesh.model=2 does not divide the 1 devices '
+     'present (cpu): set config.parallel.cpu_devices=2'),
+    (['--config=configs/smoke.py', '--config.parallel.mesh.model=2',
+      '--verbose'], 'Traceback'),
+])
+def test_a_bad_input_is_one_line(args, want, tmp_path):
+  workdir = tmp_path / 'wd'
+  r = _run(['alexnet_jax.main', f'--workdir={workdir}'] + args,
+           env=_one_device_env())
+  assert r.returncode == 1
+  lines = r.stderr.splitlines()
+  errors = [l for l in lines if l.startswith('error:')]
+  assert len(errors) == 1, r.stderr      # printed once
+  if '--verbose' in args:
+    assert want in r.stderr
+  else:
+    assert errors[0].startswith(want), r.stderr
+    assert 'Traceback' not in r.stderr
+    # Before it at most the two start-up lines (JAX's devices, workdir).
+    assert len(lines) <= 3, r.stderr
+    assert not any(n in r.stderr for n in NOISE), r.stderr
+  assert not workdir.exists()
+
+
+def test_stderr_without_drops_only_the_notices(capfd):
+  with console.stderr_without(('oneDNN custom operations',)):
+    os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on.\n'
+             b'a real problem\n')
+    os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on.\n')
+  assert capfd.readouterr().err == 'a real problem\n'
+
+
+def test_exit_on_is_one_line_and_ctrl_c_is_130(capsys):
+  with pytest.raises(SystemExit) as e:
+    with console.exit_on(config_checks.ConfigError):
+      raise config_checks.ConfigError('config.x=1 is not accepted')
+  assert e.value.code == 'error: config.x=1 is not accepted'
+  with pytest.raises(SystemExit) as e:
+    with console.exit_on(config_checks.ConfigError):
+      raise KeyboardInterrupt   # Ctrl-C before or after the training loop
+  assert e.value.code == 130
+  assert capsys.readouterr().err == 'interrupted\n'
+
+
 def test_config_path_resolution(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   resolved = main_lib.resolve_config_path('configs/smoke.py')
@@ -98,6 +168,11 @@ def test_evaluate_cli_on_a_model_export(export, tmp_path):
   assert result['split'] == 'test'
   assert result['top1_error'] == pytest.approx(0.9)
   assert '340/340' in r.stderr                   # the progress bar
+  # The answer (a sentence and its JSON), and little else.
+  assert len(r.stdout.splitlines()) == 2, r.stdout
+  other = [l for l in r.stderr.splitlines() if l.strip() and '/340 [' not in l]
+  assert len(other) <= 1, r.stderr     # which checkpoint was loaded
+  assert not any(n in r.stderr for n in NOISE), r.stderr
 
 
 def test_predict_cli(export):
@@ -110,8 +185,11 @@ def test_predict_cli(export):
   assert r.returncode == 1, r.stderr[-3000:]
   assert f"cannot read image '{not_an_image}'" in r.stderr
   assert '1 of 3 images could not be read' in r.stderr
-  lines = [json.loads(l) for l in r.stdout.splitlines() if l.startswith('{')]
+  lines = [json.loads(l) for l in r.stdout.splitlines()]
   assert [l['image'] for l in lines] == [str(p) for p in images]
+  # Besides the answer: the unreadable image, the count, at most one more.
+  assert len(r.stderr.splitlines()) <= 3, r.stderr
+  assert not any(n in r.stderr for n in NOISE), r.stderr
   for line in lines:
     top = line['top']
     assert len(top) == 5

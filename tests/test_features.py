@@ -170,3 +170,25 @@ def test_load_images_centre_crop_and_normalisation(tmp_path):
   (tmp_path / 'bad.jpg').write_text('not an image')
   with pytest.raises(ValueError, match='bad.jpg'):
     features.load_images([tmp_path / 'bad.jpg'], prep)
+
+
+def test_load_images_follows_the_records_resize_method(tmp_path):
+  """The checkpoint's resize_method is used (it once was ignored here)."""
+  from PIL import Image
+  rs = np.random.RandomState(5)
+  Image.fromarray(rs.randint(0, 256, (90, 120, 3)).astype(np.uint8)).save(
+      tmp_path / 'a.png')
+  prep = dict(mean=[0.5, 0.5, 0.5], std=[1., 1., 1.], image_size=24,
+              resize_size=32)
+  got = {m: features.load_images([tmp_path / 'a.png'],
+                                 dict(prep, resize_method=m))[0]
+         for m in ('area', 'antialias')}
+  import tensorflow as tf
+  from alexnet_jax.core import preprocess
+  data = tf.io.read_file(str(tmp_path / 'a.png'))
+  for method, image in got.items():
+    want = preprocess.eval_image(data, preprocess.Params(
+        image_size=24, resize_size=32, resize_method=method,
+        mean=(0.5, 0.5, 0.5), std=(1., 1., 1.))).numpy()
+    np.testing.assert_allclose(image, want, atol=1e-6)
+  assert np.abs(got['area'] - got['antialias']).max() > 1e-3

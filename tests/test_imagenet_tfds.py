@@ -1,5 +1,5 @@
 """The real TFDS `imagenet2012` builder, offline, on a tiny ILSVRC-2012-layout
-archive made from ../shared/datasets/imagenet-samples photos."""
+archive made from the shared imagenet-samples photos (conftest)."""
 
 import io
 import os

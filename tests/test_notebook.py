@@ -53,13 +53,18 @@ def _photos(root):
 
 def test_demo_notebook_runs(tiny_export, tmp_path, monkeypatch):
   export, variables = tiny_export
-  _photos(tmp_path / 'photos')
-  for name, value in dict(CHECKPOINT=export, PHOTOS=tmp_path / 'photos',
+  # PHOTOS and GALLERY are left to their defaults: the data root's
+  # imagenet-samples and (a CIFAR-10 model) cifar10/test.
+  data = tmp_path / 'data'
+  _photos(data / 'imagenet-samples' / 'val')
+  _photos(data / 'cifar10' / 'test')
+  for name, value in dict(CHECKPOINT=export, DATA_ROOT=data,
                           PHOTO_FILTER='cat,ship', NUM_PHOTOS=4,
-                          GALLERY=tmp_path / 'photos', GALLERY_SIZE=9,
-                          NUM_QUERIES=2,
+                          GALLERY_SIZE=9, NUM_QUERIES=2,
                           NEIGHBOURS=3, LAYER='fc7').items():
     monkeypatch.setenv(f'ALEXNET_DEMO_{name}', str(value))
+  for name in ('PHOTOS', 'GALLERY'):
+    monkeypatch.delenv(f'ALEXNET_DEMO_{name}', raising=False)
   nb = nbformat.read(REPO / 'experiments' / 'demo.ipynb', as_version=4)
   # Outputs are not committed: the notebook is clean for Colab users.
   assert not any(c.get('outputs') for c in nb.cells if c.cell_type == 'code')

@@ -362,3 +362,41 @@ def test_inception_window_inside_image():
     assert 0 <= y and 0 <= x and y + h <= 100 and x + w <= 150
     assert h * w >= 0.08 * 100 * 150 - 150
     assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05 or (h, w) == (100, 150)
+
+
+def test_params_from_record(tmp_path):
+  """The one builder of Params from a checkpoint's preprocessing record:
+  the record's fields win, `fields` fill the rest and missing keys."""
+  record = dict(channel_order='BGR', pixel_scale=255.0, mean=[1, 2, 3],
+                std=[4, 5, 6], image_size=48, resize_size=64,
+                resize_method='antialias')
+  p = preprocess.params_from_record(record, flip=False, resize_method='area')
+  assert p == preprocess.Params(
+      image_size=48, resize_size=64, flip=False, resize_method='antialias',
+      channel_order='BGR', pixel_scale=255.0, mean=(1., 2., 3.),
+      std=(4., 5., 6.))
+  # A record from before resize_method existed (or from convert.py).
+  old = {k: v for k, v in record.items() if k != 'resize_method'}
+  assert preprocess.params_from_record(
+      old, resize_method='bilinear').resize_method == 'bilinear'
+  assert preprocess.params_from_record(old).resize_method == P.resize_method
+  np.save(tmp_path / 'mean.npy', np.full((64, 64, 3), 0.5, np.float32))
+  p = preprocess.params_from_record(
+      dict(record, mean_image=str(tmp_path / 'mean.npy')))
+  assert p.mean_image.shape == (64, 64, 3)
+  with pytest.raises(ValueError, match=r'shape \(64, 64, 3\); it must be '
+                     r'\(32, 32, 3\)'):
+    preprocess.params_from_record(dict(record, resize_size=32,
+                                       mean_image=str(tmp_path / 'mean.npy')))
+  with pytest.raises(ValueError, match='lacks mean, std'):
+    preprocess.params_from_record(dict(image_size=48, resize_size=64))
+  with pytest.raises(TypeError, match='no Params field'):
+    preprocess.params_from_record(record, flipp=True)
+
+
+def test_lighting_defaults_are_configs_paper_constants():
+  from alexnet_jax.configs import paper
+  assert P.eigval == paper.IMAGENET_EIGVAL
+  assert P.eigvec == paper.IMAGENET_EIGVEC
+  c = paper.get_config()
+  assert tuple(c.data.lighting.eigval) == paper.IMAGENET_EIGVAL

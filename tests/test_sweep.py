@@ -36,9 +36,9 @@ FAKE_MAIN = textwrap.dedent('''
     state = wd / 'state.json'
     start = json.loads(state.read_text())['step'] if state.exists() else 0
     crash = int(os.environ.get('FAKE_CRASH_AT', '0'))
-    def term(*_):  # like the trainer: checkpoint, exit 0, no results file
+    def term(*_):  # like the trainer: checkpoint, exit 143, no results file
       (wd / 'got_sigterm').write_text('yes')
-      sys.exit(0)
+      sys.exit(143)
     signal.signal(signal.SIGTERM, term)
     if os.environ.get('FAKE_SLEEP'):
       (wd / 'started').write_text('yes')
@@ -134,6 +134,80 @@ def test_ablations_sweep_shares_one_baseline():
     assert len(runner.plan(s, dataset)) == 7
 
 
+def test_ablations_are_defined_once_in_configs_ablations():
+  from alexnet_jax.configs import ablations
+  for name, (question, paper, variants) in ablations.ABLATIONS.items():
+    s = sweeps_lib.get(name)
+    assert (s.question, s.paper, s.variants) == (question, paper, variants)
+    for variant, overrides in variants.items():
+      config = ablations.get_config(f'cifar10/{variant}')
+      for field, value in overrides.items():
+        node = config
+        for part in field.split('.'):
+          node = node[part]
+        assert node == value, (variant, field)
+  assert sweeps_lib.get('lrn_cifar').variants == {
+      v: ablations.VARIANTS[v] for v in ('lrn_on', 'lrn_off')}
+  # The sweeps write no overrides of their own: a second copy would drift.
+  assert "'model." not in (sweeps_lib.REPO / 'experiments' /
+                           'sweeps.py').read_text()
+
+
+def test_workdirs_default_outside_the_repository(tmp_path, monkeypatch):
+  from alexnet_jax.core import paths
+  monkeypatch.delenv(paths.RUNS_ENV, raising=False)
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  run = runner.plan(sweeps_lib.get('lrn'), 'cifar10')[0]
+  assert run.workdir == tmp_path / 'home' / 'alexnet_jax_runs' / 'lrn' / (
+      'cifar10') / 'lrn_on'
+  monkeypatch.setenv(paths.RUNS_ENV, str(tmp_path / 'runs'))
+  assert runner.plan(sweeps_lib.get('lrn'), 'cifar10')[0].workdir == (
+      tmp_path / 'runs' / 'lrn' / 'cifar10' / 'lrn_on')
+  # The CIFAR-10 JPEGs are named through the data root, never a path.
+  monkeypatch.setenv(paths.DATA_ENV, str(tmp_path / 'data'))
+  assert 'data.name' not in sweeps_lib.datasets()['cifar10'].overrides
+  (tmp_path / 'data' / 'cifar10').mkdir(parents=True)
+  assert sweeps_lib.datasets()['cifar10'].overrides == {
+      'data.name': 'folder:$ALEXNET_JAX_DATA/cifar10'}
+
+
+@pytest.mark.parametrize('name,results', [
+    ('ablations', 'ablations-cifar10'),
+    ('lrn_cifar', 'lrn_cifar-cifar10'),
+    ('figure1_lr', 'figure1/lr_search')])
+def test_committed_tables_come_from_committed_logs(name, results, tmp_path,
+                                                   capsys):
+  """`--from-logs` redraws each committed sweep's summary.csv and table.md
+  byte for byte from its logs and provenance.json, with no workdir."""
+  committed = collect.RESULTS_ROOT / results
+  out = tmp_path / 'results'
+  shutil.copytree(committed, out)
+  for f in ('summary.csv', 'table.md', 'curves.png'):
+    (out / f).unlink()
+  assert sweep_cli.main([name, '--from-logs', '--results', str(out)]) == 0
+  for f in ('summary.csv', 'table.md'):
+    assert (out / f).read_text() == (committed / f).read_text(), f
+  assert (out / 'curves.png').stat().st_size > 1000
+  assert 'Overrides of each variant' in capsys.readouterr().out
+
+
+def test_committed_figure1_redraws_from_its_logs(tmp_path):
+  """`experiments.figure1 --stage plot` in a fresh clone: the committed
+  figure1.md and summary.json again, from logs/ and lr_search/ alone."""
+  committed = collect.RESULTS_ROOT / 'figure1'
+  out = tmp_path / 'figure1'
+  shutil.copytree(committed, out)
+  for f in ('figure1.md', 'figure1.png', 'summary.json'):
+    (out / f).unlink()
+  assert figure1.main(['--stage', 'plot', '--out', str(out),
+                       '--root', str(tmp_path / 'no_runs')]) == 0
+  assert (out / 'figure1.md').read_text() == (
+      committed / 'figure1.md').read_text()
+  assert json.loads((out / 'summary.json').read_text()) == json.loads(
+      (committed / 'summary.json').read_text())
+  assert (out / 'figure1.png').stat().st_size > 1000
+
+
 def test_runs_in_parallel_skips_finished_and_collects(fake, tmp_path):
   root, env = fake
   runs = runner.plan(_sweep(), 'cifar10', root=root / 'runs',
@@ -220,7 +294,7 @@ def test_sigterm_stops_trainers_cleanly(fake):
   for w in wds:
     assert (w / 'got_sigterm').read_text() == 'yes'
     status = json.loads((w / runner.STATUS_FILE).read_text())
-    assert status['returncode'] == 0 and status['completed'] is False
+    assert status['returncode'] == 143 and status['completed'] is False
   assert (root / 'res' / 'summary.csv').is_file()
 
 
@@ -266,17 +340,31 @@ def test_figure1_search_train_and_ratio(fake, tmp_path, monkeypatch):
   assert (out / 'figure1.png').stat().st_size > 1000
   assert 'the paper: about 6x' in (out / 'figure1.md').read_text()
 
-  # A fresh checkout has the Figure 1 runs but not the search workdirs: the
-  # plot stage uses the rates the search recorded in chosen_lr.json.
-  shutil.rmtree(root / 'runs' / 'figure1_lr')
-  (out / 'figure1.md').unlink()
-  assert figure1.main(['--main', 'fake_main', '--root', str(root / 'runs'),
-                       '--out', str(out), '--stage', 'plot']) == 0
-  again = json.loads((out / 'summary.json').read_text())
-  assert again['learning_rates'] == summary['learning_rates']
-  assert again['ratio_tanh_over_relu'] == summary['ratio_tanh_over_relu']
-  assert (out / 'figure1.md').is_file()
-  (out / 'chosen_lr.json').unlink()
+  # A fresh clone has the results tree but no workdir at all: the plot
+  # stage redraws the same figure and table from the committed logs.
+  table = (out / 'figure1.md').read_text()
+  shutil.rmtree(root / 'runs')
+  for name in ('figure1.md', 'figure1.png', 'summary.json'):
+    (out / name).unlink()
+  assert figure1.main(['--root', str(root / 'runs'), '--out', str(out),
+                       '--stage', 'plot']) == 0
+  assert not (root / 'runs').exists()
+  assert json.loads((out / 'summary.json').read_text()) == summary
+  assert (out / 'figure1.md').read_text() == table
+  assert (out / 'figure1.png').stat().st_size > 1000
+  # Exporting from workdirs without logs (a fresh clone about to resume)
+  # keeps the committed logs and records.
+  relu_log = (out / 'logs' / 'relu.jsonl').read_bytes()
+  (root / 'runs' / 'figure1' / 'cifar10' / 'tanh').mkdir(parents=True)
+  collect.export(runner.plan(sweeps_lib.figure1({'relu': 0.01, 'tanh': 0.01}),
+                             'cifar10', root=root / 'runs'), out,
+                 argv=['experiments.figure1', '--stage', 'train'])
+  prov = json.loads((out / collect.PROVENANCE_FILE).read_text())
+  assert prov['runs']['relu']['status'] == 'finished'
+  assert (out / 'logs' / 'relu.jsonl').read_bytes() == relu_log
+  assert prov['runs']['tanh']['status'] == 'finished'   # its old record
+  # Without the search's results there are no rates to plot with.
+  shutil.rmtree(out / 'lr_search')
   with pytest.raises(RuntimeError, match='no finished learning-rate search'):
     figure1.main(['--root', str(root / 'runs'), '--out', str(out),
                   '--stage', 'plot'])
@@ -305,3 +393,26 @@ def test_real_trainer_two_steps_then_resume(tmp_path):
   assert 'resum' in log.lower()
   rows = collect.read_metrics(runs[0].workdir)
   assert [r['step'] for r in rows if 'train_top1_error' in r] == [1, 2, 3, 4]
+
+
+def test_cifar10_run_redraws_from_its_logs_and_exports(tmp_path):
+  from experiments.cifar10 import plot as cifar10_plot
+  committed = collect.RESULTS_ROOT / 'cifar10'
+  out = tmp_path / 'cifar10'
+  shutil.copytree(committed, out)
+  (out / 'table.md').unlink()
+  assert cifar10_plot.main([f'--results={out}']) == 0
+  assert (out / 'table.md').read_text() == (committed / 'table.md').read_text()
+  assert '| test `test`, 10 crops' in (out / 'table.md').read_text()
+  # --export: a workdir's trainer files replace the logs; provenance says so.
+  work = tmp_path / 'work'
+  work.mkdir()
+  for name in ('metrics.jsonl', 'config.json'):
+    shutil.copyfile(out / 'logs' / name, work / name)
+  assert cifar10_plot.main([f'--results={out}', f'--export={work}',
+                            '--command=experiments/cifar10/run.sh']) == 0
+  prov = json.loads((out / collect.PROVENANCE_FILE).read_text())
+  assert prov['command'] == 'experiments/cifar10/run.sh'
+  assert prov['status'] == 'unfinished'     # no results.json in the workdir
+  assert not (out / 'logs' / 'results.json').exists()
+  assert 'Unfinished run' in (out / 'table.md').read_text()

@@ -1,8 +1,9 @@
 """End-to-end training on the embedded CIFAR-10 sample (tiny AlexNet).
 
 One uninterrupted reference run, and one run that is SIGKILLed after its
-first checkpoint, restarted and SIGTERMed, then restarted to the end: its
-final parameters and metrics must equal the reference's exactly.
+first checkpoint, restarted and SIGTERMed, restarted and Ctrl-C'd, then
+restarted to the end: its final parameters and metrics must equal the
+reference's exactly.
 """
 
 import json
@@ -123,9 +124,27 @@ def reference(tmp_path_factory):
   return workdir, results
 
 
+def _stop(workdir, env, sig, log_path):
+  """Restarts the run, sends `sig` after its first new training step;
+  returns (exit status, log, checkpoint steps)."""
+  rows_before = len(_train_rows(workdir))
+  with open(log_path, 'w+') as log:
+    proc = subprocess.Popen(main_command(workdir), cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    _wait_for(lambda: len(_train_rows(workdir)) > rows_before, proc,
+              'a training step after the restart')
+    proc.send_signal(sig)
+    returncode = proc.wait(timeout=120)
+    log.seek(0)
+    text = log.read()
+  return (returncode, text,
+          [s for s, _ in checkpoint.step_dirs(workdir / 'checkpoints')])
+
+
 @pytest.fixture(scope='module')
 def interrupted(tmp_path_factory, jax_cache):
-  """SIGKILL after the first checkpoint, restart, SIGTERM, restart to end."""
+  """SIGKILL after the first checkpoint, restart, SIGTERM, restart, Ctrl-C
+  (SIGINT), restart to the end."""
   workdir = tmp_path_factory.mktemp('interrupted')
   env = _env(jax_cache)
   logs = {}
@@ -141,23 +160,15 @@ def interrupted(tmp_path_factory, jax_cache):
     logs['killed'] = log.read()
   killed_steps = [s for s, _ in checkpoint.step_dirs(workdir / 'checkpoints')]
 
-  rows_before = len(_train_rows(workdir))
-  with open(workdir.parent / 'terminated.log', 'w+') as log:
-    proc = subprocess.Popen(main_command(workdir), cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    _wait_for(lambda: len(_train_rows(workdir)) > rows_before, proc,
-              'a training step after the restart')
-    proc.send_signal(signal.SIGTERM)
-    returncode = proc.wait(timeout=120)
-    log.seek(0)
-    logs['terminated'] = log.read()
-  terminated_steps = [s for s, _ in
-                      checkpoint.step_dirs(workdir / 'checkpoints')]
+  returncodes, steps = {}, {'killed': killed_steps}
+  for name, sig in (('terminated', signal.SIGTERM),
+                    ('interrupted', signal.SIGINT)):
+    returncodes[name], logs[name], steps[name] = _stop(
+        workdir, env, sig, workdir.parent / f'{name}.log')
 
   results = train.train_and_evaluate(tiny_config(), workdir)
   return dict(workdir=workdir, logs=logs, killed_steps=killed_steps,
-              terminated_steps=terminated_steps,
-              terminated_returncode=returncode, results=results)
+              steps=steps, returncodes=returncodes, results=results)
 
 
 def test_smoke_run_trains_evaluates_checkpoints(reference):
@@ -168,12 +179,18 @@ def test_smoke_run_trains_evaluates_checkpoints(reference):
     assert math.isfinite(results[key])
   assert results['val_top5_error'] <= results['val_top1_error']
   rows = metrics_lib.read_jsonl(workdir / metrics_lib.JSONL_FILE)
+  lines = (workdir / metrics_lib.JSONL_FILE).read_text().splitlines()
+  assert len(rows) == len(lines)       # every line is a metrics record
+  # One record per event, each kind with fixed fields (docs/training.md).
+  kinds = {'train': {'train_loss', 'train_top1_error', 'train_top5_error',
+                     'train_learning_rate', 'train_grad_norm',
+                     'train_param_norm', 'epoch', 'images_per_sec'},
+           'val': {'val_loss', 'val_top1_error', 'val_top5_error',
+                   'val_examples'}}
+  for row in rows:
+    assert set(row) - {'step', 'time'} in kinds.values(), row
   train_rows = [r for r in rows if 'train_loss' in r]
   assert [r['step'] for r in train_rows] == list(range(1, STEPS + 1))
-  for key in ('train_top1_error', 'train_top5_error', 'train_learning_rate',
-              'train_grad_norm', 'train_param_norm', 'epoch',
-              'images_per_sec'):
-    assert key in train_rows[-1]
   assert [r['step'] for r in rows if 'val_top1_error' in r] == [10, 20, 30,
                                                                 40]
   # Plateau with patience 0 and errors in steps of 1/16: the lr dropped.
@@ -195,12 +212,22 @@ def test_evaluate_matches_training_and_rerun_only_evaluates(reference,
                                 progress=False)
   assert got['top1_error'] == pytest.approx(results['val_top1_error'])
   assert got['loss'] == pytest.approx(results['val_loss'], rel=1e-5)
-  caplog.set_level('WARNING')
+  caplog.set_level('INFO')
   again = train.train_and_evaluate(
       tiny_config(**{'train.log_every_steps': 2}), workdir)
   assert again == results
   assert ('Resuming with a changed config: train.log_every_steps: '
           'checkpoint 1, config 2') in caplog.text
+  # The run ends saying where everything is.
+  end = caplog.text.split(f'Final metrics at step {STEPS}:')[1]
+  best = checkpoint.best_step(workdir / 'checkpoints')
+  for want in (f'results     {workdir / train.RESULTS_FILE}',
+               f'latest {workdir / "checkpoints" / str(STEPS)}',
+               f'best   {workdir / "checkpoints" / str(best)}',
+               f'tensorboard --logdir={workdir}',
+               f'top-1 error {100 * results["val_top1_error"]:.2f}%'):
+    assert want in end, end
+  assert '[Hyperparameters]' not in caplog.text
 
 
 def test_exact_resume_after_sigkill(reference, interrupted):
@@ -216,14 +243,19 @@ def test_exact_resume_after_sigkill(reference, interrupted):
     np.testing.assert_array_equal(a, b)
 
 
-def test_sigterm_saves_and_exits_cleanly(interrupted):
-  log = interrupted['logs']['terminated']
-  assert interrupted['terminated_returncode'] == 0, log[-3000:]
+@pytest.mark.parametrize('stop, status, before', [
+    ('terminated', 143, 'killed'), ('interrupted', 130, 'terminated')])
+def test_sigterm_and_ctrl_c_save_then_exit_128_plus_the_signal(
+    interrupted, stop, status, before):
+  log = interrupted['logs'][stop]
+  # Not 0: a script must tell a stopped run from a finished one.
+  assert interrupted['returncodes'][stop] == status, log[-3000:]
   marker = 'Preempted: saved the checkpoint at step '
   assert marker in log, log[-3000:]
+  assert 'Traceback' not in log and 'Final metrics' not in log
   step = int(log.split(marker)[1].split()[0])
-  assert step in interrupted['terminated_steps']
-  assert step > max(interrupted['killed_steps'])
+  assert step in interrupted['steps'][stop]
+  assert step > max(interrupted['steps'][before])
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -290,15 +322,24 @@ def test_eval_step_against_numpy(crops):
 
 def test_jsonl_writer(tmp_path):
   writer = metrics_lib.JsonlWriter(tmp_path / 'm.jsonl')
-  writer.write_hparams({'optim.lr': 0.01})
+  writer.write_hparams({'optim.lr': 0.01})   # config.json holds them
   writer.write_scalars(3, {'loss': np.float32(1.5), 'lr': jax.numpy.ones(())})
   writer.write_images(3, {'x': np.zeros((1, 2, 2, 3))})   # not written
   writer.close()
   rows = metrics_lib.read_jsonl(tmp_path / 'm.jsonl')
   assert len(rows) == 1
   assert rows[0]['step'] == 3 and rows[0]['loss'] == 1.5 and rows[0]['lr'] == 1
-  lines = (tmp_path / 'm.jsonl').read_text().splitlines()
-  assert json.loads(lines[0]) == {'hparams': {'optim.lr': 0.01}}
+  assert len((tmp_path / 'm.jsonl').read_text().splitlines()) == 1
+
+
+def test_console_writer_is_one_short_line(caplog):
+  caplog.set_level('INFO')
+  writer = metrics_lib.ConsoleWriter()
+  writer.write_hparams({'optim.lr': 0.01})
+  writer.write_scalars(7, {'train_loss': np.float32(2.4620499),
+                           'images_per_sec': 1275.7586})
+  assert [r.getMessage() for r in caplog.records] == [
+      '[7] images_per_sec=1276, train_loss=2.462']
 
 
 def test_plan_counts_sliced_splits():

@@ -1,7 +1,10 @@
 """Training-input throughput: our tf.data pipeline vs a PIL + NumPy loader.
 
-    python -m alexnet_jax.input_benchmark \
-        [--data=../shared/datasets/imagenet-samples] [--workers=1,2]
+    python -m alexnet_jax.input_benchmark [--data=ROOT] [--data_root=DIR] \
+        [--workers=1,2]
+
+ROOT (ROOT/SPLIT/CLASS/IMAGE) defaults to the 1,000 ImageNet sample photos
+under the data root, $ALEXNET_JAX_DATA/imagenet-samples (docs/data.md).
 
 Both loaders do the paper's training preprocessing on the same JPEGs, in the
 same run: shorter side to 256, centre 256x256, random 224x224 crop, random
@@ -31,13 +34,20 @@ import time
 import numpy as np
 from PIL import Image
 
-DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[3] / 'shared' / (
-    'datasets/imagenet-samples')
+from alexnet_jax.configs import paper
+from alexnet_jax.core import paths as paths_lib
+
+DEFAULT_DATA = 'imagenet-samples'     # under the data root
 
 
 def add_arguments(parser):
-  parser.add_argument('--data', default=str(DEFAULT_DATA),
-                      help='image folder ROOT/SPLIT/CLASS/IMAGE')
+  parser.add_argument('--data', default=None,
+                      help='image folder ROOT/SPLIT/CLASS/IMAGE (default '
+                      f'{paths_lib.in_data_root(DEFAULT_DATA)})')
+  parser.add_argument('--data_root', default=None,
+                      help='the folder holding the datasets (default '
+                      f'${paths_lib.DATA_ENV} or '
+                      f'{paths_lib.DEFAULT_DATA_ROOT})')
   parser.add_argument('--split', default='val')
   parser.add_argument('--workers', default='1,2',
                       help='comma-separated thread / process counts')
@@ -63,7 +73,6 @@ def add_arguments(parser):
 
 def _ours(args, workers, n_images):
   from alexnet_jax.core import input_pipeline  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.configs import paper  # pylint: disable=g-import-not-at-top
   c = paper.get_config()
   c.data.name = f'folder:{args.data}'
   c.data.train_split = args.split
@@ -82,9 +91,8 @@ def _ours(args, workers, n_images):
 
 # ------------------------------------------------------------------- PIL
 
-_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140],
-                    [-0.5836, -0.6948, 0.4203]], np.float32)
-_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
+_EIGVEC = np.array(paper.IMAGENET_EIGVEC, np.float32)
+_EIGVAL = np.array(paper.IMAGENET_EIGVAL, np.float32)
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 
 
@@ -201,8 +209,11 @@ def run(args):
       setattr(args, key, value)
       if getattr(args, 'quick', False) and key in ('epochs', 'repeats'):
         setattr(args, key, {'epochs': 0.5, 'repeats': 1}[key])
-  paths = _list_images(args.data, args.split)
-  n_images = int(len(paths) * args.epochs)
+  paths_lib.set_data_root(args.data_root)
+  args.data = paths_lib.expand(
+      args.data or paths_lib.in_data_root(DEFAULT_DATA))
+  files = _list_images(args.data, args.split)
+  n_images = int(len(files) * args.epochs)
   rows = []
   machine = f'{platform.processor() or platform.machine()}, ' \
             f'{os.cpu_count()} cores'
@@ -211,7 +222,7 @@ def run(args):
     best = {}
     for _ in range(args.repeats):
       for loader in loaders:
-        row = _measure(args, loader, workers, n_images, paths)
+        row = _measure(args, loader, workers, n_images, files)
         for key in ('img_per_s', 'img_per_cpu_s'):
           best.setdefault(loader, {}).setdefault(key, 0.0)
           best[loader][key] = max(best[loader][key], row[key])
@@ -226,7 +237,7 @@ def run(args):
                  img_per_cpu_s=round(best[loader]['img_per_cpu_s'], 1),
                  img_per_cpu_s_runs=best[loader]['runs'],
                  image_size=args.image_size, batch=args.batch,
-                 data=str(args.data), machine=machine,
+                 data=paths_lib.portable(args.data), machine=machine,
                  date=time.strftime('%Y-%m-%d'))
       rows.append(row)
   _add_ratios(rows)

@@ -127,15 +127,7 @@ def load_images(paths, preprocessing: dict) -> np.ndarray:
 
   from alexnet_jax.core import preprocess
 
-  p = dict(preprocessing)
-  mean_image = None
-  if p.get('mean_image'):
-    mean_image = np.load(p['mean_image']).astype(np.float32)
-  params = preprocess.Params(
-      image_size=int(p['image_size']), resize_size=int(p['resize_size']),
-      channel_order=p.get('channel_order', 'RGB'),
-      pixel_scale=float(p.get('pixel_scale', 1.0)),
-      mean=tuple(p['mean']), std=tuple(p['std']), mean_image=mean_image)
+  params = preprocess.params_from_record(preprocessing)
   out = []
   for path in paths:
     try:

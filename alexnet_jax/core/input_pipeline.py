@@ -5,7 +5,9 @@ Sources, chosen by `config.data.name`:
                                          config.data.data_dir
   'folder:/path/to/root'                 ROOT/SPLIT/CLASS/IMAGE, images
                                          .jpg/.jpeg/.png in any case; class
-                                         index = position in sorted names
+                                         index = position in sorted names;
+                                         '$ALEXNET_JAX_DATA/...' = under
+                                         the data root (paths.py)
   'fake'                                 random images, for throughput only
 
 Determinism: example number p of a host's endless training stream (p =
@@ -37,6 +39,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax.core import paths as paths_lib
 from alexnet_jax.core import preprocess
 
 # tf.data must never take an accelerator from JAX.
@@ -93,46 +96,28 @@ def preprocessing_from_config(config):
              resize_size=d.resize_size, resize_method=d.resize_method)
   if d.normalization == 'image':
     # A consumer that ignores 'mean_image' still gets its channel means.
-    out['mean'] = [float(m) for m in _load_mean_image(
-        d.mean_image, d.resize_size).mean(axis=(0, 1))]
+    try:
+      image = preprocess.load_mean_image(d.mean_image, d.resize_size)
+    except ValueError as e:
+      raise ValueError(f'config.data.mean_image: {e}') from e
+    out['mean'] = [float(m) for m in image.mean(axis=(0, 1))]
     out['std'] = [1.0, 1.0, 1.0]
     out['mean_image'] = os.path.abspath(d.mean_image)
   return out
 
 
-def _load_mean_image(path, resize_size):
-  try:
-    image = np.load(path)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'config.data.mean_image={path!r} cannot be read ({e}); '
-                     'make one with `python -m alexnet_jax.data_stats`') from e
-  if image.shape != (resize_size, resize_size, 3):
-    raise ValueError(
-        f'mean image {path!r} has shape {image.shape}; it must be '
-        f'({resize_size}, {resize_size}, 3) (config.data.resize_size)')
-  return image.astype(np.float32)
-
-
 def _params(config, preprocessing=None):
+  """preprocess.Params of config.data, for a checkpoint's `preprocessing`
+  record when given (evaluation), else the config's own."""
   d = config.data
   if preprocessing is None:
     preprocessing = preprocessing_from_config(config)
-  mean_image = None
-  if preprocessing.get('mean_image'):
-    mean_image = _load_mean_image(preprocessing['mean_image'],
-                                  preprocessing['resize_size'])
-  return preprocess.Params(
-      image_size=int(preprocessing['image_size']),
-      resize_size=int(preprocessing['resize_size']),
-      train_crop=d.train_crop, flip=d.flip,
+  return preprocess.params_from_record(
+      preprocessing, train_crop=d.train_crop, flip=d.flip,
       lighting_std=float(d.lighting.std), lighting_scale=d.lighting.scale,
-      eigval=tuple(d.lighting.eigval), eigvec=tuple(map(tuple,
-                                                        d.lighting.eigvec)),
-      resize_method=preprocessing.get('resize_method', d.resize_method),
-      channel_order=preprocessing['channel_order'],
-      pixel_scale=float(preprocessing['pixel_scale']),
-      mean=tuple(preprocessing['mean']), std=tuple(preprocessing['std']),
-      mean_image=mean_image)
+      eigval=tuple(d.lighting.eigval),
+      eigvec=tuple(map(tuple, d.lighting.eigvec)),
+      resize_method=d.resize_method)   # for records that predate the field
 
 
 def _options(config, deterministic=True):
@@ -150,9 +135,9 @@ _SLICE = re.compile(
     r'^(?P<name>[\w-]+)(\[(?P<lo>-?\d+%?)?:(?P<hi>-?\d+%?)?\])?$')
 
 
-def parse_split(split, sizes):
-  """'train', 'train[:1000]' or 'train[10%:]' -> (name, start, stop), as
-  TFDS slices splits (percentages round to the closest example)."""
+def check_split(split, sizes):
+  """The split's name; ValueError if `split` is not NAME, NAME[a:b] or
+  NAME[a%:b%] of a split in `sizes` (which is not asked for a size)."""
   match = _SLICE.match(split)
   if not match:
     raise ValueError(f'split {split!r} is not accepted; use NAME, NAME[a:b] '
@@ -161,6 +146,14 @@ def parse_split(split, sizes):
   if name not in sizes:
     raise ValueError(f'split {name!r} does not exist; the dataset has '
                      f'{sorted(sizes)}')
+  return match
+
+
+def parse_split(split, sizes):
+  """'train', 'train[:1000]' or 'train[10%:]' -> (name, start, stop), as
+  TFDS slices splits (percentages round to the closest example)."""
+  match = check_split(split, sizes)
+  name = match['name']
   n = sizes[name]
 
   def bound(text, default):
@@ -190,7 +183,7 @@ class FolderSource:
   """ROOT/SPLIT/CLASS/IMAGE; no preparation step."""
 
   def __init__(self, root):
-    self.root = os.path.expanduser(root)
+    self.root = paths_lib.expand(root)
     if not os.path.isdir(self.root):
       raise FileNotFoundError(
           f"data.name='folder:{root}': {self.root!r} is not a directory "
@@ -294,7 +287,18 @@ def _source(config):
   if name == 'fake':
     return None
   if name.startswith('folder:'):
-    return _folder_source(name[len('folder:'):])
+    spelled = name[len('folder:'):]
+    try:
+      # Resolved here, so a changed data root is never served from the cache.
+      return _folder_source(paths_lib.expand(spelled))
+    except FileNotFoundError as e:
+      if paths_lib.expand(spelled) == spelled:
+        raise
+      raise FileNotFoundError(
+          f'{e}. In data.name={name!r}, {paths_lib.DATA_TOKEN} is '
+          f'{paths_lib.data_root()}: set {paths_lib.DATA_ENV} (or --data_root '
+          'where a command has it) to the folder that holds your datasets'
+      ) from None
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
   return tfds_source.TfdsSource(config)
 

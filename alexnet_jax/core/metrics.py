@@ -1,9 +1,12 @@
 """CLU metric collections for training and evaluation, and the metric writers.
 
 Errors, not accuracies: the paper reports top-1 and top-5 ERROR rates.
-`JsonlWriter` puts every scalar in WORKDIR/metrics.jsonl (one JSON object a
-line: {"step": N, "name": value, ...}), next to the TensorBoard events, so
-runs can be plotted and committed without TensorBoard.
+`JsonlWriter` puts every scalar in WORKDIR/metrics.jsonl, next to the
+TensorBoard events, so runs can be plotted and committed without
+TensorBoard. Each line is one event, `{"step": N, "time": T, name: value,
+...}`: a training log (`train_*`, `epoch`, `images_per_sec`), an evaluation
+(`val_*`) or the final test (`test_*`); docs/training.md lists the fields.
+The hyperparameters go to TensorBoard and config.json, not to the log.
 """
 
 import json
@@ -12,6 +15,7 @@ import threading
 import time
 from typing import Any, Mapping
 
+from absl import logging
 from clu import metric_writers
 from clu import metrics
 import flax
@@ -73,7 +77,7 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._write(record)
 
   def write_hparams(self, hparams):
-    self._write({'hparams': {k: _to_python(v) for k, v in hparams.items()}})
+    del hparams   # config.json holds them, as written
 
   def write_texts(self, step, texts):
     self._write({'step': int(step), 'texts': dict(texts)})
@@ -113,6 +117,23 @@ def _to_python(value):
   return value
 
 
+class ConsoleWriter(metric_writers.LoggingWriter):
+  """CLU's LoggingWriter in short: one line of 4-digit scalars per event,
+  and no hyperparameters (a run's config is its config.json)."""
+
+  def write_scalars(self, step, scalars):
+    values = ', '.join(f'{k}={_short(v)}' for k, v in sorted(scalars.items()))
+    logging.info('[%d] %s', step, values)
+
+  def write_hparams(self, hparams):
+    del hparams
+
+
+def _short(value):
+  value = _to_python(value)
+  return f'{value:.4g}' if isinstance(value, float) else str(value)
+
+
 def read_jsonl(path) -> list[dict]:
   """The records of a metrics.jsonl file (scalar records only)."""
   out = []
@@ -125,10 +146,9 @@ def read_jsonl(path) -> list[dict]:
 
 
 def create_writer(workdir, *, just_logging=False):
-  """Logging + TensorBoard + JSONL writer for the workdir (one process)."""
+  """Console + TensorBoard + JSONL writer for the workdir (one process)."""
   if just_logging:
-    return metric_writers.create_default_writer(just_logging=True)
-  default = metric_writers.create_default_writer(
-      workdir, asynchronous=False)
+    return metric_writers.AsyncMultiWriter([ConsoleWriter()])
   return metric_writers.AsyncMultiWriter(
-      [default, JsonlWriter(pathlib.Path(workdir) / JSONL_FILE)])
+      [ConsoleWriter(), metric_writers.SummaryWriter(str(workdir)),
+       JsonlWriter(pathlib.Path(workdir) / JSONL_FILE)])

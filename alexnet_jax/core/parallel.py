@@ -148,8 +148,13 @@ def mesh_shape(config: ml_collections.ConfigDict,
                       "data_parallel='jit' for model parallelism")
   if data == -1:
     if num_devices % model:
+      want = -(-num_devices // model) * model
+      hint = (f'set config.parallel.cpu_devices={want} to simulate {want} '
+              'CPU devices' if jax.default_backend() == 'cpu' else
+              'use config.parallel.mesh.model=1')
       raise ConfigError(f'config.parallel.mesh.model={model} does not divide '
-                        f'the {num_devices} devices present')
+                        f'the {num_devices} devices present '
+                        f'({jax.default_backend()}): {hint}')
     data = num_devices // model
   if data < 1:
     raise ConfigError(f'config.parallel.mesh.data={data} must be >= 1 or -1')

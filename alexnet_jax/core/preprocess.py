@@ -33,6 +33,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax.configs import paper
+
 # The 10-crop order (4 corners + centre, then each one's horizontal flip):
 # crop i + 5 is crop i mirrored left-right.
 TEN_CROP_ORDER = ('top_left', 'top_right', 'bottom_left', 'bottom_right',
@@ -52,9 +54,8 @@ class Params:
   flip: bool = True
   lighting_std: float = 0.1
   lighting_scale: str = 'lambda'      # 'lambda' | 'sqrt_lambda'
-  eigval: tuple = (0.2175, 0.0188, 0.0045)
-  eigvec: tuple = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140),
-                   (-0.5836, -0.6948, 0.4203))
+  eigval: tuple = paper.IMAGENET_EIGVAL   # ImageNet's RGB PCA
+  eigvec: tuple = paper.IMAGENET_EIGVEC   # (columns = eigenvectors)
   resize_method: str = 'area'         # RESIZE_METHODS, see `resize`
   channel_order: str = 'RGB'          # 'RGB' | 'BGR'
   pixel_scale: float = 1.0            # 1.0 | 255.0
@@ -64,6 +65,55 @@ class Params:
   # (the paper's mean subtraction); None = per-channel `mean`.
   mean_image: np.ndarray | None = dataclasses.field(default=None,
                                                     compare=False)
+
+
+def load_mean_image(path, resize_size) -> np.ndarray:
+  """The per-pixel mean image at `path` (.npy, float32[resize_size,
+  resize_size, 3] RGB in [0, 1], from `python -m alexnet_jax.data_stats`)."""
+  try:
+    image = np.load(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'mean image {path!r} cannot be read ({e}); make one '
+                     'with `python -m alexnet_jax.data_stats`') from e
+  if image.shape != (resize_size, resize_size, 3):
+    raise ValueError(
+        f'mean image {path!r} has shape {image.shape}; it must be '
+        f'({resize_size}, {resize_size}, 3) (the resize size)')
+  return image.astype(np.float32)
+
+
+def params_from_record(record, **fields) -> Params:
+  """Params from the `preprocessing` dict a checkpoint carries (written by
+  input_pipeline.preprocessing_from_config, or convert.preprocessing for
+  imported weights): the one place that reads such a record.
+
+  The record fixes what the weights expect: image_size, resize_size and,
+  when present, resize_method, channel_order, pixel_scale, mean, std and
+  mean_image (a .npy path). `fields` are other Params fields (training's
+  crop, flip and lighting) and defaults for keys a record lacks; anything
+  else takes Params' default.
+  """
+  unknown = set(fields) - {f.name for f in dataclasses.fields(Params)}
+  if unknown:
+    raise TypeError(f'params_from_record: no Params field {sorted(unknown)}')
+  missing = [k for k in ('image_size', 'resize_size', 'mean', 'std')
+             if k not in record]
+  if missing:
+    raise ValueError(f'preprocessing record {dict(record)!r} lacks '
+                     f'{", ".join(missing)}')
+  out = dict(fields)
+  out.update(image_size=int(record['image_size']),
+             resize_size=int(record['resize_size']),
+             mean=tuple(float(v) for v in record['mean']),
+             std=tuple(float(v) for v in record['std']))
+  for key, cast in (('resize_method', str), ('channel_order', str),
+                    ('pixel_scale', float)):
+    if record.get(key) is not None:
+      out[key] = cast(record[key])
+  if record.get('mean_image'):
+    out['mean_image'] = load_mean_image(record['mean_image'],
+                                        out['resize_size'])
+  return Params(**out)
 
 
 # ---------------------------------------------------------------- decoding

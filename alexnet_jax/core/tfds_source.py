@@ -8,12 +8,15 @@ through a shuffle buffer seeded by (seed, e); a resumed run starts at its
 epoch and skips (reads without decoding) to its position in it.
 """
 
+import difflib
 import os
 import types
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from alexnet_jax.core import config_checks
 
 IMAGENET = 'imagenet2012'
 _plain = tf.autograph.experimental.do_not_convert  # see input_pipeline._plain
@@ -52,6 +55,19 @@ class DataNotReadyError(RuntimeError):
   """A TFDS dataset is missing or only partly prepared."""
 
 
+def unknown_dataset(name) -> config_checks.ConfigError:
+  """The error for a name TFDS does not know, with the closest it does.
+
+  (TFDS's own error lists its whole catalogue, 450 names.)
+  """
+  known = tfds.list_builders(with_community_datasets=False)
+  close = difflib.get_close_matches(base_name(name), known, n=4, cutoff=0.6)
+  return config_checks.ConfigError(
+      f'config.data.name={name!r} is not a TFDS dataset'
+      + (f' (close: {", ".join(close)})' if close else '')
+      + "; use a TFDS name (tfds.list_builders()), 'folder:/path' or 'fake'")
+
+
 def base_name(name):
   return name.split(':')[0].split('/')[0]
 
@@ -70,10 +86,7 @@ class TfdsSource:
     try:
       self.builder = tfds.builder(d.name, data_dir=self.data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-      raise ValueError(
-          f'config.data.name={d.name!r} is not a TFDS dataset, '
-          "'folder:/path' or 'fake' (TFDS says: "
-          f'{str(e).splitlines()[0]})') from e
+      raise unknown_dataset(d.name) from e
     check_prepared(self.builder, d.name, self.data_dir, d.manual_dir)
     info = self.builder.info
     self.image_key, self.label_key = info.supervised_keys or ('image',

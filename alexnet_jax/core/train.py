@@ -158,6 +158,17 @@ def plan(config, info) -> Plan:
   return Plan(examples, steps_per_epoch, total)
 
 
+def _check_splits(config, info):
+  """Every split the run reads exists (not only at the first evaluation)."""
+  for field in ('train_split', 'eval_split', 'test_split'):
+    split = config.data[field]
+    if split:
+      try:
+        input_pipeline.check_split(split, info.split_sizes)
+      except ValueError as e:
+        raise config_checks.ConfigError(f'config.data.{field}: {e}') from None
+
+
 def create_train_state(config, module, tx) -> TrainState:
   """The initial state, on the host (unplaced).
 
@@ -196,19 +207,23 @@ class _Preemption:
   """SIGTERM or Ctrl-C set a flag; the loop saves a checkpoint and returns.
 
   A second Ctrl-C interrupts at once (KeyboardInterrupt), without saving.
+  `signal` is the name of the first signal received.
   """
 
   def __init__(self):
     self.requested = False
+    self.signal = None
     self._previous = {}
 
   def _handler(self, signum, frame):
     if signum == signal.SIGINT and self.requested:
       raise KeyboardInterrupt
+    # Set before logging: a second signal may run this during the log call.
+    self.requested = True
+    self.signal = self.signal or signal.Signals(signum).name
     logging.warning('Received %s: saving a checkpoint at the current step, '
                     'then exiting (Ctrl-C again to stop without saving)',
                     signal.Signals(signum).name)
-    self.requested = True
     del frame
 
   def __enter__(self):
@@ -256,6 +271,41 @@ def make_eval_fn(par):
                       donate_state=False)
 
 
+# ------------------------------------------------------------ the end -----
+
+
+def _errors(results, prefix) -> str | None:
+  if f'{prefix}_top1_error' not in results:
+    return None
+  return (f'top-1 error {100 * results[f"{prefix}_top1_error"]:.2f}%, '
+          f'top-5 error {100 * results[f"{prefix}_top5_error"]:.2f}%, '
+          f'loss {results[f"{prefix}_loss"]:.4f} '
+          f'({results[f"{prefix}_examples"]} images)')
+
+
+def summary(workdir, results) -> str:
+  """What a finished run prints last: its metrics and where its outputs are."""
+  workdir = pathlib.Path(workdir)
+  root = workdir / checkpoint.CHECKPOINTS_DIR
+  lines = [f'Final metrics at step {results["step"]}:']
+  for prefix, name in (('val', 'validation'), ('test', 'test')):
+    if (text := _errors(results, prefix)) is not None:
+      lines.append(f'  {name:<11} {text}')
+  steps = [s for s, _ in checkpoint.step_dirs(root)]
+  best = checkpoint.best_step(root)
+  lines += [f'  workdir     {workdir}',
+            f'  results     {workdir / RESULTS_FILE}',
+            f'  metrics     {workdir / metrics_lib.JSONL_FILE}, config in '
+            f'{workdir / CONFIG_FILE}']
+  if steps:
+    lines.append(f'  checkpoints latest {root / str(steps[-1])}')
+  if best is not None:
+    lines.append(f'              best   {root / str(best)} (lowest '
+                 f'{checkpoint.BEST_METRIC})')
+  lines.append(f'  tensorboard tensorboard --logdir={workdir}')
+  return '\n'.join(lines)
+
+
 # ------------------------------------------------------------ the loop ----
 
 
@@ -266,7 +316,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """
   config_checks.validate(config)
   workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
   primary = jax.process_index() == 0
 
   info = input_pipeline.get_info(config)
@@ -274,7 +323,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     raise config_checks.ConfigError(
         f'config.model.num_classes={config.model.num_classes} but dataset '
         f'{config.data.name!r} has {info.num_classes} classes')
+  _check_splits(config, info)
   p = plan(config, info)
+  workdir.mkdir(parents=True, exist_ok=True)
   logging.info('Training for %d steps (%.1f epochs of %d examples, %.1f '
                'steps per epoch, global batch %d)', p.total_steps,
                p.total_steps / p.steps_per_epoch, p.num_train_examples,
@@ -326,8 +377,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn))
   eval_fn = make_eval_fn(par)
   hooks = [periodic_actions.ReportProgress(
-      num_train_steps=p.total_steps, writer=writer,
-      every_steps=config.train.log_every_steps)]
+      num_train_steps=p.total_steps,   # no writer: images_per_sec is
+      every_steps=config.train.log_every_steps)]   # in the train record
   if config.train.profile and primary:
     hooks.append(periodic_actions.Profile(
         logdir=str(workdir), num_profile_steps=5,
@@ -416,7 +467,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
           logging.warning('Preempted: saved the checkpoint at step %d in %s; '
                           'run the same command again to resume', step,
                           mgr.directory)
-          return {'preempted_at_step': step}
+          return {'preempted_at_step': step, 'signal': preempt.signal}
 
     mgr.wait_until_finished()
     results = {'step': step}
@@ -426,9 +477,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     results.update(val or run_eval(step, config.data.eval_split))
     if config.data.test_split:
       results.update(run_eval(step, config.data.test_split))
-    logging.info('Final metrics at step %d: %s', step, results)
     if primary:
       (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+      logging.info('%s', summary(workdir, results))
     return results
   finally:
     writer.close()                   # flushes the metrics written so far

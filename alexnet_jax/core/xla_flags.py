@@ -8,7 +8,7 @@ user already gives in XLA_FLAGS, with any value, is left as it is.
 * --xla_cpu_copy_insertion_use_region_analysis=true: XLA:CPU otherwise
   copies every donated parameter at the start of a train step (fc6's is
   151 MB); with it the torchvision variant's step fits in less peak memory
-  than PyTorch's (README "Speed"). CPU only; other backends ignore it.
+  than PyTorch's (docs/performance.md). CPU only; other backends ignore it.
 """
 
 import importlib.metadata

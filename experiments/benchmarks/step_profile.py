@@ -25,9 +25,9 @@ def step(state, key):
   return (optax.apply_updates(params, u), opt), l
 f = jax.jit(step, donate_argnums=(0,))
 state = (params, tx.init(params)); key = jax.random.key(3)
-for i in range(2): state, l = f(state, key); l.block_until_ready()
+for _ in range(2): state, l = f(state, key); l.block_until_ready()
 ts=[]
-for i in range(3):
+for _ in range(3):
   t=time.perf_counter(); state, l = f(state, key); l.block_until_ready(); ts.append(time.perf_counter()-t)
 print('step ms', [round(t*1e3) for t in ts])
 d = '/tmp/prof_trace'; os.system(f'rm -rf {d}')

@@ -1,33 +1,36 @@
-"""Learning curves of a training workdir (its metrics.jsonl) as a PNG.
+"""The CIFAR-10 run's curves and table, from its committed logs.
 
-    python -m experiments.cifar10.plot [--workdir=experiments/cifar10/workdir]
-        [--out=experiments/cifar10/curves.png]
+    python -m experiments.cifar10.plot [--results=experiments/results/cifar10]
+        [--export=WORKDIR]
 
-Top-1 error (training batches, held-out validation, final test) and the
-training loss against epochs, with the learning rate on a log axis.
+Draws RESULTS/curves.png (top-1 error on the training batches, held-out
+validation and final test, and the training loss against epochs, with the
+learning rate on a log axis) and RESULTS/table.md (the final errors,
+centre crop and, when logs/test_10crop.json is there, the paper's 10
+crops) from RESULTS/logs/ and RESULTS/provenance.json alone.
+
+--export=WORKDIR first copies the trainer's metrics.jsonl, config.json and
+results.json from WORKDIR into RESULTS/logs/ and records the command,
+machine, date and commit in RESULTS/provenance.json (experiments/cifar10/
+run.sh does this after training).
 """
 
 import argparse
 import json
 import pathlib
+import shutil
+import sys
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-HERE = pathlib.Path(__file__).resolve().parent
+from experiments import collect  # noqa: E402
 
-
-def read(workdir):
-  rows = []
-  path = pathlib.Path(workdir) / 'metrics.jsonl'
-  for line in path.read_text().splitlines():
-    if line.strip():
-      record = json.loads(line)
-      if 'step' in record:
-        rows.append(record)
-  return rows
+OUT = collect.RESULTS_ROOT / 'cifar10'
+TRAINER_FILES = ('metrics.jsonl', 'config.json', 'results.json')
+TITLE = 'AlexNet (configs/cifar10.py) on CIFAR-10 (JPEG copy), 2-core Xeon CPU'
 
 
 def series(rows, key, steps_per_epoch):
@@ -35,9 +38,10 @@ def series(rows, key, steps_per_epoch):
   return [s / steps_per_epoch for s, _ in pts], [v for _, v in pts]
 
 
-def plot(workdir, out, title=None):
-  rows = read(workdir)
+def plot(rows, out, title=None):
   with_epoch = [r for r in rows if r.get('epoch')]
+  if not with_epoch:
+    raise ValueError('the log has no training rows with an epoch')
   steps_per_epoch = with_epoch[-1]['step'] / with_epoch[-1]['epoch']
   fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
   x, y = series(rows, 'train_top1_error', steps_per_epoch)
@@ -74,18 +78,86 @@ def plot(workdir, out, title=None):
     fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(out, dpi=110)
+  plt.close(fig)
   return out
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', default=str(HERE / 'workdir'))
-  parser.add_argument('--out', default=str(HERE / 'curves.png'))
-  parser.add_argument('--title', default='AlexNet (configs/cifar10.py) on '
-                      'CIFAR-10 (JPEG copy), 2-core Xeon CPU')
-  args = parser.parse_args()
-  print(plot(args.workdir, args.out, args.title))
+def export(workdir, out, command):
+  """Copies the trainer's files into OUT/logs and writes provenance.json."""
+  workdir, logs = pathlib.Path(workdir), pathlib.Path(out) / collect.LOGS_DIR
+  logs.mkdir(parents=True, exist_ok=True)
+  for name in TRAINER_FILES:
+    if (workdir / name).is_file():
+      shutil.copyfile(workdir / name, logs / name)
+    else:  # e.g. results.json of an earlier run: not this run's
+      (logs / name).unlink(missing_ok=True)
+  status = 'finished' if (workdir / 'results.json').is_file() else 'unfinished'
+  prov = collect.provenance([], [collect.runner.git_commit()])
+  prov.update(command=command, status=status)
+  (pathlib.Path(out) / collect.PROVENANCE_FILE).write_text(
+      json.dumps(prov, indent=1) + '\n')
+
+
+def _errors(d, prefix):
+  return (d.get(f'{prefix}examples'), d.get(f'{prefix}top1_error'),
+          d.get(f'{prefix}top5_error'))
+
+
+def table(out) -> str:
+  """table.md: the final errors, from logs/ and provenance.json."""
+  out = pathlib.Path(out)
+  logs = out / collect.LOGS_DIR
+  prov = json.loads((out / collect.PROVENANCE_FILE).read_text())
+  config = json.loads((logs / 'config.json').read_text())
+  rows = []
+  if (logs / 'results.json').is_file():
+    final = json.loads((logs / 'results.json').read_text())
+    rows.append((f'validation `{config["data"]["eval_split"]}`, centre crop',
+                 *_errors(final, 'val_')))
+    if config['data'].get('test_split'):
+      rows.append((f'test `{config["data"]["test_split"]}`, centre crop',
+                   *_errors(final, 'test_')))
+  if (logs / 'test_10crop.json').is_file():
+    ten = json.loads((logs / 'test_10crop.json').read_text())
+    rows.append((f'test `{ten["split"]}`, {ten["crops"]} crops '
+                 '(alexnet_jax.evaluate)', *_errors(ten, '')))
+  steps = json.loads((logs / 'results.json').read_text())['step'] if (
+      logs / 'results.json').is_file() else None
+  lines = ['# AlexNet (configs/cifar10.py) on CIFAR-10', '',
+           f'After {steps} steps ({config["optim"]["num_epochs"]:g} epochs '
+           f'at batch {config["optim"]["batch_size"]}); curves in '
+           'curves.png, logs in logs/.' if steps else
+           'Unfinished run; curves in curves.png, logs in logs/.', '',
+           '| evaluation | images | top-1 error | top-5 error |',
+           '|---|---|---|---|']
+  for name, n, top1, top5 in rows:
+    lines.append(f'| {name} | {n} | {100 * top1:.2f}% | {100 * top5:.2f}% |')
+  lines += ['', f'Command: `{prov["command"]}`  ',
+            f'Machine: {prov["machine"]}  ',
+            f'Date: {prov["date"]}, git {prov["git_commit"]}', '']
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  parser = argparse.ArgumentParser(prog='python -m experiments.cifar10.plot',
+                                   description=__doc__.split('\n')[0])
+  parser.add_argument('--results', default=str(OUT))
+  parser.add_argument('--export', default=None, metavar='WORKDIR',
+                      help='first copy the logs of this training workdir')
+  parser.add_argument('--command', default='experiments/cifar10/run.sh',
+                      help='with --export: the training command to record')
+  parser.add_argument('--title', default=TITLE)
+  args = parser.parse_args(argv)
+  out = pathlib.Path(args.results)
+  if args.export:
+    export(args.export, out, args.command)
+  rows = collect.read_log(out / collect.LOGS_DIR / 'metrics.jsonl')
+  plot(rows, out / 'curves.png', args.title)
+  (out / 'table.md').write_text(table(out))
+  print((out / 'table.md').read_text())
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -17,8 +17,8 @@ without regularisation. Inputs: 32x32 RGB standardised with CIFAR-10's
 channel means and stds. SGD, batch 128, momentum 0.9, constant learning
 rate (tuned per activation by experiments/figure1.py).
 
-Data: the CIFAR-10 JPEG copy in ../shared/datasets/cifar10 (50,000 training
-images; the 10,000 test images are evaluated every 5 epochs).
+Data: the CIFAR-10 JPEG copy in $ALEXNET_JAX_DATA/cifar10 (50,000 training
+images; the 10,000 test images are evaluated every 5 epochs; docs/data.md).
 
 Hardware: 2-core Xeon CPU, about 3-6 minutes an epoch (the machine shared).
 Expected: training error falls below 25% within a few epochs with ReLU,
@@ -40,7 +40,7 @@ def get_config():
   m.width_scale = 1.0
 
   d = c.data
-  d.name = 'folder:../shared/datasets/cifar10'
+  d.name = 'folder:$ALEXNET_JAX_DATA/cifar10'  # the data root: core/paths.py
   d.train_split = 'train'
   d.eval_split = 'test'
   d.image_size = 32

@@ -21,7 +21,7 @@ image). cuda-convnet trained about 450 epochs (300 on 40k images, 150 on
 views; this machine affords `num_epochs` (the lr divided by 10 at
 num_epochs - 6 and - 3) and centre-crop testing.
 
-Data: the CIFAR-10 JPEG copy in ../shared/datasets/cifar10: all 50,000
+Data: the CIFAR-10 JPEG copy in $ALEXNET_JAX_DATA/cifar10: all 50,000
 training images; the 10,000 test images evaluated every 5 epochs (no
 decision uses them: the schedule is fixed).
 
@@ -49,7 +49,7 @@ def get_config():
   m.lrn.beta = 0.75
 
   d = c.data
-  d.name = 'folder:../shared/datasets/cifar10'
+  d.name = 'folder:$ALEXNET_JAX_DATA/cifar10'  # the data root: core/paths.py
   d.train_split = 'train'
   d.eval_split = 'test'
   d.image_size = 24
