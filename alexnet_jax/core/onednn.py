@@ -51,17 +51,21 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCE = pathlib.Path(__file__).with_name('csrc') / 'onednn_conv.cc'
-TARGETS = {'fwd': 'AlexnetConvFwd', 'input_grad': 'AlexnetConvBwdData',
-           'kernel_grad': 'AlexnetConvBwdKernel'}
+TARGETS = {
+    'fwd': 'AlexnetConvFwd',
+    'input_grad': 'AlexnetConvBwdData',
+    'kernel_grad': 'AlexnetConvBwdKernel',
+}
 # Symbols the library must export to be used.
 SYMBOLS = (*TARGETS.values(), 'AlexnetConvBf16Impl', 'AlexnetConvRunners')
 LIBRARY_DIST = 'onednn-cpu-gomp'
 HEADERS_DIST = 'onednn-devel-cpu-gomp'
-INSTALL_HINT = ('the cpu extra installs it on x86-64 Linux: '
-                'pip install -r requirements-cpu.txt, or alexnet_jax[cpu]')
+INSTALL_HINT = (
+    'the cpu extra installs it on x86-64 Linux: '
+    'pip install -r requirements-cpu.txt, or alexnet_jax[cpu]'
+)
 # Where the cpu extra installs those wheels (its environment markers).
-PLATFORM_SUPPORTED = (sys.platform == 'linux'
-                      and platform.machine() == 'x86_64')
+PLATFORM_SUPPORTED = sys.platform == 'linux' and platform.machine() == 'x86_64'
 
 CACHE_ENV = 'ALEXNET_JAX_CACHE'
 THREADS_ENV = 'ALEXNET_JAX_ONEDNN_THREADS'
@@ -90,7 +94,8 @@ def _dist_file(dist: str, suffix: str) -> pathlib.Path:
     files = importlib.metadata.files(dist) or []
   except importlib.metadata.PackageNotFoundError:
     raise Unavailable(
-        f'the {dist!r} wheel is not installed ({INSTALL_HINT})') from None
+        f'the {dist!r} wheel is not installed ({INSTALL_HINT})'
+    ) from None
   for f in files:
     if str(f).endswith(suffix):
       return pathlib.Path(f.locate()).resolve()
@@ -108,8 +113,9 @@ def cache_dir() -> pathlib.Path:
   try:
     return pathlib.Path.home() / '.cache' / 'alexnet_jax'
   except (RuntimeError, KeyError) as e:
-    raise Unavailable(f'no home directory for the cache ({e}); set '
-                      f'{CACHE_ENV}') from None
+    raise Unavailable(
+        f'no home directory for the cache ({e}); set ' f'{CACHE_ENV}'
+    ) from None
 
 
 def untrusted(directory: pathlib.Path) -> str | None:
@@ -127,27 +133,40 @@ def untrusted(directory: pathlib.Path) -> str | None:
   if not stat.S_ISDIR(st.st_mode):
     return f'{directory} is not a directory'
   if st.st_uid != os.geteuid():
-    return (f'{directory} is owned by uid {st.st_uid}, not by you '
-            f'(uid {os.geteuid()})')
+    return (
+        f'{directory} is owned by uid {st.st_uid}, not by you '
+        f'(uid {os.geteuid()})'
+    )
   if st.st_mode & 0o022:
-    who = ' and '.join(w for w, bit in (('group', 0o020), ('others', 0o002))
-                       if st.st_mode & bit)
-    return (f'{directory} is writable by {who} (mode '
-            f'{stat.S_IMODE(st.st_mode):o}; chmod go-w it to use it)')
+    who = ' and '.join(
+        w
+        for w, bit in (('group', 0o020), ('others', 0o002))
+        if st.st_mode & bit
+    )
+    return (
+        f'{directory} is writable by {who} (mode '
+        f'{stat.S_IMODE(st.st_mode):o}; chmod go-w it to use it)'
+    )
   for parent in directory.resolve().parents:
     mode = parent.stat().st_mode
     if mode & 0o002 and not mode & stat.S_ISVTX:
-      return (f'{parent}, above {directory}, is writable by everyone '
-              'without the sticky bit')
+      return (
+          f'{parent}, above {directory}, is writable by everyone '
+          'without the sticky bit'
+      )
   return None
 
 
 def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess:
   """Runs command; on timeout kills it and everything it started (g++
   runs cc1plus and ld as children) and raises subprocess.TimeoutExpired."""
-  proc = subprocess.Popen(command, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)
+  proc = subprocess.Popen(
+      command,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      start_new_session=True,
+  )
   try:
     out, err = proc.communicate(timeout=timeout)
   except subprocess.TimeoutExpired:
@@ -165,14 +184,15 @@ def _build_timeout() -> float:
   except ValueError:
     timeout = -1
   if timeout <= 0:
-    raise Unavailable(f'{BUILD_TIMEOUT_ENV}={value!r} is not a positive '
-                      'number of seconds')
+    raise Unavailable(
+        f'{BUILD_TIMEOUT_ENV}={value!r} is not a positive ' 'number of seconds'
+    )
   return timeout
 
 
 @functools.cache
 def _sha256(path: pathlib.Path, size: int, mtime_ns: int) -> str:
-  del size, mtime_ns           # (the cache key: a changed file is re-read)
+  del size, mtime_ns  # (the cache key: a changed file is re-read)
   digest = hashlib.sha256()
   with open(path, 'rb') as f:
     while chunk := f.read(1 << 20):
@@ -187,6 +207,7 @@ def _file_sha256(path: pathlib.Path) -> str:
 
 class Recipe(NamedTuple):
   """How to compile the library, and the name that identifies the result."""
+
   command: list[str]
   name: str
 
@@ -202,31 +223,51 @@ def recipe() -> Recipe:
   include = header.parent.parent.parent
   compiler = os.environ.get('CXX', 'g++')
   if shutil.which(compiler) is None:
-    raise Unavailable(f'no C++ compiler: {compiler!r} is not on PATH '
-                      '(set CXX to one)')
+    raise Unavailable(
+        f'no C++ compiler: {compiler!r} is not on PATH ' '(set CXX to one)'
+    )
   try:
-    identity = [_run([compiler, flag], 60).stdout
-                for flag in ('--version', '-dumpmachine')]
+    identity = [
+        _run([compiler, flag], 60).stdout
+        for flag in ('--version', '-dumpmachine')
+    ]
   except (OSError, subprocess.TimeoutExpired) as e:
-    raise Unavailable(f'the C++ compiler {compiler!r} does not run: {e}'
-                      ) from None
+    raise Unavailable(
+        f'the C++ compiler {compiler!r} does not run: {e}'
+    ) from None
   # No -march=native: the library runs on any x86-64 CPU (oneDNN picks its
   # kernels for the CPU at run time), so the key needs the target only.
-  command = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
-             f'-I{jax.ffi.include_dir()}', f'-I{include}', str(SOURCE),
-             str(libdnnl), f'-Wl,-rpath,{libdnnl.parent}']
-  parts = [_file_sha256(SOURCE), importlib.metadata.version('jaxlib'),
-           _file_sha256(libdnnl), importlib.metadata.version(HEADERS_DIST),
-           *identity, platform.machine(), '-'.join(platform.libc_ver()),
-           *command]
+  command = [
+      compiler,
+      '-O2',
+      '-std=c++17',
+      '-shared',
+      '-fPIC',
+      '-w',
+      f'-I{jax.ffi.include_dir()}',
+      f'-I{include}',
+      str(SOURCE),
+      str(libdnnl),
+      f'-Wl,-rpath,{libdnnl.parent}',
+  ]
+  parts = [
+      _file_sha256(SOURCE),
+      importlib.metadata.version('jaxlib'),
+      _file_sha256(libdnnl),
+      importlib.metadata.version(HEADERS_DIST),
+      *identity,
+      platform.machine(),
+      '-'.join(platform.libc_ver()),
+      *command,
+  ]
   key = hashlib.sha256('\0'.join(parts).encode()).hexdigest()[:16]
   return Recipe(command, f'onednn_conv-{key}.so')
 
 
 class Built(NamedTuple):
   path: pathlib.Path
-  from_cache: bool          # found, not compiled by this call
-  private: bool             # in a temporary directory of this process
+  from_cache: bool  # found, not compiled by this call
+  private: bool  # in a temporary directory of this process
 
 
 @contextlib.contextmanager
@@ -241,8 +282,10 @@ def _locked(directory: pathlib.Path, timeout: float):
         break
       except BlockingIOError:
         if time.monotonic() > deadline:
-          raise Unavailable(f'another process has been building in '
-                            f'{directory} for over {timeout:.0f} s') from None
+          raise Unavailable(
+              f'another process has been building in '
+              f'{directory} for over {timeout:.0f} s'
+          ) from None
         time.sleep(0.2)
     try:
       yield
@@ -270,10 +313,13 @@ def _compile(command: list[str], out: pathlib.Path, timeout: float):
     except subprocess.TimeoutExpired:
       raise Unavailable(
           f'compiling {SOURCE.name} took over {timeout:.0f} s and was '
-          f'stopped ({BUILD_TIMEOUT_ENV} sets the limit)') from None
+          f'stopped ({BUILD_TIMEOUT_ENV} sets the limit)'
+      ) from None
     if result.returncode:
-      raise Unavailable(f'compiling {SOURCE.name} failed:\n'
-                        f'{" ".join(command)}\n{result.stderr[-2000:]}')
+      raise Unavailable(
+          f'compiling {SOURCE.name} failed:\n'
+          f'{" ".join(command)}\n{result.stderr[-2000:]}'
+      )
     # Whatever the umask: a library others can write is not loaded (_open).
     os.chmod(tmp_out, 0o755)
     os.replace(tmp_out, out)
@@ -299,13 +345,16 @@ def build() -> Built:
       return Built(out, True, False)
     with _locked(cache, timeout):
       _remove_stale_builds(cache)
-      if out.exists():            # another process built it meanwhile
+      if out.exists():  # another process built it meanwhile
         return Built(out, True, False)
       _compile(command, out, timeout)
     return Built(out, False, False)
-  log.warning('oneDNN convolutions: not using the build cache: %s. '
-              'Building in a private temporary directory instead '
-              '(about ten seconds, every run).', why)
+  log.warning(
+      'oneDNN convolutions: not using the build cache: %s. '
+      'Building in a private temporary directory instead '
+      '(about ten seconds, every run).',
+      why,
+  )
   private = pathlib.Path(tempfile.mkdtemp(prefix='alexnet_jax-onednn-'))
   try:
     _compile(command, private / name, timeout)
@@ -328,8 +377,10 @@ def _open(path: pathlib.Path) -> ctypes.CDLL:
   try:
     st = os.fstat(fd)
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-      raise OSError(f'{path} is owned by uid {st.st_uid} with mode '
-                    f'{stat.S_IMODE(st.st_mode):o}: not loading it')
+      raise OSError(
+          f'{path} is owned by uid {st.st_uid} with mode '
+          f'{stat.S_IMODE(st.st_mode):o}: not loading it'
+      )
     library = ctypes.CDLL(f'/proc/self/fd/{fd}')
   finally:
     os.close(fd)
@@ -351,19 +402,23 @@ def _load() -> ctypes.CDLL:
       return _open(built.path)
     except OSError as e:
       if not built.from_cache:
-        raise Unavailable(f'the library just built does not load: {e}'
-                          ) from None
-      log.warning('oneDNN convolutions: the cached %s does not load (%s); '
-                  'rebuilding it.', built.path, e)
+        raise Unavailable(
+            f'the library just built does not load: {e}'
+        ) from None
+      log.warning(
+          'oneDNN convolutions: the cached %s does not load (%s); '
+          'rebuilding it.',
+          built.path,
+          e,
+      )
       built.path.unlink(missing_ok=True)
       built = build()
       try:
         return _open(built.path)
       except OSError as e:
-        raise Unavailable(f'the rebuilt library does not load: {e}'
-                          ) from None
+        raise Unavailable(f'the rebuilt library does not load: {e}') from None
   finally:
-    if built.private:        # loaded (or not): nobody else may use it
+    if built.private:  # loaded (or not): nobody else may use it
       shutil.rmtree(built.path.parent, ignore_errors=True)
 
 
@@ -382,7 +437,8 @@ def _library():
     return None, f'{type(e).__name__}: {e}'
   for name in TARGETS.values():
     jax.ffi.register_ffi_target(
-        name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu')
+        name, jax.ffi.pycapsule(getattr(library, name)), platform='cpu'
+    )
   return library, None
 
 
@@ -421,8 +477,8 @@ def bfloat16_implementation() -> str:
     raise Unavailable(reason)
   out = ctypes.create_string_buffer(256)
   status = library.AlexnetConvBf16Impl(out, len(out))
-  return out.value.decode() if status == 0 else 'unsupported: ' + (
-      out.value.decode())
+  text = out.value.decode()
+  return text if status == 0 else f'unsupported: {text}'
 
 
 def bfloat16_unavailable(cpuinfo: pathlib.Path = CPUINFO) -> str | None:
@@ -437,12 +493,15 @@ def bfloat16_unavailable(cpuinfo: pathlib.Path = CPUINFO) -> str | None:
   if reason is not None:
     return reason
   if not cpu_bfloat16_flags(cpuinfo):
-    return (f'this CPU has no bfloat16 instructions (none of '
-            f'{", ".join(BFLOAT16_FLAGS)} in {cpuinfo})')
+    return (
+        f'this CPU has no bfloat16 instructions (none of '
+        f'{", ".join(BFLOAT16_FLAGS)} in {cpuinfo})'
+    )
   impl = bfloat16_implementation()
   isa = impl.partition(':')[2]
   if impl.startswith(('ref', 'unsupported')) or not (
-      'bf16' in isa or 'amx' in isa):
+      'bf16' in isa or 'amx' in isa
+  ):
     return f'oneDNN does not use them here: it picks {impl!r}'
   return None
 
@@ -473,8 +532,10 @@ def threads_per_call() -> tuple[int, int]:
     except ValueError:
       threads = 0
     if threads < 1:
-      raise ValueError(f'{THREADS_ENV}={value!r} is not a positive whole '
-                       'number of threads')
+      raise ValueError(
+          f'{THREADS_ENV}={value!r} is not a positive whole '
+          'number of threads'
+      )
   else:
     threads = max(1, len(os.sched_getaffinity(0)) // devices)
   return threads, devices
@@ -484,22 +545,28 @@ def _attrs(call, stride, padding):
   """stride and ((top, bottom), (left, right)) as ints, checked."""
   if isinstance(stride, (tuple, list)):
     if len(set(stride)) != 1:
-      raise ValueError(f'onednn.{call}: strides {stride} differ; the '
-                       'custom calls take one stride for both axes')
+      raise ValueError(
+          f'onednn.{call}: strides {stride} differ; the '
+          'custom calls take one stride for both axes'
+      )
     stride = stride[0]
   try:
     (top, bottom), (left, right) = padding
-    padding = tuple((int(a), int(b)) for a, b in ((top, bottom),
-                                                  (left, right)))
+    padding = tuple((int(a), int(b)) for a, b in ((top, bottom), (left, right)))
   except (TypeError, ValueError):
-    raise ValueError(f'onednn.{call}: padding {padding!r} is not '
-                     '((top, bottom), (left, right))') from None
+    raise ValueError(
+        f'onednn.{call}: padding {padding!r} is not '
+        '((top, bottom), (left, right))'
+    ) from None
   if int(stride) != stride or stride < 1:
-    raise ValueError(f'onednn.{call}: stride {stride!r} is not a positive '
-                     'integer')
+    raise ValueError(
+        f'onednn.{call}: stride {stride!r} is not a positive ' 'integer'
+    )
   if min(p for pair in padding for p in pair) < 0:
-    raise ValueError(f'onednn.{call}: padding {padding} is negative; the '
-                     'custom calls take padding >= 0 (lax.conv for others)')
+    raise ValueError(
+        f'onednn.{call}: padding {padding} is negative; the '
+        'custom calls take padding >= 0 (lax.conv for others)'
+    )
   return int(stride), padding
 
 
@@ -507,13 +574,15 @@ def _dtype(call, **arrays):
   """The arrays' one dtype, float32 or bfloat16 (else TypeError)."""
   dtypes = {name: jnp.dtype(a.dtype) for name, a in arrays.items()}
   if len(set(dtypes.values())) != 1:
-    raise TypeError(f'onednn.{call} requires arguments to have the same '
-                    f'dtypes, got ' + ', '.join(
-                        f'{n} {d.name}' for n, d in dtypes.items()))
+    raise TypeError(
+        f'onednn.{call} requires arguments to have the same '
+        f'dtypes, got ' + ', '.join(f'{n} {d.name}' for n, d in dtypes.items())
+    )
   dtype = next(iter(dtypes.values()))
   if dtype not in (jnp.float32, jnp.bfloat16):
-    raise TypeError(f'onednn.{call} takes float32 or bfloat16, not '
-                    f'{dtype.name}')
+    raise TypeError(
+        f'onednn.{call} takes float32 or bfloat16, not ' f'{dtype.name}'
+    )
   return dtype
 
 
@@ -523,33 +592,48 @@ def output_shape(call, x_shape, kernel_shape, stride, padding) -> tuple:
   not fit (TypeError for ranks, ValueError for channels)."""
   x_shape, kernel_shape = tuple(x_shape), tuple(kernel_shape)
   if len(x_shape) != 4 or len(kernel_shape) != 4:
-    raise TypeError(f'onednn.{call}: x [B, H, W, C] and kernel [kh, kw, C, O]'
-                    f' must have rank 4, got x {x_shape} and kernel '
-                    f'{kernel_shape}')
+    raise TypeError(
+        f'onednn.{call}: x [B, H, W, C] and kernel [kh, kw, C, O]'
+        f' must have rank 4, got x {x_shape} and kernel '
+        f'{kernel_shape}'
+    )
   if x_shape[3] != kernel_shape[2]:
-    raise ValueError(f'onednn.{call}: x {x_shape} has {x_shape[3]} channels '
-                     f'but kernel {kernel_shape} takes {kernel_shape[2]}')
+    raise ValueError(
+        f'onednn.{call}: x {x_shape} has {x_shape[3]} channels '
+        f'but kernel {kernel_shape} takes {kernel_shape[2]}'
+    )
   (top, bottom), (left, right) = padding
   b, h, w, _ = x_shape
   kh, kw, _, o = kernel_shape
-  return (b, max(0, (h + top + bottom - kh) // stride + 1),
-          max(0, (w + left + right - kw) // stride + 1), o)
+  return (
+      b,
+      max(0, (h + top + bottom - kh) // stride + 1),
+      max(0, (w + left + right - kw) // stride + 1),
+      o,
+  )
 
 
 def _call(kind, out_shape, a, b, stride, padding):
   if 0 in out_shape or 0 in a.shape or 0 in b.shape:
-    return jnp.zeros(out_shape, a.dtype)       # as XLA's: nothing to add
+    return jnp.zeros(out_shape, a.dtype)  # as XLA's: nothing to add
   reason = unavailable()
   if reason:
     raise Unavailable(reason)
   (top, bottom), (left, right) = padding
   threads, runners = threads_per_call()
   return jax.ffi.ffi_call(
-      TARGETS[kind], jax.ShapeDtypeStruct(out_shape, a.dtype))(
-          a, b, stride=np.int64(stride), pad_top=np.int64(top),
-          pad_bottom=np.int64(bottom), pad_left=np.int64(left),
-          pad_right=np.int64(right), threads=np.int64(threads),
-          runners=np.int64(runners))
+      TARGETS[kind], jax.ShapeDtypeStruct(out_shape, a.dtype)
+  )(
+      a,
+      b,
+      stride=np.int64(stride),
+      pad_top=np.int64(top),
+      pad_bottom=np.int64(bottom),
+      pad_left=np.int64(left),
+      pad_right=np.int64(right),
+      threads=np.int64(threads),
+      runners=np.int64(runners),
+  )
 
 
 def conv(x, kernel, stride: int, padding):
@@ -569,9 +653,11 @@ def input_grad(dy, kernel, x_shape, stride: int, padding):
   _dtype('input_grad', dy=dy, kernel=kernel)
   want = output_shape('input_grad', x_shape, kernel.shape, stride, padding)
   if tuple(dy.shape) != want:
-    raise ValueError(f'onednn.input_grad: dy has shape {tuple(dy.shape)} but '
-                     f'conv(x {tuple(x_shape)}, kernel {kernel.shape}) has '
-                     f'{want}')
+    raise ValueError(
+        f'onednn.input_grad: dy has shape {tuple(dy.shape)} but '
+        f'conv(x {tuple(x_shape)}, kernel {kernel.shape}) has '
+        f'{want}'
+    )
   return _call('input_grad', tuple(x_shape), dy, kernel, stride, padding)
 
 
@@ -581,7 +667,9 @@ def kernel_grad(x, dy, kernel_shape, stride: int, padding):
   _dtype('kernel_grad', x=x, dy=dy)
   want = output_shape('kernel_grad', x.shape, kernel_shape, stride, padding)
   if tuple(dy.shape) != want:
-    raise ValueError(f'onednn.kernel_grad: dy has shape {tuple(dy.shape)} '
-                     f'but conv(x {x.shape}, kernel {tuple(kernel_shape)}) '
-                     f'has {want}')
+    raise ValueError(
+        f'onednn.kernel_grad: dy has shape {tuple(dy.shape)} '
+        f'but conv(x {x.shape}, kernel {tuple(kernel_shape)}) '
+        f'has {want}'
+    )
   return _call('kernel_grad', tuple(kernel_shape), x, dy, stride, padding)

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-FAKE_CXX = '''#!/bin/sh
+FAKE_CXX = """#!/bin/sh
 case "$1" in
   --version) echo "fake c++ 1.0"; exit 0 ;;
   -dumpmachine) echo "x86_64-linux-gnu"; exit 0 ;;
@@ -27,9 +27,9 @@ esac
 [ -n "$FAKE_CXX_SLEEP" ] && sleep "$FAKE_CXX_SLEEP"
 while [ $# -gt 0 ]; do [ "$1" = "-o" ] && out="$2"; shift; done
 cp "$FAKE_CXX_LIBRARY" "$out"
-'''
+"""
 
-SHAPES = '''
+SHAPES = """
 import os
 os.environ['ALEXNET_JAX_CONV'] = 'onednn'
 import jax, jax.numpy as jnp
@@ -44,32 +44,32 @@ try:
         bool(jnp.isfinite(dk).all()))
 except Exception as e:
   print('raised', type(e).__name__ + ':', str(e).splitlines()[0][:200])
-'''
+"""
 
-BF16 = '''
+BF16 = """
 from alexnet_jax.core import onednn
 print('implementation', onednn.bfloat16_implementation(),
       '| bfloat16_fast()', onednn.bfloat16_fast())
-'''
+"""
 
-PROBE = '''
+PROBE = """
 from alexnet_jax.core import onednn
 print('unavailable():', onednn.unavailable())
-'''
+"""
 
-NO_HOME = '''
+NO_HOME = """
 import pwd
 def no_entry(uid):
   raise KeyError(uid)
 pwd.getpwuid = no_entry
 from alexnet_jax.core import onednn
 print('unavailable():', onednn.unavailable())
-'''
+"""
 
 # LD_PRELOAD shim: every affinity query reports $FAKE_CPUS CPUs, so XLA
 # (tsl's NumSchedulableCPUs), libgomp and Python size their thread pools as
 # on a host with that many cores (the 2 real ones run them all).
-FAKE_CPUS_C = r'''
+FAKE_CPUS_C = r"""
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -88,9 +88,9 @@ int pthread_getaffinity_np(pthread_t t, size_t size, cpu_set_t* mask) {
   fill(size, mask);
   return 0;
 }
-'''
+"""
 
-THREADS = '''
+THREADS = """
 import functools, os, sys
 sys.path.insert(0, os.path.join(os.environ['TREE'], 'tests'))
 import jax
@@ -118,7 +118,7 @@ for backend in ('xla', 'onednn'):
 print('threads after 4 steps: XLA convolutions', counts['xla'],
       '| oneDNN', counts['onednn'], '| added by oneDNN',
       counts['onednn'] - counts['xla'])
-'''
+"""
 
 
 def run(tree, code, env, timeout=600):
@@ -128,10 +128,17 @@ def run(tree, code, env, timeout=600):
     full.pop(k)
   start = time.monotonic()
   try:
-    p = subprocess.run([sys.executable, '-c', code], env=full, cwd=tree,
-                       capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, '-c', code],
+        env=full,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     out, rc = p.stdout.strip() or p.stderr.strip().splitlines()[-1], (
-        p.returncode)
+        p.returncode
+    )
   except subprocess.TimeoutExpired:
     out, rc = f'still running after {timeout} s: killed', 'timeout'
   return dict(rc=rc, seconds=round(time.monotonic() - start, 1), out=out)
@@ -140,9 +147,11 @@ def run(tree, code, env, timeout=600):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--tree', required=True, type=pathlib.Path)
-  parser.add_argument('--library', required=True,
-                      help='a library built by that tree (for the stand-in '
-                      'compiler)')
+  parser.add_argument(
+      '--library',
+      required=True,
+      help='a library built by that tree (for the stand-in ' 'compiler)',
+  )
   parser.add_argument('--only', default='')
   args = parser.parse_args()
   tree = args.tree.resolve()
@@ -153,19 +162,29 @@ def main():
   fake = dict(CXX=str(cxx), FAKE_CXX_LIBRARY=args.library)
 
   def say(scenario, result):
-    print(json.dumps(dict(scenario=scenario, tree=str(args.tree), **result)),
-          flush=True)
+    print(
+        json.dumps(dict(scenario=scenario, tree=str(args.tree), **result)),
+        flush=True,
+    )
 
   want = set(args.only.split(',')) if args.only else None
   todo = lambda name: want is None or name in want
 
   if todo('shapes'):
-    say('grad of conv2d(x[..., 64], k[3, 3, 4, 8]), ALEXNET_JAX_CONV=onednn',
-        run(tree, SHAPES, dict(ALEXNET_JAX_CACHE=str(work / 'c0'))))
+    say(
+        'grad of conv2d(x[..., 64], k[3, 3, 4, 8]), ALEXNET_JAX_CONV=onednn',
+        run(tree, SHAPES, dict(ALEXNET_JAX_CACHE=str(work / 'c0'))),
+    )
   if todo('bf16'):
     for isa in ('AVX512_CORE', 'AVX2'):
-      say(f'bfloat16 with ONEDNN_MAX_CPU_ISA={isa}', run(tree, BF16, dict(
-          ONEDNN_MAX_CPU_ISA=isa, ALEXNET_JAX_CACHE=str(work / 'c0'))))
+      say(
+          f'bfloat16 with ONEDNN_MAX_CPU_ISA={isa}',
+          run(
+              tree,
+              BF16,
+              dict(ONEDNN_MAX_CPU_ISA=isa, ALEXNET_JAX_CACHE=str(work / 'c0')),
+          ),
+      )
   if todo('corrupt'):
     cache = work / 'c1'
     env = dict(fake, ALEXNET_JAX_CACHE=str(cache))
@@ -179,43 +198,79 @@ def main():
     env = dict(fake, ALEXNET_JAX_CACHE=str(cache))
     run(tree, PROBE, env)
     cache.chmod(0o777)
-    for lib in cache.glob('onednn_conv-*.so'):   # another user's library
+    for lib in cache.glob('onednn_conv-*.so'):  # another user's library
       os.chown(lib, 4321, 4321)
       lib.chmod(0o666)
-    say('library owned by uid 4321 (mode 666) in a mode-777 cache',
-        run(tree, PROBE, env))
+    say(
+        'library owned by uid 4321 (mode 666) in a mode-777 cache',
+        run(tree, PROBE, env),
+    )
   if todo('no_home'):
-    say('no HOME, no passwd entry, ALEXNET_JAX_CACHE unset', run(
-        tree, NO_HOME, dict(fake, HOME=None, ALEXNET_JAX_CACHE=None,
-                            TMPDIR=str(work))))
+    say(
+        'no HOME, no passwd entry, ALEXNET_JAX_CACHE unset',
+        run(
+            tree,
+            NO_HOME,
+            dict(fake, HOME=None, ALEXNET_JAX_CACHE=None, TMPDIR=str(work)),
+        ),
+    )
   if todo('hang'):
-    say('a compiler that hangs (ALEXNET_JAX_BUILD_TIMEOUT=5 where known)',
-        run(tree, PROBE, dict(fake, FAKE_CXX_SLEEP='300',
-                              ALEXNET_JAX_BUILD_TIMEOUT='5',
-                              ALEXNET_JAX_CACHE=str(work / 'c3')),
-            timeout=60))
+    say(
+        'a compiler that hangs (ALEXNET_JAX_BUILD_TIMEOUT=5 where known)',
+        run(
+            tree,
+            PROBE,
+            dict(
+                fake,
+                FAKE_CXX_SLEEP='300',
+                ALEXNET_JAX_BUILD_TIMEOUT='5',
+                ALEXNET_JAX_CACHE=str(work / 'c3'),
+            ),
+            timeout=60,
+        ),
+    )
   if todo('threads'):
     for devices in (2, 4):
       for threads in ('16', None):
-        env = {'XLA_FLAGS':
-               f'--xla_force_host_platform_device_count={devices}',
-               'ALEXNET_JAX_CACHE': str(work / 'c0')}
-        if threads:     # the old code: OpenMP's; the new: its own setting
-          env.update(OMP_NUM_THREADS=threads,
-                     ALEXNET_JAX_ONEDNN_THREADS=threads)
-        say(f'two towers, {devices} devices, threads per call '
-            f'{threads or "default"}', run(tree, THREADS, env))
+        env = {
+            'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+            'ALEXNET_JAX_CACHE': str(work / 'c0'),
+        }
+        if threads:  # the old code: OpenMP's; the new: its own setting
+          env.update(
+              OMP_NUM_THREADS=threads, ALEXNET_JAX_ONEDNN_THREADS=threads
+          )
+        say(
+            f'two towers, {devices} devices, threads per call '
+            f'{threads or "default"}',
+            run(tree, THREADS, env),
+        )
   if todo('threads16'):
     shim = work / 'fakecpus.so'
     (work / 'fakecpus.c').write_text(FAKE_CPUS_C)
-    subprocess.run(['gcc', '-O2', '-shared', '-fPIC', str(work / 'fakecpus.c'),
-                    '-o', str(shim)], check=True)
+    subprocess.run(
+        [
+            'gcc',
+            '-O2',
+            '-shared',
+            '-fPIC',
+            str(work / 'fakecpus.c'),
+            '-o',
+            str(shim),
+        ],
+        check=True,
+    )
     for devices in (1, 2, 4):
-      env = {'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-             'ALEXNET_JAX_CACHE': str(work / 'c0'), 'LD_PRELOAD': str(shim),
-             'FAKE_CPUS': '16'}
-      say(f'two towers, {devices} devices, an emulated 16-core host',
-          run(tree, THREADS, env))
+      env = {
+          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+          'ALEXNET_JAX_CACHE': str(work / 'c0'),
+          'LD_PRELOAD': str(shim),
+          'FAKE_CPUS': '16',
+      }
+      say(
+          f'two towers, {devices} devices, an emulated 16-core host',
+          run(tree, THREADS, env),
+      )
 
 
 if __name__ == '__main__':

@@ -45,9 +45,18 @@ def _with_pythonpath(tree, make):
 
 def train(trees, variant, args):
   from alexnet_jax import benchmark
-  spec = dict(impl='jax', benchmark='train', model=variant, dtype='float32',
-              batch=args.batch, image_size=224, warmup=2, width_scale=1.0,
-              matmul_size=256)
+
+  spec = dict(
+      impl='jax',
+      benchmark='train',
+      model=variant,
+      dtype='float32',
+      batch=args.batch,
+      image_size=224,
+      warmup=2,
+      width_scale=1.0,
+      matmul_size=256,
+  )
   envs = [dict(os.environ, PYTHONPATH=str(t)) for t in trees.values()]
   results = benchmark.compare([spec, spec], steps=args.steps, envs=envs)
   return [r['steps'] for r in results]
@@ -55,8 +64,10 @@ def train(trees, variant, args):
 
 def two_towers(trees, args):
   from alexnet_jax.benchmarks import parallel
-  spec = dict(mode='model', batch=args.batch, image_size=224,
-              width_scale=1.0, warmup=2)
+
+  spec = dict(
+      mode='model', batch=args.batch, image_size=224, width_scale=1.0, warmup=2
+  )
   workers, steps = [], []
   try:
     for tree in trees.values():
@@ -75,8 +86,12 @@ def two_towers(trees, args):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--old', required=True, type=pathlib.Path)
-  parser.add_argument('--new', default=HERE, type=pathlib.Path,
-                      help='the checkout after the fix (default: this one)')
+  parser.add_argument(
+      '--new',
+      default=HERE,
+      type=pathlib.Path,
+      help='the checkout after the fix (default: this one)',
+  )
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--steps', type=int, default=8)
   parser.add_argument('--rounds', type=int, default=2)
@@ -87,23 +102,29 @@ def main():
     for r in range(args.rounds):
       # Which worker steps first alternates between rounds too.
       names = ('before', 'after') if r % 2 == 0 else ('after', 'before')
-      trees = {n: {'before': args.old, 'after': args.new}[n].resolve()
-               for n in names}
-      runs = [(f'train {v}, one device', lambda v=v: train(trees, v, args))
-              for v in ('torchvision', 'paper')]
-      runs.append(('paper, two towers on two devices',
-                   lambda: two_towers(trees, args)))
+      trees = {
+          n: {'before': args.old, 'after': args.new}[n].resolve() for n in names
+      }
+      runs = [
+          (f'train {v}, one device', lambda v=v: train(trees, v, args))
+          for v in ('torchvision', 'paper')
+      ]
+      runs.append(
+          ('paper, two towers on two devices', lambda: two_towers(trees, args))
+      )
       for what, run in runs:
         steps = dict(zip(names, run()))
         med = {n: statistics.median(s) * 1e3 for n, s in steps.items()}
-        record = dict(what=what, round=r, batch=args.batch,
-                      first=names[0],
-                      step_ms_before=round(med['before'], 1),
-                      step_ms_after=round(med['after'], 1),
-                      after_over_before=round(med['after'] / med['before'],
-                                              3),
-                      steps_ms={n: [round(x * 1e3) for x in s]
-                                for n, s in steps.items()})
+        record = dict(
+            what=what,
+            round=r,
+            batch=args.batch,
+            first=names[0],
+            step_ms_before=round(med['before'], 1),
+            step_ms_after=round(med['after'], 1),
+            after_over_before=round(med['after'] / med['before'], 3),
+            steps_ms={n: [round(x * 1e3) for x in s] for n, s in steps.items()},
+        )
         out.write(json.dumps(record) + '\n')
         out.flush()
         print(json.dumps(record), flush=True)

@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <pthread.h>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -231,10 +232,16 @@ Geometry FromShapes(const char* call, Operand x, Operand w, Operand y,
 // process's cores), each with a team of `threads` (that device's cores).
 class Runners {
  public:
-  // Never destroyed: runners wait on its members until the process ends.
+  // Never destroyed: runners wait on its members until the process ends. A
+  // forked child has none of the parent's threads (and maybe a locked
+  // mutex): it starts over with a fresh set.
   static Runners& Get() {
-    static Runners* runners = new Runners;
-    return *runners;
+    static std::once_flag once;
+    std::call_once(once, [] {
+      instance_ = new Runners;
+      pthread_atfork(nullptr, nullptr, [] { instance_ = new Runners; });
+    });
+    return *instance_;
   }
 
   // Runs body on a runner with `threads` OpenMP threads; returns when it is
@@ -288,6 +295,7 @@ class Runners {
     }
   }
 
+  static inline Runners* instance_ = nullptr;
   std::mutex mu_;
   std::condition_variable work_, done_;
   std::deque<Job*> queue_;
