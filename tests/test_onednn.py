@@ -902,6 +902,22 @@ def test_corrupt_cached_library_is_rebuilt_once(fake_cxx, monkeypatch):
 
 
 @pytest.mark.slow
+def test_cached_library_without_our_symbols_is_rebuilt(fake_cxx, monkeypatch):
+  """A real shared library, not ours: it loads, lacks the targets, and is
+  unloaded again so that the rebuilt one (opened through a descriptor of
+  the same number, hence the same name) is not mistaken for it."""
+  name = _library_name(monkeypatch, fake_cxx)
+  cache = pathlib.Path(fake_cxx['ALEXNET_JAX_CACHE'])
+  cache.mkdir(mode=0o700)
+  with open('/proc/self/maps') as f:  # the C maths library, loaded here
+    libm = next(l.split()[-1] for l in f if '/libm.so' in l)
+  (cache / name).write_bytes(pathlib.Path(libm).read_bytes())
+  out, err = _finish(_start(_PROBE, fake_cxx))
+  assert out['why'] is None, out
+  assert 'has no AlexnetConvFwd' in err and 'rebuilding it' in err
+
+
+@pytest.mark.slow
 def test_rebuilt_library_that_does_not_load_falls_back(
     fake_cxx, tmp_path, monkeypatch
 ):

@@ -27,6 +27,7 @@ timed-out build) makes `unavailable()` say why, and ops.conv2d then uses
 XLA's convolutions: same maths, slower on CPU.
 """
 
+import _ctypes
 import contextlib
 import ctypes
 import fcntl
@@ -384,11 +385,12 @@ def _open(path: pathlib.Path) -> ctypes.CDLL:
     library = ctypes.CDLL(f'/proc/self/fd/{fd}')
   finally:
     os.close(fd)
-  for symbol in SYMBOLS:
-    try:
-      getattr(library, symbol)
-    except AttributeError:
-      raise OSError(f'{path} has no {symbol}') from None
+  missing = [s for s in SYMBOLS if not hasattr(library, s)]
+  if missing:
+    # Unloaded, or the loader would hand this one back for the next
+    # /proc/self/fd/N of the same number.
+    _ctypes.dlclose(library._handle)
+    raise OSError(f'{path} has no {", ".join(missing)}')
   return library
 
 
