@@ -12,6 +12,13 @@
     python -m alexnet_jax.benchmark input ...      # the input pipeline
     python -m alexnet_jax.benchmark profile ...    # where a step's time goes
     python -m alexnet_jax.benchmark memory ...     # XLA's memory plan
+    python -m alexnet_jax.benchmark accelerator    # a GPU/TPU host's check
+
+On a GPU or TPU (`train`, `infer`) the implementations run one after the
+other instead (each owns the device; JAX preallocates 75% of a GPU's
+memory), PyTorch's on CUDA when a CUDA build of torch is installed, and
+each record adds the device and the fraction of its datasheet peak
+(benchmarks/accelerator.py's table, per dtype and --precision).
 
 The train figures time the trainer's own step (steps.make_train_step) on a
 fake-data config, against a PyTorch twin doing the same work
@@ -30,7 +37,7 @@ from alexnet_jax.benchmarks import harness
 from alexnet_jax.benchmarks import model as model_bench
 
 COMMANDS = ('all', 'train', 'infer', 'matmul', 'overhead', 'parallel',
-            'input', 'profile', 'memory')
+            'input', 'profile', 'memory', 'accelerator')
 
 
 def parse_args(argv):
@@ -71,6 +78,16 @@ def parse_args(argv):
                       help='side of the square peak matmul (default 4096)')
   parser.add_argument('--width-scale', type=float, default=1.0,
                       help='< 1 shrinks every layer (tests only)')
+  parser.add_argument('--precision', default='default',
+                      choices=('default', 'high', 'highest'),
+                      help='config.model.precision of the JAX model '
+                      "(default: the platform's, TF32 / bf16 passes)")
+  parser.add_argument('--simulate', default='',
+                      help='accelerator: rehearse on CPU as cuda[:N] or '
+                      'tpu[:N] (tests)')
+  parser.add_argument('--test-timeout', type=harness.positive_int,
+                      default=300,
+                      help='accelerator: seconds for pytest -m accelerator')
   parser.add_argument('--out', default='',
                       help='also append the JSON lines to this file')
   args = parser.parse_args(argv)
@@ -81,6 +98,7 @@ def parse_args(argv):
                      'memory': list(model_bench.VARIANTS)}
   args.variant = args.variant or default_variant.get(args.command, ['paper'])
   args.dtype = args.dtype or ['float32']
+  args.batch_given = args.batch is not None
   args.batch = args.batch or (32 if quick else 128)
   args.steps = args.steps or (
       10 if args.command == 'overhead' else 3 if quick else 6)
@@ -146,6 +164,9 @@ def main(argv=None):
     records = model_bench.matmul(args)
   elif args.command == 'overhead':
     records = model_bench.overhead(args)
+  elif args.command == 'accelerator':
+    from alexnet_jax.benchmarks import accelerator  # pylint: disable=g-import-not-at-top
+    records = accelerator.run(args)
   elif args.command == 'profile':
     records = profile.profile(args)
   else:

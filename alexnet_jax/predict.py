@@ -14,7 +14,6 @@ import json
 import re
 import sys
 
-from absl import app
 from absl import flags
 
 from alexnet_jax.core import console
@@ -36,6 +35,8 @@ def define_flags():
   flags.DEFINE_enum('crops', '1', ['1', '10'],
                     '1 = centre crop, 10 = average over 10 crops.')
   flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
+  flags.DEFINE_enum('precision', 'highest', ['default', 'high', 'highest'],
+                    'Matmul/convolution precision (config.model.precision).')
   flags.DEFINE_bool('verbose', False, 'Show tracebacks of errors and the '
                     'INFO logs of Orbax and JAX start-up.')
 
@@ -55,11 +56,15 @@ def readable_names(class_names) -> list[str]:
 class Predictor:
   """Loads a checkpoint once; `__call__(path)` -> [(name, probability)]."""
 
-  def __init__(self, checkpoint_path, *, best=False, crops=1):
+  def __init__(self, checkpoint_path, *, best=False, crops=1,
+               precision='highest'):
     import jax  # pylint: disable=g-import-not-at-top
     from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
     self.model, self.variables, self.config = checkpoint.load(
         checkpoint_path, best=best)
+    self.model = model_lib.with_precision(self.model, precision)
+    self.config.model.precision = precision
     meta = checkpoint.load_metadata(checkpoint_path, best=best)
     self.names = readable_names(meta['class_names'])
     from alexnet_jax.core import preprocess  # pylint: disable=g-import-not-at-top
@@ -105,7 +110,7 @@ def main(argv):
   from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
   with console.exit_on(checkpoint.CheckpointError, verbose=FLAGS.verbose):
     predictor = Predictor(FLAGS.checkpoint, best=FLAGS.best,
-                          crops=FLAGS.crops)
+                          crops=FLAGS.crops, precision=FLAGS.precision)
   failed = 0
   for path in images:
     try:
@@ -126,9 +131,7 @@ def main(argv):
 
 
 def run():
-  define_flags()
-  console.adopt_main(__name__)
-  app.run(main, flags_parser=console.parse_absl_flags)
+  console.run_absl(__name__, main, define_flags)
 
 
 if __name__ == '__main__':

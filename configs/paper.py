@@ -61,6 +61,15 @@ def get_config():
   m.bias_init = 1.0            # conv2, conv4, conv5, fc6, fc7 (Caffe: 0.1)
   m.width_scale = 1.0          # < 1 for tiny test and CPU models
   m.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16'
+                               # (bfloat16 on TPUs and recent GPUs; the
+                               # parameters and optimiser stay float32)
+  # Float32 matmul/convolution precision: 'default' (the platform's: TF32
+  # on A100/H100, bf16 passes on TPU) | 'high' | 'highest' (true float32).
+  # evaluate/predict run at 'highest' unless --precision says otherwise.
+  m.precision = 'default'
+  # 'auto': per platform when the step is lowered (CPU-tuned formulations
+  # on CPU, plain XLA on GPU/TPU) | 'accelerator': plain XLA everywhere.
+  m.formulation = 'auto'
 
   c.data = d = ml_collections.ConfigDict()
   d.name = 'imagenet2012:5.*.*'  # TFDS name | 'folder:/path' | 'fake'

@@ -94,7 +94,7 @@ def test_cli_prints_one_record_per_implementation(command, tmp_path):
                                      + command)
     assert {'date', 'commit'} <= rec.keys()
     if command == 'train':
-      assert rec['step'] == 'trainer'
+      assert rec['train_step'] == 'trainer'
   jax_rec, torch_rec = lines
   assert jax_rec['ratio_to_torch'] == pytest.approx(
       torch_rec['step_ms'] / jax_rec['step_ms'])
@@ -180,7 +180,7 @@ def test_memory_reports_the_trainers_compiled_step(tmp_path):
       capture_output=True, text=True, check=True, timeout=600)
   rec, bare = _records(proc.stdout)
   assert rec['benchmark'] == 'memory'
-  assert (rec['step'], bare['step']) == ('trainer', 'bare')
+  assert (rec['train_step'], bare['train_step']) == ('trainer', 'bare')
   assert rec['argument_mb'] > 0 and rec['temp_mb'] > 0
   # The same state goes in; the metrics and norms only add temporaries.
   # (To a few bytes: the two steps read different scalars of the state.)
@@ -268,5 +268,5 @@ def test_parallel_modes_run_the_trainers_step(tmp_path):
   assert model['param_bytes_per_device'] * 2 == single[
       'param_bytes_per_device']
   for r in records:
-    assert r['step'] == 'trainer' and r['step_ms'] > 0
+    assert r['train_step'] == 'trainer' and r['step_ms'] > 0
     assert r['command'].startswith('python -m alexnet_jax.parallel_benchmark')

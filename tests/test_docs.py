@@ -168,7 +168,7 @@ def test_readme_opens_with_the_two_commands_ci_runs():
       '.ci/run must run the README\'s second command verbatim')
   assert '-m pytest' in install_and_test
   venv = 'python3 -m venv .venv && . .venv/bin/activate && '
-  assert install_and_smoke.startswith(venv + 'pip install -r requirements.txt')
+  assert install_and_smoke.startswith(venv + 'pip install -r requirements-cpu.txt')
   assert '--config=configs/smoke.py' in install_and_smoke
 
 

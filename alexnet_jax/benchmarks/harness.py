@@ -143,16 +143,22 @@ class Worker:
     self.proc.wait()
 
 
-def compare(kind, specs, *, steps, settle_s=0.1, envs=None):
+def compare(kind, specs, *, steps, settle_s=0.1, envs=None,
+            sequential=False):
   """Runs each spec in its own worker, steps alternating; returns results.
 
   Workers set up one at a time (compilation does not overlap a timed
-  step), then step i of every worker runs before step i+1 of any. Each
+  step), then step i of every worker runs before step i+1 of any.
+  `sequential`: each worker runs all its steps and exits before the next
+  starts (on a GPU or TPU, where each must own the device's memory). Each
   result: ready (the worker's facts), steps and cpu_steps (seconds of each
   timed step, wall and this process's CPU), done (peak RSS and finish()'s
   fields), load (1-minute load average before and after).
   """
   envs = envs or [None] * len(specs)
+  if sequential:
+    return [compare(kind, [s], steps=steps, settle_s=0, envs=[e])[0]
+            for s, e in zip(specs, envs)]
   workers, results = [], []
   load_before = load()
   try:

@@ -92,6 +92,7 @@ def config_for(spec):
   c.model.towers = 2 if spec['model'] == 'paper' else 1
   c.model.dtype = spec.get('dtype', 'float32')
   c.model.width_scale = spec['width_scale']
+  c.model.precision = spec.get('precision', 'default')
   c.optim.batch_size = spec['batch']
   c.parallel.mesh.data = 1
   return c
@@ -129,8 +130,9 @@ def fake_batch(config, seed=1):
       label=rng.integers(0, config.model.num_classes, b).astype(np.int32))
 
 
-def matmul_gflops(impl, n, dtype, repeats=3):
-  """Best-of-`repeats` GFLOP/s of an n x n @ n x n matmul (XLA or torch)."""
+def matmul_gflops(impl, n, dtype, repeats=3, device='cpu'):
+  """Best-of-`repeats` GFLOP/s of an n x n @ n x n matmul (XLA or torch;
+  torch on `device`)."""
   import time
   if impl == 'jax':
     import jax
@@ -140,8 +142,9 @@ def matmul_gflops(impl, n, dtype, repeats=3):
     run = lambda: mm(a, a).block_until_ready()
   else:
     import torch
-    a = torch.randn(n, n, dtype=getattr(torch, dtype))
-    run = lambda: torch.mm(a, a)
+    a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    run = lambda: (torch.mm(a, a), sync())
   run()
   best = float('inf')
   for _ in range(repeats):
@@ -162,7 +165,8 @@ def setup(spec) -> harness.Job:
   job = (_jax_job if spec['impl'] == 'jax' else _torch_job)(spec)
   dtypes = sorted({'float32', spec['dtype']})
   job.finish = lambda: dict(matmul_gflops={
-      d: matmul_gflops(spec['impl'], spec['matmul_size'], d)
+      d: matmul_gflops(spec['impl'], spec['matmul_size'], d,
+                       device=spec.get('device', 'cpu'))
       for d in dtypes})
   return job
 
@@ -245,6 +249,8 @@ def _jax_job(spec):
   return harness.Job(run=run, facts=dict(
       compile_s=compile_s, rss_base_mb=rss_base, version=jax.__version__,
       xla_flags=os.environ.get('XLA_FLAGS', ''), devices=len(jax.devices()),
+      platform=jax.devices()[0].platform,
+      device_kind=jax.devices()[0].device_kind,
       conv_backend=ops.conv_backend(config.model.dtype)))
 
 
@@ -258,9 +264,17 @@ def _torch_job(spec):
   # flatten='chw': the twin as a PyTorch user writes it (no permute).
   net = torch_models.from_config(config.model, image_size=size,
                                  flatten='chw')
+  device = spec.get('device', 'cpu')
+  if device == 'cuda':
+    # The same maths as JAX's default precision on the GPU (TF32).
+    torch.backends.cuda.matmul.allow_tf32 = spec.get('precision') != 'highest'
+    torch.backends.cudnn.allow_tf32 = spec.get('precision') != 'highest'
+    torch.backends.cudnn.benchmark = True
+  net = net.to(device)
   batch = fake_batch(config)
-  images = torch.from_numpy(batch['image'].transpose(0, 3, 1, 2).copy())
-  labels = torch.from_numpy(batch['label'].astype('int64'))
+  images = torch.from_numpy(batch['image'].transpose(0, 3, 1, 2).copy()).to(
+      device)
+  labels = torch.from_numpy(batch['label'].astype('int64')).to(device)
   bf16 = config.model.dtype == 'bfloat16'
   rss_base = harness.rss_mb()
 
@@ -278,12 +292,12 @@ def _torch_job(spec):
     def run(i):
       del i
       with torch.inference_mode(), torch.autocast(
-          'cpu', dtype=torch.bfloat16, enabled=bf16):
+          device, dtype=torch.bfloat16, enabled=bf16):
         return net(images).float().sum().item()
 
   return harness.Job(run=run, facts=dict(
       compile_s=None, rss_base_mb=rss_base, version=torch.__version__,
-      threads=torch.get_num_threads()))
+      threads=torch.get_num_threads(), platform=device))
 
 
 # ----------------------------------------------------------------------------
@@ -313,10 +327,11 @@ def _record(benchmark, spec, result, flops):
       frac_of_own_matmul_peak=achieved / peak, version=ready['version'],
       load_avg=result['load'])
   if benchmark == 'train':
-    rec['step'] = spec.get('step', 'trainer')
+    rec['train_step'] = spec.get('step', 'trainer')
   if spec['width_scale'] != 1.0:
     rec['width_scale'] = spec['width_scale']
-  for key in ('xla_flags', 'devices', 'threads', 'conv_backend'):
+  for key in ('xla_flags', 'devices', 'threads', 'conv_backend',
+              'platform', 'device_kind'):
     if key in ready:
       rec[key] = ready[key]
   return rec
@@ -340,18 +355,33 @@ def _add_ratios(records):
 
 def measure(benchmark, args):
   """train / infer: every variant and dtype asked, implementations
-  alternating; returns the records (emitted as they come)."""
+  alternating (on CPU) or one after the other (on a GPU or TPU); returns
+  the records (emitted as they come)."""
+  from alexnet_jax.benchmarks import accelerator
+  info = getattr(args, 'platform_info', None) or accelerator.probe()
+  on_device = info['platform'] != 'cpu'
+  precision = getattr(args, 'precision', 'default')
+  impls = list(args.impls)
+  if info['platform'] not in ('cpu', 'cuda') or (
+      info['platform'] == 'cuda' and not info['torch_cuda']):
+    impls = [i for i in impls if i != 'torch']   # no twin for this device
   records = []
   for variant in args.variant:
     for dtype in args.dtype:
-      specs = [_spec(args, impl, benchmark, variant, dtype)
-               for impl in args.impls]
-      results = harness.compare('model', specs, steps=args.steps)
+      specs = [_spec(args, impl, benchmark, variant, dtype,
+                     precision=precision,
+                     device=('cuda' if impl == 'torch' and on_device and
+                             not info.get('simulated') else 'cpu'))
+               for impl in impls]
+      results = harness.compare('model', specs, steps=args.steps,
+                                sequential=on_device)
       flops = step_flops(benchmark, variant, args.image_size, args.batch,
                          args.width_scale)
       group = _add_ratios([_record(benchmark, s, r, flops)
                            for s, r in zip(specs, results)])
       for rec in group:
+        if on_device:
+          accelerator.annotate(rec, info, precision)
         harness.emit(harness.stamp(rec, args.command_line), args.out)
       records += group
   return records

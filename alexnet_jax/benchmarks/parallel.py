@@ -115,7 +115,7 @@ def measure(args) -> list[dict]:
         label=label, mesh=dict(data=data, model=model),
         data_parallel=data_parallel, devices=ready['devices'],
         batch=spec['batch'], image_size=spec['image_size'],
-        width_scale=spec['width_scale'], step='trainer')
+        width_scale=spec['width_scale'], train_step='trainer')
     rec.update(harness.step_fields(result, spec['batch']))
     rec.update(
         param_bytes_per_device=ready['param_bytes_per_device'],

@@ -139,7 +139,8 @@ def profile(args):
         kinds[_kind(name)] += ms
       rec = dict(benchmark='profile', impl='jax', model=variant, dtype=dtype,
                  batch=args.batch, image_size=args.image_size,
-                 step='trainer', **harness.step_fields(result, args.batch),
+                 train_step='trainer',
+                 **harness.step_fields(result, args.batch),
                  traced_ops_ms=sum(ms for _, ms, _ in ops),
                  ms_by_kind=dict(kinds.most_common()),
                  top_ops=[dict(op=n, ms=round(ms, 1), calls=c)
@@ -167,8 +168,8 @@ def memory(args):
       ready.pop('first_step_s', None)
       ready.pop('event', None)
       rec = dict(benchmark='memory', impl='jax', model=variant, dtype=dtype,
-                 batch=args.batch, image_size=args.image_size, step=step,
-                 **ready)
+                 batch=args.batch, image_size=args.image_size,
+                 train_step=step, **ready)
       harness.emit(harness.stamp(rec, args.command_line), args.out)
       records.append(rec)
   return records
@@ -192,7 +193,8 @@ def print_table(records, file=sys.stdout):
           'params | RSS after compile MB | after trim MB |\n' + '|---' * 9
           + '|', file=file)
     for r in mem:
-      print(f"| {r['model']} | {r['step']} | {r['dtype']} | {r['batch']} | "
+      print(f"| {r['model']} | {r['train_step']} | {r['dtype']} | "
+            f"{r['batch']} | "
             f"{r['argument_mb']:.0f} | {r['temp_mb']:.0f} | "
             f"{r['copied_params']} ({r['copied_param_mb']:.0f} MB) | "
             f"{r['rss_after_compile_mb']:.0f} | "

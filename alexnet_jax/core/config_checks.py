@@ -133,6 +133,8 @@ def check_model(config):
   _number(config, m + 'bias_init')
   _number(config, m + 'width_scale', low=0, high=1, low_open=True)
   _one_of(config, m + 'dtype', ('float32', 'bfloat16'))
+  _one_of(config, m + 'precision', ('default', 'high', 'highest'))
+  _one_of(config, m + 'formulation', ('auto', 'accelerator'))
   if variant == 'torchvision' and towers != 1:
     raise ConfigError('config.model.variant=torchvision has no towers: set '
                       'config.model.towers=1')

@@ -3,8 +3,18 @@
 Parameters of tower layers carry a leading tower axis (conv2's kernel is
 f32[T, 5, 5, 48, 128] in the paper model), so parallel.py can hand tower t
 to device t by sharding that axis, without renaming anything. On one device
-the towers run as separate convolutions, one per tower: XLA:CPU's backward
-pass of a grouped convolution (`feature_group_count=2`) is about 4x slower.
+the towers run as separate convolutions, one per tower, on every platform,
+rather than as one grouped convolution (`feature_group_count=2`):
+  * CPU: XLA:CPU's backward pass of the grouped convolution is about 4x
+    slower (and oneDNN's custom calls, ops.py, take one group);
+  * GPU: the grouped backward pass runs as slowly as an ungrouped
+    convolution of the full width (jax#13800, jax#26266: the forward pass
+    gains, the input and kernel gradients do not), i.e. twice the work of
+    two tower convolutions;
+  * TPU: we found no published measurement either way; two convolutions
+    with 128-192 output channels each fill the MXU's 128-wide tiles, and
+    keeping one formulation means the exported TPU program is the one the
+    GPU tests check (tests/test_accelerator_export.py).
 
 Inside `jax.shard_map` the same module runs with `tower_axis='model'`: it then
 holds one tower (its parameters' tower axis has size 1) and joins the towers
@@ -84,6 +94,8 @@ class TowerConv(nn.Module):
   kernel_std: float = 0.01
   bias_init: float = 0.0
   dtype: Any = jnp.float32
+  formulation: str = 'auto'    # ops.FORMULATIONS
+  precision: Any = None        # lax.Precision of the convolutions
 
   @nn.compact
   def __call__(self, xs: Sequence[Array]) -> list[Array]:
@@ -96,7 +108,8 @@ class TowerConv(nn.Module):
                       (self.towers, self.features))
     kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
     conv = lambda x, k: ops.conv2d(x.astype(self.dtype), k, self.stride,
-                                   self.padding)
+                                   self.padding, formulation=self.formulation,
+                                   precision=self.precision)
     if len(xs) == 1 and self.towers > 1:
       # Every tower reads the same input (conv1, conv3): one convolution
       # with all towers' kernels side by side, split after.
@@ -117,6 +130,7 @@ class TowerDense(nn.Module):
   kernel_std: float = 0.01
   bias_init: float = 0.0
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x: Array) -> list[Array]:
@@ -128,11 +142,14 @@ class TowerDense(nn.Module):
     x = x.astype(self.dtype)
     if self.towers == 1:   # (kernel[0] is free; the batched form below
       # makes XLA transpose the weight gradient in the SGD update)
-      return [x @ kernel[0].astype(self.dtype) + bias[0].astype(self.dtype)]
+      return [jnp.matmul(x, kernel[0].astype(self.dtype),
+                         precision=self.precision)
+              + bias[0].astype(self.dtype)]
     # One dot batched over the tower axis: slicing kernel[t] would copy each
     # tower's [din, dout] block every step (fc6: 75 MB per tower).
     xs = jnp.broadcast_to(x, (self.towers,) + x.shape)
-    y = jnp.einsum('tbd,tdo->tbo', xs, kernel.astype(self.dtype))
+    y = jnp.einsum('tbd,tdo->tbo', xs, kernel.astype(self.dtype),
+                   precision=self.precision)
     y = y + bias.astype(self.dtype)[:, None, :]
     return [y[t] for t in range(self.towers)]
 
@@ -180,6 +197,11 @@ class AlexNet(nn.Module):
   bias_init: float = 1.0
   width_scale: float = 1.0
   dtype: Any = jnp.float32
+  # ops.FORMULATIONS: 'auto' picks per platform when the step is lowered
+  # (CPU-tuned on CPU, plain XLA on GPU/TPU); 'accelerator' runs plain XLA
+  # on CPU too.
+  formulation: str = 'auto'
+  precision: str = 'default'        # a key of ops.PRECISIONS
   tower_axis: str | None = None
 
   @property
@@ -207,14 +229,14 @@ class AlexNet(nn.Module):
                               to='invarying' if invariant else 'varying')
 
   def _act(self, hs):
-    fn = nn.relu if self.activation == 'relu' else jnp.tanh
+    fn = activation_fn(self.activation)
     return [fn(h) for h in hs]
 
   def _pool(self, hs):
     w, s = self.pool_window, self.pool_stride
     # ops.max_pool: nn.max_pool's maths with a backward pass XLA:CPU runs
     # several times faster than select_and_scatter.
-    return [ops.max_pool(h, w, s) for h in hs]
+    return [ops.max_pool(h, w, s, formulation=self.formulation) for h in hs]
 
   def _lrn(self, hs):
     if not self.lrn:
@@ -260,31 +282,34 @@ class AlexNet(nn.Module):
     dtype = jnp.dtype(self.dtype)
     paper = self.variant == 'paper'
     one = self.bias_init if paper else 0.0  # the paper's "biases of 1"
-    layer = dict(kernel_std=self.weight_init_std, dtype=dtype)
+    precision = ops.precision_of(self.precision)
+    layer = dict(kernel_std=self.weight_init_std, dtype=dtype,
+                 precision=precision)
+    conv = dict(layer, formulation=self.formulation)
 
     # x: [B, 224, 224, 3], read whole by every tower.
     h = TowerConv(L, w1 // T, 11, 4, CONV1_PADDING[self.conv1_padding],
                   name='conv1',
-                  **layer)([x])                      # [B, 55, 55, 48] / tower
+                  **conv)([x])                      # [B, 55, 55, 48] / tower
     h = self._act(h)
     if paper:
       h = self._lrn(h)
     h = self._pool(h)                                # [B, 27, 27, 48]
     h = TowerConv(L, w2 // T, 5, 1, ((2, 2), (2, 2)), bias_init=one,
-                  name='conv2', **layer)(h)          # [B, 27, 27, 128]
+                  name='conv2', **conv)(h)          # [B, 27, 27, 128]
     h = self._act(h)
     if paper:
       h = self._lrn(h)
     h = self._pool(h)                                # [B, 13, 13, 128]
     both = self._all_towers(h)                       # [B, 13, 13, 256]
     h = TowerConv(L, w3 // T, 3, 1, ((1, 1), (1, 1)), name='conv3',
-                  **layer)([both])                   # [B, 13, 13, 192]
+                  **conv)([both])                   # [B, 13, 13, 192]
     h = self._act(h)
     h = TowerConv(L, w4 // T, 3, 1, ((1, 1), (1, 1)), bias_init=one,
-                  name='conv4', **layer)(h)          # [B, 13, 13, 192]
+                  name='conv4', **conv)(h)          # [B, 13, 13, 192]
     h = self._act(h)
     h = TowerConv(L, w5 // T, 3, 1, ((1, 1), (1, 1)), bias_init=one,
-                  name='conv5', **layer)(h)          # [B, 13, 13, 128]
+                  name='conv5', **conv)(h)          # [B, 13, 13, 128]
     h = self._act(h)
     h = self._pool(h)                                # [B, 6, 6, 128]
     if not paper:
@@ -315,13 +340,33 @@ class AlexNet(nn.Module):
     out = self.num_classes // T if split_fc8 else self.num_classes
     logits = nn.Dense(out, kernel_init=_normal(self.weight_init_std),
                       bias_init=nn.initializers.zeros, dtype=dtype,
-                      name='fc8')(full)
+                      precision=precision, name='fc8')(full)
     if split_fc8:
       logits = self._all_towers([logits], invariant=True)  # [B, num_classes]
     return logits.astype(jnp.float32)
 
 
-class Cifar4(nn.Module):
+def activation_fn(name: str):
+  """The activation `model.activation` names: 'relu' or 'tanh'."""
+  return nn.relu if name == 'relu' else jnp.tanh
+
+
+class _CifarNet(nn.Module):
+  """What the two CIFAR-10 nets share: fields and the start of the call."""
+  num_classes: int = 10
+  activation: str = 'relu'
+  width_scale: float = 1.0
+  dtype: Any = jnp.float32
+  precision: str = 'default'        # a key of ops.PRECISIONS
+
+  def _setup_call(self, x):
+    """(activation, compute dtype, precision, x in that dtype)."""
+    dtype = jnp.dtype(self.dtype)
+    return (activation_fn(self.activation), dtype,
+            ops.precision_of(self.precision), x.astype(dtype))
+
+
+class Cifar4(_CifarNet):
   """The paper's Figure 1 network: cuda-convnet's CIFAR-10 layers-18pct.
 
   Three 5x5 convolutions (32, 32, 64 kernels, pad 2), each followed by the
@@ -331,32 +376,27 @@ class Cifar4(nn.Module):
   nets without regularisation). Pools are padded so 32 -> 16 -> 8 -> 4, as
   cuda-convnet's rounding-up does.
   """
-  num_classes: int = 10
-  activation: str = 'relu'
   weight_init_std: float = 0.01
-  width_scale: float = 1.0
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     del train  # no dropout in this net
-    fn = nn.relu if self.activation == 'relu' else jnp.tanh
-    dtype = jnp.dtype(self.dtype)
+    fn, dtype, precision, h = self._setup_call(x)
     widths = widths_for('cifar4', 1, self.width_scale)
     pools = (nn.max_pool, nn.avg_pool, nn.avg_pool)
-    h = x.astype(dtype)
     for i, (width, pool) in enumerate(zip(widths, pools)):
       h = nn.Conv(width, (5, 5), padding=((2, 2), (2, 2)), dtype=dtype,
                   kernel_init=_normal(self.weight_init_std),
-                  name=f'conv{i + 1}')(h)
+                  precision=precision, name=f'conv{i + 1}')(h)
       h = pool(fn(h), (3, 3), (2, 2), padding=((0, 1), (0, 1)))
     h = h.reshape(h.shape[0], -1)
     h = nn.Dense(self.num_classes, dtype=dtype,
-                 kernel_init=_normal(self.weight_init_std), name='fc')(h)
+                 kernel_init=_normal(self.weight_init_std),
+                 precision=precision, name='fc')(h)
     return h.astype(jnp.float32)
 
 
-class CifarLocal(nn.Module):
+class CifarLocal(_CifarNet):
   """cuda-convnet's CIFAR-10 "conv-local" nets: the paper's LRN-on-CIFAR pair.
 
   layers-conv-local-11pct (LRN on) and -13pct (LRN off), which the paper's
@@ -368,27 +408,22 @@ class CifarLocal(nn.Module):
   0.01, local 0.04, fc 0.01; model.weight_init_std is not used), which
   expect inputs on the 0-255 scale: data.std = 1/255. Biases start at 0.
   """
-  num_classes: int = 10
-  activation: str = 'relu'
   lrn: bool = True
   lrn_k: float = 1.0
   lrn_n: int = 5
   lrn_alpha: float = 1e-3
   lrn_beta: float = 0.75
   lrn_alpha_over_n: bool = True
-  width_scale: float = 1.0
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     del train  # no dropout in this net
-    fn = nn.relu if self.activation == 'relu' else jnp.tanh
-    dtype = jnp.dtype(self.dtype)
+    fn, dtype, precision, h = self._setup_call(x)       # h: [B, 24, 24, 3]
     w = lambda n: max(1, round(n * self.width_scale))
-    h = x.astype(dtype)                                 # [B, 24, 24, 3]
     for i, std in ((1, 1e-4), (2, 0.01)):
       h = fn(nn.Conv(w(64), (5, 5), padding=((2, 2), (2, 2)), dtype=dtype,
-                     kernel_init=_normal(std), name=f'conv{i}')(h))
+                     kernel_init=_normal(std), precision=precision,
+                     name=f'conv{i}')(h))
       if self.lrn:
         h = lrn_lib.lrn(h, k=self.lrn_k, n=self.lrn_n, alpha=self.lrn_alpha,
                         beta=self.lrn_beta, alpha_over_n=self.lrn_alpha_over_n)
@@ -396,10 +431,10 @@ class CifarLocal(nn.Module):
     for i in (3, 4):                                    # [B, 6, 6, 64]
       h = fn(nn.ConvLocal(w(32), (3, 3), padding=((1, 1), (1, 1)),
                           dtype=dtype, kernel_init=_normal(0.04),
-                          name=f'local{i}')(h))
+                          precision=precision, name=f'local{i}')(h))
     h = h.reshape(h.shape[0], -1)
     h = nn.Dense(self.num_classes, dtype=dtype, kernel_init=_normal(0.01),
-                 name='fc')(h)
+                 precision=precision, name='fc')(h)
     return h.astype(jnp.float32)
 
 
@@ -412,13 +447,15 @@ def from_config(model_config: ml_collections.ConfigDict, **overrides):
                   lrn=m.lrn.enabled, lrn_k=m.lrn.k, lrn_n=m.lrn.n,
                   lrn_alpha=m.lrn.alpha, lrn_beta=m.lrn.beta,
                   lrn_alpha_over_n=m.lrn.alpha_over_n,
-                  width_scale=m.width_scale, dtype=dtype)
+                  width_scale=m.width_scale, dtype=dtype,
+                  precision=m.precision)
     kwargs.update(overrides)
     return CifarLocal(**kwargs)
   if m.variant == 'cifar4':
     kwargs = dict(num_classes=m.num_classes, activation=m.activation,
                   weight_init_std=m.weight_init_std,
-                  width_scale=m.width_scale, dtype=dtype)
+                  width_scale=m.width_scale, dtype=dtype,
+                  precision=m.precision)
     kwargs.update(overrides)
     return Cifar4(**kwargs)
   kwargs = dict(
@@ -430,9 +467,21 @@ def from_config(model_config: ml_collections.ConfigDict, **overrides):
       pool_stride=m.pool.stride, dropout=m.dropout,
       conv1_padding=m.conv1_padding,
       weight_init_std=m.weight_init_std, bias_init=m.bias_init,
-      width_scale=m.width_scale, dtype=dtype)
+      width_scale=m.width_scale, dtype=dtype, formulation=m.formulation,
+      precision=m.precision)
   kwargs.update(overrides)
   return AlexNet(**kwargs)
+
+
+def with_precision(model: nn.Module, precision: str) -> nn.Module:
+  """`model` with its matmul/convolution precision set (ops.PRECISIONS).
+
+  evaluate and predict use it for 'highest' by default: published
+  accuracies are float32 figures, which the platform default (TF32 on
+  A100/H100, bf16 passes on TPU) can move.
+  """
+  ops.precision_of(precision)     # one clear error for a bad name
+  return model.clone(precision=precision)
 
 
 def init(model: nn.Module, rng: jax.Array, image_size: int):

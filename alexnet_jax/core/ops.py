@@ -24,6 +24,17 @@ README "Speed".
 * `max_pool`: the gradient goes to the first maximum of each window (what
   select_and_scatter and PyTorch do), found with strided slices and
   compares on the output grid, then interleaved back to input positions.
+
+All of the above is for CPU only, and is chosen when a program is lowered
+for a platform (`lax.platform_dependent`), not from the process's default
+backend: a step exported from this CPU machine for `cuda` or `tpu`, or
+jitted on a GPU host, holds no oneDNN custom call and no per-image loop.
+On `cuda`, `rocm` and `tpu` both ops are plain XLA (`conv_general_dilated`,
+`reduce_window`) with autodiff's gradients, which cuDNN and the TPU run as
+single convolutions: a `lax.scan` over 128 images would serialise 128
+small matmuls per layer there, and scans run many times slower than native
+ops on those backends (jax#810, jax#16611). `formulation='accelerator'`
+runs that plain formulation on CPU too (tests compare the two).
 """
 
 import functools
@@ -39,10 +50,10 @@ from alexnet_jax.core import onednn
 Array = jnp.ndarray
 
 
-def _xla_conv(x, kernel, stride, padding):
+def _xla_conv(x, kernel, stride, padding, precision=None):
   return lax.conv_general_dilated(
       x, kernel, (stride, stride), padding,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
 
 
 def _kernel_grad_stride1(x, dy, kh, kw, prepare=lambda xi: xi):
@@ -122,7 +133,33 @@ def kernel_grad(x: Array, dy: Array, kernel_hw, stride: int,
   return grad[:kh, :kw]
 
 
-def conv2d(x: Array, kernel: Array, stride: int, padding) -> Array:
+# 'auto': the CPU formulations above on CPU, plain XLA elsewhere, chosen
+# per platform at lowering time; 'accelerator': plain XLA everywhere (what
+# GPUs and TPUs run), to check it or run it on CPU.
+FORMULATIONS = ('auto', 'accelerator')
+# config.model.precision -> lax.Precision of matmuls and convolutions.
+# 'default' leaves it to the platform (TF32 on A100/H100, bf16 passes on
+# TPU) or to jax.default_matmul_precision.
+PRECISIONS = {'default': None, 'high': lax.Precision.HIGH,
+              'highest': lax.Precision.HIGHEST}
+
+
+def precision_of(name: str):
+  """The lax.Precision (or None) config.model.precision names."""
+  if name not in PRECISIONS:
+    raise ValueError(f'precision {name!r} is not one of '
+                     f'{", ".join(PRECISIONS)}')
+  return PRECISIONS[name]
+
+
+def _check_formulation(formulation):
+  if formulation not in FORMULATIONS:
+    raise ValueError(f'formulation {formulation!r} is not one of '
+                     f'{", ".join(FORMULATIONS)}')
+
+
+def conv2d(x: Array, kernel: Array, stride: int, padding, *,
+           formulation: str = 'auto', precision=None) -> Array:
   """conv_general_dilated(x, kernel) in NHWC / HWIO, as XLA computes it.
 
   Args:
@@ -130,13 +167,31 @@ def conv2d(x: Array, kernel: Array, stride: int, padding) -> Array:
     kernel: [kh, kw, Cin, Cout].
     stride: both spatial strides.
     padding: ((top, bottom), (left, right)), 'SAME' or 'VALID'.
+    formulation: 'auto' (CPU: oneDNN or per-image kernel gradients; other
+      platforms: plain XLA) or 'accelerator' (plain XLA on every platform).
+    precision: lax.Precision of the plain XLA convolution (the CPU
+      formulations compute float32 exactly whatever it says).
   """
+  _check_formulation(formulation)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2],
                                   (stride, stride), padding)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   x, kernel = _same_varying_axes(x, kernel)
-  if conv_backend(x.dtype) == 'onednn':
+  plain = functools.partial(_xla_conv, stride=stride, padding=padding,
+                            precision=precision)
+  if formulation == 'accelerator':
+    return plain(x, kernel)
+  return lax.platform_dependent(
+      x, kernel, cpu=functools.partial(_cpu_conv2d, stride=stride,
+                                       padding=padding),
+      default=plain)
+
+
+def _cpu_conv2d(x, kernel, *, stride, padding):
+  # oneDNN takes no negative (cropping) padding: XLA's convolutions do.
+  if (min(p for pair in padding for p in pair) >= 0
+      and conv_backend(x.dtype, platform='cpu') == 'onednn'):
     return _onednn_conv2d(x, kernel, stride, padding)
   return _conv2d(x, kernel, stride, padding)
 
@@ -144,13 +199,17 @@ def conv2d(x: Array, kernel: Array, stride: int, padding) -> Array:
 CONV_BACKENDS = ('auto', 'xla', 'onednn')
 
 
-def conv_backend(dtype=jnp.float32) -> str:
-  """The convolutions conv2d runs for `dtype`: 'onednn' or 'xla'.
+def conv_backend(dtype=jnp.float32, platform: str | None = None) -> str:
+  """The convolutions conv2d runs for `dtype` on `platform`.
 
-  ALEXNET_JAX_CONV (read when a function is traced) chooses: 'xla';
-  'onednn' (an error if it cannot run); or 'auto', the default: oneDNN on
-  CPU when it builds here, for float32, and for bfloat16 where oneDNN has
-  fast bfloat16 kernels for the CPU; else XLA.
+  'onednn' or 'xla' (XLA's convolutions; on CPU with the per-image kernel
+  gradient). `platform` defaults to this process's default backend; off
+  CPU it is always 'xla'. On CPU, ALEXNET_JAX_CONV (read when a function
+  is traced) chooses: 'xla'; 'onednn' (an error if it cannot run, or for
+  bfloat16 on a CPU without bfloat16 instructions); or 'auto', the
+  default: oneDNN when it builds here, for float32, and for bfloat16 where
+  the CPU has bfloat16 instructions (`onednn.bfloat16_unavailable`); else
+  XLA, with one line saying why.
   """
   choice = os.environ.get('ALEXNET_JAX_CONV', 'auto')
   if choice not in CONV_BACKENDS:
@@ -158,11 +217,16 @@ def conv_backend(dtype=jnp.float32) -> str:
                      f'{", ".join(CONV_BACKENDS)}')
   if choice == 'xla':
     return 'xla'
-  platform, dtype = jax.default_backend(), jnp.dtype(dtype)
-  if platform != 'cpu' or dtype not in (jnp.float32, jnp.bfloat16):
+  dtype = jnp.dtype(dtype)
+  # The CPU branch is traced on every host, but only lowered for CPU: a
+  # GPU or TPU host does not build oneDNN for a branch it will not run.
+  host = jax.default_backend()
+  platform = platform or host
+  if (platform != 'cpu' or host != 'cpu'
+      or dtype not in (jnp.float32, jnp.bfloat16)):
     if choice == 'onednn':
       raise ValueError(f'ALEXNET_JAX_CONV=onednn runs float32 or bfloat16 '
-                       f'on CPU only, not {dtype.name} on {platform}')
+                       f'on CPU only, not {dtype.name} on {host}')
     return 'xla'
   reason = onednn.unavailable()
   if reason is not None:
@@ -170,8 +234,14 @@ def conv_backend(dtype=jnp.float32) -> str:
       raise onednn.Unavailable(reason)
     _warn_once(f'oneDNN convolutions unavailable, using XLA\'s: {reason}')
     return 'xla'
-  if dtype == jnp.bfloat16 and choice == 'auto' and not onednn.bfloat16_fast():
-    return 'xla'       # oneDNN's reference bfloat16 loops are slower
+  if dtype == jnp.bfloat16:
+    reason = onednn.bfloat16_unavailable()
+    if reason is not None:
+      if choice == 'onednn':
+        raise onednn.Unavailable(f'oneDNN bfloat16 convolutions: {reason}')
+      _warn_once(f'oneDNN bfloat16 convolutions would be slow here, using '
+                 f'XLA\'s for bfloat16: {reason}')
+      return 'xla'
   return 'onednn'
 
 
@@ -264,16 +334,36 @@ def _strided_taps(x, window, stride):
           for i in range(window) for j in range(window)]
 
 
+def _reduce_window_max(x, window, stride):
+  # A Python scalar init value: lax.reduce_window then recognises the max
+  # monoid and differentiates it (an array init makes it opaque to grad).
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1),
+                           (1, stride, stride, 1), 'VALID')
+
+
+def max_pool(x: Array, window: int, stride: int, *,
+             formulation: str = 'auto') -> Array:
+  """Max-pool over H, W of x: [B, H, W, C], no padding (VALID).
+
+  The hand-written backward pass runs on CPU only ('auto'); other platforms
+  (and formulation='accelerator') differentiate reduce_window as XLA does
+  (select_and_scatter, which GPUs and TPUs run natively).
+  """
+  _check_formulation(formulation)
+  plain = functools.partial(_reduce_window_max, window=window, stride=stride)
+  if formulation == 'accelerator':
+    return plain(x)
+  return lax.platform_dependent(
+      x, cpu=lambda x: _cpu_max_pool(x, window, stride), default=plain)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def max_pool(x: Array, window: int, stride: int) -> Array:
-  """Max-pool over H, W of x: [B, H, W, C], no padding (VALID)."""
-  return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max,
-                           (1, window, window, 1), (1, stride, stride, 1),
-                           'VALID')
+def _cpu_max_pool(x: Array, window: int, stride: int) -> Array:
+  return _reduce_window_max(x, window, stride)
 
 
 def _max_pool_fwd(x, window, stride):
-  y = max_pool(x, window, stride)
+  y = _cpu_max_pool(x, window, stride)
   return y, (x, y)
 
 
@@ -316,4 +406,4 @@ def _max_pool_bwd(window, stride, residuals, g):
   return (dx[:, :h, :w],)
 
 
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_cpu_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -284,8 +284,8 @@ class TrainStep:
     optim_config: config.optim (momentum, weight_decay, decay_biases,
       bias_lr_mult, lr).
     lr_fn: step -> learning rate; default the constant optim_config.lr.
-    autocast: a dtype (torch.bfloat16) to run forward and loss under CPU
-      autocast, or None.
+    autocast: a dtype (torch.bfloat16) to run forward and loss under
+      autocast (on the images' device), or None.
   """
 
   def __init__(self, net, optim_config, lr_fn=None, autocast=None):
@@ -308,7 +308,8 @@ class TrainStep:
 
   def __call__(self, images, labels):
     self.net.train()
-    with torch.autocast('cpu', dtype=self.autocast or torch.bfloat16,
+    with torch.autocast(images.device.type,
+                        dtype=self.autocast or torch.bfloat16,
                         enabled=self.autocast is not None):
       logits = self.net(images)
       losses = F.cross_entropy(logits, labels, reduction='none')
@@ -335,7 +336,8 @@ class TrainStep:
       metrics = dict(loss=loss.detach(),
                      top1_error=(rank >= 1).float().mean(),
                      top5_error=(rank >= k).float().mean(),
-                     learning_rate=torch.tensor(lr), grad_norm=grad_norm,
+                     learning_rate=torch.tensor(lr, device=loss.device),
+                     grad_norm=grad_norm,
                      param_norm=param_norm)
     self.step += 1
     return metrics
