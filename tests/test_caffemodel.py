@@ -532,3 +532,37 @@ def test_full_size_caffemodel_parses_in_seconds(tmp_path):
       _rel_err(model.apply(variables, images), _torch_logits(net, images))
       < 1e-4
   )
+
+
+def test_export_applies_caffes_transform_and_mean(tmp_path):
+  """features/predict/evaluate read the export's record: Caffe's warp and
+  the stored mean image, checked against the OpenCV reference."""
+  from alexnet_jax.core import features  # pylint: disable=g-import-not-at-top
+  import test_eval_transforms as ref  # pylint: disable=g-import-not-at-top
+
+  path = write_caffemodel(
+      tmp_path / 'a.caffemodel', _net_blobs(caffe_net(TINY)), v1=True
+  )
+  bgr = np.random.RandomState(0).uniform(0, 255, (3, 256, 256))
+  mean = tmp_path / 'mean.binaryproto'
+  mean.write_bytes(_blob_proto(bgr[None], legacy=True))
+  out = tmp_path / 'export'
+  assert (
+      convert_cli.main(
+          [
+              '--format=caffemodel',
+              f'--input={path}',
+              f'--output={out}',
+              f'--mean_file={mean}',
+              f'--width_scale={TINY}',
+          ]
+      )
+      == 0
+  )
+  name, data = ref._generated_photos()[0]
+  photo = tmp_path / 'photo.jpg'
+  photo.write_bytes(data)
+  record = checkpoint.load_metadata(out)['preprocessing']
+  got = features.load_images([photo], record)[0]
+  want = ref.caffe_reference(data, mean_image=np.load(record['mean_image']))
+  assert np.abs(got - want).max() <= ref.LEVELS_MAX, name

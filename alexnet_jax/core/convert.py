@@ -57,6 +57,9 @@ _PREPROCESSING = {
         std=[0.229, 0.224, 0.225],
         image_size=224,
         resize_size=256,
+        # Resize(256) (shorter side, PIL antialiased bilinear), CenterCrop.
+        eval_resize='shorter_side',
+        resize_method='antialias',
     ),
     'caffe-npy': dict(
         channel_order='BGR',
@@ -65,6 +68,9 @@ _PREPROCESSING = {
         std=[1.0, 1.0, 1.0],
         image_size=227,
         resize_size=256,
+        # convert_imageset's 256x256 warp (OpenCV bilinear), centre 227.
+        eval_resize='warp',
+        resize_method='bilinear',
     ),
 }
 _PREPROCESSING['caffemodel'] = dict(_PREPROCESSING['caffe-npy'])
