@@ -566,3 +566,8 @@ def test_export_applies_caffes_transform_and_mean(tmp_path):
   got = features.load_images([photo], record)[0]
   want = ref.caffe_reference(data, mean_image=np.load(record['mean_image']))
   assert np.abs(got - want).max() <= ref.LEVELS_MAX, name
+  from alexnet_jax import predict  # pylint: disable=g-import-not-at-top
+
+  predictor = predict.Predictor(out)
+  assert predictor.params.eval_resize == 'warp'
+  assert np.abs(predictor.image(photo)[0] - want).max() <= ref.LEVELS_MAX
