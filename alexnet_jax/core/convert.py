@@ -502,8 +502,25 @@ def _from_caffe_layers(fmt, path, flat, width_scale, **config_fields):
 # skipped. Reading only slices bytes and calls np.frombuffer, so no code in
 # the file can run.
 
-_V1_TYPES = {4: 'Convolution', 14: 'InnerProduct', 15: 'LRN', 17: 'Pooling'}
-_WEIGHT_TYPES = ('Convolution', 'InnerProduct')
+# V1LayerParameter.LayerType values (caffe.proto) as the newer type strings;
+# only the first four matter, the rest make error messages readable.
+_V1_TYPES = {
+    4: 'Convolution',
+    14: 'InnerProduct',
+    15: 'LRN',
+    17: 'Pooling',
+    1: 'Accuracy',
+    3: 'Concat',
+    5: 'Data',
+    6: 'Dropout',
+    12: 'ImageData',
+    18: 'ReLU',
+    20: 'Softmax',
+    21: 'SoftmaxWithLoss',
+    22: 'Split',
+    25: 'Eltwise',
+    39: 'Deconvolution',
+}
 _LRN_FIELD = {'v1': 18, 'v2': 118}  # lrn_param in each layer message
 
 
