@@ -238,3 +238,26 @@ def test_opencv_reference_is_opencv():
       np.arange(16, dtype=np.uint8).reshape(4, 4, 1).repeat(3, -1), 2, 2
   )[..., 0]
   assert half.tolist() == [[3, 5], [11, 13]]  # 2x2 averages, rounded
+
+
+def test_caffe_ten_crops_cut_the_warped_image():
+  """--crops=10 with Caffe's transform: the 227 crops of the 256x256 warp
+  (Caffe's oversample), centre = the single crop."""
+  name, data = _generated_photos()[0]
+  record = convert.preprocessing('caffemodel')
+  params = preprocess.params_from_record(record)
+  crops = preprocess.eval_image(tf.constant(data), params, crops=10).numpy()
+  single = preprocess.eval_image(tf.constant(data), params).numpy()
+  np.testing.assert_array_equal(crops[4], single)
+  rgb = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
+  warped = opencv_bilinear_u8(rgb[..., ::-1], 256, 256).astype(np.float32)
+  warped -= np.asarray(record['mean'], np.float32)
+  assert np.abs(crops[0] - warped[:227, :227]).max() <= LEVELS_MAX, name
+  assert np.abs(crops[3] - warped[29:, 29:]).max() <= LEVELS_MAX, name
+  np.testing.assert_array_equal(crops[5], crops[0][:, ::-1])
+  with pytest.raises(ValueError, match='only 1 is implemented'):
+    preprocess.eval_image(
+        tf.constant(data),
+        preprocess.params_from_record(convert.preprocessing('torchvision')),
+        crops=10,
+    )
