@@ -1,7 +1,8 @@
-"""Imports published AlexNet weights: torchvision's and the Caffe port's.
+"""Imports published AlexNet weights: torchvision's and Caffe's.
 
     from alexnet_jax.core import convert
     model, variables = convert.from_torchvision('alexnet.pth')
+    model, variables = convert.from_caffemodel('bvlc_alexnet.caffemodel')
     model, variables = convert.from_caffe_npy('bvlc_alexnet.npy')
     logits = model.apply(variables, images, train=False)  # NHWC, normalised
 
@@ -19,12 +20,17 @@ returns the two-tower paper model with Caffe's constants (227x227 input,
 conv1 unpadded, LRN k=1, alpha 1e-4 / n, windows across both towers as
 Caffe's grouped convolutions have no towers). The images it wants: BGR in
 0..255 minus the per-channel mean (104, 117, 123)
-(`preprocessing('caffe-npy')`).
+(`preprocessing('caffe-npy')`, which also records Caffe's 256x256 warp).
+
+`from_caffemodel` reads Caffe's own binary .caffemodel (bvlc_alexnet or
+CaffeNet, either protobuf layout) with a small wire-format reader, puts the
+blobs into the .npy port's layout and maps them with the same code, so both
+give the same model; `read_mean_binaryproto` reads Caffe's mean image.
 
 Loading never runs code from the file: `torch.load(weights_only=True)`, and
 the .npy dict goes through an unpickler that admits numpy arrays, dicts and
 lists only (`np.load(allow_pickle=True)` would execute whatever a crafted
-file contains).
+file contains); a .caffemodel is only sliced into numbers.
 
 The command line (`alexnet_jax/convert.py`) writes a model export that
 `checkpoint.load` reads, with the preprocessing and class names recorded:
