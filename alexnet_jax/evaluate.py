@@ -13,7 +13,6 @@ the one the checkpoint was trained on.
 import json
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -156,9 +155,7 @@ def main(argv):
 
 
 def run():
-  define_flags()
-  console.adopt_main(__name__)
-  app.run(main, flags_parser=console.parse_absl_flags)
+  console.run_absl(__name__, main, define_flags)
 
 
 if __name__ == '__main__':

@@ -16,7 +16,6 @@ import pathlib
 import signal
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -167,9 +166,8 @@ def _parse_flags(argv):
 
 
 def run():
-  define_flags()
-  console.adopt_main(__name__)
-  app.run(main, argv=_resolve_argv(sys.argv), flags_parser=_parse_flags)
+  console.run_absl(__name__, main, define_flags,
+                   argv=_resolve_argv(sys.argv), flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,6 @@ import json
 import re
 import sys
 
-from absl import app
 from absl import flags
 
 from alexnet_jax.core import console
@@ -132,9 +131,7 @@ def main(argv):
 
 
 def run():
-  define_flags()
-  console.adopt_main(__name__)
-  app.run(main, flags_parser=console.parse_absl_flags)
+  console.run_absl(__name__, main, define_flags)
 
 
 if __name__ == '__main__':

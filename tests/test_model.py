@@ -8,6 +8,7 @@ costs no memory or compute; numerical checks run at tiny widths
 model (grouped convolutions, nn.LocalResponseNorm).
 """
 
+import contextlib
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -62,11 +63,24 @@ def _images(n, size, seed=1):
       np.float32)
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+  """PyTorch on one thread: with two threads on a loaded machine its tanh
+  model's logits differed between identical runs (2.5e-5 relative in 2 of
+  ~15 runs, over this file's 1e-5 tolerance); on one thread they repeat."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  try:
+    yield
+  finally:
+    torch.set_num_threads(threads)
+
+
 def _torch_logits(model_config, params, images, flatten='hwc'):
   net = torch_models.from_config(model_config, image_size=images.shape[1],
                                     flatten=flatten)
   torch_models.load_flax_params(net.eval(), params)
-  with torch.no_grad():
+  with torch.no_grad(), _one_torch_thread():
     return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
 
 

@@ -203,6 +203,17 @@ def adopt_main(module_name: str):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
+def run_absl(module_name: str, main, define_flags, **kwargs):
+  """Defines a command's flags and runs it as an absl app (its errors in
+  one line: `parse_absl_flags`); kwargs go to `app.run`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  define_flags()
+  adopt_main(module_name)
+  kwargs.setdefault('flags_parser', parse_absl_flags)
+  app.run(main, **kwargs)
+
+
 def parse_absl_flags(argv):
   """absl's flag parsing with its errors as one line (`--verbose`: whole).
 

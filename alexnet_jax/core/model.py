@@ -267,7 +267,7 @@ class AlexNet(nn.Module):
     )
 
   def _act(self, hs):
-    fn = nn.relu if self.activation == 'relu' else jnp.tanh
+    fn = activation_fn(self.activation)
     return [fn(h) for h in hs]
 
   def _pool(self, hs):
@@ -423,7 +423,32 @@ class AlexNet(nn.Module):
     return logits.astype(jnp.float32)
 
 
-class Cifar4(nn.Module):
+def activation_fn(name: str):
+  """The activation `model.activation` names: 'relu' or 'tanh'."""
+  return nn.relu if name == 'relu' else jnp.tanh
+
+
+class _CifarNet(nn.Module):
+  """What the two CIFAR-10 nets share: fields and the start of the call."""
+
+  num_classes: int = 10
+  activation: str = 'relu'
+  width_scale: float = 1.0
+  dtype: Any = jnp.float32
+  precision: str = 'default'  # a key of ops.PRECISIONS
+
+  def _setup_call(self, x):
+    """(activation, compute dtype, precision, x in that dtype)."""
+    dtype = jnp.dtype(self.dtype)
+    return (
+        activation_fn(self.activation),
+        dtype,
+        ops.precision_of(self.precision),
+        x.astype(dtype),
+    )
+
+
+class Cifar4(_CifarNet):
   """The paper's Figure 1 network: cuda-convnet's CIFAR-10 layers-18pct.
 
   Three 5x5 convolutions (32, 32, 64 kernels, pad 2), each followed by the
@@ -434,21 +459,14 @@ class Cifar4(nn.Module):
   cuda-convnet's rounding-up does.
   """
 
-  num_classes: int = 10
-  activation: str = 'relu'
   weight_init_std: float = 0.01
-  width_scale: float = 1.0
-  dtype: Any = jnp.float32
-  precision: str = 'default'  # a key of ops.PRECISIONS
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     del train  # no dropout in this net
-    fn = nn.relu if self.activation == 'relu' else jnp.tanh
-    dtype = jnp.dtype(self.dtype)
+    fn, dtype, precision, h = self._setup_call(x)
     widths = widths_for('cifar4', 1, self.width_scale)
     pools = (nn.max_pool, nn.avg_pool, nn.avg_pool)
-    h = x.astype(dtype)
     for i, (width, pool) in enumerate(zip(widths, pools)):
       h = nn.Conv(
           width,
@@ -456,7 +474,7 @@ class Cifar4(nn.Module):
           padding=((2, 2), (2, 2)),
           dtype=dtype,
           kernel_init=_normal(self.weight_init_std),
-          precision=ops.precision_of(self.precision),
+          precision=precision,
           name=f'conv{i + 1}',
       )(h)
       h = pool(fn(h), (3, 3), (2, 2), padding=((0, 1), (0, 1)))
@@ -465,13 +483,13 @@ class Cifar4(nn.Module):
         self.num_classes,
         dtype=dtype,
         kernel_init=_normal(self.weight_init_std),
-        precision=ops.precision_of(self.precision),
+        precision=precision,
         name='fc',
     )(h)
     return h.astype(jnp.float32)
 
 
-class CifarLocal(nn.Module):
+class CifarLocal(_CifarNet):
   """cuda-convnet's CIFAR-10 "conv-local" nets: the paper's LRN-on-CIFAR pair.
 
   layers-conv-local-11pct (LRN on) and -13pct (LRN off), which the paper's
@@ -484,26 +502,18 @@ class CifarLocal(nn.Module):
   expect inputs on the 0-255 scale: data.std = 1/255. Biases start at 0.
   """
 
-  num_classes: int = 10
-  activation: str = 'relu'
   lrn: bool = True
   lrn_k: float = 1.0
   lrn_n: int = 5
   lrn_alpha: float = 1e-3
   lrn_beta: float = 0.75
   lrn_alpha_over_n: bool = True
-  width_scale: float = 1.0
-  dtype: Any = jnp.float32
-  precision: str = 'default'  # a key of ops.PRECISIONS
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     del train  # no dropout in this net
-    fn = nn.relu if self.activation == 'relu' else jnp.tanh
-    dtype = jnp.dtype(self.dtype)
+    fn, dtype, precision, h = self._setup_call(x)  # h: [B, 24, 24, 3]
     w = lambda n: max(1, round(n * self.width_scale))
-    precision = ops.precision_of(self.precision)
-    h = x.astype(dtype)  # [B, 24, 24, 3]
     for i, std in ((1, 1e-4), (2, 0.01)):
       h = fn(
           nn.Conv(
