@@ -370,14 +370,22 @@ class TrainStep:
       ps = [p for n, p in named if n.endswith('bias') == bias]
       if ps:
         decay = o.weight_decay if (o.decay_biases or not bias) else 0.0
-        self.groups.append((ps, [torch.zeros_like(p) for p in ps], decay,
-                            o.bias_lr_mult if bias else 1.0))
+        self.groups.append(
+            (
+                ps,
+                [torch.zeros_like(p) for p in ps],
+                decay,
+                o.bias_lr_mult if bias else 1.0,
+            )
+        )
 
   def __call__(self, images, labels):
     self.net.train()
-    with torch.autocast(images.device.type,
-                        dtype=self.autocast or torch.bfloat16,
-                        enabled=self.autocast is not None):
+    with torch.autocast(
+        images.device.type,
+        dtype=self.autocast or torch.bfloat16,
+        enabled=self.autocast is not None,
+    ):
       logits = self.net(images)
       losses = F.cross_entropy(logits, labels, reduction='none')
     loss = losses.mean()
@@ -386,8 +394,7 @@ class TrainStep:
     loss.backward()
     lr = float(self.lr_fn(self.step))
     with torch.no_grad():
-      grad_norm = torch.nn.utils.get_total_norm(
-          [p.grad for p in self.params])
+      grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params])
       for params, velocity, decay, mult in self.groups:
         grads = [p.grad for p in params]
         if decay:
@@ -400,11 +407,13 @@ class TrainStep:
       logits = logits.float()
       rank = (logits > logits.gather(1, labels[:, None])).sum(1)
       k = min(5, logits.shape[1])
-      metrics = dict(loss=loss.detach(),
-                     top1_error=(rank >= 1).float().mean(),
-                     top5_error=(rank >= k).float().mean(),
-                     learning_rate=torch.tensor(lr, device=loss.device),
-                     grad_norm=grad_norm,
-                     param_norm=param_norm)
+      metrics = dict(
+          loss=loss.detach(),
+          top1_error=(rank >= 1).float().mean(),
+          top5_error=(rank >= k).float().mean(),
+          learning_rate=torch.tensor(lr, device=loss.device),
+          grad_norm=grad_norm,
+          param_norm=param_norm,
+      )
     self.step += 1
     return metrics
