@@ -5,7 +5,7 @@ r"""Top-1 / top-5 error of a checkpoint on a dataset split.
 
 DIR is a training workdir (its latest checkpoint; --best for the lowest
 validation error), one of its step directories, or a model export from
-`alexnet_jax.core.convert`. Images are preprocessed the way the checkpoint says
+`alexnet_jax.convert`. Images are preprocessed the way the checkpoint says
 its weights expect (its `preprocessing` metadata); the dataset defaults to
 the one the checkpoint was trained on.
 """
@@ -26,14 +26,9 @@ FLAGS = flags.FLAGS
 def define_flags():
   """The command-line flags (defined only when run as a program, so the
   module can be imported beside the other CLIs)."""
-  flags.DEFINE_string(
-      'checkpoint', None, 'Training workdir, step directory or model export.'
-  )
-  flags.DEFINE_bool(
-      'best',
-      False,
+  console.define_checkpoint_flags(
       'For a workdir: the checkpoint with the '
-      'lowest validation top-1 error instead of the latest.',
+      'lowest validation top-1 error instead of the latest.'
   )
   flags.DEFINE_string(
       'dataset',

@@ -27,13 +27,8 @@ _WNID = re.compile(r'^n\d{8}$')
 def define_flags():
   """The command-line flags (defined only when run as a program, so the
   module can be imported beside the other CLIs)."""
-  flags.DEFINE_string(
-      'checkpoint', None, 'Training workdir, step directory or model export.'
-  )
-  flags.DEFINE_bool(
-      'best',
-      False,
-      'For a workdir: the checkpoint with the ' 'lowest validation error.',
+  console.define_checkpoint_flags(
+      'For a workdir: the checkpoint with the lowest validation error.'
   )
   flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
   flags.DEFINE_enum(

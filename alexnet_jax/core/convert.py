@@ -417,16 +417,8 @@ def from_torchvision(path, *, width_scale: float = 1.0):
   return _finish('torchvision', path, params, num_classes, width_scale)
 
 
-_CAFFE_LAYERS = (
-    'conv1',
-    'conv2',
-    'conv3',
-    'conv4',
-    'conv5',
-    'fc6',
-    'fc7',
-    'fc8',
-)
+# Caffe's AlexNet names its weighted layers as ours are named.
+_CAFFE_LAYERS = model_lib.LAYERS
 
 
 def _caffe_layout(num_classes, width_scale):

@@ -26,16 +26,7 @@ import numpy as np
 from alexnet_jax.core import model as model_lib
 
 # Layer names by model class, input to output.
-ALEXNET_LAYERS = (
-    'conv1',
-    'conv2',
-    'conv3',
-    'conv4',
-    'conv5',
-    'fc6',
-    'fc7',
-    'fc8',
-)
+ALEXNET_LAYERS = model_lib.LAYERS
 CIFAR4_LAYERS = ('conv1', 'conv2', 'conv3', 'fc')
 CIFAR_LOCAL_LAYERS = ('conv1', 'conv2', 'local3', 'local4', 'fc')
 

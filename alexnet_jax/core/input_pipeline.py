@@ -678,27 +678,12 @@ def map_readable(config, split, fn, *, process_index=0, process_count=1):
   return _without(ds, 'position').with_options(_options(config)), total
 
 
-def eval_iterator(
-    config,
-    split,
-    *,
-    preprocessing=None,
-    crops=None,
-    process_index=0,
-    process_count=1,
-):
+def eval_iterator(config, split, **options):
   """Finite iterator of dict(image, label, mask); the last batch (and any
   batch a host has no examples left for) is padded, mask marking real
-  examples."""
-  ds, num_batches = eval_dataset(
-      config,
-      split,
-      preprocessing=preprocessing,
-      crops=crops,
-      process_index=process_index,
-      process_count=process_count,
-  )
-  batch = _host_batch(config, process_count)
+  examples. `options`: eval_dataset's keyword arguments."""
+  ds, num_batches = eval_dataset(config, split, **options)
+  batch = _host_batch(config, options.get('process_count', 1))
   ds = ds.batch(batch).prefetch(config.data.prefetch or tf.data.AUTOTUNE)
   return _padded(
       ds.as_numpy_iterator(),

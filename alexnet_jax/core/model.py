@@ -559,6 +559,27 @@ class CifarLocal(_CifarNet):
     return h.astype(jnp.float32)
 
 
+# The paper model's (and the torchvision variant's) weighted layers, input
+# to output.
+LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+
+
+def lrn_kwargs(m: ml_collections.ConfigDict, towers: bool = True) -> dict:
+  """The LRN fields of `config.model` as model keyword arguments (the
+  PyTorch twins take the same); `towers`: also the tower-related ones."""
+  kwargs = dict(
+      lrn=m.lrn.enabled,
+      lrn_k=m.lrn.k,
+      lrn_n=m.lrn.n,
+      lrn_alpha=m.lrn.alpha,
+      lrn_beta=m.lrn.beta,
+      lrn_alpha_over_n=m.lrn.alpha_over_n,
+  )
+  if towers:
+    kwargs.update(lrn_across_towers=m.lrn.across_towers, lrn_order=m.lrn.order)
+  return kwargs
+
+
 def from_config(model_config: ml_collections.ConfigDict, **overrides):
   """The model `config.model` describes (see configs/paper.py)."""
   m = model_config
@@ -567,12 +588,7 @@ def from_config(model_config: ml_collections.ConfigDict, **overrides):
     kwargs = dict(
         num_classes=m.num_classes,
         activation=m.activation,
-        lrn=m.lrn.enabled,
-        lrn_k=m.lrn.k,
-        lrn_n=m.lrn.n,
-        lrn_alpha=m.lrn.alpha,
-        lrn_beta=m.lrn.beta,
-        lrn_alpha_over_n=m.lrn.alpha_over_n,
+        **lrn_kwargs(m, towers=False),
         width_scale=m.width_scale,
         dtype=dtype,
         precision=m.precision,
@@ -595,14 +611,7 @@ def from_config(model_config: ml_collections.ConfigDict, **overrides):
       num_classes=m.num_classes,
       towers=m.towers,
       activation=m.activation,
-      lrn=m.lrn.enabled,
-      lrn_k=m.lrn.k,
-      lrn_n=m.lrn.n,
-      lrn_alpha=m.lrn.alpha,
-      lrn_beta=m.lrn.beta,
-      lrn_alpha_over_n=m.lrn.alpha_over_n,
-      lrn_across_towers=m.lrn.across_towers,
-      lrn_order=m.lrn.order,
+      **lrn_kwargs(m),
       pool_window=m.pool.window,
       pool_stride=m.pool.stride,
       dropout=m.dropout,

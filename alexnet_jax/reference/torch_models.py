@@ -230,7 +230,7 @@ def from_config(model_config, *, image_size=224, flatten='hwc'):
   layer semantics are this module's own. flatten='hwc' makes the fc6 weights
   interchangeable with model.py's (see load_flax_params).
   """
-  from alexnet_jax.core import model as model_lib  # only the width table
+  from alexnet_jax.core import model as model_lib  # the width table, LRN fields
 
   m = model_config
   widths = model_lib.widths_for(m.variant, m.towers, m.width_scale)
@@ -248,14 +248,7 @@ def from_config(model_config, *, image_size=224, flatten='hwc'):
       image_size=image_size,
       conv1_padding=m.conv1_padding,
       activation=m.activation,
-      lrn=m.lrn.enabled,
-      lrn_k=m.lrn.k,
-      lrn_n=m.lrn.n,
-      lrn_alpha=m.lrn.alpha,
-      lrn_beta=m.lrn.beta,
-      lrn_alpha_over_n=m.lrn.alpha_over_n,
-      lrn_across_towers=m.lrn.across_towers,
-      lrn_order=m.lrn.order,
+      **model_lib.lrn_kwargs(m),
       pool_window=m.pool.window,
       pool_stride=m.pool.stride,
       dropout=m.dropout,
