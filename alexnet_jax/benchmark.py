@@ -81,19 +81,12 @@ def parse_args(argv):
       default=None,
       help='default 128 (32 with --quick)',
   )
-  parser.add_argument('--image-size', type=harness.positive_int, default=224)
-  parser.add_argument(
-      '--steps',
-      type=harness.positive_int,
-      default=None,
-      help='timed steps per worker (default 6, 3 with '
+  harness.add_step_options(
+      parser,
+      steps_help='timed steps per worker (default 6, 3 with '
       '--quick; overhead: 10)',
-  )
-  parser.add_argument(
-      '--warmup',
-      type=harness.positive_int,
-      default=None,
-      help='untimed steps after compiling (default 2, ' '1 with --quick)',
+      warmup_help='untimed steps after compiling (default 2, '
+      '1 with --quick)',
   )
   parser.add_argument(
       '--repeats',
@@ -123,12 +116,7 @@ def parse_args(argv):
       default=None,
       help='side of the square peak matmul (default 4096)',
   )
-  parser.add_argument(
-      '--width-scale',
-      type=float,
-      default=1.0,
-      help='< 1 shrinks every layer (tests only)',
-  )
+  harness.add_width_scale_option(parser)
   parser.add_argument(
       '--precision',
       default='default',

@@ -290,8 +290,34 @@ def emit(record, out=''):
       f.write(line + '\n')
 
 
+def publish(record, args, records):
+  """Stamps `record`, emits it to args.out and appends it to `records`."""
+  emit(stamp(record, args.command_line), args.out)
+  records.append(record)
+
+
 # ----------------------------------------------------------------------------
 # Argument parsing shared by the benchmark commands.
+
+
+def add_step_options(parser, *, steps_help, warmup_help):
+  """--image-size, --steps and --warmup (steps default to None: per mode)."""
+  parser.add_argument('--image-size', type=positive_int, default=224)
+  parser.add_argument(
+      '--steps', type=positive_int, default=None, help=steps_help
+  )
+  parser.add_argument(
+      '--warmup', type=positive_int, default=None, help=warmup_help
+  )
+
+
+def add_width_scale_option(parser):
+  parser.add_argument(
+      '--width-scale',
+      type=float,
+      default=1.0,
+      help='< 1 shrinks every layer (tests only)',
+  )
 
 
 def csv_choices(choices, name):

@@ -252,6 +252,24 @@ def build_jax_train(spec):
   )
 
 
+def train_run(built):
+  """A Job's run for build_jax_train's result: one step, then what the
+  trainer reads back after every step (all of the bare step's output)."""
+  import jax
+
+  step, state, batch = built['step'], built['state'], built['batch']
+
+  def run(i):
+    del i
+    state[0], out = step(state[0], batch)
+    if step.bare:
+      return jax.device_get(out)
+    # What the trainer reads back after every step.
+    return jax.device_get((out.loss.total, out.param_norm.total))
+
+  return run
+
+
 def _jax_job(spec):
   import os
   import time
@@ -266,16 +284,8 @@ def _jax_job(spec):
   rss_base = harness.rss_mb()
   if spec['benchmark'] == 'train':
     built = build_jax_train(spec)
-    step, state, batch = built['step'], built['state'], built['batch']
     compile_s = built['compile_s']
-
-    def run(i):
-      del i
-      state[0], out = step(state[0], batch)
-      if step.bare:
-        return jax.device_get(out)
-      # What the trainer reads back after every step.
-      return jax.device_get((out.loss.total, out.param_norm.total))
+    run = train_run(built)
 
   else:
     from alexnet_jax.core import parallel
@@ -515,8 +525,7 @@ def matmul(args):
           version=result['ready']['version'],
           load_avg=result['load'],
       )
-      harness.emit(harness.stamp(rec, args.command_line), args.out)
-      records.append(rec)
+      harness.publish(rec, args, records)
   return records
 
 
@@ -579,8 +588,7 @@ def overhead(args):
       )
       if args.width_scale != 1.0:
         rec['width_scale'] = args.width_scale
-      harness.emit(harness.stamp(rec, args.command_line), args.out)
-      records.append(rec)
+      harness.publish(rec, args, records)
   return records
 
 

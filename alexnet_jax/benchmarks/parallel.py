@@ -207,25 +207,13 @@ def parse_args(argv, prog='alexnet_jax.parallel_benchmark'):
       default=None,
       help='global batch, every mode (default 128; 32 ' 'with --quick)',
   )
-  parser.add_argument('--image-size', type=harness.positive_int, default=224)
-  parser.add_argument(
-      '--steps',
-      type=harness.positive_int,
-      default=None,
-      help='timed steps per mode (default 6, 3 with --quick)',
+  harness.add_step_options(
+      parser,
+      steps_help='timed steps per mode (default 6, 3 with --quick)',
+      warmup_help='untimed steps after compiling (default 2, 1 '
+      'with --quick)',
   )
-  parser.add_argument(
-      '--warmup',
-      type=harness.positive_int,
-      default=None,
-      help='untimed steps after compiling (default 2, 1 ' 'with --quick)',
-  )
-  parser.add_argument(
-      '--width-scale',
-      type=float,
-      default=1.0,
-      help='< 1 shrinks every layer (tests only)',
-  )
+  harness.add_width_scale_option(parser)
   parser.add_argument(
       '--sequential',
       action='store_true',

@@ -70,14 +70,7 @@ def setup(spec) -> harness.Job:
   import jax
 
   built = model_bench.build_jax_train(spec)
-  step, state, batch = built['step'], built['state'], built['batch']
-
-  def run(i):
-    del i
-    state[0], out = step(state[0], batch)
-    if step.bare:
-      return jax.device_get(out)
-    return jax.device_get((out.loss.total, out.param_norm.total))
+  run = model_bench.train_run(built)
 
   if spec['what'] == 'memory':
     mem = built['compiled'].memory_analysis()
@@ -176,8 +169,7 @@ def profile(args):
           xla_flags=result['ready']['xla_flags'],
           load_avg=result['load'],
       )
-      harness.emit(harness.stamp(rec, args.command_line), args.out)
-      records.append(rec)
+      harness.publish(rec, args, records)
   return records
 
 
@@ -203,8 +195,7 @@ def memory(args):
           train_step=step,
           **ready,
       )
-      harness.emit(harness.stamp(rec, args.command_line), args.out)
-      records.append(rec)
+      harness.publish(rec, args, records)
   return records
 
 
