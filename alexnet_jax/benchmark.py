@@ -36,72 +36,135 @@ import sys
 from alexnet_jax.benchmarks import harness
 from alexnet_jax.benchmarks import model as model_bench
 
-COMMANDS = ('all', 'train', 'infer', 'matmul', 'overhead', 'parallel',
-            'input', 'profile', 'memory', 'accelerator')
+COMMANDS = (
+    'all',
+    'train',
+    'infer',
+    'matmul',
+    'overhead',
+    'parallel',
+    'input',
+    'profile',
+    'memory',
+    'accelerator',
+)
 
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
       prog='python -m alexnet_jax.benchmark',
-      description=__doc__.split('\n\n')[0])
+      description=__doc__.split('\n\n')[0],
+  )
   parser.add_argument('command', choices=COMMANDS)
-  parser.add_argument('--quick', action='store_true',
-                      help='fewer steps, smaller batch: one or two minutes')
-  parser.add_argument('--variant', type=harness.csv_choices(
-      model_bench.VARIANTS, '--variant'), default=None,
-                      help='paper,torchvision (default paper; profile: '
-                      'torchvision; memory: both)')
-  parser.add_argument('--dtype', type=harness.csv_choices(
-      model_bench.DTYPES, '--dtype'), default=None,
-                      help='float32,bfloat16 (default float32; bf16 = '
-                      'config dtype in JAX, autocast in PyTorch)')
-  parser.add_argument('--batch', type=harness.positive_int, default=None,
-                      help='default 128 (32 with --quick)')
+  parser.add_argument(
+      '--quick',
+      action='store_true',
+      help='fewer steps, smaller batch: one or two minutes',
+  )
+  parser.add_argument(
+      '--variant',
+      type=harness.csv_choices(model_bench.VARIANTS, '--variant'),
+      default=None,
+      help='paper,torchvision (default paper; profile: '
+      'torchvision; memory: both)',
+  )
+  parser.add_argument(
+      '--dtype',
+      type=harness.csv_choices(model_bench.DTYPES, '--dtype'),
+      default=None,
+      help='float32,bfloat16 (default float32; bf16 = '
+      'config dtype in JAX, autocast in PyTorch)',
+  )
+  parser.add_argument(
+      '--batch',
+      type=harness.positive_int,
+      default=None,
+      help='default 128 (32 with --quick)',
+  )
   parser.add_argument('--image-size', type=harness.positive_int, default=224)
-  parser.add_argument('--steps', type=harness.positive_int, default=None,
-                      help='timed steps per worker (default 6, 3 with '
-                      '--quick; overhead: 10)')
-  parser.add_argument('--warmup', type=harness.positive_int, default=None,
-                      help='untimed steps after compiling (default 2, '
-                      '1 with --quick)')
-  parser.add_argument('--repeats', type=harness.positive_int, default=3,
-                      help='overhead: rounds of fresh workers (default 3)')
-  parser.add_argument('--top', type=harness.positive_int, default=40,
-                      help='profile: how many of the longest ops to list')
-  parser.add_argument('--bare', action='store_true',
-                      help='memory: also the step without its metrics and '
-                      'norms')
-  parser.add_argument('--impls', type=harness.csv_choices(
-      ('jax', 'torch'), '--impls'), default=['jax', 'torch'])
-  parser.add_argument('--matmul-size', type=harness.positive_int,
-                      default=None,
-                      help='side of the square peak matmul (default 4096)')
-  parser.add_argument('--width-scale', type=float, default=1.0,
-                      help='< 1 shrinks every layer (tests only)')
-  parser.add_argument('--precision', default='default',
-                      choices=('default', 'high', 'highest'),
-                      help='config.model.precision of the JAX model '
-                      "(default: the platform's, TF32 / bf16 passes)")
-  parser.add_argument('--simulate', default='',
-                      help='accelerator: rehearse on CPU as cuda[:N] or '
-                      'tpu[:N] (tests)')
-  parser.add_argument('--test-timeout', type=harness.positive_int,
-                      default=300,
-                      help='accelerator: seconds for pytest -m accelerator')
-  parser.add_argument('--out', default='',
-                      help='also append the JSON lines to this file')
+  parser.add_argument(
+      '--steps',
+      type=harness.positive_int,
+      default=None,
+      help='timed steps per worker (default 6, 3 with '
+      '--quick; overhead: 10)',
+  )
+  parser.add_argument(
+      '--warmup',
+      type=harness.positive_int,
+      default=None,
+      help='untimed steps after compiling (default 2, ' '1 with --quick)',
+  )
+  parser.add_argument(
+      '--repeats',
+      type=harness.positive_int,
+      default=3,
+      help='overhead: rounds of fresh workers (default 3)',
+  )
+  parser.add_argument(
+      '--top',
+      type=harness.positive_int,
+      default=40,
+      help='profile: how many of the longest ops to list',
+  )
+  parser.add_argument(
+      '--bare',
+      action='store_true',
+      help='memory: also the step without its metrics and ' 'norms',
+  )
+  parser.add_argument(
+      '--impls',
+      type=harness.csv_choices(('jax', 'torch'), '--impls'),
+      default=['jax', 'torch'],
+  )
+  parser.add_argument(
+      '--matmul-size',
+      type=harness.positive_int,
+      default=None,
+      help='side of the square peak matmul (default 4096)',
+  )
+  parser.add_argument(
+      '--width-scale',
+      type=float,
+      default=1.0,
+      help='< 1 shrinks every layer (tests only)',
+  )
+  parser.add_argument(
+      '--precision',
+      default='default',
+      choices=('default', 'high', 'highest'),
+      help='config.model.precision of the JAX model '
+      "(default: the platform's, TF32 / bf16 passes)",
+  )
+  parser.add_argument(
+      '--simulate',
+      default='',
+      help='accelerator: rehearse on CPU as cuda[:N] or ' 'tpu[:N] (tests)',
+  )
+  parser.add_argument(
+      '--test-timeout',
+      type=harness.positive_int,
+      default=300,
+      help='accelerator: seconds for pytest -m accelerator',
+  )
+  parser.add_argument(
+      '--out', default='', help='also append the JSON lines to this file'
+  )
   args = parser.parse_args(argv)
   args.argv = list(argv)
   args.command_line = 'python -m alexnet_jax.benchmark ' + ' '.join(argv)
   quick = args.quick
-  default_variant = {'profile': ['torchvision'],
-                     'memory': list(model_bench.VARIANTS)}
+  default_variant = {
+      'profile': ['torchvision'],
+      'memory': list(model_bench.VARIANTS),
+  }
   args.variant = args.variant or default_variant.get(args.command, ['paper'])
   args.dtype = args.dtype or ['float32']
   args.batch_given = args.batch is not None
   args.batch = args.batch or (32 if quick else 128)
   args.steps = args.steps or (
-      10 if args.command == 'overhead' else 3 if quick else 6)
+      10 if args.command == 'overhead' else 3 if quick else 6
+  )
   args.warmup = args.warmup or (1 if quick else 2)
   args.matmul_size = args.matmul_size or (2048 if quick else 4096)
   return args
@@ -110,8 +173,10 @@ def parse_args(argv):
 def _delegate(name, args):
   """The parallel and input benchmarks, which have their own modules."""
   import importlib  # pylint: disable=g-import-not-at-top
-  return importlib.import_module(f'alexnet_jax.benchmarks.{name}').run(
-      args) or []
+
+  return (
+      importlib.import_module(f'alexnet_jax.benchmarks.{name}').run(args) or []
+  )
 
 
 def run_all(args):
@@ -130,15 +195,18 @@ def run_all(args):
     sub.variant, sub.dtype = list(model_bench.VARIANTS), ['float32']
     records += model_bench.measure(benchmark, sub)
   if args.quick:
-    print('all --quick: model steps only; run `parallel --quick` and '
-          '`input --quick` for the rest', file=sys.stderr)
+    print(
+        'all --quick: model steps only; run `parallel --quick` and '
+        '`input --quick` for the rest',
+        file=sys.stderr,
+    )
     return records
   for name in ('parallel', 'input'):
     sub = argparse.Namespace(**vars(args))
     sub.modes = ['single', 'model']
     try:
       records += _delegate(name, sub)
-    except FileNotFoundError as e:   # input: no sample images here
+    except FileNotFoundError as e:  # input: no sample images here
       print(f'skipped {name}: {e}', file=sys.stderr)
   return records
 
@@ -152,10 +220,12 @@ def main(argv=None):
     # `benchmark parallel` is `parallel_benchmark`, `benchmark input` is
     # `input_benchmark`, option for option.
     import importlib  # pylint: disable=g-import-not-at-top
+
     module = importlib.import_module(f'alexnet_jax.benchmarks.{argv[0]}')
     return module.main(argv[1:], prog=f'alexnet_jax.benchmark {argv[0]}')
   args = parse_args(argv)
   from alexnet_jax.benchmarks import profile  # pylint: disable=g-import-not-at-top
+
   if args.command == 'all':
     records = run_all(args)
   elif args.command in ('train', 'infer'):
@@ -166,6 +236,7 @@ def main(argv=None):
     records = model_bench.overhead(args)
   elif args.command == 'accelerator':
     from alexnet_jax.benchmarks import accelerator  # pylint: disable=g-import-not-at-top
+
     records = accelerator.run(args)
   elif args.command == 'profile':
     records = profile.profile(args)

@@ -2,6 +2,9 @@
 
     python -m alexnet_jax.convert --format=torchvision --input=alexnet.pth \\
         --output=/tmp/alexnet_torchvision
+    python -m alexnet_jax.convert --format=caffemodel \\
+        --input=bvlc_alexnet.caffemodel \\
+        --mean_file=ilsvrc_2012_mean.binaryproto --output=/tmp/bvlc_alexnet
 
 The readers live in `alexnet_jax.core.convert`; the export is written with
 `checkpoint.save_model` and read back with `checkpoint.load`.
@@ -13,7 +16,7 @@ import sys
 
 from alexnet_jax.core import console
 
-console.setup()                 # before anything imports TensorFlow
+console.setup()  # before anything imports TensorFlow
 
 from alexnet_jax.core import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -22,43 +25,72 @@ def _output_is_free(output: pathlib.Path, overwrite: bool):
   if output.exists() and not output.is_dir():
     raise FileExistsError(f'--output={output} is a file, not a directory')
   if output.is_dir() and any(output.iterdir()) and not overwrite:
-    raise FileExistsError(f'--output={output} exists and is not empty; pass '
-                          '--overwrite to replace it')
+    raise FileExistsError(
+        f'--output={output} exists and is not empty; pass '
+        '--overwrite to replace it'
+    )
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
       prog='python -m alexnet_jax.convert',
       description='Convert published AlexNet weights into an alexnet_jax '
-      'model export (readable with alexnet_jax.core.checkpoint.load).')
+      'model export (readable with alexnet_jax.core.checkpoint.load).',
+  )
   parser.add_argument('--format', required=True, choices=convert.FORMATS)
   parser.add_argument('--input', required=True, help='the weight file')
-  parser.add_argument('--output', required=True,
-                      help='the export directory to write')
-  parser.add_argument('--overwrite', action='store_true',
-                      help='replace an existing non-empty --output')
-  parser.add_argument('--width_scale', type=float, default=1.0,
-                      help='read a proportionally narrower model (tests)')
+  parser.add_argument(
+      '--output', required=True, help='the export directory to write'
+  )
+  parser.add_argument(
+      '--overwrite',
+      action='store_true',
+      help='replace an existing non-empty --output',
+  )
+  parser.add_argument(
+      '--mean_file',
+      default=None,
+      help="Caffe's mean image (.binaryproto, e.g. "
+      'ilsvrc_2012_mean.binaryproto), stored in the export '
+      'and subtracted instead of the per-channel mean',
+  )
+  parser.add_argument(
+      '--width_scale',
+      type=float,
+      default=1.0,
+      help='read a proportionally narrower model (tests)',
+  )
   args = parser.parse_args(argv)
   output = pathlib.Path(args.output)
   try:
     _output_is_free(output, args.overwrite)
-    imported = convert.load(args.format, args.input, width_scale=args.width_scale)
+    imported = convert.load(
+        args.format,
+        args.input,
+        width_scale=args.width_scale,
+        mean_file=args.mean_file,
+    )
     from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
     # Writes into a temporary sibling and renames it when complete.
     checkpoint.save_model(
-        output, config=imported.config, variables=imported.variables,
+        output,
+        config=imported.config,
+        variables=imported.variables,
         preprocessing=imported.preprocessing,
         class_names=imported.class_names,
-        overwrite=args.overwrite or output.is_dir())
+        mean_image=imported.mean_image,
+        overwrite=args.overwrite or output.is_dir(),
+    )
   except (OSError, ValueError, ImportError) as e:
     print(f'convert: error: {e}', file=sys.stderr)
     return 1
-  print(f'Wrote {args.format} weights from {args.input} to {output} '
-        f'({imported.model.num_classes} classes, input '
-        f'{imported.preprocessing["image_size"]}x'
-        f'{imported.preprocessing["image_size"]} '
-        f'{imported.preprocessing["channel_order"]}).')
+  print(
+      f'Wrote {args.format} weights from {args.input} to {output} '
+      f'({imported.model.num_classes} classes, input '
+      f'{imported.preprocessing["image_size"]}x'
+      f'{imported.preprocessing["image_size"]} '
+      f'{imported.preprocessing["channel_order"]}).'
+  )
   return 0
 
 

@@ -21,16 +21,17 @@ import sys
 
 from alexnet_jax.core import console
 
-console.setup()                 # before anything imports TensorFlow
+console.setup()  # before anything imports TensorFlow
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax.configs import paper
 from alexnet_jax.core import config_checks
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import preprocess
-from alexnet_jax.configs import paper
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -41,8 +42,9 @@ def compute(config, split, max_images=-1, log_every=0):
   method = config.data.resize_method
 
   def square(encoded):
-    crop, _, _ = preprocess.decode_window(encoded, preprocess.centre_square,
-                                          min_size=size)
+    crop, _, _ = preprocess.decode_window(
+        encoded, preprocess.centre_square, min_size=size
+    )
     return preprocess.resize(crop, size, method) / 255.0
 
   ds, _ = input_pipeline.map_readable(config, split, square)
@@ -62,8 +64,9 @@ def compute(config, split, max_images=-1, log_every=0):
     if log_every and n % log_every < len(images):
       print(f'{n} images', file=sys.stderr, flush=True)
   if not n:
-    raise ValueError(f'no readable images in split {split!r} of '
-                     f'{config.data.name!r}')
+    raise ValueError(
+        f'no readable images in split {split!r} of ' f'{config.data.name!r}'
+    )
   count = n * size * size
   mean = pixel_sum / count
   cov = outer_sum / count - np.outer(mean, mean)
@@ -73,10 +76,15 @@ def compute(config, split, max_images=-1, log_every=0):
   # Sign is arbitrary; make each eigenvector's largest entry positive so
   # reruns print the same numbers.
   eigvec *= np.sign(eigvec[np.abs(eigvec).argmax(0), range(3)])
-  return dict(mean_image=(image_sum / n).astype(np.float32),
-              channel_mean=mean, channel_std=np.sqrt(np.diag(cov)),
-              eigval=np.maximum(eigval, 0.0), eigvec=eigvec, num_images=n,
-              skipped=input_pipeline.skipped_files())
+  return dict(
+      mean_image=(image_sum / n).astype(np.float32),
+      channel_mean=mean,
+      channel_std=np.sqrt(np.diag(cov)),
+      eigval=np.maximum(eigval, 0.0),
+      eigvec=eigvec,
+      num_images=n,
+      skipped=input_pipeline.skipped_files(),
+  )
 
 
 def write(stats, out):
@@ -84,14 +92,17 @@ def write(stats, out):
   os.makedirs(out, exist_ok=True)
   image_path = os.path.join(out, 'mean_image.npy')
   np.save(image_path, stats['mean_image'])
-  summary = {k: np.round(np.asarray(v), 6).tolist()
-             for k, v in stats.items() if k not in ('mean_image', 'skipped')}
+  summary = {
+      k: np.round(np.asarray(v), 6).tolist()
+      for k, v in stats.items()
+      if k not in ('mean_image', 'skipped')
+  }
   summary['skipped'] = list(stats['skipped'])
   summary['mean_image'] = os.path.abspath(image_path)
   summary['config_overrides'] = [
       f"--config.data.lighting.eigval='{tuple(summary['eigval'])}'",
       f"--config.data.lighting.eigvec='{tuple(map(tuple, summary['eigvec']))}'",
-      "--config.data.normalization=image",
+      '--config.data.normalization=image',
       f'--config.data.mean_image={summary["mean_image"]}',
   ]
   json_path = os.path.join(out, 'stats.json')
@@ -106,18 +117,27 @@ def main(argv=None):
   except RuntimeError:  # TensorFlow has started (main() called in-process)
     pass
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--data', required=True,
-                      help="config.data.name: a TFDS name or 'folder:/path'")
+  parser.add_argument(
+      '--data',
+      required=True,
+      help="config.data.name: a TFDS name or 'folder:/path'",
+  )
   parser.add_argument('--split', default='train')
   parser.add_argument('--data_dir', default='')
   parser.add_argument('--resize_size', type=int, default=256)
-  parser.add_argument('--resize_method', default='area',
-                      choices=preprocess.RESIZE_METHODS)
-  parser.add_argument('--max_images', type=int, default=-1,
-                      help='use only the first N images (-1: all)')
+  parser.add_argument(
+      '--resize_method', default='area', choices=preprocess.RESIZE_METHODS
+  )
+  parser.add_argument(
+      '--max_images',
+      type=int,
+      default=-1,
+      help='use only the first N images (-1: all)',
+  )
   parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--verbose', action='store_true',
-                      help='show the traceback of an error')
+  parser.add_argument(
+      '--verbose', action='store_true', help='show the traceback of an error'
+  )
   args = parser.parse_args(argv)
   config = paper.get_config()
   config.data.name = args.data
@@ -125,13 +145,20 @@ def main(argv=None):
   config.data.resize_size = args.resize_size
   config.data.resize_method = args.resize_method
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
-  with console.exit_on(config_checks.ConfigError, ValueError,
-                       FileNotFoundError, tfds_source.DataNotReadyError,
-                       verbose=args.verbose):
+
+  with console.exit_on(
+      config_checks.ConfigError,
+      ValueError,
+      FileNotFoundError,
+      tfds_source.DataNotReadyError,
+      verbose=args.verbose,
+  ):
     stats = compute(config, args.split, args.max_images, log_every=5000)
   image_path, json_path = write(stats, args.out)
-  print(f"{stats['num_images']} images ({len(stats['skipped'])} unreadable "
-        f'skipped); wrote {image_path} and {json_path}')
+  print(
+      f"{stats['num_images']} images ({len(stats['skipped'])} unreadable "
+      f'skipped); wrote {image_path} and {json_path}'
+  )
   print('eigval', np.round(stats['eigval'], 4).tolist())
   print('eigvec (columns)', np.round(stats['eigvec'], 4).tolist())
   return 0

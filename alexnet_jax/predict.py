@@ -18,7 +18,7 @@ from absl import flags
 
 from alexnet_jax.core import console
 
-console.setup()                 # before anything imports TensorFlow
+console.setup()  # before anything imports TensorFlow
 
 FLAGS = flags.FLAGS
 _WNID = re.compile(r'^n\d{8}$')
@@ -27,18 +27,26 @@ _WNID = re.compile(r'^n\d{8}$')
 def define_flags():
   """The command-line flags (defined only when run as a program, so the
   module can be imported beside the other CLIs)."""
-  flags.DEFINE_string('checkpoint', None,
-                      'Training workdir, step directory or model export.')
-  flags.DEFINE_bool('best', False, 'For a workdir: the checkpoint with the '
-                    'lowest validation error.')
+  console.define_checkpoint_flags(
+      'For a workdir: the checkpoint with the lowest validation error.'
+  )
   flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
-  flags.DEFINE_enum('crops', '1', ['1', '10'],
-                    '1 = centre crop, 10 = average over 10 crops.')
+  flags.DEFINE_enum(
+      'crops', '1', ['1', '10'], '1 = centre crop, 10 = average over 10 crops.'
+  )
   flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
-  flags.DEFINE_enum('precision', 'highest', ['default', 'high', 'highest'],
-                    'Matmul/convolution precision (config.model.precision).')
-  flags.DEFINE_bool('verbose', False, 'Show tracebacks of errors and the '
-                    'INFO logs of Orbax and JAX start-up.')
+  flags.DEFINE_enum(
+      'precision',
+      'highest',
+      ['default', 'high', 'highest'],
+      'Matmul/convolution precision (config.model.precision).',
+  )
+  flags.DEFINE_bool(
+      'verbose',
+      False,
+      'Show tracebacks of errors and the '
+      'INFO logs of Orbax and JAX start-up.',
+  )
 
 
 def readable_names(class_names) -> list[str]:
@@ -56,46 +64,57 @@ def readable_names(class_names) -> list[str]:
 class Predictor:
   """Loads a checkpoint once; `__call__(path)` -> [(name, probability)]."""
 
-  def __init__(self, checkpoint_path, *, best=False, crops=1,
-               precision='highest'):
+  def __init__(
+      self, checkpoint_path, *, best=False, crops=1, precision='highest'
+  ):
     import jax  # pylint: disable=g-import-not-at-top
+
     from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
     from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
+
     self.model, self.variables, self.config = checkpoint.load(
-        checkpoint_path, best=best)
+        checkpoint_path, best=best
+    )
     self.model = model_lib.with_precision(self.model, precision)
     self.config.model.precision = precision
     meta = checkpoint.load_metadata(checkpoint_path, best=best)
     self.names = readable_names(meta['class_names'])
     from alexnet_jax.core import preprocess  # pylint: disable=g-import-not-at-top
+
     self.params = preprocess.params_from_record(meta['preprocessing'])
     self.crops = int(crops)
     model, variables = self.model, self.variables
 
     @jax.jit
-    def probs(images):   # f32[crops, H, W, 3] -> f32[C], crops averaged
+    def probs(images):  # f32[crops, H, W, 3] -> f32[C], crops averaged
       logits = model.apply(variables, images, train=False)
       return jax.nn.softmax(logits).mean(axis=0)
+
     self._probs = probs
 
   def image(self, path):
     """The normalised crops of one image file: f32[crops, H, W, 3]."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     from alexnet_jax.core import preprocess  # pylint: disable=g-import-not-at-top
+
     try:
       with open(path, 'rb') as f:
         encoded = f.read()
-      image = preprocess.eval_image(tf.constant(encoded), self.params,
-                                    self.crops).numpy()
+      image = preprocess.eval_image(
+          tf.constant(encoded), self.params, self.crops
+      ).numpy()
     except (OSError, tf.errors.OpError, ValueError) as e:
       # TF's messages carry '{{function_node ...}} ... [Op:...]' wrapping.
-      message = re.sub(r'\{\{.*?\}\}\s*|\s*\[Op:.*$', '',
-                       str(getattr(e, 'message', e)))
+      message = re.sub(
+          r'\{\{.*?\}\}\s*|\s*\[Op:.*$', '', str(getattr(e, 'message', e))
+      )
       raise ValueError(f'cannot read image {path!r}: {message}') from e
     return image if self.crops > 1 else image[None]
 
   def __call__(self, path, top_k=5):
     import numpy as np  # pylint: disable=g-import-not-at-top
+
     p = np.asarray(self._probs(self.image(path)))
     order = np.argsort(-p, kind='stable')[:top_k]
     return [(self.names[i], float(p[i]), int(i)) for i in order]
@@ -104,13 +123,20 @@ class Predictor:
 def main(argv):
   images = argv[1:]
   if not FLAGS.checkpoint or not images:
-    sys.exit('error: usage: python -m alexnet_jax.predict --checkpoint=DIR '
-             'IMAGE [IMAGE ...]')
+    sys.exit(
+        'error: usage: python -m alexnet_jax.predict --checkpoint=DIR '
+        'IMAGE [IMAGE ...]'
+    )
   console.filter_logs(FLAGS.verbose)
   from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+
   with console.exit_on(checkpoint.CheckpointError, verbose=FLAGS.verbose):
-    predictor = Predictor(FLAGS.checkpoint, best=FLAGS.best,
-                          crops=FLAGS.crops, precision=FLAGS.precision)
+    predictor = Predictor(
+        FLAGS.checkpoint,
+        best=FLAGS.best,
+        crops=FLAGS.crops,
+        precision=FLAGS.precision,
+    )
   failed = 0
   for path in images:
     try:
@@ -120,8 +146,16 @@ def main(argv):
       failed += 1
       continue
     if FLAGS.json:
-      print(json.dumps({'image': path, 'top': [
-          dict(name=n, probability=p, index=i) for n, p, i in top]}))
+      print(
+          json.dumps(
+              {
+                  'image': path,
+                  'top': [
+                      dict(name=n, probability=p, index=i) for n, p, i in top
+                  ],
+              }
+          )
+      )
     else:
       print(path)
       for rank, (name, p, i) in enumerate(top, 1):

@@ -19,7 +19,7 @@ import sys
 
 from alexnet_jax.core import console
 
-console.setup()                 # before anything imports TensorFlow
+console.setup()  # before anything imports TensorFlow
 
 from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -27,14 +27,19 @@ from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top,
 def prepare(data_dir='', manual_dir='', name='imagenet2012:5.*.*'):
   """Builds the TFDS dataset; returns {split: number of examples}."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   data_dir = tfds_source.default_data_dir(data_dir)
   manual_dir = tfds_source.default_manual_dir(data_dir, manual_dir)
-  missing = [archive for archive, _ in tfds_source.IMAGENET_ARCHIVES.values()
-             if not os.path.isfile(os.path.join(manual_dir, archive))]
+  missing = [
+      archive
+      for archive, _ in tfds_source.IMAGENET_ARCHIVES.values()
+      if not os.path.isfile(os.path.join(manual_dir, archive))
+  ]
   if missing:
     raise tfds_source.DataNotReadyError(
         f'{", ".join(missing)} not found in {manual_dir}.\n'
-        + tfds_source.imagenet_instructions(data_dir, manual_dir))
+        + tfds_source.imagenet_instructions(data_dir, manual_dir)
+    )
   # The code builder (a versioned name would open existing data read-only).
   builder = tfds.builder(tfds_source.base_name(name), data_dir=data_dir)
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
@@ -45,8 +50,11 @@ def prepare(data_dir='', manual_dir='', name='imagenet2012:5.*.*'):
     except tfds_source.DataNotReadyError:
       logging.warning('Rebuilding the half-prepared %s', builder.data_dir)
       mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, download_mode=mode))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir, download_mode=mode
+      )
+  )
   builder = tfds.builder(name, data_dir=data_dir)
   tfds_source.check_prepared(builder, name, data_dir, manual_dir)
   return {s: info.num_examples for s, info in builder.info.splits.items()}
@@ -54,13 +62,18 @@ def prepare(data_dir='', manual_dir='', name='imagenet2012:5.*.*'):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--data_dir', default='',
-                      help="TFDS data_dir ('' = TFDS's default, "
-                      '~/tensorflow_datasets)')
-  parser.add_argument('--manual_dir', default='',
-                      help='folder with ILSVRC2012_img_train.tar and '
-                      'ILSVRC2012_img_val.tar (default: '
-                      'DATA_DIR/downloads/manual)')
+  parser.add_argument(
+      '--data_dir',
+      default='',
+      help="TFDS data_dir ('' = TFDS's default, " '~/tensorflow_datasets)',
+  )
+  parser.add_argument(
+      '--manual_dir',
+      default='',
+      help='folder with ILSVRC2012_img_train.tar and '
+      'ILSVRC2012_img_val.tar (default: '
+      'DATA_DIR/downloads/manual)',
+  )
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
   try:
@@ -68,8 +81,10 @@ def main(argv=None):
   except tfds_source.DataNotReadyError as e:
     print(e, file=sys.stderr)
     return 2
-  print('ImageNet prepared:', ', '.join(f'{k} {v:,}' for k, v in
-                                        sorted(sizes.items())))
+  print(
+      'ImageNet prepared:',
+      ', '.join(f'{k} {v:,}' for k, v in sorted(sizes.items())),
+  )
   return 0
 
 

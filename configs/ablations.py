@@ -33,43 +33,60 @@ ABLATIONS = {
         'ReLU vs tanh in every layer',
         'Figure 1: ReLU reaches 25% training error six times faster '
         '(four-layer CIFAR-10 net)',
-        {'relu': {'model.activation': 'relu'},
-         'tanh': {'model.activation': 'tanh'}}),
+        {
+            'relu': {'model.activation': 'relu'},
+            'tanh': {'model.activation': 'tanh'},
+        },
+    ),
     'lrn': (
         'local response normalisation on vs off',
         'LRN lowers top-1/top-5 error by 1.4/1.2 points (ImageNet); '
         '13% -> 11% test error on CIFAR-10 (four-layer conv-local net)',
-        {'lrn_on': {'model.lrn.enabled': True},
-         'lrn_off': {'model.lrn.enabled': False}}),
+        {
+            'lrn_on': {'model.lrn.enabled': True},
+            'lrn_off': {'model.lrn.enabled': False},
+        },
+    ),
     'pooling': (
         'overlapping 3/2 vs non-overlapping 2/2 max-pooling',
         'overlapping pooling lowers top-1/top-5 error by 0.4/0.3 points',
-        {'overlap_3s2': {'model.pool.window': 3, 'model.pool.stride': 2},
-         'plain_2s2': {'model.pool.window': 2, 'model.pool.stride': 2}}),
+        {
+            'overlap_3s2': {'model.pool.window': 3, 'model.pool.stride': 2},
+            'plain_2s2': {'model.pool.window': 2, 'model.pool.stride': 2},
+        },
+    ),
     'towers': (
         "two towers vs the paper's one-tower control (half the kernels in "
         'conv1-conv4)',
         'two towers lower top-1/top-5 error by 1.7/1.2 points',
         # The paper's control: one tower with half the kernels in
         # conv1-conv4 (model.widths_for halves them when towers=1).
-        {'two_towers': {'model.towers': 2},
-         'one_tower': {'model.towers': 1}}),
+        {'two_towers': {'model.towers': 2}, 'one_tower': {'model.towers': 1}},
+    ),
     'lighting': (
         'PCA colour augmentation on vs off',
         'PCA lighting lowers top-1 error by over 1 point',
-        {'pca_on': {'data.lighting.std': 0.1},
-         'pca_off': {'data.lighting.std': 0.0}}),
+        {
+            'pca_on': {'data.lighting.std': 0.1},
+            'pca_off': {'data.lighting.std': 0.0},
+        },
+    ),
     'dropout': (
         'dropout 0.5 on fc6/fc7 vs none',
         'without dropout the net overfits substantially; dropout roughly '
         'doubles the iterations needed to converge',
-        {'dropout': {'model.dropout': 0.5},
-         'no_dropout': {'model.dropout': 0.0}}),
+        {
+            'dropout': {'model.dropout': 0.5},
+            'no_dropout': {'model.dropout': 0.0},
+        },
+    ),
 }
 
-VARIANTS = {variant: overrides
-            for _, _, pair in ABLATIONS.values()
-            for variant, overrides in pair.items()}
+VARIANTS = {
+    variant: overrides
+    for _, _, pair in ABLATIONS.values()
+    for variant, overrides in pair.items()
+}
 
 
 def apply_overrides(config, overrides):
@@ -90,5 +107,6 @@ def get_config(arg='cifar10/relu'):
   if not sep or base not in BASES or variant not in VARIANTS:
     raise ValueError(
         f'configs/ablations.py:{arg} is not BASE/VARIANT with BASE one of '
-        f'{", ".join(BASES)} and VARIANT one of {", ".join(VARIANTS)}')
+        f'{", ".join(BASES)} and VARIANT one of {", ".join(VARIANTS)}'
+    )
   return apply_overrides(BASES[base](), VARIANTS[variant])

@@ -53,27 +53,27 @@ def get_config():
   m.bias_init = 0.1
 
   d = c.data
-  d.name = 'cifar10'             # or 'folder:$ALEXNET_JAX_DATA/cifar10'
+  d.name = 'cifar10'  # or 'folder:$ALEXNET_JAX_DATA/cifar10'
   d.train_split = 'train[:90%]'  # 45,000 images
-  d.eval_split = 'train[90%:]'   # 5,000 held-out images: the plateau's
-  d.test_split = 'test'          # 10,000, reported after training
+  d.eval_split = 'train[90%:]'  # 5,000 held-out images: the plateau's
+  d.test_split = 'test'  # 10,000, reported after training
   d.image_size = 64
   d.resize_size = 72
   d.mean = CIFAR10_MEAN
   d.std = CIFAR10_STD
-  d.cache = True                 # ~40 MB of JPEGs held in memory
+  d.cache = True  # ~40 MB of JPEGs held in memory
 
   o = c.optim
   o.batch_size = 128
   o.lr = 0.01
   o.schedule = 'plateau'
-  o.plateau.patience = 1         # evaluations are once an epoch
+  o.plateau.patience = 1  # evaluations are once an epoch
   o.plateau.min_delta = 0.002
   o.num_epochs = 20.0
 
   t = c.train
   t.log_every_steps = 50
-  t.eval_every_steps = 351       # one epoch of 45,000 / 128
+  t.eval_every_steps = 351  # one epoch of 45,000 / 128
   t.checkpoint_every_steps = 351
   t.keep_checkpoints = 2
   return c

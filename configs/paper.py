@@ -40,17 +40,27 @@ def get_config():
   c = ml_collections.ConfigDict()
 
   c.model = m = ml_collections.ConfigDict()
-  m.variant = 'paper'          # 'paper' | 'torchvision' | 'cifar4' |
-                               # 'cifar_local' (model.py says what each is)
+  m.variant = 'paper'  # 'paper' | 'torchvision' | 'cifar4' |
+  # 'cifar_local' (model.py says what each is)
   m.num_classes = 1000
-  m.towers = 2                 # 2 = the paper's two GPUs; 1 = its one-GPU
-                               # control (half the kernels in conv1-conv4)
-  m.activation = 'relu'        # 'relu' | 'tanh'
-  m.lrn = ml_collections.ConfigDict(dict(
-      enabled=True, k=2.0, n=5, alpha=1e-4, beta=0.75,
-      alpha_over_n=False,      # False: the paper (alpha on the sum);
-                               # True: Caffe / PyTorch / cuda-convnet2
-      across_towers=False))    # True: Caffe's windows over all channels
+  m.towers = 2  # 2 = the paper's two GPUs; 1 = its one-GPU
+  # control (half the kernels in conv1-conv4)
+  m.activation = 'relu'  # 'relu' | 'tanh'
+  m.lrn = ml_collections.ConfigDict(
+      dict(
+          enabled=True,
+          k=2.0,
+          n=5,
+          alpha=1e-4,
+          beta=0.75,
+          alpha_over_n=False,  # False: the paper (alpha on the sum);
+          # True: Caffe / PyTorch / cuda-convnet2
+          across_towers=False,  # True: Caffe's windows over all channels
+          # 'lrn_pool': normalise, then pool (the paper, bvlc_alexnet);
+          # 'pool_lrn': pool, then normalise (CaffeNet, bvlc_reference_caffenet).
+          order='lrn_pool',
+      )
+  )
   m.pool = ml_collections.ConfigDict(dict(window=3, stride=2))
   m.dropout = 0.5
   # 'paper': pad 0 before and 3 after (Krizhevsky's code rounds conv1's
@@ -58,11 +68,11 @@ def get_config():
   # All three give 55x55 (see model.CONV1_PADDING).
   m.conv1_padding = 'paper'
   m.weight_init_std = 0.01
-  m.bias_init = 1.0            # conv2, conv4, conv5, fc6, fc7 (Caffe: 0.1)
-  m.width_scale = 1.0          # < 1 for tiny test and CPU models
-  m.dtype = 'float32'          # compute dtype: 'float32' | 'bfloat16'
-                               # (bfloat16 on TPUs and recent GPUs; the
-                               # parameters and optimiser stay float32)
+  m.bias_init = 1.0  # conv2, conv4, conv5, fc6, fc7 (Caffe: 0.1)
+  m.width_scale = 1.0  # < 1 for tiny test and CPU models
+  m.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'
+  # (bfloat16 on TPUs and recent GPUs; the
+  # parameters and optimiser stay float32)
   # Float32 matmul/convolution precision: 'default' (the platform's: TF32
   # on A100/H100, bf16 passes on TPU) | 'high' | 'highest' (true float32).
   # evaluate/predict run at 'highest' unless --precision says otherwise.
@@ -73,38 +83,42 @@ def get_config():
 
   c.data = d = ml_collections.ConfigDict()
   d.name = 'imagenet2012:5.*.*'  # TFDS name | 'folder:/path' | 'fake'
-  d.data_dir = ''              # TFDS data_dir ('' = TFDS default)
-  d.manual_dir = ''            # where the ImageNet archives are ('' = TFDS's)
+  d.data_dir = ''  # TFDS data_dir ('' = TFDS default)
+  d.manual_dir = ''  # where the ImageNet archives are ('' = TFDS's)
   d.train_split = 'train'
   d.eval_split = 'validation'
-  d.test_split = ''            # optional split reported after training
-  d.image_size = 224           # 224 (paper, torchvision) or 227 (Caffe)
+  d.test_split = ''  # optional split reported after training
+  d.image_size = 224  # 224 (paper, torchvision) or 227 (Caffe)
   d.resize_size = 256
-  d.train_crop = 'paper'       # 'paper' | 'inception' (torchvision's recipe)
+  d.train_crop = 'paper'  # 'paper' | 'inception' (torchvision's recipe)
   # 'area' (box filter when shrinking; fast, alias-free) | 'antialias'
   # (PIL/torchvision's triangle filter; slower) | 'bilinear' (Caffe's).
   d.resize_method = 'area'
   d.flip = True
-  d.lighting = ml_collections.ConfigDict(dict(
-      std=0.1,                 # 0 turns PCA colour augmentation off
-      scale='lambda',          # 'lambda' (paper) | 'sqrt_lambda' (cuda-convnet)
-      eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC))
+  d.lighting = ml_collections.ConfigDict(
+      dict(
+          std=0.1,  # 0 turns PCA colour augmentation off
+          scale='lambda',  # 'lambda' (paper) | 'sqrt_lambda' (cuda-convnet)
+          eigval=IMAGENET_EIGVAL,
+          eigvec=IMAGENET_EIGVEC,
+      )
+  )
   # Mean subtraction: per-channel mean/std on [0, 1] pixels, or 'image' to
   # subtract the per-pixel mean image in `mean_image` (the paper).
   d.normalization = 'channel'  # 'channel' | 'image'
   d.mean = (0.485, 0.456, 0.406)
-  d.std = (1.0, 1.0, 1.0)      # the paper subtracts the mean only
-  d.mean_image = ''            # .npy file from `python -m alexnet_jax.data_stats`
-  d.eval_crops = 1             # 1 (centre) | 10 (the paper's test procedure)
+  d.std = (1.0, 1.0, 1.0)  # the paper subtracts the mean only
+  d.mean_image = ''  # .npy file from `python -m alexnet_jax.data_stats`
+  d.eval_crops = 1  # 1 (centre) | 10 (the paper's test procedure)
   d.shuffle_buffer = 16384
-  d.cache = False              # True: hold the encoded images in memory
+  d.cache = False  # True: hold the encoded images in memory
   d.prefetch = 2
-  d.threads = 0                # tf.data threads per process; 0 = all cores
+  d.threads = 0  # tf.data threads per process; 0 = all cores
 
   c.parallel = p = ml_collections.ConfigDict()
   p.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
-  p.data_parallel = 'jit'      # 'jit' (NamedSharding) | 'pmap' (classic path)
-  p.cpu_devices = 0            # N > 0: simulate N CPU devices
+  p.data_parallel = 'jit'  # 'jit' (NamedSharding) | 'pmap' (classic path)
+  p.cpu_devices = 0  # N > 0: simulate N CPU devices
   # Multi-host: process 0's HOST:PORT, or 'auto' (JAX detects Cloud TPU pod
   # slices, SLURM, Open MPI); '' = single process unless the environment
   # sets JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID).
@@ -113,30 +127,31 @@ def get_config():
   p.process_id = 0
 
   c.optim = o = ml_collections.ConfigDict()
-  o.batch_size = 128           # global
+  o.batch_size = 128  # global
   o.lr = 0.01
   o.momentum = 0.9
   o.weight_decay = 5e-4
-  o.decay_biases = True        # the paper decays every weight; Caffe: False
-  o.bias_lr_mult = 1.0         # Caffe: 2.0
-  o.schedule = 'plateau'       # 'plateau' | 'step' | 'cosine' | 'constant'
+  o.decay_biases = True  # the paper decays every weight; Caffe: False
+  o.bias_lr_mult = 1.0  # Caffe: 2.0
+  o.schedule = 'plateau'  # 'plateau' | 'step' | 'cosine' | 'constant'
   # 'plateau': lr x factor when the validation top-1 error has not improved
   # by min_delta for more than `patience` evaluations in a row (PyTorch's
   # ReduceLROnPlateau counting), at most max_drops times (the paper: 3).
-  o.plateau = ml_collections.ConfigDict(dict(
-      factor=0.1, patience=2, max_drops=3, min_delta=1e-3))
+  o.plateau = ml_collections.ConfigDict(
+      dict(factor=0.1, patience=2, max_drops=3, min_delta=1e-3)
+  )
   o.step_epochs = (30, 60, 80)  # 'step': drop by 10 at these epochs
-  o.warmup_epochs = 0.0         # 'cosine'
+  o.warmup_epochs = 0.0  # 'cosine'
   o.num_epochs = 90.0
 
   c.train = t = ml_collections.ConfigDict()
   t.seed = 0
-  t.num_train_steps = -1       # -1: from optim.num_epochs
-  t.num_train_examples = -1    # -1: from the dataset (needed for epochs)
+  t.num_train_steps = -1  # -1: from optim.num_epochs
+  t.num_train_examples = -1  # -1: from the dataset (needed for epochs)
   t.log_every_steps = 100
-  t.eval_every_steps = 10000   # also the plateau schedule's period
+  t.eval_every_steps = 10000  # also the plateau schedule's period
   t.checkpoint_every_steps = 5000
   t.keep_checkpoints = 3
-  t.max_eval_batches = -1      # -1: the whole eval split
+  t.max_eval_batches = -1  # -1: the whole eval split
   t.profile = False
   return c

@@ -36,27 +36,27 @@ def get_config():
   c = paper.get_config()
   c.model.num_classes = 10
   c.model.width_scale = 0.25
-  c.model.bias_init = 0.1      # bias 1 stalls small nets (docs/faithfulness.md)
+  c.model.bias_init = 0.1  # bias 1 stalls small nets (docs/faithfulness.md)
   # std 0.01 starves a quarter-width net of signal (its fan-ins are 4x
   # smaller): with it the loss sat at ln(10) for 6 epochs; 0.05 learns.
   c.model.weight_init_std = 0.05
 
   d = c.data
   d.name = 'folder:' + sample_root()
-  d.train_split = 'train'      # 1,700 images, 170 per class
-  d.eval_split = 'test'        # 340 images; a smoke run has no holdout
+  d.train_split = 'train'  # 1,700 images, 170 per class
+  d.eval_split = 'test'  # 340 images; a smoke run has no holdout
   d.image_size = 64
-  d.resize_size = 72           # 32x32 sources upscaled, random 64x64 crops
+  d.resize_size = 72  # 32x32 sources upscaled, random 64x64 crops
   d.mean = (0.49, 0.48, 0.45)  # CIFAR-10's channel means
   d.std = (0.25, 0.24, 0.26)
-  d.lighting.std = 0.0         # ImageNet's PCA does not fit CIFAR-10
+  d.lighting.std = 0.0  # ImageNet's PCA does not fit CIFAR-10
   d.shuffle_buffer = 2048
   d.cache = True
 
   c.optim.batch_size = 32
   c.optim.lr = 0.01
   c.optim.schedule = 'constant'
-  c.optim.num_epochs = 6.0     # about 320 steps
+  c.optim.num_epochs = 6.0  # about 320 steps
 
   t = c.train
   t.log_every_steps = 20

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from experiments import runner  # noqa: E402
 from experiments import sweeps as sweeps_lib  # noqa: E402
 
-METRICS_FILE = 'metrics.jsonl'   # alexnet_jax.core.metrics.JSONL_FILE
+METRICS_FILE = 'metrics.jsonl'  # alexnet_jax.core.metrics.JSONL_FILE
 RESULTS_ROOT = sweeps_lib.REPO / 'experiments' / 'results'
 PROVENANCE_FILE = 'provenance.json'
 LOGS_DIR = 'logs'
@@ -92,8 +92,9 @@ def read_log(path) -> list[dict]:
 
 def series(rows, key, x='epoch'):
   """(xs, ys) of `key` over rows that have it; x is 'epoch' or 'step'."""
-  pts = [(r[x], r[key]) for r in rows
-         if key in r and x in r and r[key] is not None]
+  pts = [
+      (r[x], r[key]) for r in rows if key in r and x in r and r[key] is not None
+  ]
   return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -127,7 +128,7 @@ def per_epoch_mean(xs, ys):
   for x, y in sorted(zip(xs, ys)):
     if x <= prev:
       continue
-    e = max(1, -int(-((prev + x) / 2) // 1))   # ceil of the middle
+    e = max(1, -int(-((prev + x) / 2) // 1))  # ceil of the middle
     acc = sums.setdefault(e, [0.0, 0.0])
     acc[0] += y * (x - prev)
     acc[1] += x - prev
@@ -156,16 +157,18 @@ def summarise(variant: str, rows: list[dict], record: dict) -> dict:
       variant=variant,
       status=record.get('status', 'unknown'),
       steps=rows[-1]['step'] if rows else 0,
-      epochs=round(rows[-1]['epoch'], 2) if rows and 'epoch' in rows[-1]
+      epochs=round(rows[-1]['epoch'], 2)
+      if rows and 'epoch' in rows[-1]
       else None,
       train_top1_error_last_epoch=train_last_epoch,
       val_top1_error_final=last(VAL_ERROR),
       val_top1_error_best=min(vals) if vals else None,
       test_top1_error=last(TEST_ERROR),
       seconds=record.get('seconds'),
-      overrides=' '.join(f'{k}={runner.format_value(v)}'
-                         for k, v in sorted(record.get('overrides',
-                                                       {}).items())),
+      overrides=' '.join(
+          f'{k}={runner.format_value(v)}'
+          for k, v in sorted(record.get('overrides', {}).items())
+      ),
   )
 
 
@@ -174,14 +177,21 @@ def run_record(run: runner.Run, rows: list[dict]) -> dict:
   file and the config.json its trainer saved)."""
   status = runner.read_status(run) or {}
   return dict(
-      status=('finished' if status.get('completed') else
-              'failed' if status.get('returncode') not in (None, 0) else
-              'unfinished' if rows or status else 'not started'),
+      status=(
+          'finished'
+          if status.get('completed')
+          else 'failed'
+          if status.get('returncode') not in (None, 0)
+          else 'unfinished'
+          if rows or status
+          else 'not started'
+      ),
       seconds=status.get('seconds'),
       overrides=json.loads(json.dumps(run.overrides)),
       config=run.config,
       eval_split=_eval_split(run),
-      trained_with=status.get('git_commit') or 'not recorded')
+      trained_with=status.get('git_commit') or 'not recorded',
+  )
 
 
 def machine() -> str:
@@ -206,8 +216,10 @@ def provenance(argv, trained_with=()) -> dict:
       command='python -m ' + ' '.join(argv),
       machine=machine(),
       date=datetime.datetime.now().astimezone().isoformat(timespec='minutes'),
-      git_commit=runner.git_commit(), trained_with=sorted(set(trained_with)),
-      python=sys.version.split()[0])
+      git_commit=runner.git_commit(),
+      trained_with=sorted(set(trained_with)),
+      python=sys.version.split()[0],
+  )
 
 
 def _fmt(v):
@@ -244,8 +256,9 @@ def export(runs: list[runner.Run], out, *, argv) -> dict:
       records[run.variant] = old[run.variant]
     else:
       records[run.variant] = run_record(run, [])
-  prov = provenance(argv, [r.get('trained_with') or 'not recorded'
-                           for r in records.values()])
+  prov = provenance(
+      argv, [r.get('trained_with') or 'not recorded' for r in records.values()]
+  )
   prov['runs'] = records
   (out / PROVENANCE_FILE).write_text(json.dumps(prov, indent=1) + '\n')
   return prov
@@ -257,8 +270,10 @@ def load(out) -> tuple[dict, dict[str, list[dict]]]:
   out = pathlib.Path(out)
   path = out / PROVENANCE_FILE
   if not path.is_file():
-    raise FileNotFoundError(f'{path} does not exist: {out} is not a results '
-                            'directory (collect a sweep first)')
+    raise FileNotFoundError(
+        f'{path} does not exist: {out} is not a results '
+        'directory (collect a sweep first)'
+    )
   prov = json.loads(path.read_text())
   curves = {}
   for variant in prov.get('runs', {}):
@@ -272,23 +287,32 @@ def render(sweep: sweeps_lib.Sweep, dataset: str, out) -> list[dict]:
   provenance; returns the summaries."""
   out = pathlib.Path(out)
   prov, curves = load(out)
-  summaries = [summarise(v, rows, prov['runs'][v])
-               for v, rows in curves.items()]
+  summaries = [
+      summarise(v, rows, prov['runs'][v]) for v, rows in curves.items()
+  ]
   fields = list(summaries[0]) if summaries else ['variant']
   with open(out / 'summary.csv', 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=fields)
     w.writeheader()
     w.writerows(summaries)
-  splits = sorted({r.get('eval_split') for r in prov['runs'].values()}
-                  - {None})
+  splits = sorted({r.get('eval_split') for r in prov['runs'].values()} - {None})
   _write_table(out / 'table.md', sweep, dataset, summaries, prov, splits)
-  plot_curves(curves, out / 'curves.png',
-              title=f'{sweep.name} on {dataset}: {sweep.question}')
+  plot_curves(
+      curves,
+      out / 'curves.png',
+      title=f'{sweep.name} on {dataset}: {sweep.question}',
+  )
   return summaries
 
 
-def collect(sweep: sweeps_lib.Sweep, dataset: str, runs: list[runner.Run],
-            *, out_dir=None, argv=None) -> pathlib.Path:
+def collect(
+    sweep: sweeps_lib.Sweep,
+    dataset: str,
+    runs: list[runner.Run],
+    *,
+    out_dir=None,
+    argv=None,
+) -> pathlib.Path:
   """Exports the runs' logs to results/<sweep>-<dataset>/ (or out_dir) and
   renders summary.csv, table.md and curves.png from them. Returns the
   directory."""
@@ -302,30 +326,50 @@ def _eval_split(run):
   """data.eval_split of a run, from the config.json its trainer saved."""
   try:
     return json.loads((run.workdir / 'config.json').read_text())['data'][
-        'eval_split']
+        'eval_split'
+    ]
   except (OSError, ValueError, KeyError):
     return None
 
 
 def _write_table(path, sweep, dataset, summaries, prov, splits=()):
-  cols = ['variant', 'status', 'epochs', 'train_top1_error_last_epoch',
-          'val_top1_error_final', 'val_top1_error_best', 'test_top1_error',
-          'seconds']
-  lines = [f'# Sweep `{sweep.name}` on {dataset}', '',
-           f'{sweep.question}. The paper: {sweep.paper}.', '',
-           '| ' + ' | '.join(cols) + ' |',
-           '|' + '---|' * len(cols)]
+  cols = [
+      'variant',
+      'status',
+      'epochs',
+      'train_top1_error_last_epoch',
+      'val_top1_error_final',
+      'val_top1_error_best',
+      'test_top1_error',
+      'seconds',
+  ]
+  lines = [
+      f'# Sweep `{sweep.name}` on {dataset}',
+      '',
+      f'{sweep.question}. The paper: {sweep.paper}.',
+      '',
+      '| ' + ' | '.join(cols) + ' |',
+      '|' + '---|' * len(cols),
+  ]
   for s in summaries:
     lines.append('| ' + ' | '.join(_fmt(s[c]) for c in cols) + ' |')
   if splits:
-    lines += ['', "The `val_*` columns are the config's eval split: "
-              + ', '.join(f'`{s}`' for s in splits) + '.']
+    lines += [
+        '',
+        "The `val_*` columns are the config's eval split: "
+        + ', '.join(f'`{s}`' for s in splits)
+        + '.',
+    ]
   lines += ['', 'Overrides of each variant:', '']
   lines += [f'- `{s["variant"]}`: `{s["overrides"]}`' for s in summaries]
-  lines += ['', f'Command: `{prov["command"]}`  ',
-            f'Machine: {prov["machine"]}  ',
-            f'Date: {prov["date"]}, git {prov["git_commit"]} (trained with '
-            f'{", ".join(prov["trained_with"])})', '']
+  lines += [
+      '',
+      f'Command: `{prov["command"]}`  ',
+      f'Machine: {prov["machine"]}  ',
+      f'Date: {prov["date"]}, git {prov["git_commit"]} (trained with '
+      f'{", ".join(prov["trained_with"])})',
+      '',
+  ]
   path.write_text('\n'.join(lines))
 
 
@@ -337,8 +381,12 @@ def plot_curves(curves: dict[str, list[dict]], path, *, title=''):
     for ax, key in zip(axes, (TRAIN_ERROR, VAL_ERROR)):
       xs, ys = series(rows, key, x)
       if xs:
-        ax.plot(xs, [100 * y for y in ys], label=variant,
-                marker='.' if key == VAL_ERROR else None)
+        ax.plot(
+            xs,
+            [100 * y for y in ys],
+            label=variant,
+            marker='.' if key == VAL_ERROR else None,
+        )
       ax.set_xlabel(x + 's')
   for ax, name in zip(axes, ('training', 'eval split')):
     ax.set_ylabel(f'{name} top-1 error (%)')

@@ -47,7 +47,7 @@ from experiments import runner  # noqa: E402
 from experiments import sweep as sweep_cli  # noqa: E402
 from experiments import sweeps as sweeps_lib  # noqa: E402
 
-TARGET = 0.25            # the paper's 25% training error
+TARGET = 0.25  # the paper's 25% training error
 OUT = collect.RESULTS_ROOT / 'figure1'
 SEARCH_DIR = 'lr_search'  # the learning-rate search's results, under OUT
 ACTIVATIONS = ('relu', 'tanh')
@@ -76,8 +76,10 @@ def choose_lrs(search_dir) -> dict:
       means = collect.per_epoch_mean(xs, ys)
       scores[float(record['overrides']['optim.lr'])] = means[max(means)]
     if not scores:
-      raise RuntimeError(f'no finished learning-rate search run for {act} '
-                         f'in {search_dir}; run --stage search first')
+      raise RuntimeError(
+          f'no finished learning-rate search run for {act} '
+          f'in {search_dir}; run --stage search first'
+      )
     best = min(scores, key=lambda lr: (scores[lr], lr))
     out[act] = dict(lr=best, train_error_last_epoch=scores)
   return out
@@ -87,13 +89,21 @@ def seed_from_search(run: runner.Run, search_runs: list[runner.Run]):
   """Starts `run` from its finished search run (same config, shorter)."""
   if run.workdir.exists():
     return
-  same = [r for r in search_runs if runner.is_finished(r) and all(
-      r.overrides.get(k) == v for k, v in run.overrides.items()
-      if k != 'optim.num_epochs')]
+  same = [
+      r
+      for r in search_runs
+      if runner.is_finished(r)
+      and all(
+          r.overrides.get(k) == v
+          for k, v in run.overrides.items()
+          if k != 'optim.num_epochs'
+      )
+  ]
   if not same:
     return
-  ignore = shutil.ignore_patterns(runner.STATUS_FILE, runner.LOG_FILE,
-                                  runner.RESULTS_FILE)
+  ignore = shutil.ignore_patterns(
+      runner.STATUS_FILE, runner.LOG_FILE, runner.RESULTS_FILE
+  )
   shutil.copytree(same[0].workdir, run.workdir, ignore=ignore)
   print(f'[figure1] {run.name} continues {same[0].name}')
 
@@ -125,16 +135,22 @@ def plot(curves: dict, path, lrs: dict):
     if act not in curves:
       continue
     means = curves[act]['epoch_means']
-    ax.plot(list(means), [100 * v for v in means.values()], style,
-            color='k', label=f'{act} (lr {lrs[act]["lr"]:g})')
+    ax.plot(
+        list(means),
+        [100 * v for v in means.values()],
+        style,
+        color='k',
+        label=f'{act} (lr {lrs[act]["lr"]:g})',
+    )
   ax.axhline(100 * TARGET, color='grey', lw=0.8)
   ax.set_xlabel('epochs')
   ax.set_ylabel('training error rate (%)')
   ax.set_ylim(0, 80)
   ax.grid(alpha=0.3)
   ax.legend()
-  ax.set_title('Four-layer CNN on CIFAR-10 (JPEG copy): ReLU vs tanh',
-               fontsize=10)
+  ax.set_title(
+      'Four-layer CNN on CIFAR-10 (JPEG copy): ReLU vs tanh', fontsize=10
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -153,7 +169,8 @@ def report(out=OUT) -> dict:
     if xs:
       curves[variant] = crossing(xs, ys)
       curves[variant]['finished'] = (
-          prov['runs'][variant].get('status') == 'finished')
+          prov['runs'][variant].get('status') == 'finished'
+      )
       curves[variant]['epochs_run'] = max(xs)
   plot(curves, out / 'figure1.png', lrs)
   relu, tanh = curves.get('relu'), curves.get('tanh')
@@ -161,69 +178,110 @@ def report(out=OUT) -> dict:
   if relu and tanh and relu['interpolated'] and tanh['interpolated']:
     ratio = tanh['interpolated'] / relu['interpolated']
   run_prov = {k: v for k, v in prov.items() if k != 'runs'}
-  summary = dict(target_train_error=TARGET, learning_rates=lrs,
-                 ratio_tanh_over_relu=ratio, provenance=run_prov,
-                 runs={k: {kk: vv for kk, vv in v.items()}
-                       for k, v in curves.items()})
+  summary = dict(
+      target_train_error=TARGET,
+      learning_rates=lrs,
+      ratio_tanh_over_relu=ratio,
+      provenance=run_prov,
+      runs={k: {kk: vv for kk, vv in v.items()} for k, v in curves.items()},
+  )
   (out / 'summary.json').write_text(json.dumps(summary, indent=1) + '\n')
   (out / 'figure1.md').write_text(_markdown(curves, lrs, ratio, run_prov))
   return summary
 
 
 def _markdown(curves, lrs, ratio, prov):
-  lines = ['# Figure 1: ReLU vs tanh, four-layer CNN, CIFAR-10 (JPEG copy)',
-           '', '| activation | lr (searched) | epochs run | epochs to 25% '
-           '(whole) | epochs to 25% (interpolated) | last-epoch train error |',
-           '|---|---|---|---|---|---|']
+  lines = [
+      '# Figure 1: ReLU vs tanh, four-layer CNN, CIFAR-10 (JPEG copy)',
+      '',
+      '| activation | lr (searched) | epochs run | epochs to 25% '
+      '(whole) | epochs to 25% (interpolated) | last-epoch train error |',
+      '|---|---|---|---|---|---|',
+  ]
   for act in ACTIVATIONS:
     c = curves.get(act)
     if not c:
-      lines.append(f'| {act} | {lrs.get(act, {}).get("lr", "-")} | not run '
-                   '| - | - | - |')
+      lines.append(
+          f'| {act} | {lrs.get(act, {}).get("lr", "-")} | not run '
+          '| - | - | - |'
+      )
       continue
     last = c['epoch_means'][max(c['epoch_means'])]
     state = '' if c['finished'] else ' (unfinished)'
-    reach = lambda v, f: (f'not within {c["epochs_run"]:.0f}' if v is None
-                          else format(v, f))
+    reach = lambda v, f: (
+        f'not within {c["epochs_run"]:.0f}' if v is None else format(v, f)
+    )
     lines.append(
         f'| {act} | {lrs[act]["lr"]:g} | {c["epochs_run"]:.1f}{state} | '
         f'{reach(c["whole"], "d")} | {reach(c["interpolated"], ".2f")} | '
-        f'{100 * last:.2f}% |')
-  lines += ['', 'Ratio of epochs to reach 25% training error, tanh / ReLU: '
-            + (f'**{ratio:.1f}x** (the paper: about 6x).' if ratio else
-               'not available (a run has not reached 25% yet).'), '',
-            'Learning-rate search (training error in the last search epoch):',
-            '']
+        f'{100 * last:.2f}% |'
+    )
+  lines += [
+      '',
+      'Ratio of epochs to reach 25% training error, tanh / ReLU: '
+      + (
+          f'**{ratio:.1f}x** (the paper: about 6x).'
+          if ratio
+          else 'not available (a run has not reached 25% yet).'
+      ),
+      '',
+      'Learning-rate search (training error in the last search epoch):',
+      '',
+  ]
   for act in ACTIVATIONS:
     if act in lrs:
-      scores = ', '.join(f'{lr:g}: {100 * e:.1f}%' for lr, e in sorted(
-          lrs[act]['train_error_last_epoch'].items(), key=lambda t: t[0]))
-      edge = lrs[act]['lr'] in (min(sweeps_lib.FIGURE1_LRS),
-                                max(sweeps_lib.FIGURE1_LRS))
-      lines.append(f'- {act}: {scores}' + (
-          ' (the best rate is at the edge of the grid)' if edge else ''))
-  lines += ['', f'Command: `{prov["command"]}`  ',
-            f'Machine: {prov["machine"]}  ',
-            f'Date: {prov["date"]}, git {prov["git_commit"]} (trained with '
-            f'{", ".join(prov["trained_with"])})', '']
+      scores = ', '.join(
+          f'{lr:g}: {100 * e:.1f}%'
+          for lr, e in sorted(
+              lrs[act]['train_error_last_epoch'].items(), key=lambda t: t[0]
+          )
+      )
+      edge = lrs[act]['lr'] in (
+          min(sweeps_lib.FIGURE1_LRS),
+          max(sweeps_lib.FIGURE1_LRS),
+      )
+      lines.append(
+          f'- {act}: {scores}'
+          + (' (the best rate is at the edge of the grid)' if edge else '')
+      )
+  lines += [
+      '',
+      f'Command: `{prov["command"]}`  ',
+      f'Machine: {prov["machine"]}  ',
+      f'Date: {prov["date"]}, git {prov["git_commit"]} (trained with '
+      f'{", ".join(prov["trained_with"])})',
+      '',
+  ]
   return '\n'.join(lines)
 
 
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
-  p = argparse.ArgumentParser(prog='python -m experiments.figure1',
-                              description=__doc__.split('\n')[0])
-  p.add_argument('--stage', default='all',
-                 choices=('all', 'search', 'train', 'plot'))
+  p = argparse.ArgumentParser(
+      prog='python -m experiments.figure1', description=__doc__.split('\n')[0]
+  )
+  p.add_argument(
+      '--stage', default='all', choices=('all', 'search', 'train', 'plot')
+  )
   p.add_argument('--jobs', type=int, default=1)
-  p.add_argument('--root', default=None,
-                 help='where the workdirs go (default $ALEXNET_JAX_RUNS or '
-                 '~/alexnet_jax_runs)')
-  p.add_argument('--data_root', default=None,
-                 help='the folder holding cifar10/ (default '
-                 '$ALEXNET_JAX_DATA or ~/alexnet_jax_data)')
-  p.add_argument('--set', action='append', metavar='FIELD=VALUE',
-                 help='config override for every run (repeatable)')
+  p.add_argument(
+      '--root',
+      default=None,
+      help='where the workdirs go (default $ALEXNET_JAX_RUNS or '
+      '~/alexnet_jax_runs)',
+  )
+  p.add_argument(
+      '--data_root',
+      default=None,
+      help='the folder holding cifar10/ (default '
+      '$ALEXNET_JAX_DATA or ~/alexnet_jax_data)',
+  )
+  p.add_argument(
+      '--set',
+      action='append',
+      metavar='FIELD=VALUE',
+      help='config override for every run (repeatable)',
+  )
   p.add_argument('--main', default='alexnet_jax.main')
   p.add_argument('--out', default=str(OUT))
   args = p.parse_args(argv)
@@ -238,11 +296,15 @@ def main(argv=None):
     try:
       runner.run_all(search_runs, jobs=args.jobs, main_module=args.main)
     finally:  # also when stopped: the logs so far are results too
-      collect.collect(search, 'cifar10', search_runs,
-                      out_dir=out / SEARCH_DIR, argv=full_argv)
+      collect.collect(
+          search,
+          'cifar10',
+          search_runs,
+          out_dir=out / SEARCH_DIR,
+          argv=full_argv,
+      )
   lrs = choose_lrs(out / SEARCH_DIR)
-  print('[figure1] learning rates:',
-        {a: v['lr'] for a, v in lrs.items()})
+  print('[figure1] learning rates:', {a: v['lr'] for a, v in lrs.items()})
   if args.stage == 'search':
     return 0
   if args.stage in ('all', 'train'):

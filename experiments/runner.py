@@ -8,6 +8,7 @@ the runner: it passes SIGTERM on to the running trainers (which save a
 checkpoint and exit) and waits for them.
 """
 
+from collections.abc import Callable
 import dataclasses
 import datetime
 import json
@@ -17,13 +18,13 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 from alexnet_jax.core import paths
 from experiments import sweeps as sweeps_lib
 
-STATUS_FILE = 'sweep_run.json'   # in each workdir: command, start, finish
-LOG_FILE = 'sweep_run.log'       # the trainer's stdout and stderr
+STATUS_FILE = 'sweep_run.json'  # in each workdir: command, start, finish
+LOG_FILE = 'sweep_run.log'  # the trainer's stdout and stderr
 # What the trainer writes when it has trained and evaluated to the end
 # (alexnet_jax.core.train.RESULTS_FILE): a preempted trainer exits without it.
 RESULTS_FILE = 'results.json'
@@ -37,7 +38,7 @@ class Run:
   sweep: str
   dataset: str
   variant: str
-  config: str                    # config file path, as passed to --config
+  config: str  # config file path, as passed to --config
   overrides: dict[str, Any]
   workdir: pathlib.Path
 
@@ -55,9 +56,14 @@ def format_value(value) -> str:
   return str(value)
 
 
-def plan(sweep: sweeps_lib.Sweep, dataset: str, *, root=None,
-         extra: dict[str, Any] | None = None,
-         only: list[str] | None = None) -> list[Run]:
+def plan(
+    sweep: sweeps_lib.Sweep,
+    dataset: str,
+    *,
+    root=None,
+    extra: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+) -> list[Run]:
   """The runs of `sweep` on `dataset`: its variants, in definition order.
 
   Workdirs go to ROOT/SWEEP/DATASET/VARIANT; ROOT defaults to the runs root
@@ -67,14 +73,18 @@ def plan(sweep: sweeps_lib.Sweep, dataset: str, *, root=None,
   root = paths.runs_root(root)
   all_datasets = sweeps_lib.datasets()
   if dataset not in sweep.datasets:
-    raise ValueError(f'sweep {sweep.name!r} runs on '
-                     f'{", ".join(sweep.datasets)}, not {dataset!r}')
+    raise ValueError(
+        f'sweep {sweep.name!r} runs on '
+        f'{", ".join(sweep.datasets)}, not {dataset!r}'
+    )
   if only:
     unknown = [v for v in only if v not in sweep.variants]
     if unknown:
-      raise ValueError(f'sweep {sweep.name!r} has no variant '
-                       f'{", ".join(unknown)}; variants: '
-                       f'{", ".join(sweep.variants)}')
+      raise ValueError(
+          f'sweep {sweep.name!r} has no variant '
+          f'{", ".join(unknown)}; variants: '
+          f'{", ".join(sweep.variants)}'
+      )
   data = all_datasets[dataset]
   runs = []
   for variant, overrides in sweep.variants.items():
@@ -85,17 +95,30 @@ def plan(sweep: sweeps_lib.Sweep, dataset: str, *, root=None,
     merged.update(overrides)
     merged.update(extra or {})
     # Paths relative to the repository, where the trainer runs.
-    runs.append(Run(sweep.name, dataset, variant,
-                    sweep.config or data.config, merged,
-                    pathlib.Path(root) / sweep.name / dataset / variant))
+    runs.append(
+        Run(
+            sweep.name,
+            dataset,
+            variant,
+            sweep.config or data.config,
+            merged,
+            pathlib.Path(root) / sweep.name / dataset / variant,
+        )
+    )
   return runs
 
 
 def command(run: Run, main_module: str = 'alexnet_jax.main') -> list[str]:
-  return ([sys.executable, '-m', main_module, f'--config={run.config}',
-           f'--workdir={run.workdir}'] +
-          [f'--config.{k}={format_value(v)}'
-           for k, v in sorted(run.overrides.items())])
+  return [
+      sys.executable,
+      '-m',
+      main_module,
+      f'--config={run.config}',
+      f'--workdir={run.workdir}',
+  ] + [
+      f'--config.{k}={format_value(v)}'
+      for k, v in sorted(run.overrides.items())
+  ]
 
 
 def read_status(run: Run) -> dict | None:
@@ -120,8 +143,12 @@ def _completed(run: Run, returncode: int, started: float, stopped: bool):
   run that finished exits 0 with a fresh results file.
   """
   results = run.workdir / RESULTS_FILE
-  return (returncode == 0 and not stopped and results.is_file()
-          and results.stat().st_mtime >= started - 1)
+  return (
+      returncode == 0
+      and not stopped
+      and results.is_file()
+      and results.stat().st_mtime >= started - 1
+  )
 
 
 def _write_status(run: Run, status: dict):
@@ -137,17 +164,20 @@ def _check_same_run(run: Run):
     raise RuntimeError(
         f'{run.workdir} was made by a run with other overrides '
         f'({status.get("overrides")}), not {run.overrides}. Delete that '
-        'workdir to start afresh, or use another --root.')
+        'workdir to start afresh, or use another --root.'
+    )
 
 
 def git_commit(repo=sweeps_lib.REPO) -> str:
   """The code's commit (short hash, '+dirty' with uncommitted changes)."""
   try:
-    run = lambda *a: subprocess.run(['git', *a], cwd=repo, text=True,
-                                    capture_output=True, check=True).stdout
+    run = lambda *a: subprocess.run(
+        ['git', *a], cwd=repo, text=True, capture_output=True, check=True
+    ).stdout
     dirty = run('status', '--porcelain', '--untracked-files=no').strip()
     return run('rev-parse', '--short', 'HEAD').strip() + (
-        '+dirty' if dirty else '')
+        '+dirty' if dirty else ''
+    )
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'
 
@@ -157,15 +187,18 @@ def _jsonable(d):
 
 
 def _now():
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(
-      timespec='seconds')
+  return datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')
 
 
-def run_all(runs: list[Run], *, jobs: int = 1,
-            main_module: str = 'alexnet_jax.main',
-            env: dict[str, str] | None = None,
-            log: Callable[[str], None] = print,
-            poll_seconds: float = 1.0) -> dict[str, int]:
+def run_all(
+    runs: list[Run],
+    *,
+    jobs: int = 1,
+    main_module: str = 'alexnet_jax.main',
+    env: dict[str, str] | None = None,
+    log: Callable[[str], None] = print,
+    poll_seconds: float = 1.0,
+) -> dict[str, int]:
   """Runs every unfinished run, `jobs` at a time; returns name -> returncode.
 
   Finished runs are skipped (returncode 0 reported); a run that exited
@@ -189,8 +222,10 @@ def run_all(runs: list[Run], *, jobs: int = 1,
   def stop(signum, frame):
     del frame
     stopping.append(signum)
-    log(f'[sweep] signal {signum}: stopping {len(active)} running trainer(s) '
-        '(SIGTERM: each saves a checkpoint); start the sweep again to resume')
+    log(
+        f'[sweep] signal {signum}: stopping {len(active)} running trainer(s) '
+        '(SIGTERM: each saves a checkpoint); start the sweep again to resume'
+    )
     for _, proc, _, _ in active.values():
       if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -212,8 +247,12 @@ def run_all(runs: list[Run], *, jobs: int = 1,
         completed = _completed(run, rc, status['_t0'], bool(stopping))
         stopped = rc in STOPPED_RETURNCODES and not completed
         results[name] = None if stopped else rc
-        status.update(finished=_now(), returncode=rc, completed=completed,
-                      seconds=round(time.time() - status['_t0'], 1))
+        status.update(
+            finished=_now(),
+            returncode=rc,
+            completed=completed,
+            seconds=round(time.time() - status['_t0'], 1),
+        )
         status.pop('_t0')
         _write_status(run, status)
         if completed:
@@ -227,8 +266,9 @@ def run_all(runs: list[Run], *, jobs: int = 1,
     for s, handler in old.items():
       signal.signal(s, handler)
   if stopping:
-    raise KeyboardInterrupt('sweep stopped by a signal; run it again to '
-                            'resume')
+    raise KeyboardInterrupt(
+        'sweep stopped by a signal; run it again to ' 'resume'
+    )
   return results
 
 
@@ -237,23 +277,39 @@ def _start(run: Run, main_module, env, log):
   cmd = command(run, main_module)
   previous = read_status(run)
   resumed = previous is not None
-  status = dict(sweep=run.sweep, dataset=run.dataset, variant=run.variant,
-                config=run.config, overrides=_jsonable(run.overrides),
-                command=cmd, git_commit=git_commit(), started=_now(),
-                finished=None, returncode=None,
-                attempts=(previous or {}).get('attempts', 0) + 1,
-                _t0=time.time())
+  status = dict(
+      sweep=run.sweep,
+      dataset=run.dataset,
+      variant=run.variant,
+      config=run.config,
+      overrides=_jsonable(run.overrides),
+      command=cmd,
+      git_commit=git_commit(),
+      started=_now(),
+      finished=None,
+      returncode=None,
+      attempts=(previous or {}).get('attempts', 0) + 1,
+      _t0=time.time(),
+  )
   _write_status(run, {k: v for k, v in status.items() if k != '_t0'})
   logf = open(run.workdir / LOG_FILE, 'a')
-  logf.write(f'\n==== {_now()} attempt {status["attempts"]}: '
-             f'{" ".join(cmd)}\n')
+  logf.write(
+      f'\n==== {_now()} attempt {status["attempts"]}: ' f'{" ".join(cmd)}\n'
+  )
   logf.flush()
   full_env = dict(os.environ, **(env or {}))
   # The trainer gets its own session: a Ctrl-C reaches only this runner,
   # which then stops the trainers with SIGTERM (they checkpoint first).
-  proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
-                          cwd=sweeps_lib.REPO, env=full_env,
-                          start_new_session=True)
-  log(f'[sweep] {run.name}: {"resuming" if resumed else "starting"} '
-      f'(pid {proc.pid}, attempt {status["attempts"]}) in {run.workdir}')
+  proc = subprocess.Popen(
+      cmd,
+      stdout=logf,
+      stderr=subprocess.STDOUT,
+      cwd=sweeps_lib.REPO,
+      env=full_env,
+      start_new_session=True,
+  )
+  log(
+      f'[sweep] {run.name}: {"resuming" if resumed else "starting"} '
+      f'(pid {proc.pid}, attempt {status["attempts"]}) in {run.workdir}'
+  )
   return run, proc, logf, status

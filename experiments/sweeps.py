@@ -15,13 +15,13 @@ from alexnet_jax.configs import ablations as ablations_config
 from alexnet_jax.core import paths
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CIFAR10 = 'cifar10'     # its folder under the data root (docs/data.md)
+CIFAR10 = 'cifar10'  # its folder under the data root (docs/data.md)
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  config: str                  # base config file, relative to the repo
-  overrides: dict[str, Any]    # applied to every run on this dataset
+  config: str  # base config file, relative to the repo
+  overrides: dict[str, Any]  # applied to every run on this dataset
 
 
 def datasets() -> dict[str, Dataset]:
@@ -42,21 +42,23 @@ def datasets() -> dict[str, Dataset]:
 @dataclasses.dataclass(frozen=True)
 class Sweep:
   name: str
-  question: str                          # what the sweep measures
-  paper: str                             # what the paper reports
-  variants: dict[str, dict[str, Any]]    # variant -> overrides
+  question: str  # what the sweep measures
+  paper: str  # what the paper reports
+  variants: dict[str, dict[str, Any]]  # variant -> overrides
   datasets: tuple[str, ...] = ('cifar10', 'imagenet')
   # Extra overrides by dataset (on top of the dataset's own).
   dataset_overrides: dict[str, dict[str, Any]] = dataclasses.field(
-      default_factory=dict)
+      default_factory=dict
+  )
   # A config file of the sweep's own (experiments/configs/), used instead of
   # the dataset's base config and its overrides.
   config: str | None = None
 
 
-_ABLATIONS = [Sweep(name, question, paper, variants)
-              for name, (question, paper, variants)
-              in ablations_config.ABLATIONS.items()]
+_ABLATIONS = [
+    Sweep(name, question, paper, variants)
+    for name, (question, paper, variants) in ablations_config.ABLATIONS.items()
+]
 
 # Figure 1 (experiments/figure1.py): experiments/configs/figure1.py (the
 # four-layer CIFAR-10 net, no regularisation, constant learning rate) with
@@ -72,28 +74,42 @@ FIGURE1_EPOCHS = {'relu': 20.0, 'tanh': 60.0}
 def figure1_search() -> Sweep:
   """The learning-rate search: each activation at each of FIGURE1_LRS."""
   variants = {
-      f'{act}_lr{lr:g}': dict(ablations_config.VARIANTS[act],
-                              **{'optim.lr': lr,
-                                 'optim.num_epochs': FIGURE1_SEARCH_EPOCHS})
-      for act in ('relu', 'tanh') for lr in FIGURE1_LRS}
-  return Sweep('figure1_lr', 'learning-rate search for Figure 1 (training '
-               f'error after {FIGURE1_SEARCH_EPOCHS:g} epochs)',
-               'the paper tuned the learning rate separately for each '
-               'activation to make training as fast as possible',
-               variants, datasets=('cifar10',), config=FIGURE1_CONFIG)
+      f'{act}_lr{lr:g}': dict(
+          ablations_config.VARIANTS[act],
+          **{'optim.lr': lr, 'optim.num_epochs': FIGURE1_SEARCH_EPOCHS},
+      )
+      for act in ('relu', 'tanh')
+      for lr in FIGURE1_LRS
+  }
+  return Sweep(
+      'figure1_lr',
+      'learning-rate search for Figure 1 (training '
+      f'error after {FIGURE1_SEARCH_EPOCHS:g} epochs)',
+      'the paper tuned the learning rate separately for each '
+      'activation to make training as fast as possible',
+      variants,
+      datasets=('cifar10',),
+      config=FIGURE1_CONFIG,
+  )
 
 
 def figure1(lrs: dict[str, float]) -> Sweep:
   """Figure 1's two runs at the learning rates the search chose."""
   variants = {
-      act: dict(ablations_config.VARIANTS[act],
-                **{'optim.lr': lrs[act],
-                   'optim.num_epochs': FIGURE1_EPOCHS[act]})
-      for act in ('relu', 'tanh')}
-  return Sweep('figure1', 'ReLU vs tanh, four-layer CIFAR-10 net, training '
-               'error vs epochs', 'ReLU reaches 25% training error six times '
-               'faster than tanh', variants, datasets=('cifar10',),
-               config=FIGURE1_CONFIG)
+      act: dict(
+          ablations_config.VARIANTS[act],
+          **{'optim.lr': lrs[act], 'optim.num_epochs': FIGURE1_EPOCHS[act]},
+      )
+      for act in ('relu', 'tanh')
+  }
+  return Sweep(
+      'figure1',
+      'ReLU vs tanh, four-layer CIFAR-10 net, training ' 'error vs epochs',
+      'ReLU reaches 25% training error six times ' 'faster than tanh',
+      variants,
+      datasets=('cifar10',),
+      config=FIGURE1_CONFIG,
+  )
 
 
 # LRN on CIFAR-10 (the paper: 13% -> 11% test error): cuda-convnet's
@@ -101,11 +117,14 @@ def figure1(lrs: dict[str, float]) -> Sweep:
 # experiments/configs/lrn_cifar.py.
 def lrn_cifar() -> Sweep:
   return Sweep(
-      'lrn_cifar', "cross-map LRN on vs off in cuda-convnet's conv-local "
-      'CIFAR-10 net', '13% test error without LRN, 11% with (about 450 '
+      'lrn_cifar',
+      "cross-map LRN on vs off in cuda-convnet's conv-local " 'CIFAR-10 net',
+      '13% test error without LRN, 11% with (about 450 '
       'epochs, 10-view testing)',
       {v: ablations_config.VARIANTS[v] for v in ('lrn_on', 'lrn_off')},
-      datasets=('cifar10',), config='experiments/configs/lrn_cifar.py')
+      datasets=('cifar10',),
+      config='experiments/configs/lrn_cifar.py',
+  )
 
 
 def ablations() -> Sweep:
@@ -118,12 +137,17 @@ def ablations() -> Sweep:
   variants = {'paper': {}}
   papers = []
   for s in _ABLATIONS:
-    (name, change), = list(s.variants.items())[1:]
+    ((name, change),) = list(s.variants.items())[1:]
     variants[name] = change
     papers.append(f'{s.name}: {s.paper}')
-  return Sweep('ablations', 'the paper\'s network against six single '
-               'changes (tanh, no LRN, 2/2 pooling, one tower, no PCA '
-               'lighting, no dropout)', '; '.join(papers), variants)
+  return Sweep(
+      'ablations',
+      "the paper's network against six single "
+      'changes (tanh, no LRN, 2/2 pooling, one tower, no PCA '
+      'lighting, no dropout)',
+      '; '.join(papers),
+      variants,
+  )
 
 
 SWEEPS = {s.name: s for s in _ABLATIONS}

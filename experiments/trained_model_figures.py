@@ -44,8 +44,11 @@ EXTENSIONS = ('.jpg', '.jpeg', '.png')
 
 def gallery_files(folder, count):
   """`count` image files evenly spaced over the sorted files of `folder`."""
-  files = sorted(p for p in pathlib.Path(folder).rglob('*')
-                 if p.suffix.lower() in EXTENSIONS)
+  files = sorted(
+      p
+      for p in pathlib.Path(folder).rglob('*')
+      if p.suffix.lower() in EXTENSIONS
+  )
   if not files:
     raise SystemExit(f'--gallery={folder}: no {EXTENSIONS} images there')
   if count < len(files):
@@ -56,12 +59,14 @@ def gallery_files(folder, count):
 def figure3(variables, channel_order, path):
   kernels = visualize.conv1_kernels(variables)
   spec = visualize.tower_colour_specificity(variables)
-  fig, axes = plt.subplots(1, len(kernels), squeeze=False,
-                           figsize=(5 * len(kernels), 4))
+  fig, axes = plt.subplots(
+      1, len(kernels), squeeze=False, figsize=(5 * len(kernels), 4)
+  )
   for t, (ax, k) in enumerate(zip(axes[0], kernels)):
-    ax.imshow(visualize.kernel_mosaic(k, columns=8,
-                                      channel_order=channel_order),
-              interpolation='nearest')
+    ax.imshow(
+        visualize.kernel_mosaic(k, columns=8, channel_order=channel_order),
+        interpolation='nearest',
+    )
     ax.set_title(f'tower {t}: {len(k)} kernels, colour share {spec[t]:.2f}')
     ax.axis('off')
   fig.tight_layout()
@@ -72,8 +77,9 @@ def figure3(variables, channel_order, path):
 
 def figure4(files, idx, queries, path):
   rows, cols = len(queries), idx.shape[1]
-  fig, axes = plt.subplots(rows, cols, squeeze=False,
-                           figsize=(1.3 * cols, 1.45 * rows))
+  fig, axes = plt.subplots(
+      rows, cols, squeeze=False, figsize=(1.3 * cols, 1.45 * rows)
+  )
   for row, q, near in zip(axes, queries, idx):
     for col, (ax, g) in enumerate(zip(row, [q] + list(near[near != q]))):
       ax.imshow(Image.open(files[g]).convert('RGB'), interpolation='nearest')
@@ -89,14 +95,22 @@ def figure4(files, idx, queries, path):
 
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
-  p = argparse.ArgumentParser(prog='python -m experiments.trained_model_figures',
-                              description=__doc__.split('\n')[0])
+  p = argparse.ArgumentParser(
+      prog='python -m experiments.trained_model_figures',
+      description=__doc__.split('\n')[0],
+  )
   p.add_argument('--checkpoint', required=True)
-  p.add_argument('--gallery', default=None,
-                 help='image folder (default $ALEXNET_JAX_DATA/cifar10/test)')
-  p.add_argument('--data_root', default=None,
-                 help='the folder holding the datasets (default '
-                 '$ALEXNET_JAX_DATA or ~/alexnet_jax_data)')
+  p.add_argument(
+      '--gallery',
+      default=None,
+      help='image folder (default $ALEXNET_JAX_DATA/cifar10/test)',
+  )
+  p.add_argument(
+      '--data_root',
+      default=None,
+      help='the folder holding the datasets (default '
+      '$ALEXNET_JAX_DATA or ~/alexnet_jax_data)',
+  )
   p.add_argument('--gallery_size', type=int, default=2000)
   p.add_argument('--queries', type=int, default=8)
   p.add_argument('--neighbours', type=int, default=6)
@@ -113,57 +127,84 @@ def main(argv=None):
   model, variables, config = checkpoint.load(args.checkpoint)
   meta = checkpoint.load_metadata(args.checkpoint)
   prep = meta['preprocessing']
-  spec, shares = figure3(variables, prep['channel_order'],
-                         out / 'figure3_kernels.png')
+  spec, shares = figure3(
+      variables, prep['channel_order'], out / 'figure3_kernels.png'
+  )
 
   layer = args.layer
   if layer not in features.layer_names(model):
-    raise SystemExit(f'--layer={layer}: {type(model).__name__} has '
-                     f'{", ".join(features.layer_names(model))}')
+    raise SystemExit(
+        f'--layer={layer}: {type(model).__name__} has '
+        f'{", ".join(features.layer_names(model))}'
+    )
   files = gallery_files(gallery, args.gallery_size)
-  feats = features.extract(model, variables,
-                           features.load_images(files, prep), layer=layer)
+  feats = features.extract(
+      model, variables, features.load_images(files, prep), layer=layer
+  )
   queries = [i * len(files) // args.queries for i in range(args.queries)]
-  idx, _ = features.nearest_neighbours(feats[queries], feats,
-                                       k=args.neighbours + 1)
+  idx, _ = features.nearest_neighbours(
+      feats[queries], feats, k=args.neighbours + 1
+  )
   figure4(files, idx, queries, out / 'figure4_neighbours.png')
   # How often a neighbour (other than the query) has the query's folder.
   labels = [f.parent.name for f in files]
-  same = [np.mean([labels[g] == labels[q] for g in near[near != q]])
-          for q, near in zip(queries, idx)]
+  same = [
+      np.mean([labels[g] == labels[q] for g in near[near != q]])
+      for q, near in zip(queries, idx)
+  ]
   classes = sorted(set(labels))
   chance = np.mean([labels.count(c) / len(labels) for c in labels])
 
   prov = collect.provenance(['experiments.trained_model_figures'] + argv)
   result = dict(
-      checkpoint=str(args.checkpoint), model=type(model).__name__,
-      variant=config.model.variant, towers=config.model.towers,
+      checkpoint=str(args.checkpoint),
+      model=type(model).__name__,
+      variant=config.model.variant,
+      towers=config.model.towers,
       tower_colour_share=[float(s) for s in spec],
       kernel_colour_share=[[float(v) for v in t] for t in shares],
-      layer=layer, gallery=gallery_name, gallery_size=len(files),
+      layer=layer,
+      gallery=gallery_name,
+      gallery_size=len(files),
       neighbours_same_class=float(np.mean(same)),
-      same_class_by_chance=float(chance), classes=len(classes),
-      provenance=prov)
+      same_class_by_chance=float(chance),
+      classes=len(classes),
+      provenance=prov,
+  )
   (out / 'figures.json').write_text(json.dumps(result, indent=1) + '\n')
   (out / collect.PROVENANCE_FILE).write_text(json.dumps(prov, indent=1) + '\n')
   lines = [
-      '# Figures 3 and 4 from a trained checkpoint', '',
+      '# Figures 3 and 4 from a trained checkpoint',
+      '',
       f'Checkpoint: `{args.checkpoint}` ({type(model).__name__}, variant '
-      f'{config.model.variant}, {config.model.towers} tower(s)).', '',
-      '## Figure 3: conv1 kernels by tower', '',
-      '![conv1 kernels](figure3_kernels.png)', '',
+      f'{config.model.variant}, {config.model.towers} tower(s)).',
+      '',
+      '## Figure 3: conv1 kernels by tower',
+      '',
+      '![conv1 kernels](figure3_kernels.png)',
+      '',
       'Colour share (0 = grey-level kernel, 1 = pure colour-opponent, random '
-      'kernels ~0.67; mean over each tower\'s kernels):', '']
+      "kernels ~0.67; mean over each tower's kernels):",
+      '',
+  ]
   lines += [f'- tower {t}: {s:.3f}' for t, s in enumerate(spec)]
-  lines += ['', '## Figure 4: nearest neighbours', '',
-            '![neighbours](figure4_neighbours.png)', '',
-            f'{len(queries)} queries, {args.neighbours} neighbours each among '
-            f'{len(files)} images of `{gallery_name}` by Euclidean distance '
-            f'of {layer} activations: {100 * np.mean(same):.0f}% of the '
-            f'neighbours share the query\'s class ({100 * chance:.0f}% by '
-            'chance).', '',
-            f'Command: `{prov["command"]}`  ', f'Machine: {prov["machine"]}  ',
-            f'Date: {prov["date"]}, git {prov["git_commit"]}', '']
+  lines += [
+      '',
+      '## Figure 4: nearest neighbours',
+      '',
+      '![neighbours](figure4_neighbours.png)',
+      '',
+      f'{len(queries)} queries, {args.neighbours} neighbours each among '
+      f'{len(files)} images of `{gallery_name}` by Euclidean distance '
+      f'of {layer} activations: {100 * np.mean(same):.0f}% of the '
+      f"neighbours share the query's class ({100 * chance:.0f}% by "
+      'chance).',
+      '',
+      f'Command: `{prov["command"]}`  ',
+      f'Machine: {prov["machine"]}  ',
+      f'Date: {prov["date"]}, git {prov["git_commit"]}',
+      '',
+  ]
   (out / 'figures.md').write_text('\n'.join(lines))
   print('\n'.join(lines))
   return 0

@@ -35,7 +35,7 @@ import pathlib  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
-DATA_ENV = 'ALEXNET_JAX_DATA'   # alexnet_jax.core.paths.DATA_ENV
+DATA_ENV = 'ALEXNET_JAX_DATA'  # alexnet_jax.core.paths.DATA_ENV
 
 # The one place tests find the shared data: the data root is
 # $ALEXNET_JAX_DATA when set, else ../shared/datasets beside this checkout
@@ -52,10 +52,13 @@ def pytest_collection_modifyitems(config, items):
     return
   reason = None
   if not _accelerator_run(config.option.markexpr):
-    reason = ('needs a GPU or TPU: run `pytest -m accelerator` there '
-              '(experiments/accelerator/run.sh)')
+    reason = (
+        'needs a GPU or TPU: run `pytest -m accelerator` there '
+        '(experiments/accelerator/run.sh)'
+    )
   else:
     import jax  # pylint: disable=g-import-not-at-top
+
     if jax.default_backend() == 'cpu':
       reason = 'no GPU or TPU here (jax.default_backend() is cpu)'
   if reason:
@@ -68,6 +71,8 @@ def shared_datasets():
   """The data root (see above), or skip when there is none."""
   path = pathlib.Path(os.environ.get(DATA_ENV, SHARED / 'datasets'))
   if not path.is_dir():
-    pytest.skip(f'no datasets: set {DATA_ENV} or put ../shared/datasets '
-                'beside this checkout')
+    pytest.skip(
+        f'no datasets: set {DATA_ENV} or put ../shared/datasets '
+        'beside this checkout'
+    )
   return path

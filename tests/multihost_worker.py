@@ -22,7 +22,9 @@ def main(argv):
   npz, out_prefix, address, num, pid = argv[:5]
   num, pid = int(num), int(pid)
   from alexnet_jax.core import parallel
-  from test_parallel import initial_state, make_step, step_config
+  from test_parallel import initial_state
+  from test_parallel import make_step
+  from test_parallel import step_config
 
   base = step_config('single')
   base.parallel.cpu_devices = 2
@@ -30,12 +32,14 @@ def main(argv):
   base.parallel.num_processes = num
   base.parallel.process_id = pid
   # A peer that dies is noticed within seconds, not the default 100.
-  parallel.setup_devices(base, initialization_timeout=60,
-                         heartbeat_timeout_seconds=10)
+  parallel.setup_devices(
+      base, initialization_timeout=60, heartbeat_timeout_seconds=10
+  )
   if '--die' in argv:
-    os._exit(3)   # a crash: no clean jax.distributed shutdown
+    os._exit(3)  # a crash: no clean jax.distributed shutdown
 
   import jax
+
   assert jax.process_count() == num and jax.device_count() == 2 * num
   data = dict(np.load(npz))
   for mode, mesh_model, data_parallel in MODES:
@@ -52,12 +56,15 @@ def main(argv):
     for i in range(int(data['num_batches'])):
       image, label = data[f'image{i}'], data[f'label{i}']
       rows = slice(pid * len(label) // num, (pid + 1) * len(label) // num)
-      state, metrics = step(state, par.shard_batch(
-          dict(image=image[rows], label=label[rows])))
+      state, metrics = step(
+          state, par.shard_batch(dict(image=image[rows], label=label[rows]))
+      )
       float(par.to_host(metrics.loss.total))  # every process can read it
     params = par.to_host(state.params)
-    flat = {'/'.join(k.key for k in path): x for path, x in
-            jax.tree_util.tree_flatten_with_path(params)[0]}
+    flat = {
+        '/'.join(k.key for k in path): x
+        for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
     np.savez(f'{out_prefix}.{mode}.{pid}.npz', **flat)
 
 

@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from alexnet_jax import benchmark
-from alexnet_jax.benchmarks import harness
 from alexnet_jax.benchmarks import accelerator
+from alexnet_jax.benchmarks import harness
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -112,8 +112,7 @@ def test_sequential_compare_runs_one_worker_at_a_time(monkeypatch):
 
   monkeypatch.setattr(harness, 'Worker', FakeWorker)
   results = harness.compare(
-      'model', [dict(impl='jax'), dict(impl='torch')], steps=2,
-      sequential=True
+      'model', [dict(impl='jax'), dict(impl='torch')], steps=2, sequential=True
   )
   assert order == ['jax', 'torch'] and len(results) == 2
   assert all(len(r['steps']) == 2 for r in results)

@@ -30,7 +30,6 @@ import numpy as np
 import pytest
 
 from alexnet_jax.core import model as model_lib
-from alexnet_jax.core import optim
 from alexnet_jax.core import parallel
 from alexnet_jax.core import train
 import test_parallel  # the CPU collective test's modes, model and lists
@@ -83,20 +82,10 @@ def _config(mode, dtype='float32'):
 
 
 def _train_step(config, par):
-  """The train step the trainer builds for `par`.
-
-  The one place to switch to core/train.py's step factory when it lands.
-  """
-  tx = optim.make_optimizer(config.optim)
-  lr_fn = optim.base_schedule(
-      config.optim, steps_per_epoch=100.0, total_steps=1000
-  )
-  step = par.jit_step(
-      functools.partial(
-          train.train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn
-      )
-  )
-  return step, tx
+  """The train step the trainer runs for `par` (steps.make_train_step): its
+  parallel.Step, which the exports lower, and its optimiser."""
+  step = train.make_train_step(config, par.model, par)
+  return step.compiled, step.tx
 
 
 @functools.cache

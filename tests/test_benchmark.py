@@ -17,22 +17,29 @@ from alexnet_jax.benchmarks import profile
 def test_paper_flops_match_the_layer_table():
   # Forward multiply-adds of the paper model (224 input, groups of 2), from
   # the paper's layer shapes by hand: output pixels x kernel size x kernels.
-  macs = [55 * 55 * 11 * 11 * 3 * 96, 27 * 27 * 5 * 5 * 48 * 256,
-          13 * 13 * 3 * 3 * 256 * 384, 13 * 13 * 3 * 3 * 192 * 384,
-          13 * 13 * 3 * 3 * 192 * 256, 6 * 6 * 256 * 4096, 4096 * 4096,
-          4096 * 1000]
+  macs = [
+      55 * 55 * 11 * 11 * 3 * 96,
+      27 * 27 * 5 * 5 * 48 * 256,
+      13 * 13 * 3 * 3 * 256 * 384,
+      13 * 13 * 3 * 3 * 192 * 384,
+      13 * 13 * 3 * 3 * 192 * 256,
+      6 * 6 * 256 * 4096,
+      4096 * 4096,
+      4096 * 1000,
+  ]
   got = dict(model_bench.layer_flops('paper', 224))
   assert list(got.values()) == [2 * m for m in macs]
   assert model_bench.step_flops('infer', 'paper', 224, 2) == 2 * 2 * sum(macs)
   # Training: forward, weight gradients, input gradients except conv1's.
   assert model_bench.step_flops('train', 'paper', 224, 1) == (
-      2 * (3 * sum(macs) - macs[0]))
+      2 * (3 * sum(macs) - macs[0])
+  )
 
 
 def test_torchvision_flops():
   got = dict(model_bench.layer_flops('torchvision', 224))
   assert got['conv1'] == 2 * 55 * 55 * 11 * 11 * 3 * 64
-  assert got['conv2'] == 2 * 27 * 27 * 5 * 5 * 64 * 192   # no groups
+  assert got['conv2'] == 2 * 27 * 27 * 5 * 5 * 64 * 192  # no groups
   assert got['fc6'] == 2 * 6 * 6 * 256 * 4096
 
 
@@ -49,61 +56,94 @@ def test_quick_defaults():
   args = benchmark.parse_args(['train', '--quick'])
   assert (args.batch, args.steps, args.warmup) == (32, 3, 1)
   args = benchmark.parse_args(['train'])
-  assert (args.batch, args.variant, args.dtype) == (128, ['paper'],
-                                                    ['float32'])
+  assert (args.batch, args.variant, args.dtype) == (128, ['paper'], ['float32'])
 
 
-TINY = ['--width-scale', '0.05', '--image-size', '67', '--batch', '2',
-        '--steps', '2', '--warmup', '1']
+TINY = [
+    '--width-scale',
+    '0.05',
+    '--image-size',
+    '67',
+    '--batch',
+    '2',
+    '--steps',
+    '2',
+    '--warmup',
+    '1',
+]
 
 
 def _records(stdout):
   return [json.loads(l) for l in stdout.splitlines() if l.startswith('{')]
 
 
-@pytest.mark.parametrize('command', [
-    'train', pytest.param('infer', marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    'command', ['train', pytest.param('infer', marks=pytest.mark.slow)]
+)
 def test_cli_prints_one_record_per_implementation(command, tmp_path):
   torch = pytest.importorskip('torch')
   del torch
   out = tmp_path / 'bench.jsonl'
   proc = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.benchmark', command, *TINY,
-       '--matmul-size', '64', '--out', str(out)],
-      capture_output=True, text=True, check=True, timeout=600)
+      [
+          sys.executable,
+          '-m',
+          'alexnet_jax.benchmark',
+          command,
+          *TINY,
+          '--matmul-size',
+          '64',
+          '--out',
+          str(out),
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=600,
+  )
   lines = _records(proc.stdout)
   assert [l['impl'] for l in lines] == ['jax', 'torch']
   assert [json.loads(l) for l in out.read_text().splitlines()] == lines
   for rec in lines:
     assert rec['benchmark'] == command
-    assert (rec['model'], rec['batch'], rec['dtype']) == ('paper', 2,
-                                                          'float32')
+    assert (rec['model'], rec['batch'], rec['dtype']) == ('paper', 2, 'float32')
     assert rec['steps'] == 2
-    for field in ('img_per_s', 'step_ms', 'peak_rss_mb', 'achieved_gflops',
-                  'frac_of_xla_matmul_peak', 'frac_of_torch_matmul_peak'):
+    for field in (
+        'img_per_s',
+        'step_ms',
+        'peak_rss_mb',
+        'achieved_gflops',
+        'frac_of_xla_matmul_peak',
+        'frac_of_torch_matmul_peak',
+    ):
       assert rec[field] > 0, field
     assert rec['img_per_s'] == pytest.approx(2e3 / rec['step_ms'])
-    assert rec['gflop_per_step'] == pytest.approx(model_bench.step_flops(
-        command, 'paper', 67, 2, 0.05) / 1e9)
+    assert rec['gflop_per_step'] == pytest.approx(
+        model_bench.step_flops(command, 'paper', 67, 2, 0.05) / 1e9
+    )
     # Provenance: machine (with AMX or not), load before and after, date,
     # the command, the commit.
     if os.path.exists('/proc/cpuinfo'):
       assert rec['machine'].endswith(('AMX', 'no AMX')), rec['machine']
     assert len(rec['load_avg']) == 2
-    assert rec['command'].startswith('python -m alexnet_jax.benchmark '
-                                     + command)
+    assert rec['command'].startswith(
+        'python -m alexnet_jax.benchmark ' + command
+    )
     assert {'date', 'commit'} <= rec.keys()
     if command == 'train':
       assert rec['train_step'] == 'trainer'
   jax_rec, torch_rec = lines
   assert jax_rec['ratio_to_torch'] == pytest.approx(
-      torch_rec['step_ms'] / jax_rec['step_ms'])
+      torch_rec['step_ms'] / jax_rec['step_ms']
+  )
   assert 'ratio_to_torch' not in torch_rec
   assert '| jax |' in proc.stdout and '| torch |' in proc.stdout
   # The JAX worker ran with the trainer's XLA flags and says which
   # convolutions it used.
-  assert ('--xla_cpu_copy_insertion_use_region_analysis=true'
-          in jax_rec['xla_flags'])
+  assert (
+      '--xla_cpu_copy_insertion_use_region_analysis=true'
+      in jax_rec['xla_flags']
+  )
   assert jax_rec['conv_backend'] in ('onednn', 'xla')
 
 
@@ -118,12 +158,19 @@ def test_jax_worker_runs_the_trainers_step_without_torch_or_tensorflow():
       'step, state, batch = built["step"], built["state"], built["batch"]\n'
       'state[0], m = step(state[0], batch)\n'
       'print(sorted(m.compute()), "tensorflow" in sys.modules, '
-      '"torch" in sys.modules)\n')
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                       text=True, check=True, timeout=300).stdout
+      '"torch" in sys.modules)\n'
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', code],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=300,
+  ).stdout
   assert out.strip().splitlines()[-1] == (
       "['grad_norm', 'learning_rate', 'loss', 'param_norm', 'top1_error', "
-      "'top5_error'] False False")
+      "'top5_error'] False False"
+  )
 
 
 def _fake_compare(step_ms):
@@ -133,22 +180,31 @@ def _fake_compare(step_ms):
 
   def compare(kind, specs, *, steps, **_):
     calls.append([s['step'] for s in specs])
-    return [dict(ready={}, steps=[step_ms[s['step']] / 1e3] * steps,
-                 cpu_steps=[step_ms[s['step']] / 1e3] * steps,
-                 done=dict(peak_rss_mb=100.0), load=[1.0, 1.0])
-            for s in specs]
+    return [
+        dict(
+            ready={},
+            steps=[step_ms[s['step']] / 1e3] * steps,
+            cpu_steps=[step_ms[s['step']] / 1e3] * steps,
+            done=dict(peak_rss_mb=100.0),
+            load=[1.0, 1.0],
+        )
+        for s in specs
+    ]
+
   return compare, calls
 
 
 def test_overhead_pairs_trainer_and_bare_steps(monkeypatch):
   compare, calls = _fake_compare({'trainer': 103.0, 'bare': 100.0})
   monkeypatch.setattr(harness, 'compare', compare)
-  args = benchmark.parse_args(['overhead', '--repeats', '3', '--steps',
-                               '4'])
-  rec, = model_bench.overhead(args)
+  args = benchmark.parse_args(['overhead', '--repeats', '3', '--steps', '4'])
+  (rec,) = model_bench.overhead(args)
   # Which step starts alternates by round; every round has both.
-  assert calls == [['trainer', 'bare'], ['bare', 'trainer'],
-                   ['trainer', 'bare']]
+  assert calls == [
+      ['trainer', 'bare'],
+      ['bare', 'trainer'],
+      ['trainer', 'bare'],
+  ]
   assert rec['overhead_pct'] == pytest.approx(3.0)
   assert rec['cpu_overhead_pct'] == pytest.approx(3.0)
   assert rec['pairs'] == 12 and len(rec['rounds']) == 3
@@ -168,16 +224,35 @@ ENTRY %main {
 }
 """
   assert profile._param_copies(hlo) == [  # noqa: SLF001
-      ('%state_params__fc6____kernel__.1', 9216 * 4096 * 4)]
+      ('%state_params__fc6____kernel__.1', 9216 * 4096 * 4)
+  ]
 
 
 def test_memory_reports_the_trainers_compiled_step(tmp_path):
   out = tmp_path / 'memory.jsonl'
   proc = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.benchmark', 'memory',
-       '--variant', 'torchvision', '--width-scale', '0.05', '--image-size',
-       '67', '--batch', '2', '--bare', '--out', str(out)],
-      capture_output=True, text=True, check=True, timeout=600)
+      [
+          sys.executable,
+          '-m',
+          'alexnet_jax.benchmark',
+          'memory',
+          '--variant',
+          'torchvision',
+          '--width-scale',
+          '0.05',
+          '--image-size',
+          '67',
+          '--batch',
+          '2',
+          '--bare',
+          '--out',
+          str(out),
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=600,
+  )
   rec, bare = _records(proc.stdout)
   assert rec['benchmark'] == 'memory'
   assert (rec['train_step'], bare['train_step']) == ('trainer', 'bare')
@@ -194,13 +269,23 @@ def test_memory_reports_the_trainers_compiled_step(tmp_path):
 @pytest.mark.slow
 def test_profile_lists_the_steps_ops():
   proc = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.benchmark', 'profile', *TINY,
-       '--top', '5'], capture_output=True, text=True, check=True,
-      timeout=600)
-  rec, = _records(proc.stdout)
+      [
+          sys.executable,
+          '-m',
+          'alexnet_jax.benchmark',
+          'profile',
+          *TINY,
+          '--top',
+          '5',
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=600,
+  )
+  (rec,) = _records(proc.stdout)
   assert len(rec['top_ops']) == 5 and rec['traced_ops_ms'] > 0
-  assert sum(rec['ms_by_kind'].values()) == pytest.approx(
-      rec['traced_ops_ms'])
+  assert sum(rec['ms_by_kind'].values()) == pytest.approx(rec['traced_ops_ms'])
 
 
 def test_all_runs_the_headline_benchmarks(monkeypatch):
@@ -208,15 +293,27 @@ def test_all_runs_the_headline_benchmarks(monkeypatch):
   towers, the input pipeline (bf16, the other modes and the overhead have
   their own commands, to keep `all` near ten minutes)."""
   calls = []
-  monkeypatch.setattr(model_bench, 'measure', lambda name, args: (
-      calls.append((name, args.variant, args.dtype)) or [{'name': name}]))
-  monkeypatch.setattr(benchmark, '_delegate', lambda name, args: (
-      calls.append((name, args.modes)) or [{'name': name}]))
+  monkeypatch.setattr(
+      model_bench,
+      'measure',
+      lambda name, args: (
+          calls.append((name, args.variant, args.dtype)) or [{'name': name}]
+      ),
+  )
+  monkeypatch.setattr(
+      benchmark,
+      '_delegate',
+      lambda name, args: (calls.append((name, args.modes)) or [{'name': name}]),
+  )
   records = benchmark.run_all(benchmark.parse_args(['all']))
-  models = [('train', ['paper', 'torchvision'], ['float32']),
-            ('infer', ['paper', 'torchvision'], ['float32'])]
-  assert calls == models + [('parallel', ['single', 'model']),
-                            ('input', ['single', 'model'])]
+  models = [
+      ('train', ['paper', 'torchvision'], ['float32']),
+      ('infer', ['paper', 'torchvision'], ['float32']),
+  ]
+  assert calls == models + [
+      ('parallel', ['single', 'model']),
+      ('input', ['single', 'model']),
+  ]
   assert len(records) == 4
   # --quick: the model steps only (about two minutes).
   calls.clear()
@@ -245,9 +342,11 @@ def test_benchmark_parallel_is_parallel_benchmark(monkeypatch):
   parallel_bench.main(argv)
   a, b = runs
   assert a.command_line == 'python -m alexnet_jax.benchmark parallel ' + (
-      ' '.join(argv))
+      ' '.join(argv)
+  )
   assert b.command_line == 'python -m alexnet_jax.parallel_benchmark ' + (
-      ' '.join(argv))
+      ' '.join(argv)
+  )
   del a.command_line, b.command_line
   assert vars(a) == vars(b)
 
@@ -255,18 +354,37 @@ def test_benchmark_parallel_is_parallel_benchmark(monkeypatch):
 def test_parallel_modes_run_the_trainers_step(tmp_path):
   out = tmp_path / 'parallel.jsonl'
   proc = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.parallel_benchmark', '--modes',
-       'single,model', '--width-scale', '0.05', '--image-size', '67',
-       '--batch', '2', '--steps', '2', '--warmup', '1', '--out', str(out)],
-      capture_output=True, text=True, check=True, timeout=600)
+      [
+          sys.executable,
+          '-m',
+          'alexnet_jax.parallel_benchmark',
+          '--modes',
+          'single,model',
+          '--width-scale',
+          '0.05',
+          '--image-size',
+          '67',
+          '--batch',
+          '2',
+          '--steps',
+          '2',
+          '--warmup',
+          '1',
+          '--out',
+          str(out),
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=600,
+  )
   records = _records(proc.stdout)
   assert [r['mode'] for r in records] == ['single', 'model']
   assert [json.loads(l) for l in out.read_text().splitlines()] == records
   single, model = records
   assert (single['devices'], model['devices']) == (1, 2)
   assert single['ratio_to_single'] == 1.0
-  assert model['param_bytes_per_device'] * 2 == single[
-      'param_bytes_per_device']
+  assert model['param_bytes_per_device'] * 2 == single['param_bytes_per_device']
   for r in records:
     assert r['train_step'] == 'trainer' and r['step_ms'] > 0
     assert r['command'].startswith('python -m alexnet_jax.parallel_benchmark')

@@ -17,8 +17,14 @@ from alexnet_jax.configs import paper
 from alexnet_jax.core import checkpoint
 
 CLASSES = [f'class_{i}' for i in range(10)]
-PRE = dict(channel_order='RGB', pixel_scale=1.0, mean=[0.5, 0.4, 0.3],
-           std=[1.0, 1.0, 1.0], image_size=64, resize_size=72)
+PRE = dict(
+    channel_order='RGB',
+    pixel_scale=1.0,
+    mean=[0.5, 0.4, 0.3],
+    std=[1.0, 1.0, 1.0],
+    image_size=64,
+    resize_size=72,
+)
 
 
 def _config(width=0.0625):
@@ -33,7 +39,8 @@ def _random_params(config, seed=0):
   rng = np.random.default_rng(seed)
   return jax.tree.map(
       lambda s: rng.normal(size=s.shape).astype(s.dtype),
-      checkpoint.abstract_params(config))
+      checkpoint.abstract_params(config),
+  )
 
 
 def _assert_tree_equal(a, b):
@@ -48,14 +55,15 @@ def workdir(tmp_path_factory):
   config = _config()
   wd = tmp_path_factory.mktemp('wd')
   mgr = checkpoint.manager(wd, keep=2)
-  meta = checkpoint.make_metadata(config=config, preprocessing=PRE,
-                                  class_names=CLASSES)
+  meta = checkpoint.make_metadata(
+      config=config, preprocessing=PRE, class_names=CLASSES
+  )
   states = {}
-  for step, err in [(10, None), (20, 0.5), (30, None), (40, 0.6),
-                    (50, None)]:
+  for step, err in [(10, None), (20, 0.5), (30, None), (40, 0.6), (50, None)]:
     params = _random_params(config, seed=step)
-    state = dict(step=np.int32(step), params=params,
-                 opt_state=dict(trace=params))
+    state = dict(
+        step=np.int32(step), params=params, opt_state=dict(trace=params)
+    )
     states[step] = state
     metrics = None if err is None else {checkpoint.BEST_METRIC: err}
     checkpoint.save_train_state(mgr, step, state, meta, metrics)
@@ -68,8 +76,13 @@ def test_export_round_trip_and_metadata(tmp_path):
   config = _config()
   variables = {'params': _random_params(config)}
   out = tmp_path / 'export'
-  checkpoint.save_model(out, config=config, variables=variables,
-                        preprocessing=PRE, class_names=CLASSES)
+  checkpoint.save_model(
+      out,
+      config=config,
+      variables=variables,
+      preprocessing=PRE,
+      class_names=CLASSES,
+  )
   model, loaded, loaded_config = checkpoint.load(out)
   _assert_tree_equal(loaded, variables)
   assert loaded_config.model.width_scale == config.model.width_scale
@@ -87,11 +100,11 @@ def test_export_refuses_to_overwrite_unless_asked(tmp_path):
   config = _config()
   out = tmp_path / 'export'
   kw = dict(config=config, preprocessing=PRE, class_names=CLASSES)
-  checkpoint.save_model(out, variables={'params': _random_params(config)},
-                        **kw)
+  checkpoint.save_model(out, variables={'params': _random_params(config)}, **kw)
   with pytest.raises(FileExistsError, match='overwrite'):
-    checkpoint.save_model(out, variables={'params': _random_params(config)},
-                          **kw)
+    checkpoint.save_model(
+        out, variables={'params': _random_params(config)}, **kw
+    )
   new = {'params': _random_params(config, seed=1)}
   checkpoint.save_model(out, variables=new, overwrite=True, **kw)
   _assert_tree_equal(checkpoint.load(out)[1], new)
@@ -100,33 +113,48 @@ def test_export_refuses_to_overwrite_unless_asked(tmp_path):
 
 def test_failed_export_leaves_nothing(tmp_path):
   config = _config()
-  bad = {'params': {'conv1': {'kernel': object()}}}   # not an array
-  with pytest.raises(ValueError):   # orbax: unsupported dtype "object"
-    checkpoint.save_model(tmp_path / 'export', config=config, variables=bad,
-                          preprocessing=PRE, class_names=CLASSES)
+  bad = {'params': {'conv1': {'kernel': object()}}}  # not an array
+  with pytest.raises(ValueError):  # orbax: unsupported dtype "object"
+    checkpoint.save_model(
+        tmp_path / 'export',
+        config=config,
+        variables=bad,
+        preprocessing=PRE,
+        class_names=CLASSES,
+    )
   assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_format_version_is_refused(tmp_path):
   config = _config()
   out = tmp_path / 'export'
-  checkpoint.save_model(out, config=config,
-                        variables={'params': _random_params(config)},
-                        preprocessing=PRE, class_names=CLASSES)
+  checkpoint.save_model(
+      out,
+      config=config,
+      variables={'params': _random_params(config)},
+      preprocessing=PRE,
+      class_names=CLASSES,
+  )
   meta = json.loads((out / checkpoint.METADATA_FILE).read_text())
   meta['format_version'] = 99
   (out / checkpoint.METADATA_FILE).write_text(json.dumps(meta))
-  with pytest.raises(checkpoint.CheckpointError,
-                     match='format_version=99.*reads format_version=1'):
+  with pytest.raises(
+      checkpoint.CheckpointError,
+      match='format_version=99.*reads format_version=1',
+  ):
     checkpoint.load(out)
 
 
 def test_export_whose_weights_do_not_match_its_config(tmp_path):
   config = _config()
   out = tmp_path / 'export'
-  checkpoint.save_model(out, config=config,
-                        variables={'params': _random_params(config)},
-                        preprocessing=PRE, class_names=CLASSES)
+  checkpoint.save_model(
+      out,
+      config=config,
+      variables={'params': _random_params(config)},
+      preprocessing=PRE,
+      class_names=CLASSES,
+  )
   meta = json.loads((out / checkpoint.METADATA_FILE).read_text())
   meta['config']['model']['width_scale'] = 0.125
   (out / checkpoint.METADATA_FILE).write_text(json.dumps(meta))
@@ -147,10 +175,13 @@ def test_workdir_latest_best_and_step_dir(workdir):
   steps = [s for s, _ in checkpoint.step_dirs(wd / 'checkpoints')]
   assert steps == [20, 40, 50]
   _assert_tree_equal(checkpoint.load(wd)[1]['params'], states[50]['params'])
-  _assert_tree_equal(checkpoint.load(wd, best=True)[1]['params'],
-                     states[20]['params'])
-  _assert_tree_equal(checkpoint.load(wd / 'checkpoints' / '40')[1]['params'],
-                     states[40]['params'])
+  _assert_tree_equal(
+      checkpoint.load(wd, best=True)[1]['params'], states[20]['params']
+  )
+  _assert_tree_equal(
+      checkpoint.load(wd / 'checkpoints' / '40')[1]['params'],
+      states[40]['params'],
+  )
   assert checkpoint.load_metadata(wd)['step'] == 50
   assert checkpoint.load_metadata(wd, best=True)['step'] == 20
 
@@ -159,18 +190,22 @@ def test_relative_paths_load(workdir, monkeypatch):
   # Orbax refuses relative paths; `evaluate --checkpoint=runs/wd` must work.
   wd, _, states = workdir
   monkeypatch.chdir(wd.parent)
-  _assert_tree_equal(checkpoint.load(wd.name)[1]['params'],
-                     states[50]['params'])
+  _assert_tree_equal(
+      checkpoint.load(wd.name)[1]['params'], states[50]['params']
+  )
   step_dir = pathlib.Path(wd.name) / 'checkpoints' / '40'
-  _assert_tree_equal(checkpoint.load(step_dir)[1]['params'],
-                     states[40]['params'])
+  _assert_tree_equal(
+      checkpoint.load(step_dir)[1]['params'], states[40]['params']
+  )
 
 
 def test_half_written_step_is_ignored(workdir, tmp_path):
   wd = tmp_path / 'wd'
   shutil.copytree(workdir[0], wd)
-  shutil.copytree(wd / 'checkpoints' / '50',
-                  wd / 'checkpoints' / '60.orbax-checkpoint-tmp-123')
+  shutil.copytree(
+      wd / 'checkpoints' / '50',
+      wd / 'checkpoints' / '60.orbax-checkpoint-tmp-123',
+  )
   assert checkpoint.load_metadata(wd)['step'] == 50
 
 
@@ -189,16 +224,18 @@ def test_corrupt_latest_falls_back_to_previous(workdir, tmp_path):
   _assert_tree_equal(checkpoint.load(wd)[1]['params'], states[40]['params'])
 
   mgr = checkpoint.manager(wd, keep=2)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
-                                                       np.asarray(x).dtype),
-                        states[50])
+  target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+      states[50],
+  )
   step, state, meta = checkpoint.restore_train_state(mgr, target, config)
   assert step == 40 and meta['step'] == 40
   _assert_tree_equal(state['params'], states[40]['params'])
   # Moved aside, so the resumed run can save step 50 again.
   assert mgr.all_steps() == [20, 40]
-  assert any(p.name.startswith('50.unreadable')
-             for p in (wd / 'checkpoints').iterdir())
+  assert any(
+      p.name.startswith('50.unreadable') for p in (wd / 'checkpoints').iterdir()
+  )
   mgr.close()
 
 
@@ -209,9 +246,10 @@ def test_no_readable_checkpoint_is_an_error(workdir, tmp_path):
   for step in (20, 40, 50):
     _corrupt(wd / 'checkpoints' / str(step))
   mgr = checkpoint.manager(wd, keep=2)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
-                                                       np.asarray(x).dtype),
-                        states[50])
+  target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+      states[50],
+  )
   with pytest.raises(checkpoint.CheckpointError, match='no checkpoint in'):
     checkpoint.restore_train_state(mgr, target, config)
   mgr.close()
@@ -231,18 +269,19 @@ def test_resume_into_a_different_model_is_refused(workdir):
 
 def test_config_from_dict_fills_new_fields_and_rejects_unknown():
   saved = checkpoint.config_to_dict(_config())
-  del saved['train']['seed']                   # a field added later
+  del saved['train']['seed']  # a field added later
   config = checkpoint.config_from_dict(saved)
   assert config.train.seed == paper.get_config().train.seed
-  saved['model']['shiny'] = 1                  # a field from the future
+  saved['model']['shiny'] = 1  # a field from the future
   with pytest.raises(checkpoint.CheckpointError, match="'model.shiny'"):
     checkpoint.config_from_dict(saved)
 
 
 def test_metadata_files_are_plain_json(workdir):
   wd = workdir[0]
-  meta = json.loads((wd / 'checkpoints' / '50' / 'metadata' /
-                     'metadata').read_text())
+  meta = json.loads(
+      (wd / 'checkpoints' / '50' / 'metadata' / 'metadata').read_text()
+  )
   assert meta['format_version'] == 1 and meta['step'] == 50
   assert os.path.exists(wd / 'checkpoints' / '20' / 'metrics' / 'metrics')
   assert pathlib.Path(wd / 'checkpoints' / '50').is_dir()

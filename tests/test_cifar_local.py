@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from alexnet_jax.configs import paper
 from alexnet_jax.core import config_checks
 from alexnet_jax.core import features
 from alexnet_jax.core import model as model_lib
-from alexnet_jax.configs import paper
 
 
 def _config(lrn=True):
@@ -41,7 +41,7 @@ def _torch_forward(p, x, lrn):
       h = F.local_response_norm(h, 5, alpha=1e-3, beta=0.75, k=1.0)
     h = F.max_pool2d(h, 3, 2, ceil_mode=True)
   for name in ('local3', 'local4'):
-    k = _t(p[name]['kernel'])                # [oh, ow, 3*3*cin, cout]
+    k = _t(p[name]['kernel'])  # [oh, ow, 3*3*cin, cout]
     oh, ow, _, cout = k.shape
     # Patches [B, oh*ow, cin*3*3] in (c, y, x) order, as Flax's kernel.
     cols = F.unfold(h, 3, padding=1).permute(0, 2, 1)
@@ -62,24 +62,31 @@ def test_matches_pytorch_twin(lrn):
   rs = np.random.RandomState(0)
   leaves, tree = jax.tree.flatten(variables)
   variables = jax.tree.unflatten(
-      tree, [rs.randn(*l.shape).astype(np.float32) * 0.2 for l in leaves])
+      tree, [rs.randn(*l.shape).astype(np.float32) * 0.2 for l in leaves]
+  )
   p = variables['params']
   assert p['local3']['kernel'].shape == (6, 6, 9 * 16, 8)
   x = rs.randn(2, 24, 24, 3).astype(np.float32) * 3
   got = np.asarray(module.apply(variables, x))
-  np.testing.assert_allclose(got, _torch_forward(p, x, lrn), rtol=2e-4,
-                             atol=2e-4)
+  np.testing.assert_allclose(
+      got, _torch_forward(p, x, lrn), rtol=2e-4, atol=2e-4
+  )
   if lrn:  # features know this net's layers; local4 after its ReLU
     local4 = features.extract(module, variables, x, layer='local4')
     assert local4.shape == (2, 6, 6, 8) and (local4 >= 0).all()
     np.testing.assert_allclose(
         local4.reshape(2, -1) @ np.asarray(p['fc']['kernel'])
-        + np.asarray(p['fc']['bias']), got, rtol=2e-4, atol=2e-3)
+        + np.asarray(p['fc']['bias']),
+        got,
+        rtol=2e-4,
+        atol=2e-3,
+    )
 
 
 def test_towers_refused():
   config = _config()
   config.model.towers = 2
-  with pytest.raises(config_checks.ConfigError,
-                     match='variant=cifar_local has no towers'):
+  with pytest.raises(
+      config_checks.ConfigError, match='variant=cifar_local has no towers'
+  ):
     config_checks.validate(config)

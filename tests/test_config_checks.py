@@ -8,9 +8,9 @@ import ml_collections
 from ml_collections import config_flags
 import pytest
 
+from alexnet_jax.configs import paper
 from alexnet_jax.core import config_checks
 from alexnet_jax.core.config_checks import ConfigError
-from alexnet_jax.configs import paper
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 
@@ -46,9 +46,11 @@ def test_paper_config_validates():
   assert config_checks.validate(config) is config
 
 
-@pytest.mark.parametrize('path', sorted(
-    p for p in CONFIGS.glob('*.py') if p.name != '__init__.py'),
-    ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    'path',
+    sorted(p for p in CONFIGS.glob('*.py') if p.name != '__init__.py'),
+    ids=lambda p: p.name,
+)
 def test_every_shipped_config_validates(path):
   spec = importlib.util.spec_from_file_location(f'_cfg_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
@@ -70,6 +72,7 @@ BAD = [
     ('model.lrn.beta', float('nan'), ['a number']),
     ('model.lrn.alpha_over_n', 1, ['True or False']),
     ('model.lrn.across_towers', 'caffe', ['True or False']),
+    ('model.lrn.order', 'pool_first', ["'lrn_pool', 'pool_lrn'"]),
     ('model.pool.window', 0, ['>= 1']),
     ('model.pool.stride', 1.5, ['an integer']),
     ('model.dropout', 1.0, ['<= 0.99']),
@@ -114,8 +117,7 @@ BAD = [
     ('optim.weight_decay', -5e-4, ['>= 0']),
     ('optim.decay_biases', 0, ['True or False']),
     ('optim.bias_lr_mult', -2.0, ['>= 0']),
-    ('optim.schedule', 'linear',
-     ["'plateau', 'step', 'cosine', 'constant'"]),
+    ('optim.schedule', 'linear', ["'plateau', 'step', 'cosine', 'constant'"]),
     ('optim.step_epochs', (60, 30), ['strictly increasing']),
     ('optim.step_epochs', (-1, 30), ['> 0']),
     ('optim.plateau.factor', 0.0, ['> 0']),
@@ -138,8 +140,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize('field,value,accepted', BAD,
-                         ids=[f'{f}={v!r}' for f, v, _ in BAD])
+@pytest.mark.parametrize(
+    'field,value,accepted', BAD, ids=[f'{f}={v!r}' for f, v, _ in BAD]
+)
 def test_bad_value_names_field_and_accepted_values(field, value, accepted):
   with pytest.raises(ConfigError) as err:
     config_checks.validate(_with(**{field: value}))
@@ -149,15 +152,26 @@ def test_bad_value_names_field_and_accepted_values(field, value, accepted):
     assert text in message
 
 
-@pytest.mark.parametrize('dotted,needs', [
-    ({'model.variant': 'torchvision'}, 'config.model.towers=1'),
-    ({'model.variant': 'cifar4'}, 'config.model.towers=1'),
-    ({'parallel.data_parallel': 'pmap', 'parallel.mesh.model': 2},
-     'config.parallel.mesh.model=1'),
-    ({'parallel.mesh.model': 2, 'model.towers': 1}, 'config.model.towers=2'),
-    ({'parallel.mesh.data': 3}, 'config.optim.batch_size=128 is not '
-     'divisible by config.parallel.mesh.data=3'),
-])
+@pytest.mark.parametrize(
+    'dotted,needs',
+    [
+        ({'model.variant': 'torchvision'}, 'config.model.towers=1'),
+        ({'model.variant': 'cifar4'}, 'config.model.towers=1'),
+        (
+            {'parallel.data_parallel': 'pmap', 'parallel.mesh.model': 2},
+            'config.parallel.mesh.model=1',
+        ),
+        (
+            {'parallel.mesh.model': 2, 'model.towers': 1},
+            'config.model.towers=2',
+        ),
+        (
+            {'parallel.mesh.data': 3},
+            'config.optim.batch_size=128 is not '
+            'divisible by config.parallel.mesh.data=3',
+        ),
+    ],
+)
 def test_inconsistent_fields_say_what_to_set(dotted, needs):
   with pytest.raises(ConfigError, match=needs.replace('.', r'\.')):
     config_checks.validate(_with(**dotted))
@@ -166,18 +180,27 @@ def test_inconsistent_fields_say_what_to_set(dotted, needs):
 def test_every_field_is_validated():
   """A value of the wrong type in ANY schema field is refused by name: a
   field added to configs/paper.py without a check fails here."""
-  bad_by_type = {bool: 'maybe', int: 'abc', float: 'abc', str: 12345,
-                 tuple: 'abc', list: 'abc'}
+  bad_by_type = {
+      bool: 'maybe',
+      int: 'abc',
+      float: 'abc',
+      str: 12345,
+      tuple: 'abc',
+      list: 'abc',
+  }
   for name, default in _leaves(paper.get_config()):
     with pytest.raises(ConfigError, match=f'config\\.{name}\\b'):
       config_checks.validate(_with(**{name: bad_by_type[type(default)]}))
 
 
-@pytest.mark.parametrize('dotted,name', [
-    ({'foo': 1}, "'foo'"),
-    ({'model.lrn.size': 5}, "'model.lrn.size'"),
-    ({'parallel.mesh.pipeline': 2}, "'parallel.mesh.pipeline'"),
-])
+@pytest.mark.parametrize(
+    'dotted,name',
+    [
+        ({'foo': 1}, "'foo'"),
+        ({'model.lrn.size': 5}, "'model.lrn.size'"),
+        ({'parallel.mesh.pipeline': 2}, "'parallel.mesh.pipeline'"),
+    ],
+)
 def test_unknown_fields_are_rejected(dotted, name):
   with pytest.raises(ConfigError) as err:
     config_checks.validate(_with(**dotted))
@@ -206,8 +229,9 @@ def _parse_flags(*overrides):
   argv = ['prog', f'--config={CONFIGS / "paper.py"}', *overrides]
   values = flags.FlagValues()
   # sys_argv: config_flags pre-scans the command line for --config.X flags.
-  config_flags.DEFINE_config_file('config', flag_values=values,
-                                  lock_config=True, sys_argv=argv)
+  config_flags.DEFINE_config_file(
+      'config', flag_values=values, lock_config=True, sys_argv=argv
+  )
   values(argv)
   return values.config
 

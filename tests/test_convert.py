@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.core import config_checks
 from alexnet_jax import convert as convert_cli
+from alexnet_jax.core import config_checks
 from alexnet_jax.core import convert
 from alexnet_jax.core import model as model_lib
 
@@ -29,7 +29,7 @@ def _randomize(net, seed=0):
   with torch.no_grad():
     for p in net.parameters():
       if p.ndim > 1:
-        p.copy_(torch.randn(p.shape, generator=gen) * (2 / p[0].numel())**.5)
+        p.copy_(torch.randn(p.shape, generator=gen) * (2 / p[0].numel()) ** 0.5)
       else:
         p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
   return net.eval()
@@ -37,18 +37,29 @@ def _randomize(net, seed=0):
 
 def _torchvision_net(width_scale, num_classes=1000):
   widths = model_lib.widths_for('torchvision', 1, width_scale)
-  return _randomize(torch_models.TorchvisionAlexNet(num_classes,
-                                                       widths=widths))
+  return _randomize(torch_models.TorchvisionAlexNet(num_classes, widths=widths))
 
 
 def _caffe_net(width_scale, num_classes=1000):
   """bvlc_alexnet as Caffe runs it: groups=2, LRN k=1 alpha/n across all
   channels, 227 input, no conv1 padding."""
   widths = model_lib.widths_for('paper', 2, width_scale)
-  return _randomize(torch_models.PaperAlexNet(
-      num_classes, widths=widths, image_size=227, conv1_padding='caffe',
-      lrn_k=1.0, lrn_n=5, lrn_alpha=1e-4, lrn_beta=0.75,
-      lrn_alpha_over_n=True, lrn_across_towers=True, flatten='chw'), seed=1)
+  return _randomize(
+      torch_models.PaperAlexNet(
+          num_classes,
+          widths=widths,
+          image_size=227,
+          conv1_padding='caffe',
+          lrn_k=1.0,
+          lrn_n=5,
+          lrn_alpha=1e-4,
+          lrn_beta=0.75,
+          lrn_alpha_over_n=True,
+          lrn_across_towers=True,
+          flatten='chw',
+      ),
+      seed=1,
+  )
 
 
 def _caffe_npy_dict(net):
@@ -57,18 +68,25 @@ def _caffe_npy_dict(net):
   for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5'):
     layer = getattr(net, name)
     # [out, in/group, kh, kw] -> (kh, kw, in/group, out): groups along out.
-    layers[name] = [layer.weight.detach().numpy().transpose(2, 3, 1, 0),
-                    layer.bias.detach().numpy()]
-  w6 = net.fc6.weight.detach().numpy().T            # rows in (C, H, W) order
+    layers[name] = [
+        layer.weight.detach().numpy().transpose(2, 3, 1, 0),
+        layer.bias.detach().numpy(),
+    ]
+  w6 = net.fc6.weight.detach().numpy().T  # rows in (C, H, W) order
   c5 = net.conv5.out_channels
   side = int(round((w6.shape[0] // c5) ** 0.5))
-  w6 = w6.reshape(c5, side, side, -1).transpose(1, 2, 0, 3).reshape(
-      w6.shape[0], -1)                              # rows in (H, W, C) order
+  w6 = (
+      w6.reshape(c5, side, side, -1)
+      .transpose(1, 2, 0, 3)
+      .reshape(w6.shape[0], -1)
+  )  # rows in (H, W, C) order
   layers['fc6'] = [w6, net.fc6.bias.detach().numpy()]
   for name in ('fc7', 'fc8'):
     layer = getattr(net, name)
-    layers[name] = [layer.weight.detach().numpy().T,
-                    layer.bias.detach().numpy()]
+    layers[name] = [
+        layer.weight.detach().numpy().T,
+        layer.bias.detach().numpy(),
+    ]
   return layers
 
 
@@ -78,8 +96,9 @@ def _save_npy(path, layers):
 
 
 def _images(n, size, scale=1.0, seed=2):
-  return (np.random.RandomState(seed).randn(n, size, size, 3) *
-          scale).astype(np.float32)
+  return (np.random.RandomState(seed).randn(n, size, size, 3) * scale).astype(
+      np.float32
+  )
 
 
 def _torch_logits(net, images):
@@ -108,6 +127,7 @@ def caffe_file(tmp_path_factory):
 
 # --- Logits against PyTorch ---------------------------------------------------
 
+
 def test_torchvision_import_matches_pytorch(torchvision_file):
   net, path = torchvision_file
   model, variables = convert.from_torchvision(path, width_scale=TINY)
@@ -122,7 +142,10 @@ def test_caffe_import_matches_pytorch(caffe_file):
   net, path = caffe_file
   model, variables = convert.from_caffe_npy(path, width_scale=TINY)
   assert (model.variant, model.towers, model.conv1_padding) == (
-      'paper', 2, 'caffe')
+      'paper',
+      2,
+      'caffe',
+  )
   assert variables['params']['conv2']['kernel'].shape[0] == 2  # two towers
   # Caffe's inputs are 0..255 minus the mean: large enough for LRN to act.
   images = _images(2, 227, scale=60.0)
@@ -146,11 +169,26 @@ def test_configs_validate_and_describe_the_imports():
   assert caffe.model.lrn.k == 1.0 and caffe.model.lrn.alpha_over_n
   assert caffe.model.lrn.across_towers and caffe.model.bias_init == 0.1
   assert convert.preprocessing('torchvision') == dict(
-      channel_order='RGB', pixel_scale=1.0, mean=[0.485, 0.456, 0.406],
-      std=[0.229, 0.224, 0.225], image_size=224, resize_size=256)
-  assert convert.preprocessing('caffe-npy') == dict(
-      channel_order='BGR', pixel_scale=255.0, mean=[104.0, 117.0, 123.0],
-      std=[1.0, 1.0, 1.0], image_size=227, resize_size=256)
+      channel_order='RGB',
+      pixel_scale=1.0,
+      mean=[0.485, 0.456, 0.406],
+      std=[0.229, 0.224, 0.225],
+      image_size=224,
+      resize_size=256,
+      eval_resize='shorter_side',
+      resize_method='antialias',
+  )
+  for caffe_format in ('caffe-npy', 'caffemodel'):
+    assert convert.preprocessing(caffe_format) == dict(
+        channel_order='BGR',
+        pixel_scale=255.0,
+        mean=[104.0, 117.0, 123.0],
+        std=[1.0, 1.0, 1.0],
+        image_size=227,
+        resize_size=256,
+        eval_resize='warp',
+        resize_method='bilinear',
+    )
   with pytest.raises(ValueError, match="'caffe'.*torchvision, caffe-npy"):
     convert.preprocessing('caffe')
 
@@ -175,6 +213,7 @@ def test_fine_tuned_head_size_is_read_from_the_file(tmp_path):
 
 # --- Refusing to run code -----------------------------------------------------
 
+
 class _CreatesFile:
   """Unpickling this calls open(path, 'w'): it creates the file."""
 
@@ -186,6 +225,7 @@ class _CreatesFile:
 
 
 class _RunsShell:
+
   def __init__(self, path):
     self.path = str(path)
 
@@ -209,8 +249,13 @@ def test_malicious_npy_is_refused_without_running(tmp_path, payload):
 def test_malicious_torch_file_is_refused_without_running(tmp_path):
   sentinel = tmp_path / 'pwned'
   path = tmp_path / 'evil.pth'
-  torch.save({'features.0.weight': torch.zeros(2),
-              'features.0.bias': _CreatesFile(sentinel)}, path)
+  torch.save(
+      {
+          'features.0.weight': torch.zeros(2),
+          'features.0.bias': _CreatesFile(sentinel),
+      },
+      path,
+  )
   with pytest.raises(convert.WeightFileError, match='weights_only=True'):
     convert.from_torchvision(path)
   assert not sentinel.exists()
@@ -229,31 +274,38 @@ def test_raw_pickle_is_not_an_npy_file(tmp_path):
 
 # --- Wrong files, keys and shapes ---------------------------------------------
 
+
 def test_missing_layer_is_named_with_its_shape(tmp_path):
   layers = _caffe_npy_dict(_caffe_net(TINY))
   del layers['fc7']
   path = _save_npy(tmp_path / 'w.npy', layers)
-  with pytest.raises(convert.WeightFileError,
-                     match=r"missing 'fc7/W' \(expected shape \(256, 256\)\)"):
+  with pytest.raises(
+      convert.WeightFileError,
+      match=r"missing 'fc7/W' \(expected shape \(256, 256\)\)",
+  ):
     convert.from_caffe_npy(path, width_scale=TINY)
 
 
 def test_ungrouped_conv2_is_a_shape_error(tmp_path):
   layers = _caffe_npy_dict(_caffe_net(TINY))
   w, b = layers['conv2']
-  layers['conv2'] = [np.concatenate([w, w], axis=2), b]   # 6 inputs, not 3
+  layers['conv2'] = [np.concatenate([w, w], axis=2), b]  # 6 inputs, not 3
   path = _save_npy(tmp_path / 'w.npy', layers)
-  with pytest.raises(convert.WeightFileError,
-                     match=r"'conv2/W' has shape \(5, 5, 6, 16\), expected "
-                     r'\(5, 5, 3, 16\)'):
+  with pytest.raises(
+      convert.WeightFileError,
+      match=r"'conv2/W' has shape \(5, 5, 6, 16\), expected "
+      r'\(5, 5, 3, 16\)',
+  ):
     convert.from_caffe_npy(path, width_scale=TINY)
 
 
 def test_full_size_shapes_are_expected_by_default(caffe_file):
   _, path = caffe_file  # a 1/16-width file read as the real model
-  with pytest.raises(convert.WeightFileError,
-                     match=r"'conv1/W' has shape \(11, 11, 3, 6\), expected "
-                     r'\(11, 11, 3, 96\)'):
+  with pytest.raises(
+      convert.WeightFileError,
+      match=r"'conv1/W' has shape \(11, 11, 3, 6\), expected "
+      r'\(11, 11, 3, 96\)',
+  ):
     convert.from_caffe_npy(path)
 
 
@@ -268,8 +320,9 @@ def test_torchvision_wrong_and_extra_keys(tmp_path, torchvision_file):
   with pytest.raises(convert.WeightFileError) as err:
     convert.from_torchvision(path, width_scale=TINY)
   message = str(err.value)
-  assert ("'features.3.weight' has shape (12, 8, 5, 5), expected "
-          '(12, 4, 5, 5)') in message
+  assert (
+      "'features.3.weight' has shape (12, 8, 5, 5), expected " '(12, 4, 5, 5)'
+  ) in message
   assert "missing 'classifier.4.bias' (expected shape (256,))" in message
   assert "unexpected keys 'features.2.weight'" in message
 
@@ -288,24 +341,37 @@ def test_plain_array_and_missing_file(tmp_path):
 
 # --- The command line ---------------------------------------------------------
 
+
 def test_cli_round_trip_through_checkpoint_load(tmp_path, caffe_file):
   checkpoint = pytest.importorskip('alexnet_jax.core.checkpoint')
   net, path = caffe_file
   out = tmp_path / 'export'
-  assert convert_cli.main(['--format=caffe-npy', f'--input={path}',
-                       f'--output={out}', f'--width_scale={TINY}']) == 0
+  assert (
+      convert_cli.main(
+          [
+              '--format=caffe-npy',
+              f'--input={path}',
+              f'--output={out}',
+              f'--width_scale={TINY}',
+          ]
+      )
+      == 0
+  )
   model, variables, config = checkpoint.load(out)
   assert config.model.conv1_padding == 'caffe' and config.data.image_size == 227
   images = _images(1, 227, scale=60.0)
-  assert _rel_err(model.apply(variables, images),
-                  _torch_logits(net, images)) < 1e-4
+  assert (
+      _rel_err(model.apply(variables, images), _torch_logits(net, images))
+      < 1e-4
+  )
   meta = checkpoint.load_metadata(out)
   assert meta['preprocessing'] == convert.preprocessing('caffe-npy')
   assert meta['class_names'] == convert.imagenet_class_names()
 
 
 def test_cli_refuses_to_overwrite_and_leaves_nothing_on_failure(
-    tmp_path, torchvision_file, caffe_file, capsys):
+    tmp_path, torchvision_file, caffe_file, capsys
+):
   pytest.importorskip('alexnet_jax.core.checkpoint')
   _, path = torchvision_file
   args = ['--format=torchvision', f'--input={path}', f'--width_scale={TINY}']
@@ -315,7 +381,8 @@ def test_cli_refuses_to_overwrite_and_leaves_nothing_on_failure(
   for wrong, reason in (
       (['--format=torchvision', f'--input={caffe_file[1]}'], 'weights_only'),
       (['--format=torchvision', f'--input={path}'], 'expected'),
-      (['--format=caffe-npy', f'--input={bad}.npy'], 'does not exist')):
+      (['--format=caffe-npy', f'--input={bad}.npy'], 'does not exist'),
+  ):
     assert convert_cli.main([*wrong, f'--output={bad}']) == 1
     assert reason in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
@@ -336,18 +403,23 @@ def test_cli_refuses_to_overwrite_and_leaves_nothing_on_failure(
 
 # --- Real size (opt-in) -------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_full_size_imports_match_pytorch(tmp_path):
   net = _torchvision_net(1.0)
   torch.save(net.state_dict(), tmp_path / 'alexnet.pth')
   model, variables = convert.from_torchvision(tmp_path / 'alexnet.pth')
   images = _images(2, 224)
-  assert _rel_err(model.apply(variables, images),
-                  _torch_logits(net, images)) < 1e-4
+  assert (
+      _rel_err(model.apply(variables, images), _torch_logits(net, images))
+      < 1e-4
+  )
   del net, variables
   net = _caffe_net(1.0)
   path = _save_npy(tmp_path / 'bvlc_alexnet.npy', _caffe_npy_dict(net))
   model, variables = convert.from_caffe_npy(path)
   images = _images(2, 227, scale=60.0)
-  assert _rel_err(model.apply(variables, images),
-                  _torch_logits(net, images)) < 1e-4
+  assert (
+      _rel_err(model.apply(variables, images), _torch_logits(net, images))
+      < 1e-4
+  )

@@ -20,8 +20,9 @@ MAX_README_LINES = 250
 
 # [text](target) and ![alt](target); the target ends at the first space
 # (an optional "title" may follow) or the closing parenthesis.
-_LINK = re.compile(r'!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?'
-                   r'(?:\s+"[^"]*")?\s*\)')
+_LINK = re.compile(
+    r'!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?' r'(?:\s+"[^"]*")?\s*\)'
+)
 _FENCE = re.compile(r'^(```|~~~).*?^\1[ \t]*$', re.S | re.M)
 _INLINE_CODE = re.compile(r'`[^`\n]*`')
 _HEADING = re.compile(r'^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$', re.M)
@@ -42,8 +43,9 @@ def slug(heading):
   dropped (letters, digits, '_', '-' and spaces kept), spaces -> '-'."""
   text = re.sub(r'!?\[([^\]]*)\]\([^)]*\)', r'\1', heading)  # links -> text
   text = text.replace('`', '').lower()
-  kept = ''.join(ch for ch in text
-                 if ch in ' -_' or unicodedata.category(ch)[0] in 'LN')
+  kept = ''.join(
+      ch for ch in text if ch in ' -_' or unicodedata.category(ch)[0] in 'LN'
+  )
   return kept.replace(' ', '-')
 
 
@@ -73,8 +75,13 @@ def links(path):
 def _tracked_files():
   """Files git tracks in this checkout, or None outside a git checkout."""
   try:
-    out = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, check=True,
-                         capture_output=True, timeout=60).stdout
+    out = subprocess.run(
+        ['git', 'ls-files', '-z'],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
   except (OSError, subprocess.SubprocessError):
     return None
   return {f for f in out.decode().split('\0') if f}
@@ -83,7 +90,7 @@ def _tracked_files():
 def _broken(page, target, tracked):
   """Why `target`, linked from `page`, does not resolve (None if it does)."""
   if re.match(r'^[a-z][a-z0-9+.-]*:', target, re.I):
-    return None        # http:, https:, mailto: ... are not checked here
+    return None  # http:, https:, mailto: ... are not checked here
   file_part, _, anchor = target.partition('#')
   dest = (page.parent / file_part).resolve() if file_part else page
   try:
@@ -93,11 +100,16 @@ def _broken(page, target, tracked):
   if not dest.exists():
     return f'{target}: {rel} does not exist'
   if tracked is not None:
-    is_tracked = (rel in tracked if dest.is_file() else
-                  any(f.startswith(rel + '/') for f in tracked))
+    is_tracked = (
+        rel in tracked
+        if dest.is_file()
+        else any(f.startswith(rel + '/') for f in tracked)
+    )
     if not is_tracked:
-      return (f'{target}: {rel} is not tracked by git, so a clean checkout '
-                'lacks it (git add it)')
+      return (
+          f'{target}: {rel} is not tracked by git, so a clean checkout '
+          'lacks it (git add it)'
+      )
   if anchor:
     if dest.suffix != '.md':
       return f'{target}: anchors are checked in markdown files only'
@@ -108,14 +120,15 @@ def _broken(page, target, tracked):
 
 def test_slug_follows_github():
   assert slug('Determinism, resuming, several hosts') == (
-      'determinism-resuming-several-hosts')
+      'determinism-resuming-several-hosts'
+  )
   assert slug('ImageNet (ILSVRC-2012)') == 'imagenet-ilsvrc-2012'
   assert slug('conv1 and the 224 input') == 'conv1-and-the-224-input'
   assert slug('The `data.*` fields') == 'the-data-fields'
 
 
 def test_link_checker_reports_missing_files_and_anchors(tmp_path):
-  page = REPO / 'docs' / 'x.md'   # never written: only its parent is used
+  page = REPO / 'docs' / 'x.md'  # never written: only its parent is used
   assert _broken(page, 'design.md', None) is None
   assert 'does not exist' in _broken(page, 'no_such_page.md', None)
   assert 'no heading' in _broken(page, 'design.md#no-such-heading', None)
@@ -126,17 +139,25 @@ def test_link_checker_reports_missing_files_and_anchors(tmp_path):
 def test_docs_exist():
   assert README.is_file()
   names = {p.name for p in DOCS}
-  for page in ('design.md', 'faithfulness.md', 'parallelism.md', 'data.md',
-               'training.md', 'weights.md'):
+  for page in (
+      'design.md',
+      'faithfulness.md',
+      'parallelism.md',
+      'data.md',
+      'training.md',
+      'weights.md',
+  ):
     assert page in names, f'docs/{page} is missing'
 
 
 @pytest.mark.parametrize('page', PAGES, ids=_rel)
 def test_every_relative_link_resolves(page):
   tracked = _tracked_files()
-  problems = [f'{_rel(page)}:{line}: {why}'
-              for line, target in links(page)
-              if (why := _broken(page, target, tracked))]
+  problems = [
+      f'{_rel(page)}:{line}: {why}'
+      for line, target in links(page)
+      if (why := _broken(page, target, tracked))
+  ]
   assert not problems, '\n'.join(problems)
 
 
@@ -144,16 +165,21 @@ def test_readme_is_short():
   lines = README.read_text(encoding='utf-8').count('\n')
   assert lines <= MAX_README_LINES, (
       f'README.md has {lines} lines; keep it to {MAX_README_LINES} and put '
-      'the detail in the docs/ page it belongs to')
+      'the detail in the docs/ page it belongs to'
+  )
 
 
 def _readme_commands():
   """The shell commands of the README's first code block."""
-  block = re.search(r'^```bash\n(.*?)^```', README.read_text(encoding='utf-8'),
-                    re.S | re.M)
+  block = re.search(
+      r'^```bash\n(.*?)^```', README.read_text(encoding='utf-8'), re.S | re.M
+  )
   assert block, 'README.md must open with a bash block of the two commands'
-  return [line for line in block.group(1).splitlines()
-          if line.strip() and not line.lstrip().startswith('#')]
+  return [
+      line
+      for line in block.group(1).splitlines()
+      if line.strip() and not line.lstrip().startswith('#')
+  ]
 
 
 def test_readme_opens_with_the_two_commands_ci_runs():
@@ -161,20 +187,32 @@ def test_readme_opens_with_the_two_commands_ci_runs():
   assert len(commands) == 2, commands
   install_and_smoke, install_and_test = commands
   ci = (REPO / '.ci' / 'run').read_text(encoding='utf-8')
-  ci_commands = [line for line in ci.splitlines()
-                 if line.strip() and not line.startswith('#')
-                 and not line.startswith(('set ', 'cd '))]
-  assert ci_commands == [install_and_test], (
-      '.ci/run must run the README\'s second command verbatim')
+  ci_commands = [
+      line
+      for line in ci.splitlines()
+      if line.strip()
+      and not line.startswith('#')
+      and not line.startswith(('set ', 'cd '))
+  ]
+  assert ci_commands == [
+      install_and_test
+  ], ".ci/run must run the README's second command verbatim"
   assert '-m pytest' in install_and_test
   venv = 'python3 -m venv .venv && . .venv/bin/activate && '
-  assert install_and_smoke.startswith(venv + 'pip install -r requirements-cpu.txt')
+  assert install_and_smoke.startswith(
+      venv + 'pip install -r requirements-cpu.txt'
+  )
   assert '--config=configs/smoke.py' in install_and_smoke
 
 
 @pytest.mark.parametrize('path', PAGES + CONFIGS, ids=_rel)
 def test_no_paths_outside_the_repository(path):
   text = path.read_text(encoding='utf-8')
-  for banned in ('../shared', 'PAPER.md', 'DESIGN.md', 'BENCHMARKS.md',
-                 '/work/'):
+  for banned in (
+      '../shared',
+      'PAPER.md',
+      'DESIGN.md',
+      'BENCHMARKS.md',
+      '/work/',
+  ):
     assert banned not in text, f'{_rel(path)} names {banned}'

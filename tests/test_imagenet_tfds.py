@@ -11,19 +11,34 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax.core import input_pipeline
 from alexnet_jax import prepare_imagenet
+from alexnet_jax.configs import paper
+from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import preprocess
 from alexnet_jax.core import tfds_source
-from alexnet_jax.configs import paper
 
-WNIDS = (pathlib.Path(input_pipeline.__file__).parents[1] / 'assets' /
-         'imagenet_wnids.txt').read_text().split()
+WNIDS = (
+    (
+        pathlib.Path(input_pipeline.__file__).parents[1]
+        / 'assets'
+        / 'imagenet_wnids.txt'
+    )
+    .read_text()
+    .split()
+)
 TRAIN_WNIDS = ('n01440764', 'n01443537', 'n15075141')
 NUM_VAL = 4
 # TFDS pairs the sorted validation file names, by position, with this file.
-VAL_LABELS = (pathlib.Path(tfds.__file__).parent / 'datasets' /
-              'imagenet2012' / 'validation_labels.txt').read_text().split()
+VAL_LABELS = (
+    (
+        pathlib.Path(tfds.__file__).parent
+        / 'datasets'
+        / 'imagenet2012'
+        / 'validation_labels.txt'
+    )
+    .read_text()
+    .split()
+)
 
 
 def _photo(samples, wnid):
@@ -53,8 +68,11 @@ def _val_tar(manual, samples):
   of the class on line K of TFDS's validation label file."""
   with tarfile.open(manual / 'ILSVRC2012_img_val.tar', 'w') as tar:
     for k in range(NUM_VAL):
-      _add(tar, f'ILSVRC2012_val_{k + 1:08d}.JPEG',
-           _photo(samples, VAL_LABELS[k]))
+      _add(
+          tar,
+          f'ILSVRC2012_val_{k + 1:08d}.JPEG',
+          _photo(samples, VAL_LABELS[k]),
+      )
 
 
 def _config(data_dir, **data):
@@ -111,7 +129,8 @@ def test_labels_and_images_match_the_photos(prepared, cache):
   train = input_pipeline.train_iterator(c)
   epoch = np.concatenate([next(train)['label'] for _ in range(2)])
   assert sorted(epoch.tolist()) == sorted(
-      WNIDS.index(w) for w in TRAIN_WNIDS for _ in (1, 2))
+      WNIDS.index(w) for w in TRAIN_WNIDS for _ in (1, 2)
+  )
   more = [next(train) for _ in range(3)]
   resumed = next(input_pipeline.train_iterator(c, start_step=3))
   np.testing.assert_array_equal(resumed['image'], more[1]['image'])
@@ -121,9 +140,12 @@ def test_not_prepared_names_the_archives_and_command(tmp_path):
   with pytest.raises(tfds_source.DataNotReadyError) as e:
     input_pipeline.get_info(_config(tmp_path / 'none'))
   text = str(e.value)
-  for needle in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar',
-                 'python -m alexnet_jax.prepare_imagenet',
-                 os.path.join(str(tmp_path / 'none'), 'downloads', 'manual')):
+  for needle in (
+      'ILSVRC2012_img_train.tar',
+      'ILSVRC2012_img_val.tar',
+      'python -m alexnet_jax.prepare_imagenet',
+      os.path.join(str(tmp_path / 'none'), 'downloads', 'manual'),
+  ):
     assert needle in text
 
 
@@ -133,16 +155,18 @@ def test_half_prepared_is_one_clear_error(shared_datasets, tmp_path):
   manual.mkdir()
   _val_tar(manual, samples)
   # Our command refuses to build from one archive...
-  with pytest.raises(tfds_source.DataNotReadyError,
-                     match='ILSVRC2012_img_train.tar not found'):
+  with pytest.raises(
+      tfds_source.DataNotReadyError, match='ILSVRC2012_img_train.tar not found'
+  ):
     prepare_imagenet.prepare(str(tmp_path / 'data'), str(manual))
   # ...but TFDS itself builds whichever split it finds.
-  tfds.builder('imagenet2012', data_dir=str(tmp_path / 'data')
-               ).download_and_prepare(download_config=tfds.download
-                                      .DownloadConfig(manual_dir=str(manual)))
+  tfds.builder(
+      'imagenet2012', data_dir=str(tmp_path / 'data')
+  ).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+  )
   with pytest.raises(tfds_source.DataNotReadyError) as e:
-    input_pipeline.get_info(_config(tmp_path / 'data',
-                                    manual_dir=str(manual)))
+    input_pipeline.get_info(_config(tmp_path / 'data', manual_dir=str(manual)))
   text = str(e.value)
   assert 'half-prepared' in text and "['train']" in text
   assert f'--manual_dir={manual}' in text
@@ -162,11 +186,18 @@ def test_stream_record_names(prepared):
   source = tfds_source.TfdsSource(_config(data_dir))
   _, names_of, size, total = source.eval_stream('validation', 0, 1)
   assert size == total == NUM_VAL
-  names = [n.decode() for n in names_of(tf.range(NUM_VAL, dtype=tf.int64))
-           .numpy()]
+  names = [
+      n.decode() for n in names_of(tf.range(NUM_VAL, dtype=tf.int64)).numpy()
+  ]
   shards = source.builder.info.splits['validation'].filenames
-  want = [f'{os.path.join(source.builder.data_dir, shards[0])}#{i}'
-          for i in range(NUM_VAL)] if len(shards) == 1 else None
+  want = (
+      [
+          f'{os.path.join(source.builder.data_dir, shards[0])}#{i}'
+          for i in range(NUM_VAL)
+      ]
+      if len(shards) == 1
+      else None
+  )
   if want is not None:
     assert names == want
   assert all('validation.tfrecord' in n for n in names)

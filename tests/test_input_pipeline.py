@@ -9,12 +9,24 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from alexnet_jax.core import input_pipeline
 from alexnet_jax.configs import paper
+from alexnet_jax.core import input_pipeline
 
-MINI = pathlib.Path(input_pipeline.__file__).parents[1] / 'assets' / 'cifar10_mini'
-CIFAR10 = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
-           'horse', 'ship', 'truck')
+MINI = (
+    pathlib.Path(input_pipeline.__file__).parents[1] / 'assets' / 'cifar10_mini'
+)
+CIFAR10 = (
+    'airplane',
+    'automobile',
+    'bird',
+    'cat',
+    'deer',
+    'dog',
+    'frog',
+    'horse',
+    'ship',
+    'truck',
+)
 
 
 def _config(name, batch=8, size=24, resize=32, **data):
@@ -58,7 +70,7 @@ def bad_folder(tmp_path_factory):
     _save(root / split / 'cat' / 'cmyk.jpg', _image(21, 'CMYK'))
     _save(root / split / 'dog' / 'png_named.jpg', _image(22, 'RGBA'), 'PNG')
     full = _save(root / split / 'dog' / 'truncated.jpg', _image(23))
-    (root / split / 'dog' / 'truncated.jpg').write_bytes(full[:len(full) // 2])
+    (root / split / 'dog' / 'truncated.jpg').write_bytes(full[: len(full) // 2])
     (root / split / 'cat' / 'notes.jpg').write_text('not an image')
     (root / split / 'cat' / 'empty.jpeg').write_bytes(b'')
     (root / split / 'cat' / 'README.txt').write_text('ignored: not .jpg')
@@ -125,9 +137,11 @@ def test_eval_counts_every_readable_image_once(bad_folder, caplog):
   skipped = input_pipeline.skipped_files()
   # Named once each in the log, even over a second pass.
   list(input_pipeline.eval_iterator(c, 'test'))
-  for path in (bad_folder / 'test' / 'cat' / 'notes.jpg',
-               bad_folder / 'test' / 'cat' / 'empty.jpeg',
-               bad_folder / 'test' / 'dog' / 'truncated.jpg'):
+  for path in (
+      bad_folder / 'test' / 'cat' / 'notes.jpg',
+      bad_folder / 'test' / 'cat' / 'empty.jpeg',
+      bad_folder / 'test' / 'dog' / 'truncated.jpg',
+  ):
     hits = [r for r in caplog.records if str(path) in r.getMessage()]
     assert len(hits) == 1, (path, [r.getMessage() for r in caplog.records])
     assert str(path) in skipped
@@ -135,20 +149,29 @@ def test_eval_counts_every_readable_image_once(bad_folder, caplog):
 
 def test_colour_modes_decode_like_pil(bad_folder):
   """Grey, CMYK and RGBA-PNG-named-.jpg files come out as RGB."""
-  c = _config(f'folder:{bad_folder}', batch=16, size=32, resize=32,
-              mean=(0.0, 0.0, 0.0))
+  c = _config(
+      f'folder:{bad_folder}', batch=16, size=32, resize=32, mean=(0.0, 0.0, 0.0)
+  )
   batch = next(input_pipeline.eval_iterator(c, 'test'))
   images = batch['image'][batch['mask']]
   assert images.shape == (9, 32, 32, 3)
-  paths = [p for p in input_pipeline._folder_source(str(bad_folder)).files(
-      'test')[0] if not p.endswith(BAD)]
+  paths = [
+      p
+      for p in input_pipeline._folder_source(str(bad_folder)).files('test')[0]
+      if not p.endswith(BAD)
+  ]
   for path, got in zip(paths, images):
     want = Image.open(path).convert('RGB')
     w, h = want.size
     s = min(w, h)
-    want = np.asarray(want.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s,
-                                 (h - s) // 2 + s)).resize(
-                                     (32, 32), Image.BILINEAR)) / 255
+    want = (
+        np.asarray(
+            want.crop(
+                ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+            ).resize((32, 32), Image.BILINEAR)
+        )
+        / 255
+    )
     assert np.abs(got - want).mean() < 0.03, path
 
 
@@ -159,8 +182,10 @@ def test_training_survives_unreadable_files(bad_folder, caplog):
     batches = [next(it) for _ in range(8)]  # 4 epochs of 12 listed files
   assert all(b['image'].shape == (6, 24, 24, 3) for b in batches)
   for name in BAD:
-    assert any(s.endswith(name) and os.sep + 'train' + os.sep in s
-               for s in input_pipeline.skipped_files()), name
+    assert any(
+        s.endswith(name) and os.sep + 'train' + os.sep in s
+        for s in input_pipeline.skipped_files()
+    ), name
   resumed = next(input_pipeline.train_iterator(c, start_step=5))
   np.testing.assert_array_equal(resumed['image'], batches[5]['image'])
 
@@ -174,8 +199,11 @@ def test_hosts_read_disjoint_parts(bad_folder):
   c = _config(f'folder:{bad_folder}', batch=4)
   counts, lengths = 0, set()
   for i in range(2):
-    batches = list(input_pipeline.eval_iterator(c, 'test', process_index=i,
-                                                process_count=2))
+    batches = list(
+        input_pipeline.eval_iterator(
+            c, 'test', process_index=i, process_count=2
+        )
+    )
     lengths.add(len(batches))
     counts += sum(b['mask'].sum() for b in batches)
     assert all(b['image'].shape[0] == 2 for b in batches)
@@ -186,19 +214,27 @@ def test_ten_crop_eval_shapes():
   c = _config(f'folder:{MINI}', batch=8)
   batch = next(input_pipeline.eval_iterator(c, 'test', crops=10))
   assert batch['image'].shape == (8, 10, 24, 24, 3)
-  np.testing.assert_allclose(batch['image'][:, 5], batch['image'][:, 0,
-                                                                   :, ::-1])
+  np.testing.assert_allclose(
+      batch['image'][:, 5], batch['image'][:, 0, :, ::-1]
+  )
 
 
 def test_eval_with_a_checkpoint_preprocessing_dict():
   c = _config(f'folder:{MINI}', batch=4)
   base = next(input_pipeline.eval_iterator(c, 'test'))
   pre = input_pipeline.preprocessing_from_config(c)
-  assert pre == dict(channel_order='RGB', pixel_scale=1.0,
-                     mean=list(c.data.mean), std=[1.0, 1.0, 1.0],
-                     image_size=24, resize_size=32, resize_method='area')
-  caffe = dict(pre, channel_order='BGR', pixel_scale=255.0,
-               mean=[104.0, 117.0, 123.0])
+  assert pre == dict(
+      channel_order='RGB',
+      pixel_scale=1.0,
+      mean=list(c.data.mean),
+      std=[1.0, 1.0, 1.0],
+      image_size=24,
+      resize_size=32,
+      resize_method='area',
+  )
+  caffe = dict(
+      pre, channel_order='BGR', pixel_scale=255.0, mean=[104.0, 117.0, 123.0]
+  )
   got = next(input_pipeline.eval_iterator(c, 'test', preprocessing=caffe))
   rgb01 = base['image'] + np.asarray(c.data.mean, np.float32)
   want = rgb01[..., ::-1] * 255 - [104.0, 117.0, 123.0]
@@ -209,8 +245,7 @@ def test_split_slices():
   sizes = {'train': 1000}
   assert input_pipeline.parse_split('train', sizes) == ('train', 0, 1000)
   assert input_pipeline.parse_split('train[:10%]', sizes) == ('train', 0, 100)
-  assert input_pipeline.parse_split('train[-5:]', sizes) == ('train', 995,
-                                                             1000)
+  assert input_pipeline.parse_split('train[-5:]', sizes) == ('train', 995, 1000)
   with pytest.raises(ValueError, match="'val' does not exist"):
     input_pipeline.parse_split('val', sizes)
   with pytest.raises(ValueError, match='not accepted'):
@@ -236,8 +271,7 @@ def test_bad_names_give_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='CLASS'):
     input_pipeline.get_info(_config(f'folder:{tmp_path}'))
   with pytest.raises(ValueError, match="split 'validation'"):
-    next(input_pipeline.eval_iterator(_config(f'folder:{MINI}'),
-                                      'validation'))
+    next(input_pipeline.eval_iterator(_config(f'folder:{MINI}'), 'validation'))
 
 
 def test_shared_cifar10_folder(shared_datasets):
@@ -247,16 +281,27 @@ def test_shared_cifar10_folder(shared_datasets):
   assert info.split_sizes == {'train': 50000, 'test': 10000}
   batches = list(input_pipeline.eval_iterator(c, 'test[:100]'))
   assert sum(b['mask'].sum() for b in batches) == 100
-  assert next(input_pipeline.train_iterator(c))['image'].shape == (50, 24,
-                                                                   24, 3)
+  assert next(input_pipeline.train_iterator(c))['image'].shape == (
+      50,
+      24,
+      24,
+      3,
+  )
 
 
 def test_shared_imagenet_samples_folder(shared_datasets):
   root = shared_datasets / 'imagenet-samples'
   c = _config(f'folder:{root}', batch=4, size=224, resize=256)
   info = input_pipeline.get_info(c)
-  wnids = (pathlib.Path(input_pipeline.__file__).parents[1] / 'assets' /
-           'imagenet_wnids.txt').read_text().split()
+  wnids = (
+      (
+          pathlib.Path(input_pipeline.__file__).parents[1]
+          / 'assets'
+          / 'imagenet_wnids.txt'
+      )
+      .read_text()
+      .split()
+  )
   assert info.class_names == tuple(wnids)
   batches = list(input_pipeline.eval_iterator(c, 'val[:6]'))
   labels = np.concatenate([b['label'][b['mask']] for b in batches])
@@ -270,6 +315,7 @@ def test_device_prefetch_keeps_order_and_runs_ahead():
   def place(batch):
     placed.append(batch)
     return batch * 10
+
   out = input_pipeline.device_prefetch(iter(range(5)), place, size=2)
   assert next(out) == 0
   assert placed == [0, 1, 2]  # two batches in flight beyond the one yielded
@@ -280,8 +326,12 @@ def test_mean_image_normalisation(tmp_path):
   mean_image = np.full((32, 32, 3), 0.25, np.float32)
   mean_image[:, :16] = 0.75  # left half brighter
   np.save(tmp_path / 'mean.npy', mean_image)
-  c = _config(f'folder:{MINI}', batch=4, normalization='image',
-              mean_image=str(tmp_path / 'mean.npy'))
+  c = _config(
+      f'folder:{MINI}',
+      batch=4,
+      normalization='image',
+      mean_image=str(tmp_path / 'mean.npy'),
+  )
   pre = input_pipeline.preprocessing_from_config(c)
   assert pre['mean_image'] == str(tmp_path / 'mean.npy')
   assert pre['mean'] == [0.5, 0.5, 0.5]

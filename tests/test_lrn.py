@@ -23,8 +23,10 @@ def lrn_loop(x, *, k, n, alpha, beta, alpha_over_n):
 def _activations(shape, seed=0, scale=30.0):
   # Post-ReLU-like, large enough that alpha * sum is comparable to k: the
   # normalisation then changes values by tens of percent.
-  return np.abs(np.random.RandomState(seed).randn(*shape)).astype(
-      np.float32) * scale
+  return (
+      np.abs(np.random.RandomState(seed).randn(*shape)).astype(np.float32)
+      * scale
+  )
 
 
 @pytest.mark.parametrize('alpha_over_n', [False, True])
@@ -36,18 +38,17 @@ def test_matches_formula(n, alpha_over_n):
   want = lrn_loop(x, **kw)
   np.testing.assert_allclose(got, want, rtol=2e-6)
   # The normalisation is not a no-op at these values.
-  assert np.max(np.abs(want / x - 2.0 ** -0.75)) > 0.05
+  assert np.max(np.abs(want / x - 2.0**-0.75)) > 0.05
 
 
 def test_alpha_conventions_differ_by_n():
   x = _activations((5, 12), seed=1)
-  paper = lrn_lib.lrn(x, k=2.0, n=5, alpha=1e-3, beta=0.75,
-                      alpha_over_n=False)
-  caffe = lrn_lib.lrn(x, k=2.0, n=5, alpha=5e-3, beta=0.75,
-                      alpha_over_n=True)
+  paper = lrn_lib.lrn(x, k=2.0, n=5, alpha=1e-3, beta=0.75, alpha_over_n=False)
+  caffe = lrn_lib.lrn(x, k=2.0, n=5, alpha=5e-3, beta=0.75, alpha_over_n=True)
   np.testing.assert_allclose(paper, caffe, rtol=1e-6)
-  caffe_same_alpha = lrn_lib.lrn(x, k=2.0, n=5, alpha=1e-3, beta=0.75,
-                                 alpha_over_n=True)
+  caffe_same_alpha = lrn_lib.lrn(
+      x, k=2.0, n=5, alpha=1e-3, beta=0.75, alpha_over_n=True
+  )
   assert np.max(np.abs(np.asarray(paper) - np.asarray(caffe_same_alpha))) > 0.1
 
 
@@ -60,30 +61,39 @@ def test_edge_channels_and_windows_wider_than_the_channels(channels):
   np.testing.assert_allclose(got, lrn_loop(x, **kw), rtol=2e-6)
   # Channel 0 by hand: its window is channels 0..2 (those that exist).
   s = (x[:, :3].astype(np.float64) ** 2).sum(-1)
-  np.testing.assert_allclose(got[:, 0], x[:, 0] / (1 + 1e-2 * s) ** 0.75,
-                             rtol=2e-6)
+  np.testing.assert_allclose(
+      got[:, 0], x[:, 0] / (1 + 1e-2 * s) ** 0.75, rtol=2e-6
+  )
 
 
 def test_paper_constants_and_bfloat16():
   x = _activations((2, 5, 5, 48), seed=3)
   kw = dict(k=2.0, n=5, alpha=1e-4, beta=0.75, alpha_over_n=False)
-  np.testing.assert_allclose(np.asarray(lrn_lib.lrn(jnp.asarray(x), **kw)),
-                             lrn_loop(x, **kw), rtol=2e-6)
+  np.testing.assert_allclose(
+      np.asarray(lrn_lib.lrn(jnp.asarray(x), **kw)),
+      lrn_loop(x, **kw),
+      rtol=2e-6,
+  )
   y = lrn_lib.lrn(jnp.asarray(x, jnp.bfloat16), **kw)
   assert y.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(y, np.float32), lrn_loop(x, **kw),
-                             rtol=2e-2)
+  np.testing.assert_allclose(
+      np.asarray(y, np.float32), lrn_loop(x, **kw), rtol=2e-2
+  )
 
 
 def test_matches_torch_local_response_norm():
   torch = pytest.importorskip('torch')
-  x = _activations((2, 4, 4, 24), seed=4)   # NHWC
+  x = _activations((2, 4, 4, 24), seed=4)  # NHWC
   for size, k in ((5, 1.0), (3, 2.0)):
     norm = torch.nn.LocalResponseNorm(size, alpha=1e-2, beta=0.75, k=k)
-    want = norm(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(
-        0, 2, 3, 1)
-    got = lrn_lib.lrn(jnp.asarray(x), k=k, n=size, alpha=1e-2, beta=0.75,
-                      alpha_over_n=True)
+    want = (
+        norm(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+        .numpy()
+        .transpose(0, 2, 3, 1)
+    )
+    got = lrn_lib.lrn(
+        jnp.asarray(x), k=k, n=size, alpha=1e-2, beta=0.75, alpha_over_n=True
+    )
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
 
 
@@ -92,11 +102,13 @@ def test_matches_tf_local_response_normalization_with_paper_constants():
   tf = pytest.importorskip('tensorflow')
   x = _activations((2, 4, 4, 24), seed=5, scale=60.0)
   want = tf.nn.local_response_normalization(
-      x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75).numpy()
-  got = lrn_lib.lrn(jnp.asarray(x), k=2.0, n=5, alpha=1e-4, beta=0.75,
-                    alpha_over_n=False)
+      x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
+  ).numpy()
+  got = lrn_lib.lrn(
+      jnp.asarray(x), k=2.0, n=5, alpha=1e-4, beta=0.75, alpha_over_n=False
+  )
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
-  assert np.max(np.abs(want / x - 2.0 ** -0.75)) > 0.05
+  assert np.max(np.abs(want / x - 2.0**-0.75)) > 0.05
 
 
 def test_gradient_matches_torch_autograd():
@@ -104,17 +116,30 @@ def test_gradient_matches_torch_autograd():
   # autograd through nn.LocalResponseNorm.
   torch = pytest.importorskip('torch')
   import jax
+
   x = _activations((2, 3, 3, 12), seed=5)
   g = np.random.RandomState(6).randn(*x.shape).astype(np.float32)
   for size, alpha_over_n in ((5, False), (3, True)):
     alpha = 1e-2
     norm = torch.nn.LocalResponseNorm(
-        size, alpha=alpha if alpha_over_n else alpha * size, beta=0.75, k=2.0)
+        size, alpha=alpha if alpha_over_n else alpha * size, beta=0.75, k=2.0
+    )
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
     norm(xt).backward(torch.from_numpy(g.transpose(0, 3, 1, 2).copy()))
     want = xt.grad.numpy().transpose(0, 2, 3, 1)
-    grad = jax.jit(lambda v, g: jax.vjp(lambda v: lrn_lib.lrn(
-        v, k=2.0, n=size, alpha=alpha, beta=0.75, alpha_over_n=alpha_over_n),
-        v)[1](g)[0])
-    np.testing.assert_allclose(np.asarray(grad(x, g)), want, rtol=1e-4,
-                               atol=1e-6)
+    grad = jax.jit(
+        lambda v, g: jax.vjp(
+            lambda v: lrn_lib.lrn(
+                v,
+                k=2.0,
+                n=size,
+                alpha=alpha,
+                beta=0.75,
+                alpha_over_n=alpha_over_n,
+            ),
+            v,
+        )[1](g)[0]
+    )
+    np.testing.assert_allclose(
+        np.asarray(grad(x, g)), want, rtol=1e-4, atol=1e-6
+    )

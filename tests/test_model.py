@@ -9,14 +9,15 @@ model (grouped convolutions, nn.LocalResponseNorm).
 """
 
 import contextlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax.core import model as model_lib
 from alexnet_jax.configs import paper
+from alexnet_jax.core import model as model_lib
 
 torch = pytest.importorskip('torch')
 from alexnet_jax.reference import torch_models  # noqa: E402  (needs torch)
@@ -59,8 +60,7 @@ def _random_params(module, image_size, seed=0):
 
 
 def _images(n, size, seed=1):
-  return np.random.RandomState(seed).randn(n, size, size, 3).astype(
-      np.float32)
+  return np.random.RandomState(seed).randn(n, size, size, 3).astype(np.float32)
 
 
 @contextlib.contextmanager
@@ -77,8 +77,9 @@ def _one_torch_thread():
 
 
 def _torch_logits(model_config, params, images, flatten='hwc'):
-  net = torch_models.from_config(model_config, image_size=images.shape[1],
-                                    flatten=flatten)
+  net = torch_models.from_config(
+      model_config, image_size=images.shape[1], flatten=flatten
+  )
   torch_models.load_flax_params(net.eval(), params)
   with torch.no_grad(), _one_torch_thread():
     return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
@@ -86,8 +87,11 @@ def _torch_logits(model_config, params, images, flatten='hwc'):
 
 def _flax_logits(model_config, params, images, **kwargs):
   module = model_lib.from_config(model_config)
-  return np.asarray(jax.jit(
-      lambda p, x: module.apply({'params': p}, x, **kwargs))(params, images))
+  return np.asarray(
+      jax.jit(lambda p, x: module.apply({'params': p}, x, **kwargs))(
+          params, images
+      )
+  )
 
 
 def _rel_err(a, b):
@@ -110,8 +114,11 @@ def _record_inputs(module, fn, names):
 
 # --- Real shapes and sizes (eval_shape: nothing is allocated) ----------------
 
-@pytest.mark.parametrize('conv1_padding,image_size', [
-    ('paper', 224), ('torchvision', 224), ('caffe', 227)])
+
+@pytest.mark.parametrize(
+    'conv1_padding,image_size',
+    [('paper', 224), ('torchvision', 224), ('caffe', 227)],
+)
 def test_layer_shapes_55_27_13_6(conv1_padding, image_size):
   module = model_lib.from_config(_model_config(conv1_padding=conv1_padding))
   x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
@@ -119,25 +126,32 @@ def test_layer_shapes_55_27_13_6(conv1_padding, image_size):
 
   def forward():
     variables = module.init(jax.random.key(0), x)
-    (out, state), inputs = _record_inputs(module, lambda: module.apply(
-        variables, x, capture_intermediates=True, mutable=['intermediates']),
-        layers)
-    outputs = {k: v['__call__'][0] for k, v in state['intermediates'].items()
-               if k in layers}
+    (out, state), inputs = _record_inputs(
+        module,
+        lambda: module.apply(
+            variables, x, capture_intermediates=True, mutable=['intermediates']
+        ),
+        layers,
+    )
+    outputs = {
+        k: v['__call__'][0]
+        for k, v in state['intermediates'].items()
+        if k in layers
+    }
     return out, inputs, outputs, variables['params']
 
   out, ins, outs, params = jax.eval_shape(forward)
   shape = lambda t: [tuple(a.shape) for a in t]
   # Per tower (two towers), NHWC.
   assert shape(outs['conv1']) == [(2, 55, 55, 48)] * 2
-  assert shape(ins['conv2']) == [(2, 27, 27, 48)] * 2        # after pool1
+  assert shape(ins['conv2']) == [(2, 27, 27, 48)] * 2  # after pool1
   assert shape(outs['conv2']) == [(2, 27, 27, 128)] * 2
-  assert ins['conv3'][0].shape == (2, 13, 13, 256)          # both towers
+  assert ins['conv3'][0].shape == (2, 13, 13, 256)  # both towers
   assert shape(outs['conv3']) == [(2, 13, 13, 192)] * 2
-  assert shape(ins['conv4']) == [(2, 13, 13, 192)] * 2      # own tower
+  assert shape(ins['conv4']) == [(2, 13, 13, 192)] * 2  # own tower
   assert shape(outs['conv4']) == [(2, 13, 13, 192)] * 2
   assert shape(outs['conv5']) == [(2, 13, 13, 128)] * 2
-  assert ins['fc6'].shape == (2, 6 * 6 * 256)               # pool5: 6x6
+  assert ins['fc6'].shape == (2, 6 * 6 * 256)  # pool5: 6x6
   assert shape(outs['fc6']) == [(2, 2048)] * 2
   assert ins['fc7'].shape == (2, 4096)
   assert ins['fc8'].shape == (2, 4096)
@@ -154,21 +168,32 @@ def test_layer_shapes_55_27_13_6(conv1_padding, image_size):
 
 
 def test_torchvision_variant_shapes():
-  module = model_lib.from_config(_model_config(
-      variant='torchvision', towers=1, conv1_padding='torchvision'))
+  module = model_lib.from_config(
+      _model_config(
+          variant='torchvision', towers=1, conv1_padding='torchvision'
+      )
+  )
   x = jnp.zeros((1, 224, 224, 3), jnp.float32)
 
   def forward():
     variables = module.init(jax.random.key(0), x)
-    return module.apply(variables, x, capture_intermediates=True,
-                        mutable=['intermediates'])
+    return module.apply(
+        variables, x, capture_intermediates=True, mutable=['intermediates']
+    )
 
   out, state = jax.eval_shape(forward)
-  outs = {k: v['__call__'][0][0].shape
-          for k, v in state['intermediates'].items() if k.startswith('conv')}
-  assert outs == {'conv1': (1, 55, 55, 64), 'conv2': (1, 27, 27, 192),
-                  'conv3': (1, 13, 13, 384), 'conv4': (1, 13, 13, 256),
-                  'conv5': (1, 13, 13, 256)}
+  outs = {
+      k: v['__call__'][0][0].shape
+      for k, v in state['intermediates'].items()
+      if k.startswith('conv')
+  }
+  assert outs == {
+      'conv1': (1, 55, 55, 64),
+      'conv2': (1, 27, 27, 192),
+      'conv3': (1, 13, 13, 384),
+      'conv4': (1, 13, 13, 256),
+      'conv5': (1, 13, 13, 256),
+  }
   assert out.shape == (1, 1000)
 
 
@@ -176,12 +201,22 @@ def _count(tree):
   return sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(tree))
 
 
-@pytest.mark.parametrize('overrides,expected', [
-    ({}, 60_965_224),
-    ({'variant': 'torchvision', 'towers': 1, 'lrn.enabled': False,
-      'conv1_padding': 'torchvision'}, 61_100_840),
-    ({'towers': 1}, 59_798_312),
-])
+@pytest.mark.parametrize(
+    'overrides,expected',
+    [
+        ({}, 60_965_224),
+        (
+            {
+                'variant': 'torchvision',
+                'towers': 1,
+                'lrn.enabled': False,
+                'conv1_padding': 'torchvision',
+            },
+            61_100_840,
+        ),
+        ({'towers': 1}, 59_798_312),
+    ],
+)
 def test_parameter_counts(overrides, expected):
   config = _model_config(**overrides)
   params = _shapes(model_lib.from_config(config), 224)['params']
@@ -196,41 +231,54 @@ def test_one_tower_control_halves_conv1_to_conv4_only():
   params = _shapes(model_lib.from_config(_model_config(towers=1)), 224)
   params = params['params']
   assert [params[f'conv{i}']['kernel'].shape[-1] for i in range(1, 6)] == [
-      48, 128, 192, 192, 256]
+      48,
+      128,
+      192,
+      192,
+      256,
+  ]
   assert params['fc6']['kernel'].shape == (1, 9216, 4096)
   assert params['fc7']['kernel'].shape == (1, 4096, 4096)
 
 
 def test_width_scale_and_num_classes_set_shapes():
-  module = model_lib.from_config(_model_config(width_scale=0.5,
-                                               num_classes=10))
+  module = model_lib.from_config(_model_config(width_scale=0.5, num_classes=10))
   params = _shapes(module, 224)['params']
   assert params['conv1']['kernel'].shape == (2, 11, 11, 3, 24)
   assert params['conv5']['kernel'].shape == (2, 3, 3, 96, 64)
   assert params['fc6']['kernel'].shape == (2, 6 * 6 * 128, 1024)
   assert params['fc8']['kernel'].shape == (2048, 10)
-  out = jax.eval_shape(module.apply, {'params': params},
-                       jax.ShapeDtypeStruct((3, 224, 224, 3), jnp.float32))
+  out = jax.eval_shape(
+      module.apply,
+      {'params': params},
+      jax.ShapeDtypeStruct((3, 224, 224, 3), jnp.float32),
+  )
   assert out.shape == (3, 10)
 
 
 def test_pool_2_2_gives_the_same_sizes():
   base = _shapes(model_lib.from_config(_model_config()), 224)
-  other = _shapes(model_lib.from_config(
-      _model_config(**{'pool.window': 2, 'pool.stride': 2})), 224)
+  other = _shapes(
+      model_lib.from_config(
+          _model_config(**{'pool.window': 2, 'pool.stride': 2})
+      ),
+      224,
+  )
   shapes = lambda t: jax.tree_util.tree_map(lambda a: a.shape, t)
   assert shapes(base) == shapes(other)
 
 
 # --- Initialisation (a real init at reduced width) ---------------------------
 
+
 def _real_init(config, image_size=67):
   module = model_lib.from_config(config)
   # The statistics do not depend on the threefry variant; the
   # non-partitionable one compiles several times faster on XLA:CPU.
   with jax.threefry_partitionable(False):
-    return jax.device_get(model_lib.init(module, jax.random.key(0),
-                                         image_size)['params'])
+    return jax.device_get(
+        model_lib.init(module, jax.random.key(0), image_size)['params']
+    )
 
 
 def _assert_normal(kernel, std, name):
@@ -245,24 +293,30 @@ def test_paper_init_statistics():
   for name, p in params.items():
     _assert_normal(p['kernel'], 0.01, name)
     ones = name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
-    np.testing.assert_array_equal(p['bias'], 1.0 if ones else 0.0,
-                                  err_msg=name)
+    np.testing.assert_array_equal(p['bias'], 1.0 if ones else 0.0, err_msg=name)
 
 
 def test_bias_init_and_weight_std_are_honoured():
-  params = _real_init(_model_config(width_scale=0.25, bias_init=0.1,
-                                    weight_init_std=0.02))
+  params = _real_init(
+      _model_config(width_scale=0.25, bias_init=0.1, weight_init_std=0.02)
+  )
   for name, p in params.items():
     _assert_normal(p['kernel'], 0.02, name)
     ones = name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
-    np.testing.assert_array_equal(p['bias'], np.float32(0.1 if ones else 0),
-                                  err_msg=name)
+    np.testing.assert_array_equal(
+        p['bias'], np.float32(0.1 if ones else 0), err_msg=name
+    )
 
 
 def test_torchvision_variant_biases_are_zero():
-  params = _real_init(_model_config(
-      variant='torchvision', towers=1, conv1_padding='torchvision',
-      width_scale=0.25))
+  params = _real_init(
+      _model_config(
+          variant='torchvision',
+          towers=1,
+          conv1_padding='torchvision',
+          width_scale=0.25,
+      )
+  )
   for name, p in params.items():
     np.testing.assert_array_equal(p['bias'], 0.0, err_msg=name)
 
@@ -306,9 +360,9 @@ def test_matches_pytorch_reference(switch, paper_reference):
   config = _model_config(**BASE, **SWITCHES[switch])
   base_params, images, base_logits = paper_reference
   module = model_lib.from_config(config)
-  same_shapes = (jax.tree_util.tree_map(np.shape, base_params) ==
-                 jax.tree_util.tree_map(np.shape, _shapes(module, SMALL)[
-                     'params']))
+  same_shapes = jax.tree_util.tree_map(
+      np.shape, base_params
+  ) == jax.tree_util.tree_map(np.shape, _shapes(module, SMALL)['params'])
   params = base_params if same_shapes else _random_params(module, SMALL)
   logits = _flax_logits(config, params, images)
   expected = _torch_logits(config, params, images)
@@ -329,8 +383,13 @@ def test_paper_lrn_constants_match_pytorch():
   config = _model_config(width_scale=TINY)
   params = _random_params(model_lib.from_config(config), SMALL, seed=3)
   images = _images(2, SMALL) * 20  # large activations: LRN does something
-  assert _rel_err(_flax_logits(config, params, images),
-                  _torch_logits(config, params, images)) < 1e-5
+  assert (
+      _rel_err(
+          _flax_logits(config, params, images),
+          _torch_logits(config, params, images),
+      )
+      < 1e-5
+  )
 
 
 def test_reference_catches_a_tower_mixup(paper_reference):
@@ -343,49 +402,69 @@ def test_reference_catches_a_tower_mixup(paper_reference):
 @pytest.mark.parametrize('image_size', [SMALL, 260])
 def test_torchvision_variant_matches_pytorch(image_size):
   """260 input: pool5 is 7x7, so the adaptive 6x6 average pool overlaps."""
-  config = _model_config(variant='torchvision', towers=1, width_scale=TINY,
-                         conv1_padding='torchvision')
+  config = _model_config(
+      variant='torchvision',
+      towers=1,
+      width_scale=TINY,
+      conv1_padding='torchvision',
+  )
   params = _random_params(model_lib.from_config(config), image_size)
   images = _images(1, image_size)
-  assert _rel_err(_flax_logits(config, params, images),
-                  _torch_logits(config, params, images)) < 1e-5
+  assert (
+      _rel_err(
+          _flax_logits(config, params, images),
+          _torch_logits(config, params, images),
+      )
+      < 1e-5
+  )
 
 
-def test_lrn_across_towers_differs_only_at_the_tower_boundary(
-    paper_reference):
+def test_lrn_across_towers_differs_only_at_the_tower_boundary(paper_reference):
   """Caffe's windows reach n//2 = 2 channels into the other tower: pool1's
   output (conv2's input) differs in those channels and nowhere else."""
   params, images, _ = paper_reference
   inputs = {}
   for across in (False, True):
     module = model_lib.from_config(
-        _model_config(**BASE, **{'lrn.across_towers': across}))
-    seen = jax.jit(lambda p, x: _record_inputs(module, lambda: module.apply(
-        {'params': p}, x), ('conv2',))[1])(params, images)
+        _model_config(**BASE, **{'lrn.across_towers': across})
+    )
+    seen = jax.jit(
+        lambda p, x: _record_inputs(
+            module, lambda: module.apply({'params': p}, x), ('conv2',)
+        )[1]
+    )(params, images)
     inputs[across] = [np.asarray(t) for t in seen['conv2']]
   c = inputs[False][0].shape[-1]
-  diff = [np.abs(a - b).max(axis=(0, 1, 2))
-          for a, b in zip(inputs[False], inputs[True])]
+  diff = [
+      np.abs(a - b).max(axis=(0, 1, 2))
+      for a, b in zip(inputs[False], inputs[True])
+  ]
   changed = np.concatenate(diff) > 1e-6
   expected = np.zeros(2 * c, bool)
-  expected[c - 2:c + 2] = True
+  expected[c - 2 : c + 2] = True
   np.testing.assert_array_equal(changed, expected)
 
 
 # --- Dropout and dtype --------------------------------------------------------
 
-@pytest.mark.parametrize('variant,rate', [('paper', 0.5), ('paper', 0.25),
-                                          ('torchvision', 0.5)])
+
+@pytest.mark.parametrize(
+    'variant,rate', [('paper', 0.5), ('paper', 0.25), ('torchvision', 0.5)]
+)
 def test_dropout_only_in_training_and_scaled(variant, rate):
   """Paper: dropout on fc6's and fc7's outputs; torchvision: on their inputs.
 
   In training each dropped input of the next layer is 0 and each kept one is
   the evaluation value / (1 - rate); evaluation is deterministic.
   """
-  extra = ({'towers': 1, 'conv1_padding': 'torchvision'}
-           if variant == 'torchvision' else {})
-  config = _model_config(variant=variant, width_scale=TINY, dropout=rate,
-                         **extra)
+  extra = (
+      {'towers': 1, 'conv1_padding': 'torchvision'}
+      if variant == 'torchvision'
+      else {}
+  )
+  config = _model_config(
+      variant=variant, width_scale=TINY, dropout=rate, **extra
+  )
   module = model_lib.from_config(config)
   params = _random_params(module, SMALL)
   images = _images(4, SMALL)
@@ -393,14 +472,24 @@ def test_dropout_only_in_training_and_scaled(variant, rate):
 
   @jax.jit
   def run_train(seed):
-    return _record_inputs(module, lambda: module.apply(
-        {'params': params}, images, train=True,
-        rngs={'dropout': jax.random.key(seed)}), names)
+    return _record_inputs(
+        module,
+        lambda: module.apply(
+            {'params': params},
+            images,
+            train=True,
+            rngs={'dropout': jax.random.key(seed)},
+        ),
+        names,
+    )
 
   @jax.jit
   def run_eval():
-    return _record_inputs(module, lambda: module.apply(
-        {'params': params}, images, train=False), names)
+    return _record_inputs(
+        module,
+        lambda: module.apply({'params': params}, images, train=False),
+        names,
+    )
 
   run = lambda train, seed=0: run_train(seed) if train else run_eval()
 
@@ -427,13 +516,19 @@ def test_bfloat16_computes_in_bf16_and_returns_f32(paper_reference):
   params, images, logits = paper_reference
   config = _model_config(**BASE, dtype='bfloat16')
   module = model_lib.from_config(config)
-  out, state = jax.jit(lambda p, x: module.apply(
-      {'params': p}, x, capture_intermediates=True,
-      mutable=['intermediates']))(params, images)
+  out, state = jax.jit(
+      lambda p, x: module.apply(
+          {'params': p},
+          x,
+          capture_intermediates=True,
+          mutable=['intermediates'],
+      )
+  )(params, images)
   assert out.dtype == jnp.float32
   for name in ('conv1', 'conv3', 'conv5', 'fc6'):
     assert state['intermediates'][name]['__call__'][0][0].dtype == (
-        jnp.bfloat16), name
+        jnp.bfloat16
+    ), name
   # Close to the float32 model, but not bit-identical (it did use bf16).
   err = _rel_err(np.asarray(out), logits)
   assert 0 < err < 0.1

@@ -21,11 +21,16 @@ import jax
 import numpy as np
 import pytest
 
-from test_parallel import STEP_SIZE, _batch, _close, initial_state, \
-    make_step, reference_step, run_steps
+from test_parallel import STEP_SIZE
+from test_parallel import _batch
+from test_parallel import _close
+from test_parallel import initial_state
+from test_parallel import make_step
+from test_parallel import reference_step
+from test_parallel import run_steps
 
 WORKER = pathlib.Path(__file__).with_name('multihost_worker.py')
-DEADLINE_S = 600      # about a minute when idle; minutes on a loaded host
+DEADLINE_S = 600  # about a minute when idle; minutes on a loaded host
 NUM_BATCHES = 2
 
 
@@ -45,27 +50,36 @@ def run_processes(argvs, logdir, *, deadline_s=DEADLINE_S):
   Every worker is killed on the way out, whatever happened.
   """
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)      # devices come from parallel.cpu_devices
+  env.pop('XLA_FLAGS', None)  # devices come from parallel.cpu_devices
   procs, logs = [], []
   try:
     for i, argv in enumerate(argvs):
       logs.append(open(logdir / f'worker{i}.log', 'w'))
-      procs.append(subprocess.Popen(
-          [sys.executable, str(WORKER), *map(str, argv)], env=env,
-          stdout=logs[-1], stderr=subprocess.STDOUT))
+      procs.append(
+          subprocess.Popen(
+              [sys.executable, str(WORKER), *map(str, argv)],
+              env=env,
+              stdout=logs[-1],
+              stderr=subprocess.STDOUT,
+          )
+      )
     end = time.monotonic() + deadline_s
     while True:
       codes = [p.poll() for p in procs]
       bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
       if bad:
         i = bad[0]
-        raise PeerFailed(f'worker {i} exited with code {codes[i]}:\n'
-                         + _tail(logdir / f'worker{i}.log'))
+        raise PeerFailed(
+            f'worker {i} exited with code {codes[i]}:\n'
+            + _tail(logdir / f'worker{i}.log')
+        )
       if all(c == 0 for c in codes):
         return
       if time.monotonic() > end:
-        raise PeerFailed(f'workers still running after {deadline_s} s:\n'
-                         + _tail(logdir / 'worker0.log'))
+        raise PeerFailed(
+            f'workers still running after {deadline_s} s:\n'
+            + _tail(logdir / 'worker0.log')
+        )
       time.sleep(0.2)
   finally:
     for p in procs:
@@ -99,16 +113,20 @@ def test_two_processes_end_with_the_single_device_params(tmp_path):
   inputs, batches = _inputs(tmp_path)
   address = f'127.0.0.1:{_free_port()}'
   prefix = tmp_path / 'params'
-  run_processes([(inputs, prefix, address, 2, pid) for pid in range(2)],
-                tmp_path)
+  run_processes(
+      [(inputs, prefix, address, 2, pid) for pid in range(2)], tmp_path
+  )
 
   # The reference: one device, whole batches, each data shard's dropout.
   single = make_step('single')
   for mode, shards in DATA_SHARDS.items():
-    ref, _ = run_steps(single, reference_step(single, shards),
-                       initial_state(single), batches)
-    flat_ref = {'/'.join(k.key for k in path): x for path, x in
-                jax.tree_util.tree_flatten_with_path(ref.params)[0]}
+    ref, _ = run_steps(
+        single, reference_step(single, shards), initial_state(single), batches
+    )
+    flat_ref = {
+        '/'.join(k.key for k in path): x
+        for path, x in jax.tree_util.tree_flatten_with_path(ref.params)[0]
+    }
     for pid in range(2):
       got = dict(np.load(f'{prefix}.{mode}.{pid}.npz'))
       assert got.keys() == flat_ref.keys()
@@ -120,7 +138,11 @@ def test_a_dead_peer_fails_the_run_quickly(tmp_path):
   address = f'127.0.0.1:{_free_port()}'
   start = time.monotonic()
   with pytest.raises(PeerFailed, match='worker 1 exited with code 3'):
-    run_processes([(inputs, tmp_path / 'p', address, 2, 0),
-                   (inputs, tmp_path / 'p', address, 2, 1, '--die')],
-                  tmp_path)
+    run_processes(
+        [
+            (inputs, tmp_path / 'p', address, 2, 0),
+            (inputs, tmp_path / 'p', address, 2, 1, '--die'),
+        ],
+        tmp_path,
+    )
   assert time.monotonic() - start < 60

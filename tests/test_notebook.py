@@ -1,27 +1,64 @@
-"""experiments/demo.ipynb runs end to end (nbclient) on a tiny checkpoint.
+"""experiments/demo.ipynb runs end to end (nbclient), offline.
 
-The checkpoint is a random two-tower paper-variant model at 1/16 width,
-exported with checkpoint.save_model; the photos are generated JPEGs. The
-parameters cell is overridden through ALEXNET_DEMO_* environment variables,
-which the notebook's kernel inherits.
+Two runs: the Colab path on a small .caffemodel written by the test (fetched
+through a file:// URL and checked against its SHA-1, imported, then
+classified, sanity-checked, Figure 3 and 4), and the offline default (a
+tiny CIFAR-10 export standing in for the smoke run's workdir, with the
+photos shipped in the package). The parameters cell is overridden through
+ALEXNET_DEMO_* environment variables, which the notebook's kernel inherits.
+The install cell and the download check are also run on their own.
 """
+
+import hashlib
+import importlib.util
+import re
+import subprocess
 
 import jax
 import nbclient
 import nbformat
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
+from alexnet_jax.configs import paper
 from alexnet_jax.core import checkpoint
+from alexnet_jax.core import convert
+from alexnet_jax.core import features
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import visualize
-from alexnet_jax.configs import paper
 from conftest import REPO
 
-CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
-           'horse', 'ship', 'truck')
+CLASSES = (
+    'airplane',
+    'automobile',
+    'bird',
+    'cat',
+    'deer',
+    'dog',
+    'frog',
+    'horse',
+    'ship',
+    'truck',
+)
+NOTEBOOK = REPO / 'experiments' / 'demo.ipynb'
+WNIDS = ('n02123045', 'n02690373', 'n04285008')  # tabby, airliner, sports car
+
+
+def _notebook():
+  return nbformat.read(NOTEBOOK, as_version=4)
+
+
+def _cell(marker):
+  """The source of the one code cell containing `marker`."""
+  found = [
+      c.source
+      for c in _notebook().cells
+      if c.cell_type == 'code' and marker in c.source
+  ]
+  assert len(found) == 1, marker
+  return found[0]
 
 
 @pytest.fixture
@@ -29,15 +66,18 @@ def tiny_export(tmp_path):
   config = paper.get_config()
   config.model.num_classes = len(CLASSES)
   config.model.width_scale = 1 / 16
-  config.data.image_size = 67        # the smallest the paper geometry takes
+  config.data.image_size = 67  # the smallest the paper geometry takes
   config.data.resize_size = 76
   module = model_lib.from_config(config.model)
   # 'rbg' keys: threefry initialisers take ~10 s to compile on XLA:CPU here.
   variables = model_lib.init(module, jax.random.key(0, impl='rbg'), 67)
   path = checkpoint.save_model(
-      tmp_path / 'export', config=config, variables=variables,
+      tmp_path / 'export',
+      config=config,
+      variables=variables,
       preprocessing=input_pipeline.preprocessing_from_config(config),
-      class_names=CLASSES)
+      class_names=CLASSES,
+  )
   return path, variables
 
 
@@ -46,60 +86,266 @@ def _photos(root):
   for i, name in enumerate(('cat', 'dog', 'ship')):
     (root / name).mkdir(parents=True)
     for j in range(3):
-      h, w = 50 + 20 * j, 90 - 10 * i           # varied, non-square sizes
+      h, w = 50 + 20 * j, 90 - 10 * i  # varied, non-square sizes
       Image.fromarray(rs.randint(0, 256, (h, w, 3)).astype(np.uint8)).save(
-          root / name / f'{name}_{j}.jpg')
+          root / name / f'{name}_{j}.jpg'
+      )
 
 
-def test_demo_notebook_runs(tiny_export, tmp_path, monkeypatch):
-  export, variables = tiny_export
-  # PHOTOS and GALLERY are left to their defaults: the data root's
-  # imagenet-samples and (a CIFAR-10 model) cifar10/test.
-  data = tmp_path / 'data'
-  _photos(data / 'imagenet-samples' / 'val')
-  _photos(data / 'cifar10' / 'test')
-  for name, value in dict(CHECKPOINT=export, DATA_ROOT=data,
-                          PHOTO_FILTER='cat,ship', NUM_PHOTOS=4,
-                          GALLERY_SIZE=9, NUM_QUERIES=2,
-                          NEIGHBOURS=3, LAYER='fc7').items():
+def _imagenet_samples(root):
+  """val/<wnid>/<wnid>_<name>.JPEG, like the shared and public samples."""
+  rs = np.random.RandomState(0)
+  for i, wnid in enumerate(WNIDS):
+    (root / wnid).mkdir(parents=True)
+    for j in range(2):
+      h, w = 240 + 30 * j, 300 - 20 * i
+      Image.fromarray(rs.randint(0, 256, (h, w, 3)).astype(np.uint8)).save(
+          root / wnid / f'{wnid}_photo{j}.JPEG'
+      )
+
+
+def _run(tmp_path, monkeypatch, **params):
+  for name, value in params.items():
     monkeypatch.setenv(f'ALEXNET_DEMO_{name}', str(value))
   for name in ('PHOTOS', 'GALLERY'):
     monkeypatch.delenv(f'ALEXNET_DEMO_{name}', raising=False)
-  nb = nbformat.read(REPO / 'experiments' / 'demo.ipynb', as_version=4)
+  nb = _notebook()
   # Outputs are not committed: the notebook is clean for Colab users.
   assert not any(c.get('outputs') for c in nb.cells if c.cell_type == 'code')
   assert 'parameters' in nb.cells[2].metadata.get('tags', [])
-  nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
-                          resources={'metadata': {'path': str(tmp_path)}}
-                          ).execute()
-  text = '\n'.join(o.get('text', '') for c in nb.cells
-                   if c.cell_type == 'code' for o in c.outputs)
-  assert f'{export}: AlexNet variant=paper towers=2' in text
-  # 4 photos, filtered to the cat and ship folders, each with a top-5 line.
-  lines = [l for l in text.splitlines() if l.startswith(('cat_', 'ship_'))]
+  nbclient.NotebookClient(
+      nb,
+      timeout=300,
+      kernel_name='python3',
+      resources={'metadata': {'path': str(tmp_path)}},
+  ).execute()
+  text = '\n'.join(
+      o.get('text', '')
+      for c in nb.cells
+      if c.cell_type == 'code'
+      for o in c.outputs
+  )
+  images = [
+      o
+      for c in nb.cells
+      if c.cell_type == 'code'
+      for o in c.outputs
+      if 'image/png' in o.get('data', {})
+  ]
+  return text, len(images)
+
+
+def test_demo_notebook_runs_on_a_caffemodel(tmp_path, monkeypatch):
+  """The Colab default (bvlc_alexnet) with a test-written caffemodel."""
+  import test_caffemodel as caffe  # pylint: disable=g-import-not-at-top
+
+  weights = caffe.write_caffemodel(
+      tmp_path / 'small.caffemodel',
+      caffe._net_blobs(caffe.caffe_net(caffe.TINY)),
+      v1=True,
+  )
+  sha1 = hashlib.sha1(weights.read_bytes()).hexdigest()
+  data = tmp_path / 'data'
+  _imagenet_samples(data / 'imagenet-samples' / 'val')
+  work = tmp_path / 'work'
+  work.mkdir()
+  text, images = _run(
+      work,
+      monkeypatch,
+      CHECKPOINT='bvlc_alexnet',
+      BVLC_ALEXNET_URL=weights.as_uri(),
+      BVLC_ALEXNET_SHA1=sha1,
+      CAFFEMODEL_WIDTH=caffe.TINY,
+      DATA_ROOT=data,
+      PHOTO_FILTER=f'{WNIDS[0]},{WNIDS[2]}',
+      NUM_PHOTOS=4,
+      SANITY_PHOTOS=6,
+      GALLERY_SIZE=6,
+      NUM_QUERIES=2,
+      NEIGHBOURS=3,
+      LAYER='fc7',
+  )
+  export = work / 'bvlc_alexnet_export'
+  assert 'bvlc_alexnet_export: AlexNet variant=paper towers=2' in text
+  # 4 photos of the two filtered classes, each labelled with its true class.
+  names = convert.imagenet_class_names()
+  wanted = {
+      f'true: {names[convert.imagenet_wnids().index(w)]}'
+      for w in (WNIDS[0], WNIDS[2])
+  }
+  lines = [l for l in text.splitlines() if l.startswith('true: ')]
   assert len(lines) == 4 and all(l.count(' | ') == 4 for l in lines)
+  assert {l.split('  ')[0].strip() for l in lines} <= wanted
+  # The sanity check's figures, recomputed here from the export.
+  model, variables, _ = checkpoint.load(export)
+  record = checkpoint.load_metadata(export)['preprocessing']
+  sample = sorted((data / 'imagenet-samples').rglob('*.JPEG'))
+  logits = features.extract(
+      model, variables, features.load_images(sample, record)
+  )
+  truth = np.array(
+      [convert.imagenet_wnids().index(p.name.split('_')[0]) for p in sample]
+  )
+  best = np.argsort(-np.asarray(logits), axis=1)[:, :5]
+  top1 = 100 * np.mean(best[:, 0] == truth)
+  top5 = 100 * np.mean((best == truth[:, None]).any(1))
+  assert (
+      f'sanity check on 6 sample photos: top-1 {top1:.1f}%, top-5 '
+      f'{top5:.1f}% (+/- 41 points at n = 6)'
+  ) in text
+  assert (
+      'published (bvlc_alexnet, ILSVRC-2012 val, centre crop): top-1 '
+      '57.1%, top-5 80.2%'
+  ) in text
   spec = visualize.tower_colour_specificity(variables)
   for t in range(2):
     assert f'tower {t}: mean colour share {spec[t]:.3f}' in text
-  width = model_lib.widths_for('paper', 2, 1 / 16)[-1]
-  assert f'9 gallery images, fc7 features of shape ({width},)' in text
-  images = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs
-            if 'image/png' in o.get('data', {})]
-  assert len(images) == 3     # photos, kernels, neighbours
+  width = model_lib.widths_for('paper', 2, caffe.TINY)[-1]
+  assert f'6 gallery images, fc7 features of shape ({width},)' in text
+  assert images == 3  # photos, kernels, neighbours
+  assert (work / 'bvlc_alexnet.caffemodel').read_bytes() == (
+      weights.read_bytes()
+  )
+
+
+def test_demo_notebook_offline_default(tiny_export, tmp_path, monkeypatch):
+  """A local checkpoint (standing in for the smoke run's workdir) and the
+  CIFAR-10 photos shipped in the package: no network, no datasets."""
+  source = _cell("CHECKPOINT = 'bvlc_alexnet' if ON_COLAB")
+  default = re.search(r"else '([^']+)'", source).group(1)
+  readme = (REPO / 'README.md').read_text()
+  assert f'--config=configs/smoke.py --workdir={default}' in readme
+  export, variables = tiny_export
+  text, images = _run(
+      tmp_path,
+      monkeypatch,
+      CHECKPOINT=export,
+      DATA_ROOT=tmp_path / 'nothing',
+      NUM_PHOTOS=4,
+      GALLERY_SIZE=9,
+      NUM_QUERIES=2,
+      NEIGHBOURS=3,
+      LAYER='fc7',
+  )
+  assert f'{export}: AlexNet variant=paper towers=2' in text
+  lines = [l for l in text.splitlines() if l.startswith('true: ')]
+  assert len(lines) == 4 and all(l.count(' | ') == 4 for l in lines)
+  assert all(l.split()[1] in CLASSES for l in lines)
+  assert 'sanity check skipped' in text
+  spec = visualize.tower_colour_specificity(variables)
+  assert f'tower 1: mean colour share {spec[1]:.3f}' in text
+  assert images == 3
+
+
+def test_install_cell_message_while_the_address_is_unset(monkeypatch, tmp_path):
+  source = _cell('ALEXNET_JAX_REPO =')
+  assert source.count('ALEXNET_JAX_REPO = ') == 1  # one marked place
+  calls = []
+  monkeypatch.setattr(subprocess, 'check_call', calls.append)
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(
+      RuntimeError,
+      match=r'ALEXNET_JAX_REPO \(first line of '
+      r'this cell\) is empty: set it to the repository '
+      'address',
+  ):
+    exec(source, {})  # pylint: disable=exec-used
+  assert not calls  # no pip error either
+
+
+def test_install_cell_keeps_the_runtimes_frameworks(monkeypatch, tmp_path):
+  """Colab-like: tensorflow (not -cpu), a CUDA jax and torch installed."""
+  import importlib.metadata as metadata  # pylint: disable=g-import-not-at-top
+
+  source = _cell('ALEXNET_JAX_REPO =').replace(
+      "ALEXNET_JAX_REPO = ''", "ALEXNET_JAX_REPO = 'https://example.org/a'"
+  )
+  colab = {
+      'tensorflow': '2.19.0',
+      'jax': '0.10.2',
+      'jaxlib': '0.10.2',
+      'jax-cuda12-plugin': '0.10.2',
+      'torch': '2.13.0',
+      'numpy': '2.0.2',
+  }
+
+  def version(name):
+    if name not in colab:
+      raise metadata.PackageNotFoundError(name)
+    return colab[name]
+
+  calls = []
+  monkeypatch.setattr(subprocess, 'check_call', calls.append)
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)
+  monkeypatch.setattr(metadata, 'version', version)
+  monkeypatch.setattr(
+      metadata,
+      'requires',
+      lambda name: [
+          'jax>=0.10.2',
+          'flax>=0.12.8',
+          'tensorflow-cpu>=2.21.0',
+          'pillow',
+          'onednn-cpu-gomp>=2023.2.0; extra == "cpu"',
+          'matplotlib; extra == "demo"',
+          'ipykernel; extra == "demo"',
+      ],
+  )
+  monkeypatch.chdir(tmp_path)
+  exec(source, {})  # pylint: disable=exec-used
+  first, second = calls
+  assert '--no-deps' in first
+  assert 'alexnet_jax[demo] @ git+https://example.org/a' in first
+  assert first[first.index('-c') + 1] == 'constraints.txt'
+  pins = (tmp_path / 'constraints.txt').read_text().split()
+  assert 'tensorflow==2.19.0' in pins and 'jax-cuda12-plugin==0.10.2' in pins
+  assert second[-4:] == ['flax>=0.12.8', 'pillow', 'matplotlib', 'ipykernel']
+  assert '-c' in second
+
+
+def test_download_is_checked_against_its_sha1(tmp_path):
+  namespace = {'pathlib': __import__('pathlib')}
+  exec(_cell('def fetch_checked('), namespace)  # pylint: disable=exec-used
+  fetch = namespace['fetch_checked']
+  source = tmp_path / 'published.caffemodel'
+  source.write_bytes(b'weights' * 1000)
+  sha1 = hashlib.sha1(source.read_bytes()).hexdigest()
+  dest = tmp_path / 'got.caffemodel'
+  assert fetch(source.as_uri(), dest, sha1) == dest
+  assert dest.read_bytes() == source.read_bytes()
+  # A corrupt download is refused and removed; a good local copy is reused.
+  dest.unlink()
+  source.write_bytes(b'tampered' * 1000)
+  with pytest.raises(ValueError, match=f'expected the published {sha1}'):
+    fetch(source.as_uri(), dest, sha1)
+  assert not dest.exists() and not list(tmp_path.glob('*.part'))
+  dest.write_bytes(b'weights' * 1000)
+  assert fetch((tmp_path / 'absent').as_uri(), dest, sha1) == dest
 
 
 def test_trained_model_figures(tiny_export, tmp_path):
   from experiments import trained_model_figures
+
   export, variables = tiny_export
   _photos(tmp_path / 'photos')
   out = tmp_path / 'figs'
-  trained_model_figures.main([
-      f'--checkpoint={export}', f'--gallery={tmp_path / "photos"}',
-      '--gallery_size=9', '--queries=3', '--neighbours=2', f'--out={out}'])
+  trained_model_figures.main(
+      [
+          f'--checkpoint={export}',
+          f'--gallery={tmp_path / "photos"}',
+          '--gallery_size=9',
+          '--queries=3',
+          '--neighbours=2',
+          f'--out={out}',
+      ]
+  )
   result = __import__('json').loads((out / 'figures.json').read_text())
-  np.testing.assert_allclose(result['tower_colour_share'],
-                             visualize.tower_colour_specificity(variables),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      result['tower_colour_share'],
+      visualize.tower_colour_specificity(variables),
+      rtol=1e-6,
+  )
   assert result['gallery_size'] == 9 and result['classes'] == 3
   assert result['same_class_by_chance'] == pytest.approx(1 / 3)
   for name in ('figure3_kernels.png', 'figure4_neighbours.png', 'figures.md'):

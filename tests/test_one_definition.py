@@ -11,8 +11,20 @@ import pytest
 
 from conftest import REPO
 
-TEXT = ('.py', '.ipynb', '.md', '.sh', '.toml', '.txt', '.cfg', '.json',
-        '.csv', '.jsonl', '.log', '')
+TEXT = (
+    '.py',
+    '.ipynb',
+    '.md',
+    '.sh',
+    '.toml',
+    '.txt',
+    '.cfg',
+    '.json',
+    '.csv',
+    '.jsonl',
+    '.log',
+    '',
+)
 # Raw output kept as it was written (a record of what ran, paths and all):
 # run and benchmark logs.
 RAW_LOG = ('.jsonl', '.log', '.txt')
@@ -20,33 +32,50 @@ RAW_LOG = ('.jsonl', '.log', '.txt')
 
 def _tracked():
   try:
-    out = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ['git', 'ls-files', '-z'],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     names = [n for n in out.split('\0') if n]
   except (OSError, subprocess.CalledProcessError):
     skip = {'.git', '.venv', '__pycache__', '.pytest_cache'}
-    names = [str(p.relative_to(REPO)) for p in REPO.rglob('*')
-             if p.is_file() and not skip & set(p.parts)
-             and not any(part.endswith('.egg-info') for part in p.parts)]
-  return [n for n in names if (REPO / n).is_file()
-          and pathlib.Path(n).suffix in TEXT]
+    names = [
+        str(p.relative_to(REPO))
+        for p in REPO.rglob('*')
+        if p.is_file()
+        and not skip & set(p.parts)
+        and not any(part.endswith('.egg-info') for part in p.parts)
+    ]
+  return [
+      n
+      for n in names
+      if (REPO / n).is_file() and pathlib.Path(n).suffix in TEXT
+  ]
 
 
 def _raw_log(name):
   p = pathlib.PurePosixPath(name)
   return (p.suffix in RAW_LOG and p.parts[0] == 'experiments') or (
-      p.parts[:2] == ('experiments', 'results') and 'logs' in p.parts)
+      p.parts[:2] == ('experiments', 'results') and 'logs' in p.parts
+  )
 
 
 def _files_with(pattern, names):
   rx = re.compile(pattern)
-  return sorted(n for n in names
-                if rx.search((REPO / n).read_text(errors='replace')))
+  return sorted(
+      n for n in names if rx.search((REPO / n).read_text(errors='replace'))
+  )
 
 
 # The one place tests find the shared data, and the tests that ban it.
-SHARED_ALLOWED = {'tests/conftest.py', 'tests/test_one_definition.py',
-                  'tests/test_docs.py'}
+SHARED_ALLOWED = {
+    'tests/conftest.py',
+    'tests/test_one_definition.py',
+    'tests/test_docs.py',
+}
 
 
 def test_no_sibling_or_machine_paths():
@@ -56,8 +85,11 @@ def test_no_sibling_or_machine_paths():
   names = [n for n in _tracked() if not _raw_log(n)]
   assert len(names) > 50
   assert set(_files_with(r'\.\./shared', names)) <= SHARED_ALLOWED
-  machine = [n for n in _files_with(r'(?<![\w.])/(work|home|Users)/', names)
-             if n not in SHARED_ALLOWED]
+  machine = [
+      n
+      for n in _files_with(r'(?<![\w.])/(work|home|Users)/', names)
+      if n not in SHARED_ALLOWED
+  ]
   assert machine == []
 
 
@@ -69,24 +101,38 @@ def test_pca_constants_live_in_configs_paper():
 def test_one_builder_of_preprocessing_params():
   """Only preprocess.params_from_record turns a checkpoint's record into
   Params; library and commands never construct Params themselves."""
-  code = [n for n in _tracked() if n.endswith('.py')
-          and not n.startswith('tests/')]
+  code = [
+      n for n in _tracked() if n.endswith('.py') and not n.startswith('tests/')
+  ]
   assert _files_with(r'\bParams\(', code) == ['alexnet_jax/core/preprocess.py']
 
 
 def test_no_run_artefacts_tracked_and_they_are_ignored():
   """Checkpoints, TensorBoard events and workdirs stay out of git."""
   try:
-    out = subprocess.run(['git', 'ls-files'], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ['git', 'ls-files'],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
   except (OSError, subprocess.CalledProcessError):
     pytest.skip('not a git checkout')
-  for part in ('events.out.tfevents', '_CHECKPOINT_METADATA', '.ocdbt',
-               'experiments/runs/', 'workdir/', 'checkpoints/'):
+  for part in (
+      'events.out.tfevents',
+      '_CHECKPOINT_METADATA',
+      '.ocdbt',
+      'experiments/runs/',
+      'workdir/',
+      'checkpoints/',
+  ):
     assert [n for n in out.splitlines() if part in n] == [], part
-  for path in ('experiments/results/x/events.out.tfevents.1.v2',
-               'experiments/results/x/checkpoints/100/state/manifest.ocdbt',
-               'experiments/runs/figure1/relu/metrics.jsonl',
-               'experiments/cifar10/workdir/config.json'):
+  for path in (
+      'experiments/results/x/events.out.tfevents.1.v2',
+      'experiments/results/x/checkpoints/100/state/manifest.ocdbt',
+      'experiments/runs/figure1/relu/metrics.jsonl',
+      'experiments/cifar10/workdir/config.json',
+  ):
     ignored = subprocess.run(['git', 'check-ignore', '-q', path], cwd=REPO)
     assert ignored.returncode == 0, f'{path} is not git-ignored'

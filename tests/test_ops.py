@@ -25,8 +25,13 @@ def conv_backend(request, monkeypatch):
 
 
 def _xla_conv(x, k, stride, padding):
-  return lax.conv_general_dilated(x, k, (stride, stride), padding,
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return lax.conv_general_dilated(
+      x,
+      k,
+      (stride, stride),
+      padding,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
 
 
 def _numpy_kernel_grad(x, dy, k, padding):
@@ -34,21 +39,33 @@ def _numpy_kernel_grad(x, dy, k, padding):
   (t, b), (l, r) = padding
   xp = np.pad(x.astype(np.float64), ((0, 0), (t, b), (l, r), (0, 0)))
   ho, wo = dy.shape[1:3]
-  return np.stack([np.stack([
-      np.einsum('bhwc,bhwo->co', xp[:, i:i + ho, j:j + wo], dy)
-      for j in range(k)]) for i in range(k)])
+  return np.stack(
+      [
+          np.stack(
+              [
+                  np.einsum('bhwc,bhwo->co', xp[:, i : i + ho, j : j + wo], dy)
+                  for j in range(k)
+              ]
+          )
+          for i in range(k)
+      ]
+  )
 
 
-@pytest.mark.parametrize('shape,kernel,stride,padding', [
-    ((2, 8, 7, 4), 3, 1, ((1, 1), (1, 1))),     # conv3-5
-    ((1, 6, 5, 3), 3, 1, ((0, 2), (2, 0))),     # uneven padding
-    ((2, 9, 9, 3), 5, 1, ((2, 2), (2, 2))),     # conv2
-    ((1, 23, 23, 3), 11, 4, ((0, 3), (0, 3))),  # conv1: space-to-depth
-    ((1, 27, 26, 3), 11, 4, 'VALID'),           # conv1, Caffe (unused rows)
-    ((1, 12, 12, 2), 4, 3, ((1, 2), (0, 1))),   # kernel a multiple of stride
-])
-def test_conv2d_value_and_gradients_match_xla(shape, kernel, stride, padding,
-                                              conv_backend):
+@pytest.mark.parametrize(
+    'shape,kernel,stride,padding',
+    [
+        ((2, 8, 7, 4), 3, 1, ((1, 1), (1, 1))),  # conv3-5
+        ((1, 6, 5, 3), 3, 1, ((0, 2), (2, 0))),  # uneven padding
+        ((2, 9, 9, 3), 5, 1, ((2, 2), (2, 2))),  # conv2
+        ((1, 23, 23, 3), 11, 4, ((0, 3), (0, 3))),  # conv1: space-to-depth
+        ((1, 27, 26, 3), 11, 4, 'VALID'),  # conv1, Caffe (unused rows)
+        ((1, 12, 12, 2), 4, 3, ((1, 2), (0, 1))),  # kernel a multiple of stride
+    ],
+)
+def test_conv2d_value_and_gradients_match_xla(
+    shape, kernel, stride, padding, conv_backend
+):
   rng = np.random.default_rng(0)
   x = rng.normal(size=shape).astype(np.float32)
   k = rng.normal(size=(kernel, kernel, shape[-1], 6)).astype(np.float32)
@@ -57,10 +74,9 @@ def test_conv2d_value_and_gradients_match_xla(shape, kernel, stride, padding,
   g = rng.normal(size=(shape[0], *out, 6)).astype(np.float32)
 
   @jax.jit
-  def value_and_grads(x, k, g):   # one compilation instead of op by op
+  def value_and_grads(x, k, g):  # one compilation instead of op by op
     y, vjp = jax.vjp(lambda x, k: ops.conv2d(x, k, stride, padding), x, k)
-    want_y, want_vjp = jax.vjp(lambda x, k: _xla_conv(x, k, stride, pads),
-                               x, k)
+    want_y, want_vjp = jax.vjp(lambda x, k: _xla_conv(x, k, stride, pads), x, k)
     return y, want_y, vjp(g), want_vjp(g)
 
   y, want_y, (dx, dk), (want_dx, want_dk) = value_and_grads(x, k, g)
@@ -69,8 +85,11 @@ def test_conv2d_value_and_gradients_match_xla(shape, kernel, stride, padding,
   np.testing.assert_allclose(dk, want_dk, rtol=1e-5, atol=1e-4)
   if stride == 1:
     np.testing.assert_allclose(
-        dk, _numpy_kernel_grad(x, g.astype(np.float64), kernel, pads),
-        rtol=1e-4, atol=1e-4)
+        dk,
+        _numpy_kernel_grad(x, g.astype(np.float64), kernel, pads),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_kernel_grad_against_numpy_loop():
@@ -80,27 +99,40 @@ def test_kernel_grad_against_numpy_loop():
   pads = ((1, 1), (1, 1))
   np.testing.assert_allclose(
       jax.jit(ops.kernel_grad, static_argnums=(2, 3, 4))(
-          jnp.asarray(x), jnp.asarray(dy), (3, 3), 1, pads),
-      _numpy_kernel_grad(x, dy.astype(np.float64), 3, pads), rtol=1e-4,
-      atol=1e-4)
+          jnp.asarray(x), jnp.asarray(dy), (3, 3), 1, pads
+      ),
+      _numpy_kernel_grad(x, dy.astype(np.float64), 3, pads),
+      rtol=1e-4,
+      atol=1e-4,
+  )
 
 
-@pytest.mark.parametrize('image,dy_image,hw,stride,pad', [
-    ((224, 224, 3), (55, 55, 64), (11, 11), 4, ((2, 2), (2, 2))),   # conv1
-    ((27, 27, 64), (27, 27, 192), (5, 5), 1, ((2, 2), (2, 2)))])    # conv2
+@pytest.mark.parametrize(
+    'image,dy_image,hw,stride,pad',
+    [
+        ((224, 224, 3), (55, 55, 64), (11, 11), 4, ((2, 2), (2, 2))),  # conv1
+        ((27, 27, 64), (27, 27, 192), (5, 5), 1, ((2, 2), (2, 2))),
+    ],
+)  # conv2
 def test_kernel_grad_scratch_memory_does_not_grow_with_the_batch(
-    image, dy_image, hw, stride, pad):
+    image, dy_image, hw, stride, pad
+):
   """The padded (and space-to-depth) input is made per image inside the
   scan, so the compiled kernel gradient's scratch memory is one image's
   worth at any batch size. Padding the whole batch first grew it by 28 MB
   (conv1) and 11 MB (conv2) from batch 16 to 64, and cost 145 MB of the
   torchvision train step's temporaries at batch 128."""
+
   def scratch(batch):
     x = jax.ShapeDtypeStruct((batch,) + image, jnp.float32)
     dy = jax.ShapeDtypeStruct((batch,) + dy_image, jnp.float32)
-    compiled = jax.jit(lambda x, dy: ops.kernel_grad(
-        x, dy, hw, stride, pad)).lower(x, dy).compile()
+    compiled = (
+        jax.jit(lambda x, dy: ops.kernel_grad(x, dy, hw, stride, pad))
+        .lower(x, dy)
+        .compile()
+    )
     return compiled.memory_analysis().temp_size_in_bytes
+
   assert scratch(64) - scratch(16) < 2**20, (scratch(16), scratch(64))
 
 
@@ -109,8 +141,9 @@ def test_conv2d_bfloat16_gradient_dtype(conv_backend):
     pytest.skip(f'oneDNN bfloat16: {onednn.bfloat16_unavailable()}')
   x = jnp.ones((1, 5, 5, 2), jnp.bfloat16)
   k = jnp.ones((3, 3, 2, 3), jnp.bfloat16)
-  dk = jax.jit(jax.grad(lambda k: ops.conv2d(x, k, 1, 'SAME').astype(
-      jnp.float32).sum()))(k)
+  dk = jax.jit(
+      jax.grad(lambda k: ops.conv2d(x, k, 1, 'SAME').astype(jnp.float32).sum())
+  )(k)
   assert dk.dtype == jnp.bfloat16
   # Centre tap sees all 25 pixels, corner taps 16.
   np.testing.assert_array_equal(np.asarray(dk[1, 1, 0], np.float32), 25.0)
@@ -118,15 +151,27 @@ def test_conv2d_bfloat16_gradient_dtype(conv_backend):
 
 
 def _reduce_window_pool(x, window, stride):
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1),
-                           (1, stride, stride, 1), 'VALID')
+  return lax.reduce_window(
+      x,
+      -jnp.inf,
+      lax.max,
+      (1, window, window, 1),
+      (1, stride, stride, 1),
+      'VALID',
+  )
 
 
-@pytest.mark.parametrize('shape,window,stride', [
-    ((2, 13, 13, 3), 3, 2), ((1, 8, 9, 2), 2, 2), ((1, 10, 9, 1), 3, 2),
-    ((1, 9, 9, 1), 2, 3), ((1, 7, 7, 1), 3, 1)])
-def test_max_pool_matches_reduce_window_and_its_gradient(shape, window,
-                                                         stride):
+@pytest.mark.parametrize(
+    'shape,window,stride',
+    [
+        ((2, 13, 13, 3), 3, 2),
+        ((1, 8, 9, 2), 2, 2),
+        ((1, 10, 9, 1), 3, 2),
+        ((1, 9, 9, 1), 2, 3),
+        ((1, 7, 7, 1), 3, 1),
+    ],
+)
+def test_max_pool_matches_reduce_window_and_its_gradient(shape, window, stride):
   rng = np.random.default_rng(2)
   x = rng.normal(size=shape).astype(np.float32)
   out = [(n - window) // stride + 1 for n in shape[1:3]]
@@ -136,7 +181,8 @@ def test_max_pool_matches_reduce_window_and_its_gradient(shape, window,
   def value_and_grads(x, g):
     y, vjp = jax.vjp(lambda x: ops.max_pool(x, window, stride), x)
     want_y, want_vjp = jax.vjp(
-        lambda x: _reduce_window_pool(x, window, stride), x)
+        lambda x: _reduce_window_pool(x, window, stride), x
+    )
     return y, want_y, vjp(g)[0], want_vjp(g)[0]
 
   y, want_y, dx, want_dx = value_and_grads(x, g)
@@ -150,8 +196,9 @@ def test_max_pool_ties_give_the_gradient_to_the_first_maximum():
   # window's gradient to its first (row-major) element only.
   x = jnp.zeros((1, 5, 5, 1))
   g = jnp.arange(1.0, 5.0).reshape(1, 2, 2, 1)
-  dx = jax.jit(lambda x, g: jax.vjp(lambda x: ops.max_pool(x, 3, 2), x)[1](
-      g)[0])(x, g)
+  dx = jax.jit(
+      lambda x, g: jax.vjp(lambda x: ops.max_pool(x, 3, 2), x)[1](g)[0]
+  )(x, g)
   want = np.zeros((5, 5))
   for a in range(2):
     for b in range(2):
@@ -160,5 +207,6 @@ def test_max_pool_ties_give_the_gradient_to_the_first_maximum():
   torch = pytest.importorskip('torch')
   xt = torch.zeros(1, 1, 5, 5, requires_grad=True)
   torch.nn.functional.max_pool2d(xt, 3, 2).backward(
-      torch.from_numpy(np.array(g).transpose(0, 3, 1, 2)))
+      torch.from_numpy(np.array(g).transpose(0, 3, 1, 2))
+  )
   np.testing.assert_array_equal(xt.grad[0, 0].numpy(), want)

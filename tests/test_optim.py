@@ -7,19 +7,26 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax.core import optim
 from alexnet_jax.configs import paper
+from alexnet_jax.core import optim
 
 
 def _params(rng):
-  return {'conv1': {'kernel': rng.normal(size=(3, 3, 2, 4)).astype(np.float32),
-                    'bias': rng.normal(size=(4,)).astype(np.float32)},
-          'fc8': {'kernel': rng.normal(size=(5, 3)).astype(np.float32),
-                  'bias': rng.normal(size=(3,)).astype(np.float32)}}
+  return {
+      'conv1': {
+          'kernel': rng.normal(size=(3, 3, 2, 4)).astype(np.float32),
+          'bias': rng.normal(size=(4,)).astype(np.float32),
+      },
+      'fc8': {
+          'kernel': rng.normal(size=(5, 3)).astype(np.float32),
+          'bias': rng.normal(size=(3,)).astype(np.float32),
+      },
+  }
 
 
-def _numpy_paper_rule(params, grads_seq, lrs, *, momentum, wd, decay_biases,
-                      bias_lr_mult):
+def _numpy_paper_rule(
+    params, grads_seq, lrs, *, momentum, wd, decay_biases, bias_lr_mult
+):
   """v <- m v - wd*lr*w - lr*g ; w <- w + v  (Caffe: per-group lr/decay)."""
   w = jax.tree.map(np.array, params)
   v = jax.tree.map(np.zeros_like, params)
@@ -30,9 +37,11 @@ def _numpy_paper_rule(params, grads_seq, lrs, *, momentum, wd, decay_biases,
         mult = bias_lr_mult if bias else 1.0
         decay = wd if (decay_biases or not bias) else 0.0
         g = grads[layer][name]
-        v[layer][name] = (momentum * v[layer][name]
-                          - mult * lr * decay * w[layer][name]
-                          - mult * lr * g)
+        v[layer][name] = (
+            momentum * v[layer][name]
+            - mult * lr * decay * w[layer][name]
+            - mult * lr * g
+        )
         w[layer][name] = w[layer][name] + v[layer][name]
   return w
 
@@ -53,21 +62,31 @@ def _run_optax(params, grads_seq, lrs, optim_config):
   return p, state
 
 
-@pytest.mark.parametrize('decay_biases,bias_lr_mult', [(True, 1.0),
-                                                       (False, 2.0)])
+@pytest.mark.parametrize(
+    'decay_biases,bias_lr_mult', [(True, 1.0), (False, 2.0)]
+)
 def test_matches_numpy_rule_across_lr_drops(decay_biases, bias_lr_mult):
   rng = np.random.default_rng(0)
   params = _params(rng)
   grads_seq = [_params(rng) for _ in range(7)]
-  lrs = [0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]   # two drops
+  lrs = [0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]  # two drops
   o = paper.get_config().optim
   o.lr, o.decay_biases, o.bias_lr_mult = 0.1, decay_biases, bias_lr_mult
   got, state = _run_optax(params, grads_seq, lrs, o)
-  want = _numpy_paper_rule(params, grads_seq, lrs, momentum=0.9, wd=5e-4,
-                           decay_biases=decay_biases,
-                           bias_lr_mult=bias_lr_mult)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                        atol=1e-6), got, want)
+  want = _numpy_paper_rule(
+      params,
+      grads_seq,
+      lrs,
+      momentum=0.9,
+      wd=5e-4,
+      decay_biases=decay_biases,
+      bias_lr_mult=bias_lr_mult,
+  )
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      got,
+      want,
+  )
   assert float(optim.learning_rate(state)) == pytest.approx(0.001)
 
 
@@ -78,22 +97,33 @@ def test_optax_sgd_with_schedule_is_not_the_paper_rule():
   grads_seq = [_params(rng) for _ in range(4)]
   lrs = [0.1, 0.1, 0.01, 0.01]
   sched = optax.piecewise_constant_schedule(0.1, {2: 0.1})
-  tx = optax.chain(optax.add_decayed_weights(5e-4),
-                   optax.sgd(sched, momentum=0.9))
+  tx = optax.chain(
+      optax.add_decayed_weights(5e-4), optax.sgd(sched, momentum=0.9)
+  )
   p, s = params, tx.init(params)
   for g in grads_seq:
     u, s = tx.update(g, s, p)
     p = optax.apply_updates(p, u)
-  want = _numpy_paper_rule(params, grads_seq, lrs, momentum=0.9, wd=5e-4,
-                           decay_biases=True, bias_lr_mult=1.0)
-  diff = max(float(np.abs(a - b).max())
-             for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(want)))
+  want = _numpy_paper_rule(
+      params,
+      grads_seq,
+      lrs,
+      momentum=0.9,
+      wd=5e-4,
+      decay_biases=True,
+      bias_lr_mult=1.0,
+  )
+  diff = max(
+      float(np.abs(a - b).max())
+      for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(want))
+  )
   assert diff > 1e-3
 
 
 def _plateau_config(**kw):
-  c = ml_collections.ConfigDict(dict(factor=0.1, patience=1, max_drops=2,
-                                     min_delta=0.01))
+  c = ml_collections.ConfigDict(
+      dict(factor=0.1, patience=1, max_drops=2, min_delta=0.01)
+  )
   c.update(kw)
   return c
 
@@ -101,9 +131,19 @@ def _plateau_config(**kw):
 def test_plateau_drops_after_patience_and_at_most_max_drops():
   cfg = _plateau_config()
   state = optim.plateau_init()
-  errors = [0.9, 0.8, 0.795, 0.81,  # 2 evals without improvement -> drop 1
-            0.7, 0.71, 0.70,        # drop 2
-            0.7, 0.7, 0.7, 0.7]     # max_drops reached: no more drops
+  errors = [
+      0.9,
+      0.8,
+      0.795,
+      0.81,  # 2 evals without improvement -> drop 1
+      0.7,
+      0.71,
+      0.70,  # drop 2
+      0.7,
+      0.7,
+      0.7,
+      0.7,
+  ]  # max_drops reached: no more drops
   drops_at = []
   for i, e in enumerate(errors):
     d = optim.plateau_update(state, e, cfg)
@@ -128,7 +168,8 @@ def test_step_and_cosine_schedules():
   o.schedule, o.lr, o.step_epochs = 'step', 1.0, (1, 2)
   s = optim.base_schedule(o, steps_per_epoch=10, total_steps=30)
   assert [float(s(i)) for i in (0, 9, 10, 19, 20, 29)] == pytest.approx(
-      [1, 1, 0.1, 0.1, 0.01, 0.01])
+      [1, 1, 0.1, 0.1, 0.01, 0.01]
+  )
   o.schedule, o.warmup_epochs = 'cosine', 1.0
   s = optim.base_schedule(o, steps_per_epoch=10, total_steps=30)
   assert float(s(0)) == 0.0

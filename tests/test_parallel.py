@@ -17,20 +17,20 @@ import numpy as np
 import optax
 import pytest
 
+from alexnet_jax.configs import paper
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import parallel
 from alexnet_jax.core import train
 from alexnet_jax.core.config_checks import ConfigError
-from alexnet_jax.configs import paper
 
 BATCH = 8
 CLASSES = 10
 # 99x99 with Caffe's unpadded conv1: 23 -> pool 11 -> 11 -> pool 5 -> 5 ->
 # pool 2, so fc6 reads a 2x2 map and the flatten order across towers counts.
 SIZE = 99
-SCALE = 1 / 16   # widths 6, 16, 24, 24, 16, 256, 256 (half per tower)
+SCALE = 1 / 16  # widths 6, 16, 24, 24, 16, 256, 256 (half per tower)
 
-MODES = {        # name: (mesh.data, mesh.model, data_parallel)
+MODES = {  # name: (mesh.data, mesh.model, data_parallel)
     'single': (1, 1, 'jit'),
     'model': (1, 2, 'jit'),
     'jit': (2, 1, 'jit'),
@@ -45,7 +45,7 @@ def _config(mode='single', *, classes=CLASSES, dropout=0.5):
   c.model.num_classes = classes
   c.model.conv1_padding = 'caffe'
   c.model.dropout = dropout
-  c.data.name = 'fake'     # no dataset: the step needs only its sizes
+  c.data.name = 'fake'  # no dataset: the step needs only its sizes
   c.data.image_size = SIZE
   c.optim.batch_size = BATCH
   data, model, dp = MODES[mode]
@@ -57,14 +57,21 @@ def _config(mode='single', *, classes=CLASSES, dropout=0.5):
 
 def _batch(seed, size=SIZE, classes=CLASSES):
   rng = np.random.default_rng(seed)
-  return dict(image=rng.normal(size=(BATCH, size, size, 3)).astype(np.float32),
-              label=rng.integers(0, classes, BATCH).astype(np.int32))
+  return dict(
+      image=rng.normal(size=(BATCH, size, size, 3)).astype(np.float32),
+      label=rng.integers(0, classes, BATCH).astype(np.int32),
+  )
 
 
 def _close(a, b, **kw):
   kw = dict(rtol=1e-5, atol=1e-6) | kw
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(
-      np.asarray(x), np.asarray(y), **kw), a, b)
+  jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(
+          np.asarray(x), np.asarray(y), **kw
+      ),
+      a,
+      b,
+  )
 
 
 def _close_grads(a, b):
@@ -74,23 +81,39 @@ def _close_grads(a, b):
   magnitude (ops.conv2d sums kernel gradients image by image, in another
   order than XLA), so the absolute tolerance scales with the tensor.
   """
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(
-      np.asarray(x), np.asarray(y), rtol=1e-4,
-      atol=1e-5 * np.abs(np.asarray(y)).max()), a, b)
+  jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(
+          np.asarray(x),
+          np.asarray(y),
+          rtol=1e-4,
+          atol=1e-5 * np.abs(np.asarray(y)).max(),
+      ),
+      a,
+      b,
+  )
 
 
 # ------------------------------------------------------- start-up errors --
 
 
-@pytest.mark.parametrize('change, message', [
-    (dict(data=3, model=1), 'asks for data=3 x model=1 = 3'),  # fits 4, fine
-    (dict(data=4, model=2), 'only 4 are present'),
-    (dict(data=-1, model=3), 'model axis is 1'),
-    (dict(data=-1, batch=6), 'batch_size=6 is not divisible by the data axis'),
-    (dict(data=1, model=2, dp='pmap'), 'pmap cannot split the towers'),
-    (dict(data=1, model=2, towers=1), 'towers=2'),
-    (dict(data=1, model=2, across=True), 'across_towers=True'),
-])
+@pytest.mark.parametrize(
+    'change, message',
+    [
+        (
+            dict(data=3, model=1),
+            'asks for data=3 x model=1 = 3',
+        ),  # fits 4, fine
+        (dict(data=4, model=2), 'only 4 are present'),
+        (dict(data=-1, model=3), 'model axis is 1'),
+        (
+            dict(data=-1, batch=6),
+            'batch_size=6 is not divisible by the data axis',
+        ),
+        (dict(data=1, model=2, dp='pmap'), 'pmap cannot split the towers'),
+        (dict(data=1, model=2, towers=1), 'towers=2'),
+        (dict(data=1, model=2, across=True), 'across_towers=True'),
+    ],
+)
 def test_impossible_configs_fail_at_start_up(change, message):
   c = _config()
   c.parallel.mesh.data = change['data']
@@ -160,8 +183,9 @@ def _variables(classes=CLASSES, size=SIZE, seed=0):
   compiling JAX's random-number kernels, which is slow on XLA:CPU.
   """
   m = model_lib.from_config(_config(classes=classes).model)
-  shapes = jax.eval_shape(lambda: model_lib.init(m, jax.random.PRNGKey(0),
-                                                 size))
+  shapes = jax.eval_shape(
+      lambda: model_lib.init(m, jax.random.PRNGKey(0), size)
+  )
   rng = np.random.default_rng(seed)
 
   def make(path, x):
@@ -169,6 +193,7 @@ def _variables(classes=CLASSES, size=SIZE, seed=0):
       return (0.1 * rng.normal(size=x.shape)).astype(np.float32)
     fan_in = np.prod(x.shape[1:-1]) if x.ndim > 2 else x.shape[0]
     return (rng.normal(size=x.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
+
   return jax.tree_util.tree_map_with_path(make, shapes)
 
 
@@ -182,8 +207,12 @@ DROPOUT_SEED = 7  # (no device work at import: multihost_worker imports us)
 
 
 def _loss_and_logits(apply, variables, images, labels, *, train):
-  logits = apply(variables, images, train=train,
-                 rngs={'dropout': jax.random.PRNGKey(DROPOUT_SEED)})
+  logits = apply(
+      variables,
+      images,
+      train=train,
+      rngs={'dropout': jax.random.PRNGKey(DROPOUT_SEED)},
+  )
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return ce.mean(), logits
 
@@ -192,27 +221,32 @@ def _loss_and_logits(apply, variables, images, labels, *, train):
 def _reference_grads(train):
   """Gradients and logits of the one-device model on the tiny batch."""
   m, batch = model_lib.from_config(_config().model), _batch(1)
-  grad = jax.grad(functools.partial(_loss_and_logits, m.apply, train=train),
-                  has_aux=True)
+  grad = jax.grad(
+      functools.partial(_loss_and_logits, m.apply, train=train), has_aux=True
+  )
   return jax.jit(grad)(_variables(), batch['image'], batch['label'])
 
 
-@pytest.mark.parametrize('mode, train', [
-    ('model', True), ('model', False), ('hybrid', False), ('jit', False)])
+@pytest.mark.parametrize(
+    'mode, train',
+    [('model', True), ('model', False), ('hybrid', False), ('jit', False)],
+)
 def test_parallel_forward_and_grads_equal_single_device(tiny, mode, train):
   m, variables, batch = tiny
   ref_g, ref_logits = _reference_grads(train)
   par = parallel.Parallel(_config(mode), m)
   placed = par.place_state(variables)
   images = par.shard_batch(batch)
-  grad = jax.grad(functools.partial(_loss_and_logits, par.apply, train=train),
-                  has_aux=True)
+  grad = jax.grad(
+      functools.partial(_loss_and_logits, par.apply, train=train), has_aux=True
+  )
   g, logits = jax.jit(grad)(placed, images['image'], images['label'])
   _close(logits, ref_logits)
   _close_grads(par.to_host(g), ref_g)
   # Gradients come out laid out like the parameters: each device its tower.
   assert jax.tree.map(lambda x: x.sharding.spec, g) == jax.tree.map(
-      lambda x: x.sharding.spec, placed)
+      lambda x: x.sharding.spec, placed
+  )
 
 
 def test_dropout_masks_match_single_device_in_model_parallel(tiny):
@@ -234,11 +268,13 @@ def test_odd_class_count_replicates_fc8():
   fc8 = placed['params']['fc8']
   assert fc8['kernel'].sharding.is_fully_replicated
   assert placed['params']['fc7']['kernel'].sharding.spec == jax.P('model')
-  grad = lambda apply, v: jax.grad(lambda v: apply(
-      v, batch['image'], train=False).sum())(v)
+  grad = lambda apply, v: jax.grad(
+      lambda v: apply(v, batch['image'], train=False).sum()
+  )(v)
   _close_grads(
       par.to_host(jax.jit(functools.partial(grad, par.apply))(placed)),
-      jax.jit(functools.partial(grad, m.apply))(variables))
+      jax.jit(functools.partial(grad, m.apply))(variables),
+  )
 
 
 # -------------------------------------- the trainer's step in each mode ---
@@ -246,8 +282,9 @@ def test_odd_class_count_replicates_fc8():
 STEP_SIZE = 67  # smaller images for the step tests (fc6 reads 1x1)
 # Cosine over four steps: the lr changes every step, so the lr each mode's
 # step writes into its optimiser state is compared too.
-SIZES = train.Plan(num_train_examples=4 * BATCH, steps_per_epoch=4.0,
-                   total_steps=4)
+SIZES = train.Plan(
+    num_train_examples=4 * BATCH, steps_per_epoch=4.0, total_steps=4
+)
 # Modes whose data shards each draw their own dropout masks (the key folded
 # with the shard's index), unlike one device drawing them for the batch.
 DATA_SHARDS = {'single': 1, 'model': 1, 'jit': 2, 'pmap': 2, 'hybrid': 2}
@@ -263,8 +300,7 @@ def step_config(mode, *, dropout=0.5):
 def make_step(mode, *, dropout=0.5, config=None):
   """The trainer's step (train.make_train_step) for the tiny model."""
   c = config or step_config(mode, dropout=dropout)
-  return train.make_train_step(c, model_lib.from_config(c.model),
-                               sizes=SIZES)
+  return train.make_train_step(c, model_lib.from_config(c.model), sizes=SIZES)
 
 
 def initial_state(step):
@@ -282,14 +318,23 @@ def reference_step(step, shards):
   model = step.par.model
 
   def apply(variables, images, *, train, rngs):
-    return jnp.concatenate([
-        model.apply(variables, x, train=train,
-                    rngs={k: jax.random.fold_in(r, i) for k, r in
-                          rngs.items()})
-        for i, x in enumerate(jnp.split(images, shards))])
+    return jnp.concatenate(
+        [
+            model.apply(
+                variables,
+                x,
+                train=train,
+                rngs={k: jax.random.fold_in(r, i) for k, r in rngs.items()},
+            )
+            for i, x in enumerate(jnp.split(images, shards))
+        ]
+    )
 
-  return jax.jit(functools.partial(train.train_step, apply_fn=apply,
-                                   tx=step.tx, lr_fn=step.lr_fn))
+  return jax.jit(
+      functools.partial(
+          train.train_step, apply_fn=apply, tx=step.tx, lr_fn=step.lr_fn
+      )
+  )
 
 
 def run_steps(step, fn, host_state, batches):
@@ -342,14 +387,24 @@ def test_trainer_step_in_each_mode_equals_one_device(steps, mode):
   _close(got.params, want.params, atol=1e-6, rtol=1e-4)
   _close(got.opt_state, want.opt_state, atol=1e-6, rtol=1e-4)
   for g, w in zip(got_metrics, want_metrics):
-    assert g.keys() == w.keys() == {'loss', 'top1_error', 'top5_error',
-                                    'learning_rate', 'grad_norm',
-                                    'param_norm'}
+    assert (
+        g.keys()
+        == w.keys()
+        == {
+            'loss',
+            'top1_error',
+            'top5_error',
+            'learning_rate',
+            'grad_norm',
+            'param_norm',
+        }
+    )
     _close(g, w, rtol=1e-5)
   lrs = [float(m['learning_rate']) for m in got_metrics]
   assert lrs[0] == pytest.approx(0.05) and lrs[0] > lrs[1] > lrs[2]
-  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), want.params,
-                       init.params)
+  moved = jax.tree.map(
+      lambda a, b: np.abs(a - b).max(), want.params, init.params
+  )
   assert min(jax.tree.leaves(moved)) > 1e-4
 
 
@@ -358,8 +413,9 @@ def test_data_shards_draw_their_own_dropout_masks():
   comparison above tells the two apart."""
   _, (one_device, _) = _reference(1)
   _, (per_shard, _) = _reference(2)
-  diff = jax.tree.map(lambda a, b: np.abs(a - b).max(), one_device.params,
-                      per_shard.params)
+  diff = jax.tree.map(
+      lambda a, b: np.abs(a - b).max(), one_device.params, per_shard.params
+  )
   assert max(jax.tree.leaves(diff)) > 1e-3
 
 
@@ -367,7 +423,8 @@ def test_data_shards_draw_their_own_dropout_masks():
 
 _COLLECTIVE = re.compile(
     r'= (?P<shape>.*?) (?P<kind>all-gather|all-reduce|reduce-scatter|'
-    r'collective-permute|all-to-all|collective-broadcast)(?:-start)?\(')
+    r'collective-permute|all-to-all|collective-broadcast)(?:-start)?\('
+)
 
 
 def _replica_groups(line):
@@ -381,10 +438,15 @@ def _replica_groups(line):
   """
   m = re.search(r'replica_groups=\{(\{[\d,]+\}(?:,\{[\d,]+\})*)\}', line)
   if m:
-    return [tuple(map(int, g.split(','))) for g in
-            re.findall(r'\{([\d,]+)\}', m.group(1))]
-  m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:, device_ids=\(\[([\d,]+)"
-                r"\](?:T\(([\d,]+)\))?\))? \{([^}]*)\}", line)
+    return [
+        tuple(map(int, g.split(',')))
+        for g in re.findall(r'\{([\d,]+)\}', m.group(1))
+    ]
+  m = re.search(
+      r'replica_groups=mesh\[([^\]]*)\](?:, device_ids=\(\[([\d,]+)'
+      r'\](?:T\(([\d,]+)\))?\))? \{([^}]*)\}',
+      line,
+  )
   assert m, line
   axes = re.findall(r"'(\w+)'=(\d+)", m.group(1))
   names, sizes = [a for a, _ in axes], [int(n) for _, n in axes]
@@ -397,7 +459,8 @@ def _replica_groups(line):
   grouped = [names.index(a) for a in re.findall(r"'(\w+)'", m.group(4))]
   kept = [i for i in range(len(sizes)) if i not in grouped]
   ids = ids.transpose(kept + grouped).reshape(
-      -1, int(np.prod([sizes[i] for i in grouped])))
+      -1, int(np.prod([sizes[i] for i in grouped]))
+  )
   return [tuple(int(i) for i in g) for g in ids]
 
 
@@ -409,9 +472,10 @@ def _axis_of(line, par):
   spans = set()
   for g in _replica_groups(line):
     coords = np.array([pos[i] for i in g])
-    spans |= {('data', 'model')[a] for a in range(2)
-              if len(set(coords[:, a])) > 1}
-  return '+'.join(sorted(spans)) or 'none'   # 'none': groups of one device
+    spans |= {
+        ('data', 'model')[a] for a in range(2) if len(set(coords[:, a])) > 1
+    }
+  return '+'.join(sorted(spans)) or 'none'  # 'none': groups of one device
 
 
 def _tensors(shape):
@@ -441,10 +505,10 @@ def _elements(shapes):
 # pooled 1x1.
 MODEL_GATHERS = [
     # (result shape per device for B examples on it, reason)
-    (lambda b: (b, 3, 3, 16), 'conv3 reads both towers\' conv2 maps'),
-    (lambda b: (b, 1, 1, 16), 'fc6 reads both towers\' conv5 maps'),
-    (lambda b: (b, 256), 'fc7 reads both towers\' fc6 units'),
-    (lambda b: (b, 256), 'fc8 reads both towers\' fc7 units'),
+    (lambda b: (b, 3, 3, 16), "conv3 reads both towers' conv2 maps"),
+    (lambda b: (b, 1, 1, 16), "fc6 reads both towers' conv5 maps"),
+    (lambda b: (b, 256), "fc7 reads both towers' fc6 units"),
+    (lambda b: (b, 256), "fc8 reads both towers' fc7 units"),
     (lambda b: (b, 10), 'the logits: each tower computed 5 of 10 classes'),
 ]
 MODEL_SCATTERS = [
@@ -452,15 +516,15 @@ MODEL_SCATTERS = [
     # of both towers' gradients for its own channels. The logits' gather
     # needs none: its gradient is equal on both towers (invariant gather),
     # so each takes its slice locally.
-    (lambda b: (b, 128), 'd fc7 units, from both towers\' fc8 halves'),
-    (lambda b: (b, 128), 'd fc6 units, from both towers\' fc7 halves'),
-    (lambda b: (b, 1, 1, 8), 'd conv5 maps, from both towers\' fc6 halves'),
-    (lambda b: (b, 3, 3, 8), 'd conv2 maps, from both towers\' conv3 halves'),
+    (lambda b: (b, 128), "d fc7 units, from both towers' fc8 halves"),
+    (lambda b: (b, 128), "d fc6 units, from both towers' fc7 halves"),
+    (lambda b: (b, 1, 1, 8), "d conv5 maps, from both towers' fc6 halves"),
+    (lambda b: (b, 3, 3, 8), "d conv2 maps, from both towers' conv3 halves"),
 ]
 
 
 # What the trainer's step adds to the collectives beyond forward and backward.
-NUM_LEAVES = 16      # params: conv1-5, fc6-8 kernels and biases
+NUM_LEAVES = 16  # params: conv1-5, fc6-8 kernels and biases
 # The per-leaf sums of squares of the gradient and parameter norms, where
 # the leaves are split over towers (every leaf is: fc8 too, 10 classes).
 NORM_PARTIALS = 2 * NUM_LEAVES
@@ -477,12 +541,19 @@ def test_train_step_collectives_are_exactly_the_expected_ones(steps):
   n_params = sum(x.size for x in jax.tree.leaves(params))
   assert len(jax.tree.leaves(params)) == NUM_LEAVES
   model_par = steps['model'].par
-  n_local = sum(int(np.prod(
-      jax.sharding.NamedSharding(model_par.mesh, spec)
-      .shard_shape(x.shape))) for x, spec in zip(
-          jax.tree.leaves(params),
-          jax.tree.leaves(model_par.specs(params))))
-  assert n_local * 2 == n_params          # fc8's 10 classes split too
+  n_local = sum(
+      int(
+          np.prod(
+              jax.sharding.NamedSharding(model_par.mesh, spec).shard_shape(
+                  x.shape
+              )
+          )
+      )
+      for x, spec in zip(
+          jax.tree.leaves(params), jax.tree.leaves(model_par.specs(params))
+      )
+  )
+  assert n_local * 2 == n_params  # fc8's 10 classes split too
 
   expected = {
       'single': [],
@@ -496,13 +567,17 @@ def test_train_step_collectives_are_exactly_the_expected_ones(steps):
       ),
       'hybrid': (
           [('all-gather', 'model', f(BATCH // 2)) for f, _ in MODEL_GATHERS]
-          + [('reduce-scatter', 'model', f(BATCH // 2))
-             for f, _ in MODEL_SCATTERS]
+          + [
+              ('reduce-scatter', 'model', f(BATCH // 2))
+              for f, _ in MODEL_SCATTERS
+          ]
           # Over data: the gradients of this device's tower parameters and
           # fc8 half (n_local numbers), summed over the two data shards, and
           # the metrics' partial sums.
-          + [('all-reduce', 'data', n_local + METRIC_PARTIALS),
-             ('all-reduce', 'model', NORM_PARTIALS)]
+          + [
+              ('all-reduce', 'data', n_local + METRIC_PARTIALS),
+              ('all-reduce', 'model', NORM_PARTIALS),
+          ]
       ),
       # Data parallel: the gradients of every parameter and the metrics'
       # partial sums, over the data axis; nothing else (in particular no
@@ -515,8 +590,9 @@ def test_train_step_collectives_are_exactly_the_expected_ones(steps):
   batch = _batch(0, size=STEP_SIZE)
   for mode, step in steps.items():
     par = step.par
-    found = collectives(par, step, par.place_state(initial_state(step)),
-                        par.shard_batch(batch))
+    found = collectives(
+        par, step, par.place_state(initial_state(step)), par.shard_batch(batch)
+    )
     reduces = [(k, a, s) for k, a, s in found if k == 'all-reduce']
     others = sorted((k, a, s) for k, a, s in found if k != 'all-reduce')
     if mode == 'pmap':
@@ -532,7 +608,8 @@ def test_train_step_collectives_are_exactly_the_expected_ones(steps):
     for k, a, s in reduces:
       got[(k, a)] += int(np.prod(s))
     assert got == collections.Counter(
-        {(k, a): n for k, a, n in want_reduces}), mode
+        {(k, a): n for k, a, n in want_reduces}
+    ), mode
 
 
 # ------------------------------------------------- memory and restore -----
@@ -545,11 +622,16 @@ def _param_counts(classes):
   c.parallel.mesh.model = 2
   c.parallel.mesh.data = 1
   m = model_lib.from_config(c.model)
-  shapes = jax.eval_shape(lambda: model_lib.init(
-      m, jax.random.PRNGKey(0), 224))['params']
+  shapes = jax.eval_shape(
+      lambda: model_lib.init(m, jax.random.PRNGKey(0), 224)
+  )['params']
   par = parallel.Parallel(c, m)
-  local = sum(int(np.prod(sh.shard_shape(x.shape))) for x, sh in zip(
-      jax.tree.leaves(shapes), jax.tree.leaves(par.shardings(shapes))))
+  local = sum(
+      int(np.prod(sh.shard_shape(x.shape)))
+      for x, sh in zip(
+          jax.tree.leaves(shapes), jax.tree.leaves(par.shardings(shapes))
+      )
+  )
   total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
   return local, total
 
@@ -557,18 +639,25 @@ def _param_counts(classes):
 def _paper_param_count(classes):
   """The paper's layer table, counted by hand (two towers)."""
   conv = lambda k, cin, cout, towers: towers * (k * k * cin * cout + cout)
-  return (conv(11, 3, 48, 2) + conv(5, 48, 128, 2) + conv(3, 256, 192, 2)
-          + conv(3, 192, 192, 2) + conv(3, 192, 128, 2)
-          + 2 * (9216 * 2048 + 2048) + 2 * (4096 * 2048 + 2048)
-          + 4096 * classes + classes)
+  return (
+      conv(11, 3, 48, 2)
+      + conv(5, 48, 128, 2)
+      + conv(3, 256, 192, 2)
+      + conv(3, 192, 192, 2)
+      + conv(3, 192, 128, 2)
+      + 2 * (9216 * 2048 + 2048)
+      + 2 * (4096 * 2048 + 2048)
+      + 4096 * classes
+      + classes
+  )
 
 
 def test_each_device_holds_about_half_the_real_model():
   local, total = _param_counts(1000)
   assert total == _paper_param_count(1000) == 60_965_224
-  assert local == total // 2 == 30_482_612      # about 30.5M, fc8 split
+  assert local == total // 2 == 30_482_612  # about 30.5M, fc8 split
   fc8 = 4096 * 999 + 999
-  local, total = _param_counts(999)             # odd: fc8 replicated
+  local, total = _param_counts(999)  # odd: fc8 replicated
   assert local == (total - fc8) // 2 + fc8 == 32_527_015  # about 32.5M
 
 
@@ -585,9 +674,10 @@ def test_state_written_under_one_mesh_restores_under_another(steps):
   step = steps['model']
   par = step.par
   batch = _batch(3, size=STEP_SIZE)
-  trained, _ = step(par.place_state(initial_state(step)),
-                    par.shard_batch(batch))
-  host = par.to_host(trained)            # what a checkpoint stores
+  trained, _ = step(
+      par.place_state(initial_state(step)), par.shard_batch(batch)
+  )
+  host = par.to_host(trained)  # what a checkpoint stores
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(host))
   for mode in ('single', 'hybrid', 'pmap'):
     other = steps[mode]
@@ -600,15 +690,19 @@ def test_state_written_under_one_mesh_restores_under_another(steps):
     ref = steps['single'] if shards == 1 else reference_step(step, shards)
     single = steps['single'].par
     mine, _ = ref(single.place_state(host), single.shard_batch(batch))
-    _close(other.par.to_host(theirs).params, single.to_host(mine).params,
-           atol=1e-6, rtol=1e-4)
+    _close(
+        other.par.to_host(theirs).params,
+        single.to_host(mine).params,
+        atol=1e-6,
+        rtol=1e-4,
+    )
 
 
 def test_pmap_metrics_come_back_unstacked(steps):
   step = steps['pmap']
   state = step.par.place_state(initial_state(step))
-  assert state.params['fc8']['kernel'].shape[0] == 2   # one per device
+  assert state.params['fc8']['kernel'].shape[0] == 2  # one per device
   state, m = step(state, step.par.shard_batch(_batch(0, size=STEP_SIZE)))
   assert all(np.shape(x) == () for x in jax.tree.leaves(m))
-  assert m.loss.count == BATCH          # every device's examples
+  assert m.loss.count == BATCH  # every device's examples
   assert step.par.to_host(state).params['fc8']['kernel'].shape == (256, 10)

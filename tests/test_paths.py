@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from alexnet_jax.configs import paper
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import paths
-from alexnet_jax.configs import paper
 from conftest import REPO
 
 
@@ -20,8 +20,9 @@ def home(tmp_path, monkeypatch):
   return tmp_path / 'home'
 
 
-def test_data_root_flag_then_environment_then_default(home, tmp_path,
-                                                      monkeypatch):
+def test_data_root_flag_then_environment_then_default(
+    home, tmp_path, monkeypatch
+):
   assert paths.data_root() == home / 'alexnet_jax_data'
   assert paths.runs_root() == home / 'alexnet_jax_runs'
   monkeypatch.setenv(paths.DATA_ENV, str(tmp_path / 'env'))
@@ -32,7 +33,7 @@ def test_data_root_flag_then_environment_then_default(home, tmp_path,
   monkeypatch.chdir(tmp_path)
   assert paths.set_data_root('rel') == tmp_path / 'rel'
   assert os.environ[paths.DATA_ENV] == str(tmp_path / 'rel')
-  assert paths.set_data_root(None) == tmp_path / 'rel'    # kept
+  assert paths.set_data_root(None) == tmp_path / 'rel'  # kept
 
 
 def test_expand_and_portable(home, tmp_path, monkeypatch):
@@ -43,7 +44,8 @@ def test_expand_and_portable(home, tmp_path, monkeypatch):
   assert paths.expand('~/x') == str(home / 'x')
   assert paths.expand('/abs/x') == '/abs/x'
   assert paths.portable(tmp_path / 'd' / 'cifar10' / 'test') == (
-      '$ALEXNET_JAX_DATA/cifar10/test')
+      '$ALEXNET_JAX_DATA/cifar10/test'
+  )
   assert paths.portable(tmp_path / 'd') == '$ALEXNET_JAX_DATA'
   assert paths.portable('/elsewhere/x') == '/elsewhere/x'
   assert paths.in_data_root('cifar10') == '$ALEXNET_JAX_DATA/cifar10'
@@ -73,6 +75,7 @@ def test_folder_source_under_the_data_root(tmp_path, monkeypatch):
 
 def test_experiment_configs_name_data_through_the_root():
   import importlib.util
+
   for name in ('figure1', 'lrn_cifar'):
     path = REPO / 'experiments' / 'configs' / f'{name}.py'
     spec = importlib.util.spec_from_file_location(name, path)
@@ -92,15 +95,34 @@ def test_sweep_passes_data_root_to_its_trainers(tmp_path):
       'wd = pathlib.Path(args["workdir"])\n'
       'wd.mkdir(parents=True, exist_ok=True)\n'
       '(wd / "seen").write_text(os.environ["ALEXNET_JAX_DATA"] + " " + '
-      'args["config.data.name"])\n')
+      'args["config.data.name"])\n'
+  )
   env = dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{REPO}')
   env.pop(paths.DATA_ENV, None)
   subprocess.run(
-      [sys.executable, '-m', 'experiments.sweep', 'lrn', '--only', 'lrn_on',
-       '--main', 'fake_main', '--root', str(tmp_path / 'runs'),
-       '--data_root', str(tmp_path / 'data'),
-       '--results', str(tmp_path / 'res')],
-      cwd=REPO, env=env, check=True, capture_output=True, text=True)
-  seen = (tmp_path / 'runs' / 'lrn' / 'cifar10' / 'lrn_on' / 'seen')
-  assert seen.read_text() == (f'{tmp_path / "data"} '
-                              'folder:$ALEXNET_JAX_DATA/cifar10')
+      [
+          sys.executable,
+          '-m',
+          'experiments.sweep',
+          'lrn',
+          '--only',
+          'lrn_on',
+          '--main',
+          'fake_main',
+          '--root',
+          str(tmp_path / 'runs'),
+          '--data_root',
+          str(tmp_path / 'data'),
+          '--results',
+          str(tmp_path / 'res'),
+      ],
+      cwd=REPO,
+      env=env,
+      check=True,
+      capture_output=True,
+      text=True,
+  )
+  seen = tmp_path / 'runs' / 'lrn' / 'cifar10' / 'lrn_on' / 'seen'
+  assert seen.read_text() == (
+      f'{tmp_path / "data"} ' 'folder:$ALEXNET_JAX_DATA/cifar10'
+  )

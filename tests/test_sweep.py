@@ -24,7 +24,7 @@ from experiments import runner
 from experiments import sweep as sweep_cli
 from experiments import sweeps as sweeps_lib
 
-FAKE_MAIN = textwrap.dedent('''
+FAKE_MAIN = textwrap.dedent("""
     import json, math, os, pathlib, signal, sys, time
     args = dict(a.lstrip('-').split('=', 1) for a in sys.argv[1:])
     wd = pathlib.Path(args['workdir'])
@@ -62,7 +62,7 @@ FAKE_MAIN = textwrap.dedent('''
           f.write('{"step": 99, "train_to')  # a torn last line
           sys.exit(3)
     (wd / 'results.json').write_text(json.dumps({'step': steps}))
-''')
+""")
 
 
 @pytest.fixture
@@ -74,15 +74,24 @@ def fake(tmp_path):
 
 def _sweep():
   return sweeps_lib.Sweep(
-      'toy', 'relu vs tanh', 'six times faster',
-      {'relu': {'model.activation': 'relu', 'model.lrn.enabled': False},
-       'tanh': {'model.activation': 'tanh', 'model.lrn.enabled': False}},
-      datasets=('cifar10',))
+      'toy',
+      'relu vs tanh',
+      'six times faster',
+      {
+          'relu': {'model.activation': 'relu', 'model.lrn.enabled': False},
+          'tanh': {'model.activation': 'tanh', 'model.lrn.enabled': False},
+      },
+      datasets=('cifar10',),
+  )
 
 
 def test_plan_and_command(tmp_path):
-  runs = runner.plan(_sweep(), 'cifar10', root=tmp_path,
-                     extra={'optim.num_epochs': 2, 'data.mean': (0.5, 0.5)})
+  runs = runner.plan(
+      _sweep(),
+      'cifar10',
+      root=tmp_path,
+      extra={'optim.num_epochs': 2, 'data.mean': (0.5, 0.5)},
+  )
   assert [r.variant for r in runs] == ['relu', 'tanh']
   assert runs[1].workdir == tmp_path / 'toy' / 'cifar10' / 'tanh'
   cmd = runner.command(runs[1])
@@ -96,12 +105,13 @@ def test_plan_and_command(tmp_path):
   with pytest.raises(ValueError, match="runs on cifar10, not 'imagenet'"):
     runner.plan(_sweep(), 'imagenet')
   assert sweep_cli.parse_set(['--config.optim.lr=0.1', 'model.towers=1']) == {
-      'optim.lr': '0.1', 'model.towers': '1'}
+      'optim.lr': '0.1',
+      'model.towers': '1',
+  }
 
 
 def test_every_ablation_has_two_variants_on_both_datasets():
-  for name in ('activation', 'lrn', 'pooling', 'towers', 'lighting',
-               'dropout'):
+  for name in ('activation', 'lrn', 'pooling', 'towers', 'lighting', 'dropout'):
     s = sweeps_lib.get(name)
     assert len(s.variants) == 2 and set(s.datasets) == {'cifar10', 'imagenet'}
     assert runner.plan(s, 'imagenet')[0].config == 'configs/paper.py'
@@ -114,10 +124,12 @@ def test_ablations_sweep_shares_one_baseline():
   must be what the base configs already say, or the shared baseline would
   not be the paper's network."""
   import importlib.util
+
   s = sweeps_lib.get('ablations')
   singles = ('activation', 'lrn', 'pooling', 'towers', 'lighting', 'dropout')
   assert list(s.variants) == ['paper'] + [
-      list(sweeps_lib.get(n).variants)[1] for n in singles]
+      list(sweeps_lib.get(n).variants)[1] for n in singles
+  ]
   assert s.variants['paper'] == {}
   for dataset in ('cifar10', 'imagenet'):
     path = sweeps_lib.REPO / sweeps_lib.datasets()[dataset].config
@@ -126,7 +138,9 @@ def test_ablations_sweep_shares_one_baseline():
     spec.loader.exec_module(mod)
     config = mod.get_config()
     for name in singles:
-      for field, value in list(sweeps_lib.get(name).variants.values())[0].items():
+      for field, value in list(sweeps_lib.get(name).variants.values())[
+          0
+      ].items():
         node = config
         for part in field.split('.'):
           node = node[part]
@@ -136,6 +150,7 @@ def test_ablations_sweep_shares_one_baseline():
 
 def test_ablations_are_defined_once_in_configs_ablations():
   from alexnet_jax.configs import ablations
+
   for name, (question, paper, variants) in ablations.ABLATIONS.items():
     s = sweeps_lib.get(name)
     assert (s.question, s.paper, s.variants) == (question, paper, variants)
@@ -147,36 +162,49 @@ def test_ablations_are_defined_once_in_configs_ablations():
           node = node[part]
         assert node == value, (variant, field)
   assert sweeps_lib.get('lrn_cifar').variants == {
-      v: ablations.VARIANTS[v] for v in ('lrn_on', 'lrn_off')}
+      v: ablations.VARIANTS[v] for v in ('lrn_on', 'lrn_off')
+  }
   # The sweeps write no overrides of their own: a second copy would drift.
-  assert "'model." not in (sweeps_lib.REPO / 'experiments' /
-                           'sweeps.py').read_text()
+  assert (
+      "'model."
+      not in (sweeps_lib.REPO / 'experiments' / 'sweeps.py').read_text()
+  )
 
 
 def test_workdirs_default_outside_the_repository(tmp_path, monkeypatch):
   from alexnet_jax.core import paths
+
   monkeypatch.delenv(paths.RUNS_ENV, raising=False)
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   run = runner.plan(sweeps_lib.get('lrn'), 'cifar10')[0]
-  assert run.workdir == tmp_path / 'home' / 'alexnet_jax_runs' / 'lrn' / (
-      'cifar10') / 'lrn_on'
+  assert (
+      run.workdir
+      == tmp_path / 'home' / 'alexnet_jax_runs' / 'lrn' / ('cifar10') / 'lrn_on'
+  )
   monkeypatch.setenv(paths.RUNS_ENV, str(tmp_path / 'runs'))
   assert runner.plan(sweeps_lib.get('lrn'), 'cifar10')[0].workdir == (
-      tmp_path / 'runs' / 'lrn' / 'cifar10' / 'lrn_on')
+      tmp_path / 'runs' / 'lrn' / 'cifar10' / 'lrn_on'
+  )
   # The CIFAR-10 JPEGs are named through the data root, never a path.
   monkeypatch.setenv(paths.DATA_ENV, str(tmp_path / 'data'))
   assert 'data.name' not in sweeps_lib.datasets()['cifar10'].overrides
   (tmp_path / 'data' / 'cifar10').mkdir(parents=True)
   assert sweeps_lib.datasets()['cifar10'].overrides == {
-      'data.name': 'folder:$ALEXNET_JAX_DATA/cifar10'}
+      'data.name': 'folder:$ALEXNET_JAX_DATA/cifar10'
+  }
 
 
-@pytest.mark.parametrize('name,results', [
-    ('ablations', 'ablations-cifar10'),
-    ('lrn_cifar', 'lrn_cifar-cifar10'),
-    ('figure1_lr', 'figure1/lr_search')])
-def test_committed_tables_come_from_committed_logs(name, results, tmp_path,
-                                                   capsys):
+@pytest.mark.parametrize(
+    'name,results',
+    [
+        ('ablations', 'ablations-cifar10'),
+        ('lrn_cifar', 'lrn_cifar-cifar10'),
+        ('figure1_lr', 'figure1/lr_search'),
+    ],
+)
+def test_committed_tables_come_from_committed_logs(
+    name, results, tmp_path, capsys
+):
   """`--from-logs` redraws each committed sweep's summary.csv and table.md
   byte for byte from its logs and provenance.json, with no workdir."""
   committed = collect.RESULTS_ROOT / results
@@ -199,40 +227,71 @@ def test_committed_figure1_redraws_from_its_logs(tmp_path):
   shutil.copytree(committed, out)
   for f in ('figure1.md', 'figure1.png', 'summary.json'):
     (out / f).unlink()
-  assert figure1.main(['--stage', 'plot', '--out', str(out),
-                       '--root', str(tmp_path / 'no_runs')]) == 0
+  assert (
+      figure1.main(
+          [
+              '--stage',
+              'plot',
+              '--out',
+              str(out),
+              '--root',
+              str(tmp_path / 'no_runs'),
+          ]
+      )
+      == 0
+  )
   assert (out / 'figure1.md').read_text() == (
-      committed / 'figure1.md').read_text()
+      committed / 'figure1.md'
+  ).read_text()
   assert json.loads((out / 'summary.json').read_text()) == json.loads(
-      (committed / 'summary.json').read_text())
+      (committed / 'summary.json').read_text()
+  )
   assert (out / 'figure1.png').stat().st_size > 1000
 
 
 def test_runs_in_parallel_skips_finished_and_collects(fake, tmp_path):
   root, env = fake
-  runs = runner.plan(_sweep(), 'cifar10', root=root / 'runs',
-                     extra={'optim.num_epochs': 3})
+  runs = runner.plan(
+      _sweep(), 'cifar10', root=root / 'runs', extra={'optim.num_epochs': 3}
+  )
   logs = []
-  rc = runner.run_all(runs, jobs=2, main_module='fake_main', env=env,
-                      log=logs.append, poll_seconds=0.05)
+  rc = runner.run_all(
+      runs,
+      jobs=2,
+      main_module='fake_main',
+      env=env,
+      log=logs.append,
+      poll_seconds=0.05,
+  )
   assert rc == {'toy/cifar10/relu': 0, 'toy/cifar10/tanh': 0}
   assert all(runner.is_finished(r) for r in runs)
   # A second call skips both: the fake trainer is not invoked again.
-  runner.run_all(runs, jobs=2, main_module='fake_main', env=env,
-                 log=logs.append, poll_seconds=0.05)
+  runner.run_all(
+      runs,
+      jobs=2,
+      main_module='fake_main',
+      env=env,
+      log=logs.append,
+      poll_seconds=0.05,
+  )
   for r in runs:
     assert len((r.workdir / 'invocations').read_text().splitlines()) == 1
   assert sum('skipped' in m for m in logs) == 2
 
-  out = collect.collect(_sweep(), 'cifar10', runs, out_dir=tmp_path / 'res',
-                        argv=['experiments.sweep', 'toy'])
+  out = collect.collect(
+      _sweep(),
+      'cifar10',
+      runs,
+      out_dir=tmp_path / 'res',
+      argv=['experiments.sweep', 'toy'],
+  )
   rows = list(csv.DictReader(open(out / 'summary.csv')))
   assert [r['variant'] for r in rows] == ['relu', 'tanh']
   assert rows[0]['status'] == 'finished' and rows[0]['steps'] == '12'
   # 4 steps per epoch (512 / 128): epoch 3 = steps 9..12.
   want = sum(3 / s for s in range(9, 13)) / 4
   assert float(rows[1]['train_top1_error_last_epoch']) == pytest.approx(want)
-  assert float(rows[1]['val_top1_error_best']) == pytest.approx(3 / 12 + .1)
+  assert float(rows[1]['val_top1_error_best']) == pytest.approx(3 / 12 + 0.1)
   table = (out / 'table.md').read_text()
   assert 'six times faster' in table and 'Machine:' in table
   assert 'python -m experiments.sweep toy' in table
@@ -243,45 +302,77 @@ def test_runs_in_parallel_skips_finished_and_collects(fake, tmp_path):
 def test_interrupted_run_resumes(fake):
   root, env = fake
   runs = runner.plan(_sweep(), 'cifar10', root=root / 'runs', only=['relu'])
-  rc = runner.run_all(runs, main_module='fake_main',
-                      env=dict(env, FAKE_CRASH_AT='5'), log=lambda m: None,
-                      poll_seconds=0.05)
+  rc = runner.run_all(
+      runs,
+      main_module='fake_main',
+      env=dict(env, FAKE_CRASH_AT='5'),
+      log=lambda m: None,
+      poll_seconds=0.05,
+  )
   assert rc == {'toy/cifar10/relu': 3}
   assert not runner.is_finished(runs[0])
   rows = collect.read_metrics(runs[0].workdir)
-  assert rows[-1]['step'] == 5        # the torn line was dropped
+  assert rows[-1]['step'] == 5  # the torn line was dropped
   # Exit 0 before the end (no results file): not finished either.
-  rc = runner.run_all(runs, main_module='fake_main',
-                      env=dict(env, FAKE_QUIT_AT='8'), log=lambda m: None,
-                      poll_seconds=0.05)
+  rc = runner.run_all(
+      runs,
+      main_module='fake_main',
+      env=dict(env, FAKE_QUIT_AT='8'),
+      log=lambda m: None,
+      poll_seconds=0.05,
+  )
   assert rc == {'toy/cifar10/relu': None}
   assert not runner.is_finished(runs[0])
-  rc = runner.run_all(runs, main_module='fake_main', env=env,
-                      log=lambda m: None, poll_seconds=0.05)
+  rc = runner.run_all(
+      runs,
+      main_module='fake_main',
+      env=env,
+      log=lambda m: None,
+      poll_seconds=0.05,
+  )
   assert rc == {'toy/cifar10/relu': 0}
   status = runner.read_status(runs[0])
   assert status['attempts'] == 3 and status['completed'] is True
   rows = collect.read_metrics(runs[0].workdir)
   assert [r['step'] for r in rows] == list(range(1, 13))
   # A workdir made with other overrides is not silently reused.
-  other = runner.plan(_sweep(), 'cifar10', root=root / 'runs', only=['relu'],
-                      extra={'optim.lr': 0.5})
+  other = runner.plan(
+      _sweep(),
+      'cifar10',
+      root=root / 'runs',
+      only=['relu'],
+      extra={'optim.lr': 0.5},
+  )
   status['completed'] = False
   (other[0].workdir / runner.STATUS_FILE).write_text(json.dumps(status))
   with pytest.raises(RuntimeError, match='other overrides'):
-    runner.run_all(other, main_module='fake_main', env=env,
-                   log=lambda m: None)
+    runner.run_all(other, main_module='fake_main', env=env, log=lambda m: None)
 
 
 def test_sigterm_stops_trainers_cleanly(fake):
   root, env = fake
-  cmd = [sys.executable, '-m', 'experiments.sweep', 'activation',
-         '--main', 'fake_main', '--root', str(root / 'runs'),
-         '--results', str(root / 'res'), '--jobs', '2']
-  proc = subprocess.Popen(cmd, cwd=sweeps_lib.REPO,
-                          env=dict(os.environ, FAKE_SLEEP='1', **env),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  cmd = [
+      sys.executable,
+      '-m',
+      'experiments.sweep',
+      'activation',
+      '--main',
+      'fake_main',
+      '--root',
+      str(root / 'runs'),
+      '--results',
+      str(root / 'res'),
+      '--jobs',
+      '2',
+  ]
+  proc = subprocess.Popen(
+      cmd,
+      cwd=sweeps_lib.REPO,
+      env=dict(os.environ, FAKE_SLEEP='1', **env),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   wds = [root / 'runs' / 'activation' / 'cifar10' / v for v in ('relu', 'tanh')]
   deadline = time.time() + 60
   while not all((w / 'started').exists() for w in wds):
@@ -302,10 +393,12 @@ def test_per_epoch_mean_and_epochs_to_reach():
   # Spans (0, .25], (.25, .5], (.5, 1], (1, 1.5], (1.5, 2], (2, 2.5]: the
   # first three (weights 1, 1, 2) make epoch 1; a row just past a boundary
   # (2.001, spanning (1.5, 2.001]) still counts for epoch 2.
-  means = collect.per_epoch_mean([0.25, 0.5, 1.0, 1.5, 2.001, 2.5],
-                                 [0.9, 0.7, 0.5, 0.3, 0.2, 0.1])
-  assert means == pytest.approx({1: 0.65, 2: (0.3 * .5 + 0.2 * .501) / 1.001,
-                                 3: 0.1})
+  means = collect.per_epoch_mean(
+      [0.25, 0.5, 1.0, 1.5, 2.001, 2.5], [0.9, 0.7, 0.5, 0.3, 0.2, 0.1]
+  )
+  assert means == pytest.approx(
+      {1: 0.65, 2: (0.3 * 0.5 + 0.2 * 0.501) / 1.001, 3: 0.1}
+  )
   assert collect.epochs_to_reach(means, 0.25) == 2
   assert collect.epochs_to_reach(means, 0.05) is None
 
@@ -316,22 +409,35 @@ def test_figure1_search_train_and_ratio(fake, tmp_path, monkeypatch):
     monkeypatch.setenv(k, v)
   monkeypatch.setattr(sweeps_lib, 'FIGURE1_EPOCHS', {'relu': 8, 'tanh': 16})
   out = tmp_path / 'fig1'
-  rc = figure1.main(['--main', 'fake_main', '--root', str(root / 'runs'),
-                     '--out', str(out), '--jobs', '2'])
+  rc = figure1.main(
+      [
+          '--main',
+          'fake_main',
+          '--root',
+          str(root / 'runs'),
+          '--out',
+          str(out),
+          '--jobs',
+          '2',
+      ]
+  )
   assert rc == 0
   summary = json.loads((out / 'summary.json').read_text())
   assert {a: v['lr'] for a, v in summary['learning_rates'].items()} == {
-      'relu': 0.01, 'tanh': 0.01}
+      'relu': 0.01,
+      'tanh': 0.01,
+  }
   # Fake curves at lr 0.01: error = c / step, 4 steps an epoch, c = 1 (relu)
   # or 3 (tanh). Epoch means: relu epoch 2 = mean(1/5..1/8) = 0.16 <= 0.25
   # after epoch 1 = 0.52; tanh first <= 0.25 at epoch 4 (mean 3/13..3/16).
   relu, tanh = summary['runs']['relu'], summary['runs']['tanh']
   assert (relu['whole'], tanh['whole']) == (2, 4)
-  m1 = (0.9 + 1 / 2 + 1 / 3 + 1 / 4) / 4      # the fake caps error at 0.9
+  m1 = (0.9 + 1 / 2 + 1 / 3 + 1 / 4) / 4  # the fake caps error at 0.9
   m2 = sum(1 / s for s in range(5, 9)) / 4
-  assert relu['interpolated'] == pytest.approx(1 + (m1 - .25) / (m1 - m2))
+  assert relu['interpolated'] == pytest.approx(1 + (m1 - 0.25) / (m1 - m2))
   assert summary['ratio_tanh_over_relu'] == pytest.approx(
-      tanh['interpolated'] / relu['interpolated'])
+      tanh['interpolated'] / relu['interpolated']
+  )
   # The final runs continued their search runs (3 epochs = 12 steps).
   final = root / 'runs' / 'figure1' / 'cifar10' / 'relu'
   calls = (final / 'invocations').read_text().splitlines()
@@ -346,8 +452,12 @@ def test_figure1_search_train_and_ratio(fake, tmp_path, monkeypatch):
   shutil.rmtree(root / 'runs')
   for name in ('figure1.md', 'figure1.png', 'summary.json'):
     (out / name).unlink()
-  assert figure1.main(['--root', str(root / 'runs'), '--out', str(out),
-                       '--stage', 'plot']) == 0
+  assert (
+      figure1.main(
+          ['--root', str(root / 'runs'), '--out', str(out), '--stage', 'plot']
+      )
+      == 0
+  )
   assert not (root / 'runs').exists()
   assert json.loads((out / 'summary.json').read_text()) == summary
   assert (out / 'figure1.md').read_text() == table
@@ -356,18 +466,25 @@ def test_figure1_search_train_and_ratio(fake, tmp_path, monkeypatch):
   # keeps the committed logs and records.
   relu_log = (out / 'logs' / 'relu.jsonl').read_bytes()
   (root / 'runs' / 'figure1' / 'cifar10' / 'tanh').mkdir(parents=True)
-  collect.export(runner.plan(sweeps_lib.figure1({'relu': 0.01, 'tanh': 0.01}),
-                             'cifar10', root=root / 'runs'), out,
-                 argv=['experiments.figure1', '--stage', 'train'])
+  collect.export(
+      runner.plan(
+          sweeps_lib.figure1({'relu': 0.01, 'tanh': 0.01}),
+          'cifar10',
+          root=root / 'runs',
+      ),
+      out,
+      argv=['experiments.figure1', '--stage', 'train'],
+  )
   prov = json.loads((out / collect.PROVENANCE_FILE).read_text())
   assert prov['runs']['relu']['status'] == 'finished'
   assert (out / 'logs' / 'relu.jsonl').read_bytes() == relu_log
-  assert prov['runs']['tanh']['status'] == 'finished'   # its old record
+  assert prov['runs']['tanh']['status'] == 'finished'  # its old record
   # Without the search's results there are no rates to plot with.
   shutil.rmtree(out / 'lr_search')
   with pytest.raises(RuntimeError, match='no finished learning-rate search'):
-    figure1.main(['--root', str(root / 'runs'), '--out', str(out),
-                  '--stage', 'plot'])
+    figure1.main(
+        ['--root', str(root / 'runs'), '--out', str(out), '--stage', 'plot']
+    )
 
 
 @pytest.mark.slow
@@ -375,19 +492,29 @@ def test_real_trainer_two_steps_then_resume(tmp_path):
   """The runner drives the real alexnet_jax.main (Figure 1 config, embedded
   CIFAR-10 sample): two steps, then two more in the same workdir."""
   from alexnet_jax.configs import smoke
+
   sweep = sweeps_lib.get('figure1_lr')
-  extra = {'data.name': 'folder:' + smoke.sample_root(),
-           'train.num_train_steps': 2, 'train.log_every_steps': 1,
-           'train.max_eval_batches': 1}
-  runs = runner.plan(sweep, 'cifar10', root=tmp_path, extra=extra,
-                     only=['relu_lr0.1'])
+  extra = {
+      'data.name': 'folder:' + smoke.sample_root(),
+      'train.num_train_steps': 2,
+      'train.log_every_steps': 1,
+      'train.max_eval_batches': 1,
+  }
+  runs = runner.plan(
+      sweep, 'cifar10', root=tmp_path, extra=extra, only=['relu_lr0.1']
+  )
   assert runner.run_all(runs, log=print) == {runs[0].name: 0}
   rows = collect.read_metrics(runs[0].workdir)
   assert [r['step'] for r in rows if 'train_top1_error' in r] == [1, 2]
   assert rows[0]['epoch'] == pytest.approx(128 / 1700)
-  (runs[0].workdir / runner.STATUS_FILE).unlink()     # as if interrupted
-  runs = runner.plan(sweep, 'cifar10', root=tmp_path, only=['relu_lr0.1'],
-                     extra=dict(extra, **{'train.num_train_steps': 4}))
+  (runs[0].workdir / runner.STATUS_FILE).unlink()  # as if interrupted
+  runs = runner.plan(
+      sweep,
+      'cifar10',
+      root=tmp_path,
+      only=['relu_lr0.1'],
+      extra=dict(extra, **{'train.num_train_steps': 4}),
+  )
   assert runner.run_all(runs, log=print) == {runs[0].name: 0}
   log = (runs[0].workdir / runner.LOG_FILE).read_text()
   assert 'resum' in log.lower()
@@ -397,6 +524,7 @@ def test_real_trainer_two_steps_then_resume(tmp_path):
 
 def test_cifar10_run_redraws_from_its_logs_and_exports(tmp_path):
   from experiments.cifar10 import plot as cifar10_plot
+
   committed = collect.RESULTS_ROOT / 'cifar10'
   out = tmp_path / 'cifar10'
   shutil.copytree(committed, out)
@@ -409,10 +537,18 @@ def test_cifar10_run_redraws_from_its_logs_and_exports(tmp_path):
   work.mkdir()
   for name in ('metrics.jsonl', 'config.json'):
     shutil.copyfile(out / 'logs' / name, work / name)
-  assert cifar10_plot.main([f'--results={out}', f'--export={work}',
-                            '--command=experiments/cifar10/run.sh']) == 0
+  assert (
+      cifar10_plot.main(
+          [
+              f'--results={out}',
+              f'--export={work}',
+              '--command=experiments/cifar10/run.sh',
+          ]
+      )
+      == 0
+  )
   prov = json.loads((out / collect.PROVENANCE_FILE).read_text())
   assert prov['command'] == 'experiments/cifar10/run.sh'
-  assert prov['status'] == 'unfinished'     # no results.json in the workdir
+  assert prov['status'] == 'unfinished'  # no results.json in the workdir
   assert not (out / 'logs' / 'results.json').exists()
   assert 'Unfinished run' in (out / 'table.md').read_text()

@@ -20,14 +20,14 @@ from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
+from alexnet_jax import evaluate
+from alexnet_jax.configs import smoke
 from alexnet_jax.core import checkpoint
 from alexnet_jax.core import config_checks
-from alexnet_jax import evaluate
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import train
-from alexnet_jax.configs import smoke
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 40
@@ -60,9 +60,13 @@ def tiny_config(**overrides):
 
 
 def main_command(workdir, **overrides):
-  return ([sys.executable, '-m', 'alexnet_jax.main',
-           '--config=configs/smoke.py', f'--workdir={workdir}'] +
-          [f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()])
+  return [
+      sys.executable,
+      '-m',
+      'alexnet_jax.main',
+      '--config=configs/smoke.py',
+      f'--workdir={workdir}',
+  ] + [f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()]
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -73,8 +77,10 @@ def jax_cache(tmp_path_factory):
   subprocesses); sharing them saves about 10 s per run on 2 cores.
   """
   cache_dir = tmp_path_factory.mktemp('jax_cache')
-  saved = (jax.config.jax_compilation_cache_dir,
-           jax.config.jax_persistent_cache_min_compile_time_secs)
+  saved = (
+      jax.config.jax_compilation_cache_dir,
+      jax.config.jax_persistent_cache_min_compile_time_secs,
+  )
   jax.config.update('jax_compilation_cache_dir', str(cache_dir))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   compilation_cache.reset_cache()
@@ -109,7 +115,7 @@ def _train_rows(workdir):
     return []
   try:
     return [r for r in metrics_lib.read_jsonl(path) if 'train_loss' in r]
-  except json.JSONDecodeError:   # a line being written
+  except json.JSONDecodeError:  # a line being written
     return []
 
 
@@ -130,16 +136,27 @@ def _stop(workdir, env, sig, log_path):
   returns (exit status, log, checkpoint steps)."""
   rows_before = len(_train_rows(workdir))
   with open(log_path, 'w+') as log:
-    proc = subprocess.Popen(main_command(workdir), cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    _wait_for(lambda: len(_train_rows(workdir)) > rows_before, proc,
-              'a training step after the restart')
+    proc = subprocess.Popen(
+        main_command(workdir),
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    _wait_for(
+        lambda: len(_train_rows(workdir)) > rows_before,
+        proc,
+        'a training step after the restart',
+    )
     proc.send_signal(sig)
     returncode = proc.wait(timeout=120)
     log.seek(0)
     text = log.read()
-  return (returncode, text,
-          [s for s, _ in checkpoint.step_dirs(workdir / 'checkpoints')])
+  return (
+      returncode,
+      text,
+      [s for s, _ in checkpoint.step_dirs(workdir / 'checkpoints')],
+  )
 
 
 @pytest.fixture(scope='module')
@@ -151,10 +168,18 @@ def interrupted(tmp_path_factory, jax_cache):
   logs = {}
 
   with open(workdir.parent / 'killed.log', 'w+') as log:
-    proc = subprocess.Popen(main_command(workdir), cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    _wait_for(lambda: (workdir / 'checkpoints' / '5').is_dir(), proc,
-              'its first checkpoint (step 5)')
+    proc = subprocess.Popen(
+        main_command(workdir),
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    _wait_for(
+        lambda: (workdir / 'checkpoints' / '5').is_dir(),
+        proc,
+        'its first checkpoint (step 5)',
+    )
     proc.kill()
     proc.wait()
     log.seek(0)
@@ -162,38 +187,54 @@ def interrupted(tmp_path_factory, jax_cache):
   killed_steps = [s for s, _ in checkpoint.step_dirs(workdir / 'checkpoints')]
 
   returncodes, steps = {}, {'killed': killed_steps}
-  for name, sig in (('terminated', signal.SIGTERM),
-                    ('interrupted', signal.SIGINT)):
+  for name, sig in (
+      ('terminated', signal.SIGTERM),
+      ('interrupted', signal.SIGINT),
+  ):
     returncodes[name], logs[name], steps[name] = _stop(
-        workdir, env, sig, workdir.parent / f'{name}.log')
+        workdir, env, sig, workdir.parent / f'{name}.log'
+    )
 
   results = train.train_and_evaluate(tiny_config(), workdir)
-  return dict(workdir=workdir, logs=logs, killed_steps=killed_steps,
-              steps=steps, returncodes=returncodes, results=results)
+  return dict(
+      workdir=workdir,
+      logs=logs,
+      killed_steps=killed_steps,
+      steps=steps,
+      returncodes=returncodes,
+      results=results,
+  )
 
 
 def test_smoke_run_trains_evaluates_checkpoints(reference):
   workdir, results = reference
   assert results['step'] == STEPS
-  assert results['val_examples'] == 16          # 2 eval batches of 8
+  assert results['val_examples'] == 16  # 2 eval batches of 8
   for key in ('val_loss', 'val_top1_error', 'val_top5_error'):
     assert math.isfinite(results[key])
   assert results['val_top5_error'] <= results['val_top1_error']
   rows = metrics_lib.read_jsonl(workdir / metrics_lib.JSONL_FILE)
   lines = (workdir / metrics_lib.JSONL_FILE).read_text().splitlines()
-  assert len(rows) == len(lines)       # every line is a metrics record
+  assert len(rows) == len(lines)  # every line is a metrics record
   # One record per event, each kind with fixed fields (docs/training.md).
-  kinds = {'train': {'train_loss', 'train_top1_error', 'train_top5_error',
-                     'train_learning_rate', 'train_grad_norm',
-                     'train_param_norm', 'epoch', 'images_per_sec'},
-           'val': {'val_loss', 'val_top1_error', 'val_top5_error',
-                   'val_examples'}}
+  kinds = {
+      'train': {
+          'train_loss',
+          'train_top1_error',
+          'train_top5_error',
+          'train_learning_rate',
+          'train_grad_norm',
+          'train_param_norm',
+          'epoch',
+          'images_per_sec',
+      },
+      'val': {'val_loss', 'val_top1_error', 'val_top5_error', 'val_examples'},
+  }
   for row in rows:
     assert set(row) - {'step', 'time'} in kinds.values(), row
   train_rows = [r for r in rows if 'train_loss' in r]
   assert [r['step'] for r in train_rows] == list(range(1, STEPS + 1))
-  assert [r['step'] for r in rows if 'val_top1_error' in r] == [10, 20, 30,
-                                                                40]
+  assert [r['step'] for r in rows if 'val_top1_error' in r] == [10, 20, 30, 40]
   # Plateau with patience 0 and errors in steps of 1/16: the lr dropped.
   lrs = [r['train_learning_rate'] for r in train_rows]
   assert lrs[0] == pytest.approx(0.01)
@@ -206,27 +247,32 @@ def test_smoke_run_trains_evaluates_checkpoints(reference):
   assert steps[-2:] == [35, 40]
 
 
-def test_evaluate_matches_training_and_rerun_only_evaluates(reference,
-                                                           caplog):
+def test_evaluate_matches_training_and_rerun_only_evaluates(reference, caplog):
   workdir, results = reference
-  got = evaluate.run_evaluation(workdir, max_batches=2, batch_size=8,
-                                progress=False)
+  got = evaluate.run_evaluation(
+      workdir, max_batches=2, batch_size=8, progress=False
+  )
   assert got['top1_error'] == pytest.approx(results['val_top1_error'])
   assert got['loss'] == pytest.approx(results['val_loss'], rel=1e-5)
   caplog.set_level('INFO')
   again = train.train_and_evaluate(
-      tiny_config(**{'train.log_every_steps': 2}), workdir)
+      tiny_config(**{'train.log_every_steps': 2}), workdir
+  )
   assert again == results
-  assert ('Resuming with a changed config: train.log_every_steps: '
-          'checkpoint 1, config 2') in caplog.text
+  assert (
+      'Resuming with a changed config: train.log_every_steps: '
+      'checkpoint 1, config 2'
+  ) in caplog.text
   # The run ends saying where everything is.
   end = caplog.text.split(f'Final metrics at step {STEPS}:')[1]
   best = checkpoint.best_step(workdir / 'checkpoints')
-  for want in (f'results     {workdir / train.RESULTS_FILE}',
-               f'latest {workdir / "checkpoints" / str(STEPS)}',
-               f'best   {workdir / "checkpoints" / str(best)}',
-               f'tensorboard --logdir={workdir}',
-               f'top-1 error {100 * results["val_top1_error"]:.2f}%'):
+  for want in (
+      f'results     {workdir / train.RESULTS_FILE}',
+      f'latest {workdir / "checkpoints" / str(STEPS)}',
+      f'best   {workdir / "checkpoints" / str(best)}',
+      f'tensorboard --logdir={workdir}',
+      f'top-1 error {100 * results["val_top1_error"]:.2f}%',
+  ):
     assert want in end, end
   assert '[Hyperparameters]' not in caplog.text
 
@@ -236,7 +282,8 @@ def test_exact_resume_after_sigkill(reference, interrupted):
   assert 5 in interrupted['killed_steps']
   assert max(interrupted['killed_steps']) < STEPS
   assert 'Resumed from the checkpoint at step' in (
-      interrupted['logs']['terminated'])
+      interrupted['logs']['terminated']
+  )
   ref_dir, ref_results = reference
   assert interrupted['results'] == ref_results
   want, got = _params(ref_dir), _params(interrupted['workdir'])
@@ -244,10 +291,13 @@ def test_exact_resume_after_sigkill(reference, interrupted):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize('stop, status, before', [
-    ('terminated', 143, 'killed'), ('interrupted', 130, 'terminated')])
+@pytest.mark.parametrize(
+    'stop, status, before',
+    [('terminated', 143, 'killed'), ('interrupted', 130, 'terminated')],
+)
 def test_sigterm_and_ctrl_c_save_then_exit_128_plus_the_signal(
-    interrupted, stop, status, before):
+    interrupted, stop, status, before
+):
   log = interrupted['logs'][stop]
   # Not 0: a script must tell a stopped run from a finished one.
   assert interrupted['returncodes'][stop] == status, log[-3000:]
@@ -260,9 +310,14 @@ def test_sigterm_and_ctrl_c_save_then_exit_128_plus_the_signal(
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = tiny_config(**{'optim.lr': 1e9, 'train.checkpoint_every_steps': 1,
-                          'train.num_train_steps': 30,
-                          'optim.schedule': 'constant'})
+  config = tiny_config(
+      **{
+          'optim.lr': 1e9,
+          'train.checkpoint_every_steps': 1,
+          'train.num_train_steps': 30,
+          'optim.schedule': 'constant',
+      }
+  )
   with pytest.raises(train.NonFiniteError) as e:
     train.train_and_evaluate(config, tmp_path)
   message = str(e.value)
@@ -274,20 +329,22 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert np.isfinite(leaf).all()
 
 
-def test_resume_into_a_different_model_fails_before_training(reference,
-                                                             tmp_path):
+def test_resume_into_a_different_model_fails_before_training(
+    reference, tmp_path
+):
   workdir, _ = reference
-  config = tiny_config(**{'model.width_scale': 0.125,
-                          'train.num_train_steps': STEPS + 10})
-  with pytest.raises(checkpoint.CheckpointError,
-                     match='model.width_scale: checkpoint 0.0625, config '
-                     '0.125'):
+  config = tiny_config(
+      **{'model.width_scale': 0.125, 'train.num_train_steps': STEPS + 10}
+  )
+  with pytest.raises(
+      checkpoint.CheckpointError,
+      match='model.width_scale: checkpoint 0.0625, config ' '0.125',
+  ):
     train.train_and_evaluate(config, workdir)
 
 
 def test_bad_config_fails_before_any_work(tmp_path):
-  config = tiny_config(**{'optim.batch_size': 6,
-                          'parallel.mesh.data': 4})
+  config = tiny_config(**{'optim.batch_size': 6, 'parallel.mesh.data': 4})
   with pytest.raises(config_checks.ConfigError, match='not divisible'):
     train.train_and_evaluate(config, tmp_path / 'wd')
   assert not (tmp_path / 'wd').exists()
@@ -305,14 +362,17 @@ def test_eval_step_against_numpy(crops):
   shape = (b, 2, 2, 3) if crops == 1 else (b, crops, 2, 2, 3)
   images = rng.normal(size=shape).astype(np.float32)
   labels = rng.integers(0, classes, b).astype(np.int32)
-  mask = np.array([1, 1, 1, 1, 1, 0], bool)      # the last one is padding
+  mask = np.array([1, 1, 1, 1, 1, 0], bool)  # the last one is padding
   w = rng.normal(size=(12, classes)).astype(np.float32)
-  m = train.eval_step({'w': w}, dict(image=images, label=labels, mask=mask),
-                      apply_fn=_linear_apply).compute()
+  m = train.eval_step(
+      {'w': w},
+      dict(image=images, label=labels, mask=mask),
+      apply_fn=_linear_apply,
+  ).compute()
 
   logits = images.reshape(b, crops, 12) @ w
   p = np.exp(logits - logits.max(-1, keepdims=True))
-  p = (p / p.sum(-1, keepdims=True)).mean(axis=1)   # softmax averaged
+  p = (p / p.sum(-1, keepdims=True)).mean(axis=1)  # softmax averaged
   loss = -np.log(p[np.arange(b), labels])
   rank = (p > p[np.arange(b), labels][:, None]).sum(-1)
   n = mask.sum()
@@ -323,9 +383,9 @@ def test_eval_step_against_numpy(crops):
 
 def test_jsonl_writer(tmp_path):
   writer = metrics_lib.JsonlWriter(tmp_path / 'm.jsonl')
-  writer.write_hparams({'optim.lr': 0.01})   # config.json holds them
+  writer.write_hparams({'optim.lr': 0.01})  # config.json holds them
   writer.write_scalars(3, {'loss': np.float32(1.5), 'lr': jax.numpy.ones(())})
-  writer.write_images(3, {'x': np.zeros((1, 2, 2, 3))})   # not written
+  writer.write_images(3, {'x': np.zeros((1, 2, 2, 3))})  # not written
   writer.close()
   rows = metrics_lib.read_jsonl(tmp_path / 'm.jsonl')
   assert len(rows) == 1
@@ -337,18 +397,26 @@ def test_console_writer_is_one_short_line(caplog):
   caplog.set_level('INFO')
   writer = metrics_lib.ConsoleWriter()
   writer.write_hparams({'optim.lr': 0.01})
-  writer.write_scalars(7, {'train_loss': np.float32(2.4620499),
-                           'images_per_sec': 1275.7586})
+  writer.write_scalars(
+      7, {'train_loss': np.float32(2.4620499), 'images_per_sec': 1275.7586}
+  )
   assert [r.getMessage() for r in caplog.records] == [
-      '[7] images_per_sec=1276, train_loss=2.462']
+      '[7] images_per_sec=1276, train_loss=2.462'
+  ]
 
 
 def test_plan_counts_sliced_splits():
-  info = input_pipeline.DatasetInfo(10, tuple('abcdefghij'),
-                                    {'train': 50000, 'test': 10000})
-  config = tiny_config(**{'data.train_split': 'train[:90%]',
-                          'train.num_train_steps': -1,
-                          'optim.num_epochs': 2.0, 'optim.batch_size': 128})
+  info = input_pipeline.DatasetInfo(
+      10, tuple('abcdefghij'), {'train': 50000, 'test': 10000}
+  )
+  config = tiny_config(
+      **{
+          'data.train_split': 'train[:90%]',
+          'train.num_train_steps': -1,
+          'optim.num_epochs': 2.0,
+          'optim.batch_size': 128,
+      }
+  )
   p = train.plan(config, info)
   assert p.num_train_examples == 45000
   assert p.total_steps == math.ceil(2 * 45000 / 128)
@@ -394,8 +462,9 @@ def test_loss_falls_on_the_smoke_data():
 
 def _he_params(module, image_size, seed=0):
   """He-scaled NumPy parameters (no jitted init to compile)."""
-  shapes = jax.eval_shape(lambda: model_lib.init(
-      module, jax.random.PRNGKey(0), image_size))['params']
+  shapes = jax.eval_shape(
+      lambda: model_lib.init(module, jax.random.PRNGKey(0), image_size)
+  )['params']
   rng = np.random.default_rng(seed)
 
   def draw(path, x):
@@ -403,14 +472,19 @@ def _he_params(module, image_size, seed=0):
       return (0.1 * rng.normal(size=x.shape)).astype(np.float32)
     fan_in = np.prod(x.shape[1:-1]) if x.ndim > 2 else x.shape[0]
     return (rng.normal(size=x.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
+
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _batches(n, batch, size, classes=10, seed=3):
   rng = np.random.default_rng(seed)
-  return [dict(image=rng.normal(size=(batch, size, size, 3)).astype(
-      np.float32), label=rng.integers(0, classes, batch).astype(np.int32))
-          for _ in range(n)]
+  return [
+      dict(
+          image=rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+          label=rng.integers(0, classes, batch).astype(np.int32),
+      )
+      for _ in range(n)
+  ]
 
 
 # Cosine over four steps: the lr changes every step.
@@ -423,18 +497,20 @@ def test_bare_step_updates_exactly_like_the_trainers():
   config = tiny_config(**{'optim.schedule': 'constant'})
   module = model_lib.from_config(config.model)
   full = train.make_train_step(config, module, sizes=SIZES)
-  bare = train.make_train_step(config, module, full.par, sizes=SIZES,
-                               bare=True)
+  bare = train.make_train_step(config, module, full.par, sizes=SIZES, bare=True)
   par = full.par
   host = full.init_state(_he_params(module, 64))
   batch = par.shard_batch(_batches(1, 8, 64)[0])
   state, metrics = full(par.place_state(host), batch)
   bare_state, loss = bare(par.place_state(host), batch)
   assert np.shape(loss) == ()
-  assert float(loss) == pytest.approx(float(metrics.compute()['loss']),
-                                      rel=1e-6)
-  for a, b in zip(jax.tree.leaves(par.to_host(state)),
-                  jax.tree.leaves(par.to_host(bare_state))):
+  assert float(loss) == pytest.approx(
+      float(metrics.compute()['loss']), rel=1e-6
+  )
+  for a, b in zip(
+      jax.tree.leaves(par.to_host(state)),
+      jax.tree.leaves(par.to_host(bare_state)),
+  ):
     np.testing.assert_array_equal(a, b)
 
 
@@ -453,42 +529,61 @@ def test_pytorch_twin_step_does_the_trainers_work():
   lr changing every step: the same metrics, norms and parameters."""
   torch = pytest.importorskip('torch')
   from alexnet_jax.reference import torch_models  # pylint: disable=g-import-not-at-top
-  config = tiny_config(**{'model.dropout': 0.0, 'optim.lr': 0.05,
-                          'optim.schedule': 'cosine',
-                          'optim.decay_biases': False,
-                          'optim.bias_lr_mult': 2.0})
+
+  config = tiny_config(
+      **{
+          'model.dropout': 0.0,
+          'optim.lr': 0.05,
+          'optim.schedule': 'cosine',
+          'optim.decay_biases': False,
+          'optim.bias_lr_mult': 2.0,
+      }
+  )
   module = model_lib.from_config(config.model)
   step = train.make_train_step(config, module, sizes=SIZES)
   par = step.par
   params = _he_params(module, 64)
-  net = torch_models.from_config(config.model, image_size=64,
-                                 flatten='hwc')
+  net = torch_models.from_config(config.model, image_size=64, flatten='hwc')
   torch_models.load_flax_params(net, params)
-  twin = torch_models.TrainStep(net, config.optim,
-                                lr_fn=lambda i: float(step.lr_fn(i)))
+  twin = torch_models.TrainStep(
+      net, config.optim, lr_fn=lambda i: float(step.lr_fn(i))
+  )
   state = par.place_state(step.init_state(params))
   for batch in _batches(3, 8, 64):
     state, m = step(state, par.shard_batch(batch))
     want = {k: float(v) for k, v in par.to_host(m.compute()).items()}
-    got = twin(torch.from_numpy(batch['image'].transpose(0, 3, 1, 2)),
-               torch.from_numpy(batch['label'].astype(np.int64)))
+    got = twin(
+        torch.from_numpy(batch['image'].transpose(0, 3, 1, 2)),
+        torch.from_numpy(batch['label'].astype(np.int64)),
+    )
     assert got.keys() == want.keys()
     for k in want:
       assert float(got[k]) == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
   # The parameters, compared in the twin's layout.
   ours = torch_models.from_config(config.model, image_size=64, flatten='hwc')
   torch_models.load_flax_params(ours, par.to_host(state.params))
-  for (name, a), b in zip(net.state_dict().items(),
-                          ours.state_dict().values()):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4,
-                               atol=1e-4 * float(b.abs().max()), err_msg=name)
+  for (name, a), b in zip(net.state_dict().items(), ours.state_dict().values()):
+    np.testing.assert_allclose(
+        a.numpy(),
+        b.numpy(),
+        rtol=1e-4,
+        atol=1e-4 * float(b.abs().max()),
+        err_msg=name,
+    )
 
 
 def test_the_step_does_not_need_tensorflow():
   """steps.py (the step and its factory) stays free of TensorFlow, so the
   benchmark's JAX worker measures the step's memory, not tf.data's."""
-  code = ('import sys; from alexnet_jax.core import steps; '
-          'print("tensorflow" in sys.modules)')
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                       text=True, check=True, timeout=300).stdout
+  code = (
+      'import sys; from alexnet_jax.core import steps; '
+      'print("tensorflow" in sys.modules)'
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', code],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=300,
+  ).stdout
   assert out.strip() == 'False'

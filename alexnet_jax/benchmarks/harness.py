@@ -20,6 +20,7 @@ whatever must be set before the backend starts.
 """
 
 import argparse
+from collections.abc import Callable
 import ctypes
 import dataclasses
 import datetime
@@ -33,9 +34,9 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
-PROTOCOL = '@@bench '        # worker -> parent lines start with this
+PROTOCOL = '@@bench '  # worker -> parent lines start with this
 
 
 @dataclasses.dataclass
@@ -47,6 +48,7 @@ class Job:
   finish(): more fields for the final report, measured after peak RSS is
     read (e.g. matmul peaks, which allocate).
   """
+
   run: Callable[[int], Any]
   facts: dict
   finish: Callable[[], dict] = dict
@@ -97,11 +99,14 @@ def worker_main(kind, spec):
     if command == 'step':
       start, cpu = time.perf_counter(), time.process_time()
       job.run(step)
-      _say(event='step', seconds=time.perf_counter() - start,
-           cpu_seconds=time.process_time() - cpu)
+      _say(
+          event='step',
+          seconds=time.perf_counter() - start,
+          cpu_seconds=time.process_time() - cpu,
+      )
       step += 1
     elif command == 'finish':
-      done = dict(peak_rss_mb=rss_mb())   # before finish() allocates
+      done = dict(peak_rss_mb=rss_mb())  # before finish() allocates
       done.update(job.finish())
       _say(event='done', **done)
       return
@@ -119,18 +124,30 @@ class Worker:
   def __init__(self, kind, spec, env=None):
     self.spec = spec
     self.proc = subprocess.Popen(
-        [sys.executable, '-m', 'alexnet_jax.benchmark', '_worker', kind,
-         json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True, env=env)
+        [
+            sys.executable,
+            '-m',
+            'alexnet_jax.benchmark',
+            '_worker',
+            kind,
+            json.dumps(spec),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
   def receive(self):
     for line in self.proc.stdout:
       if line.startswith(PROTOCOL):
-        return json.loads(line[len(PROTOCOL):])
-      sys.stderr.write(line)       # anything else the worker printed
+        return json.loads(line[len(PROTOCOL) :])
+      sys.stderr.write(line)  # anything else the worker printed
     code = self.proc.wait()
-    raise RuntimeError(f'benchmark worker {json.dumps(self.spec)} exited '
-                       f'with code {code} (its error is printed above)')
+    raise RuntimeError(
+        f'benchmark worker {json.dumps(self.spec)} exited '
+        f'with code {code} (its error is printed above)'
+    )
 
   def send(self, command):
     self.proc.stdin.write(command + '\n')
@@ -143,8 +160,7 @@ class Worker:
     self.proc.wait()
 
 
-def compare(kind, specs, *, steps, settle_s=0.1, envs=None,
-            sequential=False):
+def compare(kind, specs, *, steps, settle_s=0.1, envs=None, sequential=False):
   """Runs each spec in its own worker, steps alternating; returns results.
 
   Workers set up one at a time (compilation does not overlap a timed
@@ -157,18 +173,19 @@ def compare(kind, specs, *, steps, settle_s=0.1, envs=None,
   """
   envs = envs or [None] * len(specs)
   if sequential:
-    return [compare(kind, [s], steps=steps, settle_s=0, envs=[e])[0]
-            for s, e in zip(specs, envs)]
+    return [
+        compare(kind, [s], steps=steps, settle_s=0, envs=[e])[0]
+        for s, e in zip(specs, envs)
+    ]
   workers, results = [], []
   load_before = load()
   try:
     for spec, env in zip(specs, envs):
       workers.append(Worker(kind, spec, env))
-      results.append(dict(ready=workers[-1].receive(), steps=[],
-                          cpu_steps=[]))
+      results.append(dict(ready=workers[-1].receive(), steps=[], cpu_steps=[]))
     for _ in range(steps):
       for worker, result in zip(workers, results):
-        time.sleep(settle_s)       # let the other worker's threads go idle
+        time.sleep(settle_s)  # let the other worker's threads go idle
         reply = worker.send('step')
         result['steps'].append(reply['seconds'])
         result['cpu_steps'].append(reply['cpu_seconds'])
@@ -186,10 +203,14 @@ def step_fields(result, batch):
   """Step-time fields of a record from one compare() result."""
   steps = result['steps']
   step_s = statistics.median(steps)
-  return dict(step_ms=step_s * 1e3, step_ms_min=min(steps) * 1e3,
-              step_ms_max=max(steps) * 1e3, steps=len(steps),
-              step_cpu_ms=statistics.median(result['cpu_steps']) * 1e3,
-              img_per_s=batch / step_s)
+  return dict(
+      step_ms=step_s * 1e3,
+      step_ms_min=min(steps) * 1e3,
+      step_ms_max=max(steps) * 1e3,
+      steps=len(steps),
+      step_cpu_ms=statistics.median(result['cpu_steps']) * 1e3,
+      img_per_s=batch / step_s,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -211,8 +232,11 @@ def machine():
       text = f.read()
   except OSError:
     return platform.processor() or platform.machine()
-  names = [l.split(':', 1)[1].strip() for l in text.splitlines()
-           if l.startswith('model name')]
+  names = [
+      l.split(':', 1)[1].strip()
+      for l in text.splitlines()
+      if l.startswith('model name')
+  ]
   if not names:
     return platform.processor() or platform.machine()
   amx = 'AMX' if ' amx_tile' in text or ' amx_bf16' in text else 'no AMX'
@@ -224,11 +248,20 @@ def commit():
   """The checkout's short commit (with '+' if it has changes), or None."""
   here = os.path.dirname(os.path.abspath(__file__))
   try:
-    rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=here,
-                         capture_output=True, text=True, timeout=10)
-    dirty = subprocess.run(['git', 'status', '--porcelain', '-uno'],
-                           cwd=here, capture_output=True, text=True,
-                           timeout=10)
+    rev = subprocess.run(
+        ['git', 'rev-parse', '--short', 'HEAD'],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    dirty = subprocess.run(
+        ['git', 'status', '--porcelain', '-uno'],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
   except (OSError, subprocess.SubprocessError):
     return None
   if rev.returncode:
@@ -240,7 +273,10 @@ def stamp(record, command):
   """Adds date, machine, command and commit to a record."""
   record.update(
       date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-      machine=machine(), command=command, commit=commit())
+      machine=machine(),
+      command=command,
+      commit=commit(),
+  )
   return record
 
 
@@ -265,8 +301,10 @@ def csv_choices(choices, name):
     if bad or not values:
       raise argparse.ArgumentTypeError(
           f'{name} {text!r}: use one or more of {", ".join(choices)}, '
-          'comma-separated')
+          'comma-separated'
+      )
     return values
+
   return parse
 
 

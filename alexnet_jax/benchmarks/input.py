@@ -35,34 +35,56 @@ from alexnet_jax.benchmarks import harness
 from alexnet_jax.configs import paper
 from alexnet_jax.core import paths as paths_lib
 
-DEFAULT_DATA = 'imagenet-samples'     # under the data root
+DEFAULT_DATA = 'imagenet-samples'  # under the data root
 
 
 def add_arguments(parser):
-  parser.add_argument('--data', default=None,
-                      help='image folder ROOT/SPLIT/CLASS/IMAGE (default '
-                      f'{paths_lib.in_data_root(DEFAULT_DATA)})')
-  parser.add_argument('--data_root', default=None,
-                      help='the folder holding the datasets (default '
-                      f'${paths_lib.DATA_ENV} or '
-                      f'{paths_lib.DEFAULT_DATA_ROOT})')
+  parser.add_argument(
+      '--data',
+      default=None,
+      help='image folder ROOT/SPLIT/CLASS/IMAGE (default '
+      f'{paths_lib.in_data_root(DEFAULT_DATA)})',
+  )
+  parser.add_argument(
+      '--data_root',
+      default=None,
+      help='the folder holding the datasets (default '
+      f'${paths_lib.DATA_ENV} or '
+      f'{paths_lib.DEFAULT_DATA_ROOT})',
+  )
   parser.add_argument('--split', default='val')
-  parser.add_argument('--workers', default='1,2',
-                      help='comma-separated thread / process counts')
+  parser.add_argument(
+      '--workers', default='1,2', help='comma-separated thread / process counts'
+  )
   parser.add_argument('--batch', type=int, default=50)
-  parser.add_argument('--epochs', type=float, default=2.0,
-                      help='passes over the images per measurement')
+  parser.add_argument(
+      '--epochs',
+      type=float,
+      default=2.0,
+      help='passes over the images per measurement',
+  )
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--resize_size', type=int, default=256)
-  parser.add_argument('--resize_method', default='',
-                      help="data.resize_method for ours ('' = the config's)")
-  parser.add_argument('--loaders', default='ours,pil',
-                      help='comma-separated: ours, pil, pil_box')
-  parser.add_argument('--repeats', type=int, default=3,
-                      help='measurements per loader, interleaved; the best '
-                      'is reported (shared machines are noisy)')
-  parser.add_argument('--json', default='',
-                      help='also append the JSON lines to this file')
+  parser.add_argument(
+      '--resize_method',
+      default='',
+      help="data.resize_method for ours ('' = the config's)",
+  )
+  parser.add_argument(
+      '--loaders',
+      default='ours,pil',
+      help='comma-separated: ours, pil, pil_box',
+  )
+  parser.add_argument(
+      '--repeats',
+      type=int,
+      default=3,
+      help='measurements per loader, interleaved; the best '
+      'is reported (shared machines are noisy)',
+  )
+  parser.add_argument(
+      '--json', default='', help='also append the JSON lines to this file'
+  )
   return parser
 
 
@@ -71,6 +93,7 @@ def add_arguments(parser):
 
 def _ours(args, workers, n_images):
   from alexnet_jax.core import input_pipeline  # pylint: disable=g-import-not-at-top
+
   c = paper.get_config()
   c.data.name = f'folder:{args.data}'
   c.data.train_split = args.split
@@ -112,11 +135,17 @@ def pil_train_image(path, rng, image_size=224, resize_size=256, box=False):
     c = side * image_size / resize_size
     x0 = (w - side) / 2 + ox / scale
     y0 = (h - side) / 2 + oy / scale
-    im = im.resize((image_size, image_size), Image.BILINEAR,
-                   box=(x0, y0, x0 + c, y0 + c))
+    im = im.resize(
+        (image_size, image_size), Image.BILINEAR, box=(x0, y0, x0 + c, y0 + c)
+    )
   else:
-    im = im.resize((max(resize_size, round(w * scale)),
-                    max(resize_size, round(h * scale))), Image.BILINEAR)
+    im = im.resize(
+        (
+            max(resize_size, round(w * scale)),
+            max(resize_size, round(h * scale)),
+        ),
+        Image.BILINEAR,
+    )
     w, h = im.size
     left = (w - resize_size) // 2 + ox
     top = (h - resize_size) // 2 + oy
@@ -133,8 +162,9 @@ def _pil_batch(task):
   paths, seed, box, image_size, resize_size = task
   start = time.process_time()
   rng = np.random.default_rng(seed)
-  images = np.stack([pil_train_image(p, rng, image_size, resize_size, box)
-                     for p in paths])
+  images = np.stack(
+      [pil_train_image(p, rng, image_size, resize_size, box) for p in paths]
+  )
   return images, time.process_time() - start
 
 
@@ -144,12 +174,14 @@ def _pil(args, workers, n_images, paths, box):
   tasks = []
   for i in range(steps + 2):
     idx = rng.integers(0, len(paths), args.batch)
-    tasks.append(([paths[j] for j in idx], i, box, args.image_size,
-                  args.resize_size))
+    tasks.append(
+        ([paths[j] for j in idx], i, box, args.image_size, args.resize_size)
+    )
   if workers == 1:
     _pil_batch(tasks[0])
-    return _timed(lambda: [_pil_batch(t) for t in tasks[2:]],
-                  steps * args.batch)
+    return _timed(
+        lambda: [_pil_batch(t) for t in tasks[2:]], steps * args.batch
+    )
   ctx = multiprocessing.get_context('fork')
   with ctx.Pool(workers) as pool:
     list(pool.imap(_pil_batch, tasks[:workers]))  # warm the workers
@@ -158,6 +190,7 @@ def _pil(args, workers, n_images, paths, box):
     def run():
       for _, cpu in pool.imap(_pil_batch, tasks[2:]):
         worker_cpu.append(cpu)
+
     row = _timed(run, steps * args.batch)
   row['cpu_s'] += sum(worker_cpu)
   row['img_per_cpu_s'] = row['images'] / row['cpu_s']
@@ -171,21 +204,31 @@ def _timed(fn, images):
   wall, cpu = time.perf_counter(), time.process_time()
   fn()
   wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-  return dict(images=images, wall_s=round(wall, 3), cpu_s=cpu,
-              img_per_s=images / wall, img_per_cpu_s=images / cpu)
+  return dict(
+      images=images,
+      wall_s=round(wall, 3),
+      cpu_s=cpu,
+      img_per_s=images / wall,
+      img_per_cpu_s=images / cpu,
+  )
 
 
 def _list_images(root, split):
-  paths = sorted(str(p) for p in (pathlib.Path(root) / split).glob('*/*')
-                 if p.suffix.lower() in ('.jpg', '.jpeg', '.png'))
+  paths = sorted(
+      str(p)
+      for p in (pathlib.Path(root) / split).glob('*/*')
+      if p.suffix.lower() in ('.jpg', '.jpeg', '.png')
+  )
   if not paths:
     raise FileNotFoundError(f'no images under {root}/{split}/CLASS/')
   return paths
 
 
-_NAMES = {'ours': 'alexnet_jax tf.data',
-          'pil': 'PIL+NumPy (torchvision-style, draft)',
-          'pil_box': 'PIL+NumPy (resize of the crop box, draft)'}
+_NAMES = {
+    'ours': 'alexnet_jax tf.data',
+    'pil': 'PIL+NumPy (torchvision-style, draft)',
+    'pil_box': 'PIL+NumPy (resize of the crop box, draft)',
+}
 
 
 def _measure(args, loader, workers, n_images, paths):
@@ -209,7 +252,8 @@ def run(args):
         setattr(args, key, {'epochs': 0.5, 'repeats': 1}[key])
   paths_lib.set_data_root(args.data_root)
   args.data = paths_lib.expand(
-      args.data or paths_lib.in_data_root(DEFAULT_DATA))
+      args.data or paths_lib.in_data_root(DEFAULT_DATA)
+  )
   files = _list_images(args.data, args.split)
   n_images = int(len(files) * args.epochs)
   rows = []
@@ -224,24 +268,36 @@ def run(args):
           best.setdefault(loader, {}).setdefault(key, 0.0)
           best[loader][key] = max(best[loader][key], row[key])
         best[loader].setdefault('runs', []).append(
-            round(row['img_per_cpu_s'], 1))
+            round(row['img_per_cpu_s'], 1)
+        )
     for loader in loaders:
-      row = dict(bench='input', loader=_NAMES[loader], workers=workers,
-                 images=n_images, repeats=args.repeats,
-                 img_per_s=round(best[loader]['img_per_s'], 1),
-                 img_per_s_per_core=round(best[loader]['img_per_s'] / workers,
-                                          1),
-                 img_per_cpu_s=round(best[loader]['img_per_cpu_s'], 1),
-                 img_per_cpu_s_runs=best[loader]['runs'],
-                 image_size=args.image_size, batch=args.batch,
-                 data=paths_lib.portable(args.data))
+      row = dict(
+          bench='input',
+          loader=_NAMES[loader],
+          workers=workers,
+          images=n_images,
+          repeats=args.repeats,
+          img_per_s=round(best[loader]['img_per_s'], 1),
+          img_per_s_per_core=round(best[loader]['img_per_s'] / workers, 1),
+          img_per_cpu_s=round(best[loader]['img_per_cpu_s'], 1),
+          img_per_cpu_s_runs=best[loader]['runs'],
+          image_size=args.image_size,
+          batch=args.batch,
+          data=paths_lib.portable(args.data),
+      )
       rows.append(row)
   _add_ratios(rows)
   for row in rows:
     row['load_avg'] = [load_before, harness.load()]
-    harness.emit(harness.stamp(row, getattr(
-        args, 'command_line', 'python -m alexnet_jax.input_benchmark')),
-                 args.json or getattr(args, 'out', ''))
+    harness.emit(
+        harness.stamp(
+            row,
+            getattr(
+                args, 'command_line', 'python -m alexnet_jax.input_benchmark'
+            ),
+        ),
+        args.json or getattr(args, 'out', ''),
+    )
   print(table(rows))
   return rows
 
@@ -249,25 +305,35 @@ def run(args):
 def _add_ratios(rows):
   """ours / PIL at the same worker count (per core and per CPU-second)."""
   for row in rows:
-    peers = [r for r in rows if r['workers'] == row['workers']
-             and r['loader'].startswith('PIL+NumPy (torchvision')]
+    peers = [
+        r
+        for r in rows
+        if r['workers'] == row['workers']
+        and r['loader'].startswith('PIL+NumPy (torchvision')
+    ]
     if peers and row['loader'].startswith('alexnet_jax'):
-      row['vs_pil_per_core'] = round(row['img_per_s_per_core']
-                                     / peers[0]['img_per_s_per_core'], 2)
-      row['vs_pil_per_cpu_s'] = round(row['img_per_cpu_s']
-                                      / peers[0]['img_per_cpu_s'], 2)
+      row['vs_pil_per_core'] = round(
+          row['img_per_s_per_core'] / peers[0]['img_per_s_per_core'], 2
+      )
+      row['vs_pil_per_cpu_s'] = round(
+          row['img_per_cpu_s'] / peers[0]['img_per_cpu_s'], 2
+      )
 
 
 def table(rows):
-  head = ('| loader | workers | img/s | img/s per core | img per CPU-s | '
-          'vs PIL per core | vs PIL per CPU-s |\n'
-          '|---|---|---|---|---|---|---|')
+  head = (
+      '| loader | workers | img/s | img/s per core | img per CPU-s | '
+      'vs PIL per core | vs PIL per CPU-s |\n'
+      '|---|---|---|---|---|---|---|'
+  )
   lines = [head]
   for r in rows:
-    lines.append(f"| {r['loader']} | {r['workers']} | {r['img_per_s']} | "
-                 f"{r['img_per_s_per_core']} | {r['img_per_cpu_s']} | "
-                 f"{r.get('vs_pil_per_core', '')} | "
-                 f"{r.get('vs_pil_per_cpu_s', '')} |")
+    lines.append(
+        f"| {r['loader']} | {r['workers']} | {r['img_per_s']} | "
+        f"{r['img_per_s_per_core']} | {r['img_per_cpu_s']} | "
+        f"{r.get('vs_pil_per_core', '')} | "
+        f"{r.get('vs_pil_per_cpu_s', '')} |"
+    )
   return '\n'.join(lines)
 
 
@@ -275,8 +341,11 @@ def main(argv=None, prog='alexnet_jax.input_benchmark'):
   """`python -m alexnet_jax.benchmark input ARGS`, and its older name
   `python -m alexnet_jax.input_benchmark ARGS`."""
   argv = sys.argv[1:] if argv is None else argv
-  parser = add_arguments(argparse.ArgumentParser(
-      prog=f'python -m {prog}', description=__doc__.split('\n')[0]))
+  parser = add_arguments(
+      argparse.ArgumentParser(
+          prog=f'python -m {prog}', description=__doc__.split('\n')[0]
+      )
+  )
   args = parser.parse_args(argv)
   args.command_line = ' '.join([f'python -m {prog}'] + list(argv))
   run(args)

@@ -28,7 +28,7 @@ import sys
 
 from alexnet_jax.benchmarks import harness
 
-MODES = {        # name: (mesh.data, mesh.model, data_parallel, label)
+MODES = {  # name: (mesh.data, mesh.model, data_parallel, label)
     'single': (1, 1, 'jit', 'one device'),
     'model': (1, 2, 'jit', 'two towers on two devices (shard_map)'),
     'jit': (2, 1, 'jit', 'data parallel, jit + NamedSharding'),
@@ -44,30 +44,39 @@ MODES = {        # name: (mesh.data, mesh.model, data_parallel, label)
 def setup(spec) -> harness.Job:
   """Builds and compiles the trainer's step for one mode."""
   import time
+
   from alexnet_jax.benchmarks import model as model_bench
   from alexnet_jax.core import parallel
   from alexnet_jax.core import xla_flags
-  xla_flags.set_defaults()           # what the trainer runs with
+
+  xla_flags.set_defaults()  # what the trainer runs with
   data, model, data_parallel, _ = MODES[spec['mode']]
   config = model_bench.config_for(dict(spec, model='paper'))
   config.parallel.mesh.data = data
   config.parallel.mesh.model = model
   config.parallel.data_parallel = data_parallel
   config.parallel.cpu_devices = data * model
-  parallel.setup_devices(config)     # before anything touches a device
+  parallel.setup_devices(config)  # before anything touches a device
 
   import jax
+
   from alexnet_jax.core import model as model_lib
   from alexnet_jax.core import steps
+
   net = model_lib.from_config(config.model)
   step = steps.make_train_step(config, net)
   par = step.par
   # Placed as the trainer places a fresh state (no host copies).
-  state = [par.place_state(steps.create_train_state(
-      config, net, step.tx, model_bench.numpy_params(net, config)))]
+  state = [
+      par.place_state(
+          steps.create_train_state(
+              config, net, step.tx, model_bench.numpy_params(net, config)
+          )
+      )
+  ]
   batch = par.shard_batch(model_bench.fake_batch(config))
   start = time.perf_counter()
-  step.lower(state[0], batch).compile()   # jit reuses this executable
+  step.lower(state[0], batch).compile()  # jit reuses this executable
   compile_s = time.perf_counter() - start
   per_device = parallel.param_bytes_per_device(state[0].params)
 
@@ -77,11 +86,18 @@ def setup(spec) -> harness.Job:
     # What the trainer reads back after every step.
     return jax.device_get((m.loss.total, m.param_norm.total))
 
-  return harness.Job(run=run, facts=dict(
-      compile_s=compile_s, devices=len(per_device),
-      param_bytes_per_device=max(per_device.values()),
-      param_bytes_total=sum(x.nbytes for x in jax.tree.leaves(
-          par.to_host(state[0].params))), version=jax.__version__))
+  return harness.Job(
+      run=run,
+      facts=dict(
+          compile_s=compile_s,
+          devices=len(per_device),
+          param_bytes_per_device=max(per_device.values()),
+          param_bytes_total=sum(
+              x.nbytes for x in jax.tree.leaves(par.to_host(state[0].params))
+          ),
+          version=jax.__version__,
+      ),
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -97,80 +113,129 @@ def _env():
 
 def measure(args) -> list[dict]:
   """Runs every mode in args.modes; returns one record per mode."""
-  specs = [dict(mode=m, batch=args.batch, image_size=args.image_size,
-                width_scale=args.width_scale, warmup=args.warmup)
-           for m in args.modes]
+  specs = [
+      dict(
+          mode=m,
+          batch=args.batch,
+          image_size=args.image_size,
+          width_scale=args.width_scale,
+          warmup=args.warmup,
+      )
+      for m in args.modes
+  ]
   sequential = getattr(args, 'sequential', False)
   groups = [[s] for s in specs] if sequential else [specs]
-  results = [r for group in groups for r in harness.compare(
-      'parallel', group, steps=args.steps, envs=[_env()] * len(group))]
+  results = [
+      r
+      for group in groups
+      for r in harness.compare(
+          'parallel', group, steps=args.steps, envs=[_env()] * len(group)
+      )
+  ]
 
   records = []
   for spec, result in zip(specs, results):
     ready = result['ready']
     data, model, data_parallel, label = MODES[spec['mode']]
     rec = dict(
-        benchmark='parallel', impl='jax', model='paper', mode=spec['mode'],
+        benchmark='parallel',
+        impl='jax',
+        model='paper',
+        mode=spec['mode'],
         timing='sequential' if sequential else 'alternating',
-        label=label, mesh=dict(data=data, model=model),
-        data_parallel=data_parallel, devices=ready['devices'],
-        batch=spec['batch'], image_size=spec['image_size'],
-        width_scale=spec['width_scale'], train_step='trainer')
+        label=label,
+        mesh=dict(data=data, model=model),
+        data_parallel=data_parallel,
+        devices=ready['devices'],
+        batch=spec['batch'],
+        image_size=spec['image_size'],
+        width_scale=spec['width_scale'],
+        train_step='trainer',
+    )
     rec.update(harness.step_fields(result, spec['batch']))
     rec.update(
         param_bytes_per_device=ready['param_bytes_per_device'],
         param_bytes_total=ready['param_bytes_total'],
         compile_s=ready['compile_s'],
         peak_rss_mb=result['done']['peak_rss_mb'],
-        version=ready['version'], load_avg=result['load'])
+        version=ready['version'],
+        load_avg=result['load'],
+    )
     records.append(harness.stamp(rec, args.command_line))
   single = next((r for r in records if r['mode'] == 'single'), None)
   for r in records:
-    r['ratio_to_single'] = (r['step_ms'] / single['step_ms'] if single
-                            else None)
+    r['ratio_to_single'] = r['step_ms'] / single['step_ms'] if single else None
   return records
 
 
 def print_table(records, file=sys.stdout):
-  print('\n| mode | mesh (data x model) | devices | batch | step ms | img/s | '
-        'vs single (step time) | param MB / device | compile s |', file=file)
+  print(
+      '\n| mode | mesh (data x model) | devices | batch | step ms | img/s | '
+      'vs single (step time) | param MB / device | compile s |',
+      file=file,
+  )
   print('|' + '---|' * 9, file=file)
   for r in records:
     ratio = r['ratio_to_single']
-    print(f"| {r['mode']}: {r['label']} | {r['mesh']['data']} x "
-          f"{r['mesh']['model']} | {r['devices']} | {r['batch']} | "
-          f"{r['step_ms']:.0f} | {r['img_per_s']:.1f} | "
-          f"{'-' if ratio is None else format(ratio, '.2f') + 'x'} | "
-          f"{r['param_bytes_per_device'] / 2**20:.1f} | "
-          f"{r['compile_s']:.1f} |", file=file)
+    print(
+        f"| {r['mode']}: {r['label']} | {r['mesh']['data']} x "
+        f"{r['mesh']['model']} | {r['devices']} | {r['batch']} | "
+        f"{r['step_ms']:.0f} | {r['img_per_s']:.1f} | "
+        f"{'-' if ratio is None else format(ratio, '.2f') + 'x'} | "
+        f"{r['param_bytes_per_device'] / 2**20:.1f} | "
+        f"{r['compile_s']:.1f} |",
+        file=file,
+    )
 
 
 def parse_args(argv, prog='alexnet_jax.parallel_benchmark'):
   parser = argparse.ArgumentParser(
-      prog=f'python -m {prog}',
-      description=__doc__.split('\n\n')[0])
-  parser.add_argument('--modes', type=harness.csv_choices(MODES, '--modes'),
-                      default=list(MODES),
-                      help=f'comma-separated subset of {",".join(MODES)}')
-  parser.add_argument('--quick', action='store_true',
-                      help='batch 32, 3 steps: a few minutes')
-  parser.add_argument('--batch', type=harness.positive_int, default=None,
-                      help='global batch, every mode (default 128; 32 '
-                      'with --quick)')
+      prog=f'python -m {prog}', description=__doc__.split('\n\n')[0]
+  )
+  parser.add_argument(
+      '--modes',
+      type=harness.csv_choices(MODES, '--modes'),
+      default=list(MODES),
+      help=f'comma-separated subset of {",".join(MODES)}',
+  )
+  parser.add_argument(
+      '--quick', action='store_true', help='batch 32, 3 steps: a few minutes'
+  )
+  parser.add_argument(
+      '--batch',
+      type=harness.positive_int,
+      default=None,
+      help='global batch, every mode (default 128; 32 ' 'with --quick)',
+  )
   parser.add_argument('--image-size', type=harness.positive_int, default=224)
-  parser.add_argument('--steps', type=harness.positive_int, default=None,
-                      help='timed steps per mode (default 6, 3 with --quick)')
-  parser.add_argument('--warmup', type=harness.positive_int, default=None,
-                      help='untimed steps after compiling (default 2, 1 '
-                      'with --quick)')
-  parser.add_argument('--width-scale', type=float, default=1.0,
-                      help='< 1 shrinks every layer (tests only)')
-  parser.add_argument('--sequential', action='store_true',
-                      help='one worker alive at a time (less memory: five '
-                      'paper-model workers at batch 128 need ~20 GB), '
-                      'instead of alternating timed steps between modes')
-  parser.add_argument('--out', default='',
-                      help='also append the JSON lines to this file')
+  parser.add_argument(
+      '--steps',
+      type=harness.positive_int,
+      default=None,
+      help='timed steps per mode (default 6, 3 with --quick)',
+  )
+  parser.add_argument(
+      '--warmup',
+      type=harness.positive_int,
+      default=None,
+      help='untimed steps after compiling (default 2, 1 ' 'with --quick)',
+  )
+  parser.add_argument(
+      '--width-scale',
+      type=float,
+      default=1.0,
+      help='< 1 shrinks every layer (tests only)',
+  )
+  parser.add_argument(
+      '--sequential',
+      action='store_true',
+      help='one worker alive at a time (less memory: five '
+      'paper-model workers at batch 128 need ~20 GB), '
+      'instead of alternating timed steps between modes',
+  )
+  parser.add_argument(
+      '--out', default='', help='also append the JSON lines to this file'
+  )
   args = parser.parse_args(argv)
   args.command_line = ' '.join([f'python -m {prog}'] + list(argv))
   return _defaults(args)
@@ -189,9 +254,11 @@ def _defaults(args):
   for mode in args.modes:
     data = MODES[mode][0]
     if args.batch % data:
-      raise SystemExit(f'--batch {args.batch} does not split over the '
-                       f'{data} data shards of mode {mode}: use a multiple '
-                       f'of {data}')
+      raise SystemExit(
+          f'--batch {args.batch} does not split over the '
+          f'{data} data shards of mode {mode}: use a multiple '
+          f'of {data}'
+      )
   return args
 
 

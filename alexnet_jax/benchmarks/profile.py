@@ -44,10 +44,13 @@ def _current_rss_mb():
 
 def _param_copies(hlo):
   """[(parameter name, bytes)] of entry parameters the step copies."""
-  entry = hlo[hlo.index('\nENTRY'):]
-  entry = entry[:entry.index('\n}')]
-  params = dict(re.findall(
-      r'(%[\w.\-]+) = (\w+\[[\d,]*\])[^\n]*? parameter\(\d+\)', entry))
+  entry = hlo[hlo.index('\nENTRY') :]
+  entry = entry[: entry.index('\n}')]
+  params = dict(
+      re.findall(
+          r'(%[\w.\-]+) = (\w+\[[\d,]*\])[^\n]*? parameter\(\d+\)', entry
+      )
+  )
   sizes = dict(f32=4, s32=4, u32=4, bf16=2, f16=2, s8=1, u8=1, pred=1)
   out = []
   for operand in re.findall(r' copy\((%[\w.\-]+)\)', entry):
@@ -62,8 +65,10 @@ def _param_copies(hlo):
 
 def setup(spec) -> harness.Job:
   from alexnet_jax.core import xla_flags
-  xla_flags.set_defaults()          # what the trainer runs with
+
+  xla_flags.set_defaults()  # what the trainer runs with
   import jax
+
   built = model_bench.build_jax_train(spec)
   step, state, batch = built['step'], built['state'], built['batch']
 
@@ -88,15 +93,17 @@ def setup(spec) -> harness.Job:
         copied_param_mb=sum(b for _, b in copies) / 2**20,
         rss_after_compile_mb=rss_compiled,
         rss_after_trim_mb=_current_rss_mb(),
-        compile_s=built['compile_s'], version=jax.__version__,
-        xla_flags=os.environ.get('XLA_FLAGS', ''))
+        compile_s=built['compile_s'],
+        version=jax.__version__,
+        xla_flags=os.environ.get('XLA_FLAGS', ''),
+    )
     return harness.Job(run=lambda i: None, facts=facts)
 
   def trace():
     with tempfile.TemporaryDirectory() as d:
       with jax.profiler.trace(d):
         run(-1)
-      path, = glob.glob(f'{d}/**/*.trace.json.gz', recursive=True)
+      (path,) = glob.glob(f'{d}/**/*.trace.json.gz', recursive=True)
       with gzip.open(path) as f:
         events = json.load(f)['traceEvents']
     total, count = collections.Counter(), collections.Counter()
@@ -108,9 +115,15 @@ def setup(spec) -> harness.Job:
         count[e['name']] += 1
     return dict(ops=[(n, ms, count[n]) for n, ms in total.most_common()])
 
-  return harness.Job(run=run, facts=dict(
-      compile_s=built['compile_s'], version=jax.__version__,
-      xla_flags=os.environ.get('XLA_FLAGS', '')), finish=trace)
+  return harness.Job(
+      run=run,
+      facts=dict(
+          compile_s=built['compile_s'],
+          version=jax.__version__,
+          xla_flags=os.environ.get('XLA_FLAGS', ''),
+      ),
+      finish=trace,
+  )
 
 
 def _kind(op):
@@ -122,9 +135,15 @@ def _kind(op):
 
 
 def _spec(args, variant, dtype, what):
-  return dict(model=variant, dtype=dtype, batch=args.batch,
-              image_size=args.image_size, width_scale=args.width_scale,
-              warmup=args.warmup, what=what)
+  return dict(
+      model=variant,
+      dtype=dtype,
+      batch=args.batch,
+      image_size=args.image_size,
+      width_scale=args.width_scale,
+      warmup=args.warmup,
+      what=what,
+  )
 
 
 def profile(args):
@@ -132,23 +151,31 @@ def profile(args):
   for variant in args.variant:
     for dtype in args.dtype:
       spec = _spec(args, variant, dtype, 'trace')
-      result, = harness.compare('profile', [spec], steps=args.steps)
+      (result,) = harness.compare('profile', [spec], steps=args.steps)
       ops = result['done']['ops']
       kinds = collections.Counter()
       for name, ms, _ in ops:
         kinds[_kind(name)] += ms
-      rec = dict(benchmark='profile', impl='jax', model=variant, dtype=dtype,
-                 batch=args.batch, image_size=args.image_size,
-                 train_step='trainer',
-                 **harness.step_fields(result, args.batch),
-                 traced_ops_ms=sum(ms for _, ms, _ in ops),
-                 ms_by_kind=dict(kinds.most_common()),
-                 top_ops=[dict(op=n, ms=round(ms, 1), calls=c)
-                          for n, ms, c in ops[:args.top]],
-                 compile_s=result['ready']['compile_s'],
-                 version=result['ready']['version'],
-                 xla_flags=result['ready']['xla_flags'],
-                 load_avg=result['load'])
+      rec = dict(
+          benchmark='profile',
+          impl='jax',
+          model=variant,
+          dtype=dtype,
+          batch=args.batch,
+          image_size=args.image_size,
+          train_step='trainer',
+          **harness.step_fields(result, args.batch),
+          traced_ops_ms=sum(ms for _, ms, _ in ops),
+          ms_by_kind=dict(kinds.most_common()),
+          top_ops=[
+              dict(op=n, ms=round(ms, 1), calls=c)
+              for n, ms, c in ops[: args.top]
+          ],
+          compile_s=result['ready']['compile_s'],
+          version=result['ready']['version'],
+          xla_flags=result['ready']['xla_flags'],
+          load_avg=result['load'],
+      )
       harness.emit(harness.stamp(rec, args.command_line), args.out)
       records.append(rec)
   return records
@@ -158,18 +185,24 @@ def memory(args):
   """One record per variant and dtype; with --bare, also of the bare step
   (forward, backward and update only: what the metrics and norms hold)."""
   records = []
-  kinds = ('trainer', 'bare') if getattr(args, 'bare', False) else (
-      'trainer',)
+  kinds = ('trainer', 'bare') if getattr(args, 'bare', False) else ('trainer',)
   for variant in args.variant:
     for dtype, step in ((d, s) for d in args.dtype for s in kinds):
       spec = dict(_spec(args, variant, dtype, 'memory'), step=step)
-      result, = harness.compare('profile', [spec], steps=0)
+      (result,) = harness.compare('profile', [spec], steps=0)
       ready = dict(result['ready'])
       ready.pop('first_step_s', None)
       ready.pop('event', None)
-      rec = dict(benchmark='memory', impl='jax', model=variant, dtype=dtype,
-                 batch=args.batch, image_size=args.image_size,
-                 train_step=step, **ready)
+      rec = dict(
+          benchmark='memory',
+          impl='jax',
+          model=variant,
+          dtype=dtype,
+          batch=args.batch,
+          image_size=args.image_size,
+          train_step=step,
+          **ready,
+      )
       harness.emit(harness.stamp(rec, args.command_line), args.out)
       records.append(rec)
   return records
@@ -177,25 +210,33 @@ def memory(args):
 
 def print_table(records, file=sys.stdout):
   for r in (r for r in records if r.get('benchmark') == 'profile'):
-    print(f"\n{r['model']} {r['dtype']} batch {r['batch']}: step "
-          f"{r['step_ms']:.0f} ms (median of {r['steps']}); traced ops "
-          f"{r['traced_ops_ms']:.0f} ms", file=file)
+    print(
+        f"\n{r['model']} {r['dtype']} batch {r['batch']}: step "
+        f"{r['step_ms']:.0f} ms (median of {r['steps']}); traced ops "
+        f"{r['traced_ops_ms']:.0f} ms",
+        file=file,
+    )
     for kind, ms in r['ms_by_kind'].items():
-      print(f'  {ms:9.1f} ms  {ms / r["traced_ops_ms"]:4.0%}  {kind}',
-            file=file)
+      print(
+          f'  {ms:9.1f} ms  {ms / r["traced_ops_ms"]:4.0%}  {kind}', file=file
+      )
     print('\n| ms | calls | op |\n|---|---|---|', file=file)
     for op in r['top_ops']:
-      print(f"| {op['ms']:.1f} | {op['calls']} | {op['op'][:90]} |",
-            file=file)
+      print(f"| {op['ms']:.1f} | {op['calls']} | {op['op'][:90]} |", file=file)
   mem = [r for r in records if r.get('benchmark') == 'memory']
   if mem:
-    print('\n| model | step | dtype | batch | argument MB | temp MB | copied '
-          'params | RSS after compile MB | after trim MB |\n' + '|---' * 9
-          + '|', file=file)
+    print(
+        '\n| model | step | dtype | batch | argument MB | temp MB | copied '
+        'params | RSS after compile MB | after trim MB |\n' + '|---' * 9 + '|',
+        file=file,
+    )
     for r in mem:
-      print(f"| {r['model']} | {r['train_step']} | {r['dtype']} | "
-            f"{r['batch']} | "
-            f"{r['argument_mb']:.0f} | {r['temp_mb']:.0f} | "
-            f"{r['copied_params']} ({r['copied_param_mb']:.0f} MB) | "
-            f"{r['rss_after_compile_mb']:.0f} | "
-            f"{r['rss_after_trim_mb']:.0f} |", file=file)
+      print(
+          f"| {r['model']} | {r['train_step']} | {r['dtype']} | "
+          f"{r['batch']} | "
+          f"{r['argument_mb']:.0f} | {r['temp_mb']:.0f} | "
+          f"{r['copied_params']} ({r['copied_param_mb']:.0f} MB) | "
+          f"{r['rss_after_compile_mb']:.0f} | "
+          f"{r['rss_after_trim_mb']:.0f} |",
+          file=file,
+      )

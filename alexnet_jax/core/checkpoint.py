@@ -6,6 +6,9 @@ Three kinds of directory hold weights, and `load` takes any of them:
       DIR/metadata.json            format_version, config, preprocessing,
                                    class_names
       DIR/variables/               Orbax checkpoint of the Flax variables
+      DIR/mean_image.npy           (optional) the mean image the weights
+                                   expect; preprocessing.mean_image names it
+                                   relative to DIR
   training workdir (`train.py`):
       WORKDIR/checkpoints/<step>/state/     Orbax: params, opt_state, ...
       WORKDIR/checkpoints/<step>/metadata/  JSON: the same four keys + step
@@ -20,8 +23,8 @@ import json
 import os
 import pathlib
 import shutil
-import uuid
 from typing import Any
+import uuid
 
 from absl import logging
 import jax
@@ -33,13 +36,14 @@ from alexnet_jax.core import config_checks
 from alexnet_jax.core import model as model_lib
 
 FORMAT_VERSION = 1
-METADATA_FILE = 'metadata.json'     # in a model export
-VARIABLES_DIR = 'variables'         # in a model export
-CHECKPOINTS_DIR = 'checkpoints'     # in a training workdir
-STATE_ITEM = 'state'                # items of a training step directory
+METADATA_FILE = 'metadata.json'  # in a model export
+MEAN_IMAGE_FILE = 'mean_image.npy'  # in a model export (optional)
+VARIABLES_DIR = 'variables'  # in a model export
+CHECKPOINTS_DIR = 'checkpoints'  # in a training workdir
+STATE_ITEM = 'state'  # items of a training step directory
 METADATA_ITEM = 'metadata'
-METRICS_ITEM = 'metrics'            # written by Orbax's CheckpointManager
-BEST_METRIC = 'val_top1_error'      # lower is better
+METRICS_ITEM = 'metrics'  # written by Orbax's CheckpointManager
+BEST_METRIC = 'val_top1_error'  # lower is better
 # Orbax writes a step into `<step>.orbax-checkpoint-tmp...` and renames it
 # when complete: such a directory is a save that never finished.
 _ORBAX_TMP = '.orbax-checkpoint-tmp'
@@ -69,6 +73,7 @@ def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
   defaults; a field the schema does not know is an error naming it.
   """
   from alexnet_jax.configs import paper  # the schema
+
   config = paper.get_config()
 
   def merge(node, values, prefix):
@@ -77,7 +82,8 @@ def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
       if key not in node:
         raise CheckpointError(
             f'checkpoint config has field {name!r}, which this version of '
-            f'alexnet_jax does not know (known here: {sorted(node.keys())})')
+            f'alexnet_jax does not know (known here: {sorted(node.keys())})'
+        )
       if isinstance(node[key], ml_collections.ConfigDict):
         merge(node[key], value, name + '.')
       else:
@@ -114,7 +120,8 @@ def config_differences(saved, current, sections=MODEL_FIELDS) -> list[str]:
   out = []
   for name in sorted(set(saved) | set(current)):
     if sections is not None and not any(
-        name == s or name.startswith(s + '.') for s in sections):
+        name == s or name.startswith(s + '.') for s in sections
+    ):
       continue
     a, b = saved.get(name, '<absent>'), current.get(name, '<absent>')
     if a != b:
@@ -129,16 +136,20 @@ def check_compatible(saved_config, config, where):
     raise CheckpointError(
         f'checkpoint {where} is for a different model; differing config '
         f'fields: {"; ".join(diffs)}. Use another --workdir, or override '
-        'these fields to match the checkpoint.')
+        'these fields to match the checkpoint.'
+    )
 
 
 # --------------------------------------------------------------- metadata --
 
 
 def make_metadata(*, config, preprocessing, class_names, **extra) -> dict:
-  meta = dict(format_version=FORMAT_VERSION, config=config_to_dict(config),
-              preprocessing=_plain(dict(preprocessing)),
-              class_names=[str(c) for c in class_names])
+  meta = dict(
+      format_version=FORMAT_VERSION,
+      config=config_to_dict(config),
+      preprocessing=_plain(dict(preprocessing)),
+      class_names=[str(c) for c in class_names],
+  )
   meta.update(extra)
   return meta
 
@@ -150,15 +161,19 @@ def _plain(value):
 
 def _check_metadata(meta: Any, where) -> dict:
   if not isinstance(meta, dict) or 'format_version' not in meta:
-    raise CheckpointError(f'{where} holds no alexnet_jax checkpoint metadata '
-                          '(no format_version)')
+    raise CheckpointError(
+        f'{where} holds no alexnet_jax checkpoint metadata '
+        '(no format_version)'
+    )
   version = meta['format_version']
   if version != FORMAT_VERSION:
     raise CheckpointError(
         f'{where} has checkpoint format_version={version!r}; this version of '
-        f'alexnet_jax reads format_version={FORMAT_VERSION} only')
-  missing = [k for k in ('config', 'preprocessing', 'class_names')
-             if k not in meta]
+        f'alexnet_jax reads format_version={FORMAT_VERSION} only'
+    )
+  missing = [
+      k for k in ('config', 'preprocessing', 'class_names') if k not in meta
+  ]
   if missing:
     raise CheckpointError(f'{where} metadata lacks {", ".join(missing)}')
   return meta
@@ -174,9 +189,22 @@ def _read_json(path: pathlib.Path):
 # ------------------------------------------------------------ model export --
 
 
-def save_model(directory, *, config, variables, preprocessing, class_names,
-               overwrite=False):
+def save_model(
+    directory,
+    *,
+    config,
+    variables,
+    preprocessing,
+    class_names,
+    overwrite=False,
+    mean_image=None,
+):
   """Writes a standalone model export (weights + metadata) atomically.
+
+  mean_image: float32[resize_size, resize_size, 3] RGB in [0, 1] (e.g.
+  Caffe's mean, convert.read_mean_binaryproto), stored in the export so it
+  travels with it; `load_metadata` hands its path back in
+  preprocessing['mean_image'].
 
   Everything is written into a temporary sibling directory that is renamed
   to `directory` only when complete, so a failure leaves nothing
@@ -185,14 +213,29 @@ def save_model(directory, *, config, variables, preprocessing, class_names,
   """
   directory = pathlib.Path(directory).absolute()
   if directory.exists() and not overwrite:
-    raise FileExistsError(f'{directory} exists; pass overwrite=True (or '
-                          '--overwrite) to replace it, or choose a new path')
+    raise FileExistsError(
+        f'{directory} exists; pass overwrite=True (or '
+        '--overwrite) to replace it, or choose a new path'
+    )
   config_checks.validate(config)
-  meta = make_metadata(config=config, preprocessing=preprocessing,
-                       class_names=class_names)
+  preprocessing = dict(preprocessing)
+  if mean_image is not None:
+    size = int(preprocessing['resize_size'])
+    mean_image = np.asarray(mean_image, np.float32)
+    if mean_image.shape != (size, size, 3):
+      raise ValueError(
+          f'mean_image has shape {mean_image.shape}; the '
+          f'preprocessing wants ({size}, {size}, 3)'
+      )
+    preprocessing['mean_image'] = MEAN_IMAGE_FILE
+  meta = make_metadata(
+      config=config, preprocessing=preprocessing, class_names=class_names
+  )
   if len(meta['class_names']) != config.model.num_classes:
-    raise ValueError(f'{len(meta["class_names"])} class names for '
-                     f'config.model.num_classes={config.model.num_classes}')
+    raise ValueError(
+        f'{len(meta["class_names"])} class names for '
+        f'config.model.num_classes={config.model.num_classes}'
+    )
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = directory.parent / f'.{directory.name}.tmp-{uuid.uuid4().hex[:8]}'
   try:
@@ -201,6 +244,8 @@ def save_model(directory, *, config, variables, preprocessing, class_names,
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(tmp / VARIABLES_DIR, host)
       ckptr.wait_until_finished()
+    if mean_image is not None:
+      np.save(tmp / MEAN_IMAGE_FILE, mean_image)
     (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1))
     if directory.exists():
       old = directory.parent / f'.{directory.name}.old-{uuid.uuid4().hex[:8]}'
@@ -246,8 +291,10 @@ def step_dirs(root) -> list[tuple[int, pathlib.Path]]:
   steps = []
   for child in root.iterdir() if root.is_dir() else ():
     if _ORBAX_TMP in child.name:
-      logging.warning('Ignoring half-written checkpoint %s (a save that did '
-                      'not finish)', child)
+      logging.warning(
+          'Ignoring half-written checkpoint %s (a save that did ' 'not finish)',
+          child,
+      )
       continue
     if child.is_dir() and child.name.isdigit():
       steps.append((int(child.name), child))
@@ -266,8 +313,11 @@ def step_metrics(step_dir) -> dict | None:
 
 def best_step(root) -> int | None:
   """The step with the lowest validation top-1 error, or None."""
-  scored = [(m[BEST_METRIC], step) for step, d in step_dirs(root)
-            if (m := step_metrics(d)) and BEST_METRIC in m]
+  scored = [
+      (m[BEST_METRIC], step)
+      for step, d in step_dirs(root)
+      if (m := step_metrics(d)) and BEST_METRIC in m
+  ]
   return min(scored)[1] if scored else None
 
 
@@ -286,7 +336,8 @@ def _candidates(path: pathlib.Path, best: bool):
         f'{path} is not a checkpoint: expected a training workdir (with '
         f'{CHECKPOINTS_DIR}/), a step directory ({CHECKPOINTS_DIR}/<step> '
         f'with {STATE_ITEM}/ and {METADATA_ITEM}/) or a model export (with '
-        f'{METADATA_FILE} and {VARIABLES_DIR}/)')
+        f'{METADATA_FILE} and {VARIABLES_DIR}/)'
+    )
   steps = step_dirs(root)
   if not steps:
     raise CheckpointError(f'{path} holds no finished checkpoint yet')
@@ -294,8 +345,10 @@ def _candidates(path: pathlib.Path, best: bool):
   if best:
     b = best_step(root)
     if b is None:
-      logging.warning('No checkpoint in %s has validation metrics; using the '
-                      'latest', root)
+      logging.warning(
+          'No checkpoint in %s has validation metrics; using the ' 'latest',
+          root,
+      )
     else:
       ordered = [root / str(b)] + [d for d in ordered if d.name != str(b)]
   return [('step', d) for d in ordered]
@@ -317,6 +370,12 @@ def load_metadata(path, *, best=False) -> dict:
   kind, directory = _candidates(pathlib.Path(path), best)[0]
   meta = dict(_read_metadata(kind, directory))
   meta['config'] = config_from_dict(meta['config'])
+  mean = meta['preprocessing'].get('mean_image')
+  if kind == 'export' and mean and not os.path.isabs(mean):
+    # Stored inside the export: resolved here so readers need no base dir.
+    meta['preprocessing'] = dict(
+        meta['preprocessing'], mean_image=str(directory.absolute() / mean)
+    )
   return meta
 
 
@@ -330,15 +389,21 @@ def abstract_params(config):
   x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
   variables = jax.eval_shape(
       lambda r, x: module.init({'params': r}, x, train=False),
-      jax.random.key(0), x)
+      jax.random.key(0),
+      x,
+  )
   return variables['params']
 
 
 def _shape_differences(expected, got) -> list[str]:
-  exp = {jax.tree_util.keystr(k): v.shape
-         for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-  have = {jax.tree_util.keystr(k): np.shape(v)
-          for k, v in jax.tree_util.tree_leaves_with_path(got)}
+  exp = {
+      jax.tree_util.keystr(k): v.shape
+      for k, v in jax.tree_util.tree_leaves_with_path(expected)
+  }
+  have = {
+      jax.tree_util.keystr(k): np.shape(v)
+      for k, v in jax.tree_util.tree_leaves_with_path(got)
+  }
   out = []
   for name in sorted(set(exp) | set(have)):
     a, b = have.get(name, '<absent>'), exp.get(name, '<absent>')
@@ -355,7 +420,8 @@ def _restore_params(kind, directory, config):
   """Parameters as numpy arrays (only params are read from a train state)."""
   target = abstract_params(config)
   restore_args = jax.tree.map(
-      lambda s: ocp.RestoreArgs(restore_type=np.ndarray), target)
+      lambda s: ocp.RestoreArgs(restore_type=np.ndarray), target
+  )
   with ocp.PyTreeCheckpointer() as ckptr:
     if kind == 'export':
       got = ckptr.restore(directory / VARIABLES_DIR)
@@ -367,15 +433,19 @@ def _restore_params(kind, directory, config):
       got = ckptr.restore(
           directory / STATE_ITEM,
           args=ocp.args.PyTreeRestore(
-              item=item, restore_args={'params': restore_args},
-              partial_restore=True))
+              item=item,
+              restore_args={'params': restore_args},
+              partial_restore=True,
+          ),
+      )
       params = got['params']
   params = jax.tree.map(np.asarray, params)
   diffs = _shape_differences(target, params)
   if diffs:
     raise CheckpointError(
         f'{directory} does not match the model its config describes: '
-        + '; '.join(diffs[:10]))
+        + '; '.join(diffs[:10])
+    )
   return params
 
 
@@ -394,35 +464,50 @@ def load(path, *, best=False):
       config_checks.validate(config)
       params = _restore_params(kind, directory, config)
     except CheckpointError as e:
-      if kind == 'export' or 'different model' in str(e) or \
-          'does not match' in str(e) or 'format_version' in str(e):
+      if (
+          kind == 'export'
+          or 'different model' in str(e)
+          or 'does not match' in str(e)
+          or 'format_version' in str(e)
+      ):
         raise
       errors.append(e)
-      logging.warning('Checkpoint %s is unreadable (%s); trying the previous '
-                      'one', directory, e)
+      logging.warning(
+          'Checkpoint %s is unreadable (%s); trying the previous ' 'one',
+          directory,
+          e,
+      )
       continue
     except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds
       if kind == 'export':
-        raise CheckpointError(f'cannot read model export {directory}: {e}') \
-            from e
+        raise CheckpointError(
+            f'cannot read model export {directory}: {e}'
+        ) from e
       errors.append(e)
-      logging.warning('Checkpoint %s is unreadable (%s: %s); trying the '
-                      'previous one', directory, type(e).__name__, e)
+      logging.warning(
+          'Checkpoint %s is unreadable (%s: %s); trying the ' 'previous one',
+          directory,
+          type(e).__name__,
+          e,
+      )
       continue
     if errors:
-      logging.warning('Loaded %s instead of the unreadable newer checkpoint',
-                      directory)
+      logging.warning(
+          'Loaded %s instead of the unreadable newer checkpoint', directory
+      )
     logging.info('Loaded checkpoint %s', directory)
     return model_lib.from_config(config.model), {'params': params}, config
-  raise CheckpointError(f'no readable checkpoint in {path}: ' +
-                        '; '.join(map(str, errors)))
+  raise CheckpointError(
+      f'no readable checkpoint in {path}: ' + '; '.join(map(str, errors))
+  )
 
 
 # ------------------------------------------------------ training manager --
 
 
-def manager(workdir, *, keep: int, async_save: bool = True,
-            read_only: bool = False) -> ocp.CheckpointManager:
+def manager(
+    workdir, *, keep: int, async_save: bool = True, read_only: bool = False
+) -> ocp.CheckpointManager:
   """The workdir's CheckpointManager: latest `keep` plus the best by error.
 
   A plain `max_to_keep` with a `best_fn` keeps only the best few, deleting
@@ -431,28 +516,43 @@ def manager(workdir, *, keep: int, async_save: bool = True,
   """
   root = pathlib.Path(workdir).absolute() / CHECKPOINTS_DIR
   step_dirs(root)  # reports half-written saves left by a killed run
-  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-      ocp.checkpoint_managers.LatestN(n=keep),
-      ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
-          keep_checkpoints_without_metrics=False),
-  ])
+  policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+      [
+          ocp.checkpoint_managers.LatestN(n=keep),
+          ocp.checkpoint_managers.BestN(
+              get_metric_fn=lambda m: m[BEST_METRIC],
+              reverse=True,
+              n=1,
+              keep_checkpoints_without_metrics=False,
+          ),
+      ]
+  )
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC],
-      best_mode='min', enable_async_checkpointing=async_save,
-      read_only=read_only, create=not read_only,
-      cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(root, options=options,
-                               item_names=(STATE_ITEM, METADATA_ITEM))
+      preservation_policy=policy,
+      best_fn=lambda m: m[BEST_METRIC],
+      best_mode='min',
+      enable_async_checkpointing=async_save,
+      read_only=read_only,
+      create=not read_only,
+      cleanup_tmp_directories=not read_only,
+  )
+  return ocp.CheckpointManager(
+      root, options=options, item_names=(STATE_ITEM, METADATA_ITEM)
+  )
 
 
-def save_train_state(mgr, step, state, metadata, metrics=None, *,
-                     force=False) -> bool:
+def save_train_state(
+    mgr, step, state, metadata, metrics=None, *, force=False
+) -> bool:
   """Saves a training state (any pytree of arrays) with its metadata."""
-  args = ocp.args.Composite(**{
-      STATE_ITEM: ocp.args.StandardSave(state),
-      METADATA_ITEM: ocp.args.JsonSave(_plain(dict(metadata, step=int(step)))),
-  })
+  args = ocp.args.Composite(
+      **{
+          STATE_ITEM: ocp.args.StandardSave(state),
+          METADATA_ITEM: ocp.args.JsonSave(
+              _plain(dict(metadata, step=int(step)))
+          ),
+      }
+  )
   return mgr.save(int(step), args=args, metrics=metrics, force=force)
 
 
@@ -475,30 +575,48 @@ def restore_train_state(mgr, target, config):
     except CheckpointError as e:
       if 'format_version' in str(e):
         raise
-      logging.error('Checkpoint at step %d is unreadable (%s); trying the '
-                    'previous one', step, e)
+      logging.error(
+          'Checkpoint at step %d is unreadable (%s); trying the '
+          'previous one',
+          step,
+          e,
+      )
       unreadable.append((step, str(e)))
       continue
     check_compatible(meta['config'], config, directory)
     try:
-      restored = mgr.restore(step, args=ocp.args.Composite(**{
-          STATE_ITEM: ocp.args.StandardRestore(target)}))
+      restored = mgr.restore(
+          step,
+          args=ocp.args.Composite(
+              **{STATE_ITEM: ocp.args.StandardRestore(target)}
+          ),
+      )
     except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds
-      logging.error('Checkpoint at step %d is unreadable (%s: %s); trying '
-                    'the previous one', step, type(e).__name__, e)
+      logging.error(
+          'Checkpoint at step %d is unreadable (%s: %s); trying '
+          'the previous one',
+          step,
+          type(e).__name__,
+          e,
+      )
       unreadable.append((step, f'{type(e).__name__}: {e}'))
       continue
     if unreadable:
       _move_aside(root, [s for s, _ in unreadable])
       mgr.reload()
-      logging.warning('Resuming from step %d instead of the unreadable '
-                      'step(s) %s', step, [s for s, _ in unreadable])
+      logging.warning(
+          'Resuming from step %d instead of the unreadable ' 'step(s) %s',
+          step,
+          [s for s, _ in unreadable],
+      )
     return step, restored[STATE_ITEM], meta
   if unreadable:
     raise CheckpointError(
-        f'no checkpoint in {root} can be read: ' + '; '.join(
-            f'step {s}: {e}' for s, e in unreadable) + '. Move them away to '
-        'start over in this workdir, or use another --workdir.')
+        f'no checkpoint in {root} can be read: '
+        + '; '.join(f'step {s}: {e}' for s, e in unreadable)
+        + '. Move them away to '
+        'start over in this workdir, or use another --workdir.'
+    )
   return None
 
 

@@ -203,6 +203,16 @@ def adopt_main(module_name: str):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
+def define_checkpoint_flags(best_help: str):
+  """--checkpoint and --best, as evaluate and predict read them."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  flags.DEFINE_string(
+      'checkpoint', None, 'Training workdir, step directory or model export.'
+  )
+  flags.DEFINE_bool('best', False, best_help)
+
+
 def run_absl(module_name: str, main, define_flags, **kwargs):
   """Defines a command's flags and runs it as an absl app (its errors in
   one line: `parse_absl_flags`); kwargs go to `app.run`."""

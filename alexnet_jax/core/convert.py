@@ -1,7 +1,8 @@
-"""Imports published AlexNet weights: torchvision's and the Caffe port's.
+"""Imports published AlexNet weights: torchvision's and Caffe's.
 
     from alexnet_jax.core import convert
     model, variables = convert.from_torchvision('alexnet.pth')
+    model, variables = convert.from_caffemodel('bvlc_alexnet.caffemodel')
     model, variables = convert.from_caffe_npy('bvlc_alexnet.npy')
     logits = model.apply(variables, images, train=False)  # NHWC, normalised
 
@@ -19,12 +20,17 @@ returns the two-tower paper model with Caffe's constants (227x227 input,
 conv1 unpadded, LRN k=1, alpha 1e-4 / n, windows across both towers as
 Caffe's grouped convolutions have no towers). The images it wants: BGR in
 0..255 minus the per-channel mean (104, 117, 123)
-(`preprocessing('caffe-npy')`).
+(`preprocessing('caffe-npy')`, which also records Caffe's 256x256 warp).
+
+`from_caffemodel` reads Caffe's own binary .caffemodel (bvlc_alexnet or
+CaffeNet, either protobuf layout) with a small wire-format reader, puts the
+blobs into the .npy port's layout and maps them with the same code, so both
+give the same model; `read_mean_binaryproto` reads Caffe's mean image.
 
 Loading never runs code from the file: `torch.load(weights_only=True)`, and
 the .npy dict goes through an unpickler that admits numpy arrays, dicts and
 lists only (`np.load(allow_pickle=True)` would execute whatever a crafted
-file contains).
+file contains); a .caffemodel is only sliced into numbers.
 
 The command line (`alexnet_jax/convert.py`) writes a model export that
 `checkpoint.load` reads, with the preprocessing and class names recorded:
@@ -44,19 +50,36 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from alexnet_jax.core import model as model_lib
 from alexnet_jax.configs import paper
+from alexnet_jax.core import model as model_lib
 
-FORMATS = ('torchvision', 'caffe-npy')
+FORMATS = ('torchvision', 'caffe-npy', 'caffemodel')
 
 _PREPROCESSING = {
-    'torchvision': dict(channel_order='RGB', pixel_scale=1.0,
-                        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
-                        image_size=224, resize_size=256),
-    'caffe-npy': dict(channel_order='BGR', pixel_scale=255.0,
-                      mean=[104.0, 117.0, 123.0], std=[1.0, 1.0, 1.0],
-                      image_size=227, resize_size=256),
+    'torchvision': dict(
+        channel_order='RGB',
+        pixel_scale=1.0,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        image_size=224,
+        resize_size=256,
+        # Resize(256) (shorter side, PIL antialiased bilinear), CenterCrop.
+        eval_resize='shorter_side',
+        resize_method='antialias',
+    ),
+    'caffe-npy': dict(
+        channel_order='BGR',
+        pixel_scale=255.0,
+        mean=[104.0, 117.0, 123.0],
+        std=[1.0, 1.0, 1.0],
+        image_size=227,
+        resize_size=256,
+        # convert_imageset's 256x256 warp (OpenCV bilinear), centre 227.
+        eval_resize='warp',
+        resize_method='bilinear',
+    ),
 }
+_PREPROCESSING['caffemodel'] = dict(_PREPROCESSING['caffe-npy'])
 
 
 class WeightFileError(ValueError):
@@ -65,8 +88,9 @@ class WeightFileError(ValueError):
 
 def _check_format(fmt):
   if fmt not in FORMATS:
-    raise ValueError(f'weight format {fmt!r} is not one of '
-                     f'{", ".join(FORMATS)}')
+    raise ValueError(
+        f'weight format {fmt!r} is not one of ' f'{", ".join(FORMATS)}'
+    )
 
 
 def preprocessing(fmt: str) -> dict:
@@ -76,8 +100,10 @@ def preprocessing(fmt: str) -> dict:
   the `preprocessing` dict checkpoints carry (see checkpoint.py).
   """
   _check_format(fmt)
-  return {k: list(v) if isinstance(v, list) else v
-          for k, v in _PREPROCESSING[fmt].items()}
+  return {
+      k: list(v) if isinstance(v, list) else v
+      for k, v in _PREPROCESSING[fmt].items()
+  }
 
 
 def _data_file(name):
@@ -101,8 +127,13 @@ def class_names(num_classes: int) -> list[str]:
   return [f'class {i}' for i in range(num_classes)]
 
 
-def config_for(fmt: str, *, num_classes: int = 1000,
-               width_scale: float = 1.0) -> ml_collections.ConfigDict:
+def config_for(
+    fmt: str,
+    *,
+    num_classes: int = 1000,
+    width_scale: float = 1.0,
+    lrn_order: str = 'lrn_pool',
+) -> ml_collections.ConfigDict:
   """configs/paper.py, changed to describe the imported model.
 
   config.data gets the input size and, as far as its fields can say it, the
@@ -128,8 +159,18 @@ def config_for(fmt: str, *, num_classes: int = 1000,
     m.variant = 'paper'
     m.towers = 2
     m.conv1_padding = 'caffe'
-    m.lrn.update(dict(enabled=True, k=1.0, n=5, alpha=1e-4, beta=0.75,
-                      alpha_over_n=True, across_towers=True))
+    m.lrn.update(
+        dict(
+            enabled=True,
+            k=1.0,
+            n=5,
+            alpha=1e-4,
+            beta=0.75,
+            alpha_over_n=True,
+            across_towers=True,
+            order=lrn_order,
+        )
+    )
     m.bias_init = 0.1
     d.mean = (123.0 / 255, 117.0 / 255, 104.0 / 255)  # RGB order, [0, 1]
     d.std = (1 / 255, 1 / 255, 1 / 255)
@@ -140,6 +181,7 @@ def config_for(fmt: str, *, num_classes: int = 1000,
 
 
 # --- Safe reading -------------------------------------------------------------
+
 
 def _numpy_reconstruct():
   try:
@@ -171,7 +213,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     if make is None:
       raise pickle.UnpicklingError(
           f'refusing to load {module}.{name}: a weight file may hold only '
-          'numpy arrays in dicts and lists')
+          'numpy arrays in dicts and lists'
+      )
     return make()
 
   def persistent_load(self, pid):
@@ -187,19 +230,23 @@ def _read_npy_dict(path) -> dict:
   with open(path, 'rb') as f:
     try:
       version = fmt.read_magic(f)
-      header = {(1, 0): fmt.read_array_header_1_0,
-                (2, 0): fmt.read_array_header_2_0}.get(version)
+      header = {
+          (1, 0): fmt.read_array_header_1_0,
+          (2, 0): fmt.read_array_header_2_0,
+      }.get(version)
       if header is None:
         raise ValueError(f'unsupported .npy version {version}')
       shape, _, dtype = header(f)
     except ValueError as e:
       raise WeightFileError(
           f'{path} is not a .npy file ({e}); the caffe-npy format is '
-          "np.save('FILE.npy', {'conv1': [W, b], ...})") from None
+          "np.save('FILE.npy', {'conv1': [W, b], ...})"
+      ) from None
     if dtype != np.dtype(object) or shape != ():
       raise WeightFileError(
           f'{path} holds an array of shape {shape} and dtype {dtype}, not the '
-          "dict of layers np.save('FILE.npy', {'conv1': [W, b], ...}) writes")
+          "dict of layers np.save('FILE.npy', {'conv1': [W, b], ...}) writes"
+      )
     try:
       obj = _ArraysOnlyUnpickler(f, encoding='latin1').load()
     except Exception as e:  # noqa: BLE001 - a corrupt pickle raises any kind
@@ -207,10 +254,14 @@ def _read_npy_dict(path) -> dict:
   if isinstance(obj, np.ndarray) and obj.shape == () and obj.dtype == object:
     obj = obj.item()
   if not isinstance(obj, dict):
-    raise WeightFileError(f'{path} holds a {type(obj).__name__}, not a dict '
-                          "{'conv1': [W, b], ..., 'fc8': [W, b]}")
-  return {k.decode('latin1') if isinstance(k, bytes) else k: v
-          for k, v in obj.items()}
+    raise WeightFileError(
+        f'{path} holds a {type(obj).__name__}, not a dict '
+        "{'conv1': [W, b], ..., 'fc8': [W, b]}"
+    )
+  return {
+      k.decode('latin1') if isinstance(k, bytes) else k: v
+      for k, v in obj.items()
+  }
 
 
 def _read_torch_state_dict(path) -> dict:
@@ -221,8 +272,10 @@ def _read_torch_state_dict(path) -> dict:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise ImportError('reading torchvision weights needs PyTorch: pip install '
-                      'torch==2.13.0 (see requirements-test.txt)') from None
+    raise ImportError(
+        'reading torchvision weights needs PyTorch: pip install '
+        'torch==2.13.0 (see requirements-test.txt)'
+    ) from None
   try:
     state = torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
@@ -231,7 +284,8 @@ def _read_torch_state_dict(path) -> dict:
     raise WeightFileError(
         f'{path} was refused by torch.load(weights_only=True) '
         f'({reason.group(1) if reason else e}): only a state_dict of tensors '
-        '(torch.save(model.state_dict(), FILE)) is read, never code') from None
+        '(torch.save(model.state_dict(), FILE)) is read, never code'
+    ) from None
   except Exception as e:  # noqa: BLE001 - torch raises many kinds
     raise WeightFileError(f'{path} is not a torch.save file: {e}') from None
   # Common wrappers: {'state_dict': ...}, {'model': ...}, DataParallel names.
@@ -239,18 +293,22 @@ def _read_torch_state_dict(path) -> dict:
     if isinstance(state, dict) and isinstance(state.get(key), dict):
       state = state[key]
   if not isinstance(state, dict):
-    raise WeightFileError(f'{path} holds a {type(state).__name__}, not a '
-                          'state_dict (a dict of tensors)')
+    raise WeightFileError(
+        f'{path} holds a {type(state).__name__}, not a '
+        'state_dict (a dict of tensors)'
+    )
   out = {}
   for key, value in state.items():
     if not isinstance(value, torch.Tensor):
-      raise WeightFileError(f'{path}: {key!r} is a {type(value).__name__}, '
-                            'not a tensor')
+      raise WeightFileError(
+          f'{path}: {key!r} is a {type(value).__name__}, ' 'not a tensor'
+      )
     out[key.removeprefix('module.')] = value.detach().float().numpy()
   return out
 
 
 # --- Layouts ------------------------------------------------------------------
+
 
 def _check_layout(path, got: dict, expected: dict):
   """Every expected key present with its shape, and nothing else."""
@@ -259,14 +317,17 @@ def _check_layout(path, got: dict, expected: dict):
     if key not in got:
       problems.append(f'missing {key!r} (expected shape {shape})')
     elif tuple(np.shape(got[key])) != shape:
-      problems.append(f'{key!r} has shape {tuple(np.shape(got[key]))}, '
-                      f'expected {shape}')
+      problems.append(
+          f'{key!r} has shape {tuple(np.shape(got[key]))}, ' f'expected {shape}'
+      )
   extra = sorted(set(got) - set(expected))
   if extra:
     problems.append(f'unexpected keys {", ".join(map(repr, extra))}')
   if problems:
-    raise WeightFileError(f'{path} does not hold the expected AlexNet '
-                          f'weights: {"; ".join(problems)}')
+    raise WeightFileError(
+        f'{path} does not hold the expected AlexNet '
+        f'weights: {"; ".join(problems)}'
+    )
 
 
 def _num_classes(value, default=1000):
@@ -281,23 +342,32 @@ def _towers(a, towers):
   return np.moveaxis(split, -2, 0)
 
 
-def _finish(fmt, path, params, num_classes, width_scale):
-  config = config_for(fmt, num_classes=num_classes, width_scale=width_scale)
+def _finish(fmt, path, params, num_classes, width_scale, **config_fields):
+  config = config_for(
+      fmt, num_classes=num_classes, width_scale=width_scale, **config_fields
+  )
   module = model_lib.from_config(config.model)
   size = config.data.image_size
   # Self-check: the tree is exactly what the model builds (free: no compute).
-  want = jax.eval_shape(lambda: module.init(
-      jax.random.key(0), jnp.zeros((1, size, size, 3))))['params']
+  want = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  )['params']
   want = jax.tree_util.tree_map(lambda s: s.shape, want)
   got = jax.tree_util.tree_map(np.shape, params)
   if want != got:
-    raise WeightFileError(f'{path}: converted parameters {got} do not fit '
-                          f'the model {want}')
+    raise WeightFileError(
+        f'{path}: converted parameters {got} do not fit ' f'the model {want}'
+    )
   return module, {'params': jax.tree_util.tree_map(jnp.asarray, params)}
 
 
-_TV_CONVS = ('features.0', 'features.3', 'features.6', 'features.8',
-             'features.10')
+_TV_CONVS = (
+    'features.0',
+    'features.3',
+    'features.6',
+    'features.8',
+    'features.10',
+)
 _TV_KERNELS = (11, 5, 3, 3, 3)
 
 
@@ -309,9 +379,11 @@ def _torchvision_layout(num_classes, width_scale):
     expected[f'{name}.weight'] = (cout, cin, k, k)
     expected[f'{name}.bias'] = (cout,)
     cin = cout
-  for name, din, dout in (('classifier.1', c[4] * 36, c[5]),
-                          ('classifier.4', c[5], c[6]),
-                          ('classifier.6', c[6], num_classes)):
+  for name, din, dout in (
+      ('classifier.1', c[4] * 36, c[5]),
+      ('classifier.4', c[5], c[6]),
+      ('classifier.6', c[6], num_classes),
+  ):
     expected[f'{name}.weight'] = (dout, din)
     expected[f'{name}.bias'] = (dout,)
   return expected
@@ -328,32 +400,35 @@ def from_torchvision(path, *, width_scale: float = 1.0):
   _check_layout(path, sd, _torchvision_layout(num_classes, width_scale))
   params = {}
   for i, name in enumerate(_TV_CONVS):
-    w = sd[f'{name}.weight'].transpose(2, 3, 1, 0)     # OIHW -> HWIO
+    w = sd[f'{name}.weight'].transpose(2, 3, 1, 0)  # OIHW -> HWIO
     params[f'conv{i + 1}'] = dict(kernel=w[None], bias=sd[f'{name}.bias'][None])
   # fc6: torchvision flattens pool5 as (C, H, W); the model as (H, W, C).
-  w6 = sd['classifier.1.weight'].T                     # [C*6*6, 4096]
+  w6 = sd['classifier.1.weight'].T  # [C*6*6, 4096]
   c5 = w6.shape[0] // 36
   w6 = w6.reshape(c5, 6, 6, -1).transpose(1, 2, 0, 3).reshape(36 * c5, -1)
   params['fc6'] = dict(kernel=w6[None], bias=sd['classifier.1.bias'][None])
-  params['fc7'] = dict(kernel=sd['classifier.4.weight'].T[None],
-                       bias=sd['classifier.4.bias'][None])
-  params['fc8'] = dict(kernel=sd['classifier.6.weight'].T,
-                       bias=sd['classifier.6.bias'])
+  params['fc7'] = dict(
+      kernel=sd['classifier.4.weight'].T[None],
+      bias=sd['classifier.4.bias'][None],
+  )
+  params['fc8'] = dict(
+      kernel=sd['classifier.6.weight'].T, bias=sd['classifier.6.bias']
+  )
   return _finish('torchvision', path, params, num_classes, width_scale)
 
 
-_CAFFE_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
-                 'fc8')
+# Caffe's AlexNet names its weighted layers as ours are named.
+_CAFFE_LAYERS = model_lib.LAYERS
 
 
 def _caffe_layout(num_classes, width_scale):
   c1, c2, c3, c4, c5, f6, f7 = model_lib.widths_for('paper', 2, width_scale)
   shapes = {
       'conv1': (11, 11, 3, c1),
-      'conv2': (5, 5, c1 // 2, c2),      # group 2: half the inputs per group
+      'conv2': (5, 5, c1 // 2, c2),  # group 2: half the inputs per group
       'conv3': (3, 3, c2, c3),
-      'conv4': (3, 3, c3 // 2, c4),      # group 2
-      'conv5': (3, 3, c4 // 2, c5),      # group 2
+      'conv4': (3, 3, c3 // 2, c4),  # group 2
+      'conv5': (3, 3, c4 // 2, c5),  # group 2
       'fc6': (6 * 6 * c5, f6),
       'fc7': (f6, f7),
       'fc8': (f7, num_classes),
@@ -372,12 +447,16 @@ def _caffe_flat(path, layers: dict) -> dict:
     if isinstance(value, dict) and set(value) == {'weights', 'biases'}:
       value = [value['weights'], value['biases']]
     if not (isinstance(value, (list, tuple)) and len(value) == 2):
-      raise WeightFileError(f'{path}: layer {name!r} must be [W, b], got '
-                            f'{type(value).__name__}')
+      raise WeightFileError(
+          f'{path}: layer {name!r} must be [W, b], got '
+          f'{type(value).__name__}'
+      )
     for part, array in zip(('W', 'b'), value):
       if not isinstance(array, np.ndarray):
-        raise WeightFileError(f'{path}: {name!r} {part} is a '
-                              f'{type(array).__name__}, not a numpy array')
+        raise WeightFileError(
+            f'{path}: {name!r} {part} is a '
+            f'{type(array).__name__}, not a numpy array'
+        )
       flat[f'{name}/{part}'] = array
   return flat
 
@@ -390,18 +469,378 @@ def from_caffe_npy(path, *, width_scale: float = 1.0):
   inputs, exactly a tower). num_classes is read from fc8.
   """
   flat = _caffe_flat(path, _read_npy_dict(path))
+  return _from_caffe_layers('caffe-npy', path, flat, width_scale)
+
+
+def _from_caffe_layers(fmt, path, flat, width_scale, **config_fields):
+  """The one Caffe -> model mapping, from the .npy port's layout.
+
+  Both Caffe importers end here: {'conv1/W': (kh, kw, in/group, out),
+  'fc6/W': (H*W*C rows, out), ..., 'fc8/b'}.
+  """
   num_classes = _num_classes(flat.get('fc8/b'))
   _check_layout(path, flat, _caffe_layout(num_classes, width_scale))
   params = {}
   for name in _CAFFE_LAYERS[:-1]:
-    params[name] = dict(kernel=_towers(flat[f'{name}/W'], 2),
-                        bias=_towers(flat[f'{name}/b'], 2))
-  params['fc8'] = dict(kernel=np.asarray(flat['fc8/W'], np.float32),
-                       bias=np.asarray(flat['fc8/b'], np.float32))
-  return _finish('caffe-npy', path, params, num_classes, width_scale)
+    params[name] = dict(
+        kernel=_towers(flat[f'{name}/W'], 2), bias=_towers(flat[f'{name}/b'], 2)
+    )
+  params['fc8'] = dict(
+      kernel=np.asarray(flat['fc8/W'], np.float32),
+      bias=np.asarray(flat['fc8/b'], np.float32),
+  )
+  return _finish(fmt, path, params, num_classes, width_scale, **config_fields)
+
+
+# --- Caffe's binary .caffemodel -----------------------------------------------
+#
+# A .caffemodel is a protobuf NetParameter. Only the few fields below are
+# read, straight from the wire format (no protobuf library, no caffe.proto):
+# varints, length-delimited fields and fixed32/64 values; everything else is
+# skipped. Reading only slices bytes and calls np.frombuffer, so no code in
+# the file can run.
+
+# V1LayerParameter.LayerType values (caffe.proto) as the newer type strings;
+# only the first four matter, the rest make error messages readable.
+_V1_TYPES = {
+    4: 'Convolution',
+    14: 'InnerProduct',
+    15: 'LRN',
+    17: 'Pooling',
+    1: 'Accuracy',
+    3: 'Concat',
+    5: 'Data',
+    6: 'Dropout',
+    12: 'ImageData',
+    18: 'ReLU',
+    20: 'Softmax',
+    21: 'SoftmaxWithLoss',
+    22: 'Split',
+    25: 'Eltwise',
+    39: 'Deconvolution',
+}
+_LRN_FIELD = {'v1': 18, 'v2': 118}  # lrn_param in each layer message
+
+
+class _Truncated(Exception):
+  pass
+
+
+def _varint(buf, pos, end):
+  value = shift = 0
+  while True:
+    if pos >= end or shift > 63:
+      raise _Truncated
+    byte = buf[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    shift += 7
+    if byte < 0x80:
+      return value, pos
+
+
+def _next_field(buf, pos, end):
+  """(number, wire_type, value, pos_after) of the field at buf[pos].
+
+  value: an int (varint), (begin, end) (length-delimited) or the start of
+  the 4/8 raw bytes (fixed32/fixed64).
+  """
+  key, pos = _varint(buf, pos, end)
+  number, wire = key >> 3, key & 7
+  if number == 0:
+    raise _Truncated
+  if wire == 0:
+    value, pos = _varint(buf, pos, end)
+  elif wire == 2:
+    size, pos = _varint(buf, pos, end)
+    value = (pos, pos + size)
+    pos += size
+  elif wire in (1, 5):
+    value = pos
+    pos += 8 if wire == 1 else 4
+  else:  # groups (3, 4): never in Caffe
+    raise _Truncated
+  if pos > end:
+    raise _Truncated
+  return number, wire, value, pos
+
+
+def _fields(buf, start, end):
+  pos = start
+  while pos < end:
+    number, wire, value, pos = _next_field(buf, pos, end)
+    yield number, wire, value
+
+
+def _packed_varints(buf, begin, end):
+  out, pos = [], begin
+  while pos < end:
+    value, pos = _varint(buf, pos, end)
+    out.append(value)
+  return out
+
+
+def _blob(buf, begin, end):
+  """A BlobProto: (float32 values, stored shape (shape or legacy dims))."""
+  legacy, dims, chunks = {}, None, []
+  pos = begin
+  while pos < end:
+    number, wire, value, pos = _next_field(buf, pos, end)
+    if number in (1, 2, 3, 4) and wire == 0:  # num, channels, h, w
+      legacy[number] = value
+    elif number == 7 and wire == 2:  # BlobShape
+      dims = []
+      for n, w, v in _fields(buf, *value):
+        if n == 1 and w == 2:  # packed int64 dims
+          dims += _packed_varints(buf, *v)
+        elif n == 1 and w == 0:
+          dims.append(v)
+    elif number in (5, 8) and wire == 2:  # packed float / double
+      a, b = value
+      size = 4 if number == 5 else 8
+      if (b - a) % size:
+        raise _Truncated
+      chunks.append(
+          np.frombuffer(buf, '<f4' if size == 4 else '<f8', (b - a) // size, a)
+      )
+    elif number == 5 and wire == 5:
+      # Unpacked floats: a run of (tag 0x2d, 4 bytes), read in one go.
+      start = value - 1
+      raw = np.frombuffer(buf, np.uint8, end - start, start)
+      count = (end - start) // 5
+      is_tag = raw[: 5 * count : 5] == 0x2D
+      run = count if is_tag.all() else int(np.argmin(is_tag))
+      rows = raw[: 5 * run].reshape(run, 5)[:, 1:]
+      chunks.append(np.ascontiguousarray(rows).view('<f4').ravel())
+      pos = start + 5 * run
+  values = (np.concatenate(chunks) if chunks else np.zeros(0)).astype(
+      np.float32
+  )
+  if dims is None:
+    dims = [legacy.get(i, 1) for i in (1, 2, 3, 4)] if legacy else [values.size]
+  return values, tuple(int(d) for d in dims)
+
+
+def _lrn_param(buf, begin, end):
+  """LRNParameter with Caffe's defaults for absent fields."""
+  p = dict(local_size=5, alpha=1.0, beta=0.75, k=1.0)
+  names = {2: 'alpha', 3: 'beta', 5: 'k'}
+  for number, wire, value in _fields(buf, begin, end):
+    if number == 1 and wire == 0:
+      p['local_size'] = value
+    elif number in names and wire == 5:
+      p[names[number]] = float(np.frombuffer(buf, '<f4', 1, value)[0])
+  return p
+
+
+def _caffe_layers(buf):
+  """[(name, type, [blobs], lrn_param)] of a NetParameter, in file order."""
+  layers = []
+  for number, wire, value in _fields(buf, 0, len(buf)):
+    if wire != 2 or number not in (2, 100):
+      continue
+    v1 = number == 2
+    name_f, type_f, blob_f = (4, 5, 6) if v1 else (1, 2, 7)
+    lrn_f = _LRN_FIELD['v1' if v1 else 'v2']
+    name, kind, blobs, lrn = '', None, [], None
+    for n, w, v in _fields(buf, *value):
+      if n == name_f and w == 2:
+        name = bytes(buf[v[0] : v[1]]).decode('utf-8', 'replace')
+      elif n == type_f and v1 and w == 0:
+        kind = _V1_TYPES.get(v, f'V1 type {v}')
+      elif n == type_f and not v1 and w == 2:
+        kind = bytes(buf[v[0] : v[1]]).decode('utf-8', 'replace')
+      elif n == blob_f and w == 2:
+        blobs.append(_blob(buf, *v))
+      elif n == lrn_f and w == 2:
+        lrn = _lrn_param(buf, *v)
+    layers.append((name, kind, blobs, lrn))
+  return layers
+
+
+def _read_caffemodel(path):
+  """The layers of a .caffemodel, or one WeightFileError saying why not."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'weight file {path} does not exist')
+  buf = path.read_bytes()
+  try:
+    layers = _caffe_layers(buf)
+  except (_Truncated, ValueError):
+    raise WeightFileError(
+        f'{path} is not a Caffe .caffemodel (a protobuf NetParameter): its '
+        'bytes do not parse as protobuf fields (a file cut off mid-layer '
+        'or another kind of file)'
+    ) from None
+  if not layers:
+    raise WeightFileError(
+        f'{path} holds no Caffe layers (NetParameter.layer = 100 or the '
+        'deprecated .layers = 2): not a .caffemodel'
+    )
+  return layers
+
+
+def _names(layers, limit=8):
+  shown = [f'{name or "?"} ({kind})' for name, kind, *_ in layers[:limit]]
+  if len(layers) > limit:
+    shown.append(f'... {len(layers)} in all')
+  return ', '.join(shown)
+
+
+_CAFFE_KINDS = ('Convolution',) * 5 + ('InnerProduct',) * 3
+
+
+def _check_caffe_net(path, layers):
+  """8 weight layers in AlexNet's order, LRN as Caffe's AlexNet has it.
+
+  Returns the LRN order ('lrn_pool' bvlc_alexnet, 'pool_lrn' CaffeNet).
+  Layers are matched by position, not name: fine-tuned copies rename fc8.
+  """
+  weighted = [layer for layer in layers if layer[2]]
+  kinds = tuple(kind for _, kind, *_ in weighted)
+  if kinds != _CAFFE_KINDS:
+    if len(kinds) < 8 and kinds == _CAFFE_KINDS[: len(kinds)]:
+      raise WeightFileError(
+          f'{path} holds only {len(kinds)} layers with weights '
+          f'({_names(weighted)}); AlexNet has 8 (conv1-conv5, fc6-fc8): the '
+          'file looks truncated'
+      )
+    raise WeightFileError(
+        f'{path} is not an AlexNet or CaffeNet caffemodel: its layers with '
+        f'weights are {_names(weighted)}; expected 5 Convolution then 3 '
+        'InnerProduct layers (conv1-conv5, fc6-fc8)'
+    )
+  kinds = [kind for _, kind, *_ in layers]
+  lrns = [(name, lrn) for name, kind, _, lrn in layers if kind == 'LRN']
+  if len(lrns) != 2 or 'Pooling' not in kinds:
+    raise WeightFileError(
+        f'{path} has {len(lrns)} LRN layers and {kinds.count("Pooling")} '
+        'Pooling layers; AlexNet and CaffeNet have 2 LRN (norm1, norm2) and '
+        f'3 Pooling layers (layers: {_names(layers, 24)})'
+    )
+  want = dict(local_size=5, alpha=1e-4, beta=0.75, k=1.0)
+  for name, lrn in lrns:
+    got = lrn or dict(local_size=5, alpha=1.0, beta=0.75, k=1.0)
+    if got['local_size'] != 5 or not all(
+        np.isclose(got[key], want[key], rtol=1e-5)
+        for key in ('alpha', 'beta', 'k')
+    ):
+      raise WeightFileError(
+          f'{path}: LRN layer {name!r} has {got}; bvlc_alexnet and CaffeNet '
+          f'use {want}'
+      )
+  return (
+      'lrn_pool' if kinds.index('LRN') < kinds.index('Pooling') else 'pool_lrn'
+  )
+
+
+def _caffe_blob_layout(num_classes, width_scale):
+  """_caffe_layout's shapes as Caffe stores them: OIHW and (out, in)."""
+  out = {}
+  for key, shape in _caffe_layout(num_classes, width_scale).items():
+    if key.endswith('/W'):
+      shape = (
+          (shape[3], shape[2], shape[0], shape[1])
+          if len(shape) == 4
+          else shape[::-1]
+      )
+    out[key] = shape
+  return out
+
+
+def _caffemodel_flat(path, layers) -> dict:
+  """{'conv1/W': OIHW, 'conv1/b': [O], 'fc6/W': [out, in], ...}."""
+  weighted = [layer for layer in layers if layer[2]]
+  flat = {}
+  for ours, (name, _, blobs, _) in zip(_CAFFE_LAYERS, weighted):
+    if len(blobs) != 2:
+      raise WeightFileError(
+          f'{path}: layer {name!r} has {len(blobs)} blobs; '
+          'expected 2 (weights and biases)'
+      )
+    for part, (values, dims) in zip(('W', 'b'), blobs):
+      if values.size != int(np.prod(dims)):
+        raise WeightFileError(
+            f'{path}: layer {name!r} {part} holds {values.size} values for '
+            f'shape {dims}: the file is truncated or corrupt'
+        )
+      rank = (
+          4
+          if part == 'W' and ours.startswith('conv')
+          else (2 if part == 'W' else 1)
+      )
+      # Legacy 4-D dims pad inner-product weights and biases with 1s.
+      while len(dims) > rank and dims[0] == 1:
+        dims = dims[1:]
+      flat[f'{ours}/{part}'] = values.reshape(dims)
+  return flat
+
+
+def from_caffemodel(path, *, width_scale: float = 1.0):
+  """(model, variables) from Caffe's binary .caffemodel (bvlc_alexnet or
+  bvlc_reference_caffenet), the same model `from_caffe_npy` gives.
+
+  Either layout (`layer` or the deprecated `layers`) and either BlobProto
+  shape form; CaffeNet's pool-before-norm order becomes model.lrn.order.
+  """
+  model, variables, _ = _import_caffemodel(path, width_scale)
+  return model, variables
+
+
+def _import_caffemodel(path, width_scale):
+  layers = _read_caffemodel(path)
+  lrn_order = _check_caffe_net(path, layers)
+  flat = _caffemodel_flat(path, layers)
+  num_classes = _num_classes(flat.get('fc8/b'))
+  _check_layout(path, flat, _caffe_blob_layout(num_classes, width_scale))
+  # Caffe's layout -> the .npy port's, which _from_caffe_layers maps to ours.
+  for name in _CAFFE_LAYERS:
+    w = flat[f'{name}/W']
+    if w.ndim == 4:
+      flat[f'{name}/W'] = w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif name == 'fc6':  # columns (C, H, W)
+      c5 = flat['conv5/W'].shape[-1]
+      side = int(round((w.shape[1] // c5) ** 0.5))
+      flat[f'{name}/W'] = (
+          w.reshape(-1, c5, side, side)
+          .transpose(2, 3, 1, 0)
+          .reshape(-1, w.shape[0])
+      )  # rows (H, W, C)
+    else:
+      flat[f'{name}/W'] = w.T
+  model, variables = _from_caffe_layers(
+      'caffemodel', path, flat, width_scale, lrn_order=lrn_order
+  )
+  return model, variables, lrn_order
+
+
+def read_mean_binaryproto(path, resize_size: int = 256) -> np.ndarray:
+  """Caffe's mean image (e.g. ilsvrc_2012_mean.binaryproto: a BlobProto,
+  1x3x256x256 BGR 0..255 CHW) as the pipeline's mean image: float32
+  [resize_size, resize_size, 3] RGB in [0, 1] (preprocess.Params)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'mean file {path} does not exist')
+  buf = path.read_bytes()
+  try:
+    values, dims = _blob(buf, 0, len(buf))
+  except (_Truncated, ValueError):
+    values, dims = np.zeros(0), ()
+  while len(dims) > 3 and dims[0] == 1:
+    dims = dims[1:]
+  want = (3, resize_size, resize_size)
+  if dims != want or values.size != np.prod(want):
+    raise WeightFileError(
+        f'{path} is not a Caffe mean .binaryproto of shape {want} (BGR, '
+        f'0..255, like ilsvrc_2012_mean.binaryproto): it holds '
+        f'{values.size} values of shape {dims}'
+    )
+  bgr = values.reshape(want)
+  return np.ascontiguousarray(bgr[::-1].transpose(1, 2, 0) / 255.0, np.float32)
 
 
 # --- Everything an export needs -----------------------------------------------
+
 
 @dataclasses.dataclass
 class Imported:
@@ -410,15 +849,43 @@ class Imported:
   config: ml_collections.ConfigDict
   preprocessing: dict
   class_names: list
+  mean_image: np.ndarray | None = None  # preprocess.Params.mean_image
 
 
-def load(fmt: str, path, *, width_scale: float = 1.0) -> Imported:
-  """The model plus its config, preprocessing and class names."""
+def load(
+    fmt: str, path, *, width_scale: float = 1.0, mean_file=None
+) -> Imported:
+  """The model plus its config, preprocessing and class names.
+
+  mean_file: Caffe's mean .binaryproto (caffemodel and caffe-npy); its
+  image goes into `Imported.mean_image` and the export, and the
+  preprocessing subtracts it instead of the per-channel mean.
+  """
   _check_format(fmt)
-  reader = from_torchvision if fmt == 'torchvision' else from_caffe_npy
-  module, variables = reader(path, width_scale=width_scale)
+  fields = {}
+  if fmt == 'caffemodel':
+    module, variables, lrn_order = _import_caffemodel(path, width_scale)
+    fields['lrn_order'] = lrn_order
+  else:
+    reader = from_torchvision if fmt == 'torchvision' else from_caffe_npy
+    module, variables = reader(path, width_scale=width_scale)
+  record = preprocessing(fmt)
+  mean_image = None
+  if mean_file is not None:
+    if fmt == 'torchvision':
+      raise ValueError(
+          "a mean .binaryproto is Caffe's; torchvision weights "
+          'use per-channel mean/std (drop --mean_file)'
+      )
+    mean_image = read_mean_binaryproto(mean_file, record['resize_size'])
   num_classes = module.num_classes
-  return Imported(module, variables,
-                  config_for(fmt, num_classes=num_classes,
-                             width_scale=width_scale),
-                  preprocessing(fmt), class_names(num_classes))
+  return Imported(
+      module,
+      variables,
+      config_for(
+          fmt, num_classes=num_classes, width_scale=width_scale, **fields
+      ),
+      record,
+      class_names(num_classes),
+      mean_image,
+  )

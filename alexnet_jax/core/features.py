@@ -26,8 +26,7 @@ import numpy as np
 from alexnet_jax.core import model as model_lib
 
 # Layer names by model class, input to output.
-ALEXNET_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
-                  'fc8')
+ALEXNET_LAYERS = model_lib.LAYERS
 CIFAR4_LAYERS = ('conv1', 'conv2', 'conv3', 'fc')
 CIFAR_LOCAL_LAYERS = ('conv1', 'conv2', 'local3', 'local4', 'fc')
 
@@ -40,19 +39,25 @@ def layer_names(model: nn.Module) -> tuple[str, ...]:
     return CIFAR_LOCAL_LAYERS
   if isinstance(model, model_lib.AlexNet):
     return ALEXNET_LAYERS
-  raise TypeError(f'features.extract needs an alexnet_jax AlexNet, Cifar4 '
-                  f'or CifarLocal module, got {type(model).__name__}')
+  raise TypeError(
+      f'features.extract needs an alexnet_jax AlexNet, Cifar4 '
+      f'or CifarLocal module, got {type(model).__name__}'
+  )
 
 
 def _check_layer(model, layer):
   names = layer_names(model)
   if layer not in names:
-    raise ValueError(f'layer={layer!r} is not a layer of this '
-                     f'{type(model).__name__}; use one of {", ".join(names)}')
+    raise ValueError(
+        f'layer={layer!r} is not a layer of this '
+        f'{type(model).__name__}; use one of {", ".join(names)}'
+    )
   if getattr(model, 'tower_axis', None):
-    raise ValueError('features.extract runs the plain model; pass the module '
-                     'from model.from_config, not the shard_map one '
-                     f'(tower_axis={model.tower_axis!r})')
+    raise ValueError(
+        'features.extract runs the plain model; pass the module '
+        'from model.from_config, not the shard_map one '
+        f'(tower_axis={model.tower_axis!r})'
+    )
   return names
 
 
@@ -60,14 +65,19 @@ def _activations(model, layer, variables, images):
   """f32 activations of `layer` for one batch (traced under jit)."""
   names = layer_names(model)
   _, state = model.apply(
-      variables, images, train=False, mutable=['intermediates'],
+      variables,
+      images,
+      train=False,
+      mutable=['intermediates'],
       capture_intermediates=lambda mdl, method: (
-          mdl.name == layer and method == '__call__'))
+          mdl.name == layer and method == '__call__'
+      ),
+  )
   (out,) = state['intermediates'][layer]['__call__']
   if isinstance(out, (list, tuple)):  # tower layers: one array per tower
     out = jnp.concatenate(list(out), axis=-1)
   out = out.astype(jnp.float32)
-  if layer == names[-1]:              # the logits: no non-linearity
+  if layer == names[-1]:  # the logits: no non-linearity
     return out
   return nn.relu(out) if model.activation == 'relu' else jnp.tanh(out)
 
@@ -77,8 +87,14 @@ def _jitted(model, layer):
   return jax.jit(functools.partial(_activations, model, layer))
 
 
-def extract(model: nn.Module, variables: Any, images, layer: str = 'fc7', *,
-            batch_size: int = 64) -> np.ndarray:
+def extract(
+    model: nn.Module,
+    variables: Any,
+    images,
+    layer: str = 'fc7',
+    *,
+    batch_size: int = 64,
+) -> np.ndarray:
   """Activations of `layer` for `images`, as a NumPy array.
 
   Args:
@@ -98,19 +114,21 @@ def extract(model: nn.Module, variables: Any, images, layer: str = 'fc7', *,
   _check_layer(model, layer)
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f'images must be f32[N, H, W, 3], got shape '
-                     f'{images.shape}')
+    raise ValueError(
+        f'images must be f32[N, H, W, 3], got shape ' f'{images.shape}'
+    )
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be >= 1')
   fn = _jitted(model, layer)
   outs = []
   for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+    chunk = images[start : start + batch_size]
     n = len(chunk)
     if n < batch_size and len(images) > batch_size:
       # Pad the last chunk so it reuses the compiled full-batch shape.
       chunk = np.concatenate(
-          [chunk, np.zeros((batch_size - n,) + chunk.shape[1:], np.float32)])
+          [chunk, np.zeros((batch_size - n,) + chunk.shape[1:], np.float32)]
+      )
     outs.append(np.asarray(fn(variables, chunk))[:n])
   return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
@@ -155,12 +173,14 @@ def nearest_neighbours(queries, gallery, k: int = 5):
   q = np.asarray(queries, np.float64).reshape(len(queries), -1)
   g = np.asarray(gallery, np.float64).reshape(len(gallery), -1)
   if q.shape[1] != g.shape[1]:
-    raise ValueError(f'queries have {q.shape[1]} features but the gallery '
-                     f'has {g.shape[1]}: extract both from the same layer')
+    raise ValueError(
+        f'queries have {q.shape[1]} features but the gallery '
+        f'has {g.shape[1]}: extract both from the same layer'
+    )
   if not 1 <= k <= len(g):
     raise ValueError(f'k={k} must be between 1 and the gallery size {len(g)}')
   # |q - g|^2 = |q|^2 - 2 q.g + |g|^2, clipped at 0 against rounding.
-  d2 = ((q * q).sum(1)[:, None] - 2 * q @ g.T + (g * g).sum(1)[None, :])
+  d2 = (q * q).sum(1)[:, None] - 2 * q @ g.T + (g * g).sum(1)[None, :]
   d = np.sqrt(np.maximum(d2, 0))
   idx = np.argsort(d, axis=1, kind='stable')[:, :k]
   return idx, np.take_along_axis(d, idx, axis=1).astype(np.float32)

@@ -53,7 +53,7 @@ FAKE_SPLIT_SIZES = {'train': 1_281_167, 'validation': 50_000, 'test': 50_000}
 # In training, attempts to replace an unreadable image before giving up.
 _MAX_ATTEMPTS = 8
 
-_skipped = {}            # file name -> None, in the order first seen
+_skipped = {}  # file name -> None, in the order first seen
 _skipped_lock = threading.Lock()
 
 
@@ -61,7 +61,7 @@ _skipped_lock = threading.Lock()
 class DatasetInfo:
   num_classes: int
   class_names: tuple
-  split_sizes: dict      # split name -> number of files/records listed
+  split_sizes: dict  # split name -> number of files/records listed
 
 
 def skipped_files():
@@ -80,8 +80,10 @@ def _note_skipped(names):
       if name in _skipped:
         continue
       _skipped[name] = None
-    logging.warning('Skipping unreadable image %s (truncated, empty or not '
-                    'an image)', name)
+    logging.warning(
+        'Skipping unreadable image %s (truncated, empty or not ' 'an image)',
+        name,
+    )
   return True
 
 
@@ -91,9 +93,15 @@ def _note_skipped(names):
 def preprocessing_from_config(config):
   """The `preprocessing` dict a checkpoint carries, from config.data."""
   d = config.data
-  out = dict(channel_order='RGB', pixel_scale=1.0, mean=list(d.mean),
-             std=list(d.std), image_size=d.image_size,
-             resize_size=d.resize_size, resize_method=d.resize_method)
+  out = dict(
+      channel_order='RGB',
+      pixel_scale=1.0,
+      mean=list(d.mean),
+      std=list(d.std),
+      image_size=d.image_size,
+      resize_size=d.resize_size,
+      resize_method=d.resize_method,
+  )
   if d.normalization == 'image':
     # A consumer that ignores 'mean_image' still gets its channel means.
     try:
@@ -113,11 +121,15 @@ def _params(config, preprocessing=None):
   if preprocessing is None:
     preprocessing = preprocessing_from_config(config)
   return preprocess.params_from_record(
-      preprocessing, train_crop=d.train_crop, flip=d.flip,
-      lighting_std=float(d.lighting.std), lighting_scale=d.lighting.scale,
+      preprocessing,
+      train_crop=d.train_crop,
+      flip=d.flip,
+      lighting_std=float(d.lighting.std),
+      lighting_scale=d.lighting.scale,
       eigval=tuple(d.lighting.eigval),
       eigvec=tuple(map(tuple, d.lighting.eigvec)),
-      resize_method=d.resize_method)   # for records that predate the field
+      resize_method=d.resize_method,
+  )  # for records that predate the field
 
 
 def _options(config, deterministic=True):
@@ -132,7 +144,8 @@ def _options(config, deterministic=True):
 
 
 _SLICE = re.compile(
-    r'^(?P<name>[\w-]+)(\[(?P<lo>-?\d+%?)?:(?P<hi>-?\d+%?)?\])?$')
+    r'^(?P<name>[\w-]+)(\[(?P<lo>-?\d+%?)?:(?P<hi>-?\d+%?)?\])?$'
+)
 
 
 def check_split(split, sizes):
@@ -140,12 +153,15 @@ def check_split(split, sizes):
   NAME[a%:b%] of a split in `sizes` (which is not asked for a size)."""
   match = _SLICE.match(split)
   if not match:
-    raise ValueError(f'split {split!r} is not accepted; use NAME, NAME[a:b] '
-                     'or NAME[a%:b%] (e.g. train[:90%])')
+    raise ValueError(
+        f'split {split!r} is not accepted; use NAME, NAME[a:b] '
+        'or NAME[a%:b%] (e.g. train[:90%])'
+    )
   name = match['name']
   if name not in sizes:
-    raise ValueError(f'split {name!r} does not exist; the dataset has '
-                     f'{sorted(sizes)}')
+    raise ValueError(
+        f'split {name!r} does not exist; the dataset has ' f'{sorted(sizes)}'
+    )
   return match
 
 
@@ -164,6 +180,7 @@ def parse_split(split, sizes):
     else:
       value = int(text)
     return max(0, min(n, value + n if value < 0 else value))
+
   return name, bound(match['lo'], 0), bound(match['hi'], n)
 
 
@@ -173,10 +190,11 @@ def parse_split(split, sizes):
 @dataclasses.dataclass
 class _Table:
   """A host's part of a split, readable by index."""
+
   size: int
-  labels: tf.Tensor        # int32[n]
-  names: tf.Tensor         # string[n]
-  read: callable           # int64 index -> encoded bytes
+  labels: tf.Tensor  # int32[n]
+  names: tf.Tensor  # string[n]
+  read: callable  # int64 index -> encoded bytes
 
 
 class FolderSource:
@@ -187,16 +205,21 @@ class FolderSource:
     if not os.path.isdir(self.root):
       raise FileNotFoundError(
           f"data.name='folder:{root}': {self.root!r} is not a directory "
-          '(expected ROOT/SPLIT/CLASS/IMAGE, e.g. ROOT/train/cat/1.jpg)')
+          '(expected ROOT/SPLIT/CLASS/IMAGE, e.g. ROOT/train/cat/1.jpg)'
+      )
     self.splits = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
     classes = set()
     for split in self.splits:
-      classes.update(e.name for e in os.scandir(os.path.join(self.root, split))
-                     if e.is_dir())
+      classes.update(
+          e.name
+          for e in os.scandir(os.path.join(self.root, split))
+          if e.is_dir()
+      )
     if not classes:
       raise FileNotFoundError(
           f'{self.root!r} has no ROOT/SPLIT/CLASS/ folders (found splits '
-          f'{self.splits}); expected e.g. {self.root}/train/cat/1.jpg')
+          f'{self.splits}); expected e.g. {self.root}/train/cat/1.jpg'
+      )
     self.class_names = tuple(sorted(classes))
     self._files = {}
 
@@ -212,24 +235,32 @@ class FolderSource:
     if split not in self._files:
       directory = os.path.join(self.root, split)
       if split not in self.splits:
-        raise ValueError(f'split {split!r} is not in {self.root!r}; it has '
-                         f'{self.splits}')
+        raise ValueError(
+            f'split {split!r} is not in {self.root!r}; it has ' f'{self.splits}'
+        )
       index = {name: i for i, name in enumerate(self.class_names)}
       paths, labels, ignored = [], [], 0
       for cls in sorted(e.name for e in os.scandir(directory) if e.is_dir()):
-        for entry in sorted(os.scandir(os.path.join(directory, cls)),
-                            key=lambda e: e.name):
+        for entry in sorted(
+            os.scandir(os.path.join(directory, cls)), key=lambda e: e.name
+        ):
           if entry.name.lower().endswith(IMAGE_EXTENSIONS):
             paths.append(entry.path)
             labels.append(index[cls])
           else:
             ignored += 1
       if ignored:
-        logging.info('%s: ignored %d files without an image extension %s',
-                     directory, ignored, IMAGE_EXTENSIONS)
+        logging.info(
+            '%s: ignored %d files without an image extension %s',
+            directory,
+            ignored,
+            IMAGE_EXTENSIONS,
+        )
       if not paths:
-        raise FileNotFoundError(f'{directory!r} has no images '
-                                f'{IMAGE_EXTENSIONS} in class folders')
+        raise FileNotFoundError(
+            f'{directory!r} has no images '
+            f'{IMAGE_EXTENSIONS} in class folders'
+        )
       labels = np.array(labels, np.int32)  # ascending: listed by class
       # Position within its class (O(n): ImageNet has 1.28M files).
       rank = np.arange(len(labels)) - np.searchsorted(labels, labels)
@@ -287,7 +318,7 @@ def _source(config):
   if name == 'fake':
     return None
   if name.startswith('folder:'):
-    spelled = name[len('folder:'):]
+    spelled = name[len('folder:') :]
     try:
       # Resolved here, so a changed data root is never served from the cache.
       return _folder_source(paths_lib.expand(spelled))
@@ -300,6 +331,7 @@ def _source(config):
           'where a command has it) to the folder that holds your datasets'
       ) from None
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
+
   return tfds_source.TfdsSource(config)
 
 
@@ -313,10 +345,12 @@ def get_info(config):
   source = _source(config)
   if source is None:
     n = config.model.num_classes
-    return DatasetInfo(n, tuple(f'class_{i}' for i in range(n)),
-                       dict(FAKE_SPLIT_SIZES))
-  return DatasetInfo(len(source.class_names), source.class_names,
-                     source.split_sizes())
+    return DatasetInfo(
+        n, tuple(f'class_{i}' for i in range(n)), dict(FAKE_SPLIT_SIZES)
+    )
+  return DatasetInfo(
+      len(source.class_names), source.class_names, source.split_sizes()
+  )
 
 
 # ------------------------------------------------------ unreadable images
@@ -339,8 +373,9 @@ def _plain(fn):
 
 def _map_tolerantly(ds, fn, threads):
   """ds.map(fn) in parallel, in order, dropping elements whose fn fails."""
-  return ds.map(_plain(fn), num_parallel_calls=threads,
-                deterministic=True).ignore_errors()
+  return ds.map(
+      _plain(fn), num_parallel_calls=threads, deterministic=True
+  ).ignore_errors()
 
 
 def _note(names):
@@ -352,18 +387,24 @@ def _name_gaps(ds, start, names_of, end=None):
   """Names the positions missing from ds (increasing from `start`); with
   `end`, ds is finite and a sentinel at `end` catches a gap at its end."""
   if end is not None:
-    sentinel = {k: tf.zeros(spec.shape, spec.dtype)
-                for k, spec in ds.element_spec.items()}
+    sentinel = {
+        k: tf.zeros(spec.shape, spec.dtype)
+        for k, spec in ds.element_spec.items()
+    }
     sentinel['position'] = tf.constant(end, tf.int64)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(sentinel))
 
   def step(expected, ex):
     missing = tf.range(expected, ex['position'])
-    noted = tf.cond(tf.size(missing) > 0, lambda: _note(names_of(missing)),
-                    lambda: tf.constant(True))
+    noted = tf.cond(
+        tf.size(missing) > 0,
+        lambda: _note(names_of(missing)),
+        lambda: tf.constant(True),
+    )
     with tf.control_dependencies([noted]):
       following = ex['position'] + 1
     return following, ex
+
   ds = ds.scan(tf.constant(start, tf.int64), _plain(step))
   if end is not None:
     ds = ds.filter(_plain(lambda ex: ex['position'] < end))
@@ -373,8 +414,9 @@ def _name_gaps(ds, start, names_of, end=None):
 def _fill_gaps(ds, start, replace):
   """Inserts replace(q) for each position q missing from ds, in place;
   drops the `position` key."""
-  spec = {k: tf.TensorSpec(v.shape, v.dtype)
-          for k, v in ds.element_spec.items()}
+  spec = {
+      k: tf.TensorSpec(v.shape, v.dtype) for k, v in ds.element_spec.items()
+  }
 
   def step(expected, ex):
     missing = tf.range(expected, ex['position'])
@@ -382,17 +424,23 @@ def _fill_gaps(ds, start, replace):
     def with_replacements():
       new = tf.map_fn(replace, missing, fn_output_signature=spec)
       return {k: tf.concat([new[k], ex[k][None]], 0) for k in keep}
-    out = tf.cond(tf.size(missing) > 0, with_replacements,
-                  lambda: {k: ex[k][None] for k in keep})
+
+    out = tf.cond(
+        tf.size(missing) > 0,
+        with_replacements,
+        lambda: {k: ex[k][None] for k in keep},
+    )
     return ex['position'] + 1, out
+
   # The output drops `position` here: a separate map costs ~0.1 ms/image.
   keep = [k for k in spec if k != 'position']
   return ds.scan(tf.constant(start, tf.int64), _plain(step)).unbatch()
 
 
 def _without(ds, *keys):
-  return ds.map(_plain(lambda ex: {k: v for k, v in ex.items()
-                                   if k not in keys}))
+  return ds.map(
+      _plain(lambda ex: {k: v for k, v in ex.items() if k not in keys})
+  )
 
 
 def _base_key(seed, *data):
@@ -429,41 +477,72 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
     ds = _fake(config, params, start, process_index, crops=None, train=True)
   elif getattr(source, 'streaming', False) and not config.data.cache:
     # A stream cannot fetch a replacement: an unreadable record is dropped.
-    ds = source.train_stream(config.data.train_split, seed, start,
-                             process_index, process_count)
-    ds = _map_tolerantly(ds, lambda ex: dict(
-        image=preprocess.train_image(ex['encoded'],
-                                     example_key(ex['position']), params),
-        label=ex['label'], position=ex['position']), threads)
-    ds = _name_gaps(ds, start, lambda m: tf.strings.join([
-        f'{config.data.name} {config.data.train_split} record at training '
-        f'stream position ', tf.strings.as_string(m), f' of host {host}']))
+    ds = source.train_stream(
+        config.data.train_split, seed, start, process_index, process_count
+    )
+    ds = _map_tolerantly(
+        ds,
+        lambda ex: dict(
+            image=preprocess.train_image(
+                ex['encoded'], example_key(ex['position']), params
+            ),
+            label=ex['label'],
+            position=ex['position'],
+        ),
+        threads,
+    )
+    ds = _name_gaps(
+        ds,
+        start,
+        lambda m: tf.strings.join(
+            [
+                f'{config.data.name} {config.data.train_split} record at training '
+                f'stream position ',
+                tf.strings.as_string(m),
+                f' of host {host}',
+            ]
+        ),
+    )
     ds = _without(ds, 'position')
   else:
-    table, _ = source.table(config.data.train_split, process_index,
-                            process_count, config.data.cache)
+    table, _ = source.table(
+        config.data.train_split, process_index, process_count, config.data.cache
+    )
 
     def load(p, idx):
-      return dict(image=preprocess.train_image(table.read(idx),
-                                               example_key(p), params),
-                  label=tf.gather(table.labels, idx), position=p)
+      return dict(
+          image=preprocess.train_image(table.read(idx), example_key(p), params),
+          label=tf.gather(table.labels, idx),
+          position=p,
+      )
 
     def replace(p):
       """The first readable of p's keyed replacement draws."""
       candidates = _candidates(table, seed, host, p)
-      tries = tf.data.Dataset.range(1, _MAX_ATTEMPTS).map(_plain(
-          lambda j: dict(load(p, candidates[j]), tried=j))).ignore_errors()
-      failed = tf.data.Dataset.from_tensors(p).map(_plain(
-          lambda p: _all_unreadable(tf.gather(table.names, candidates),
-                                    dict(load(p, candidates[0]), tried=p))))
+      tries = (
+          tf.data.Dataset.range(1, _MAX_ATTEMPTS)
+          .map(_plain(lambda j: dict(load(p, candidates[j]), tried=j)))
+          .ignore_errors()
+      )
+      failed = tf.data.Dataset.from_tensors(p).map(
+          _plain(
+              lambda p: _all_unreadable(
+                  tf.gather(table.names, candidates),
+                  dict(load(p, candidates[0]), tried=p),
+              )
+          )
+      )
       ex = tries.concatenate(failed).take(1).get_single_element()
-      names = tf.gather(table.names, candidates[:ex['tried']])
+      names = tf.gather(table.names, candidates[: ex['tried']])
       with tf.control_dependencies([_note(names)]):
         return {k: tf.identity(v) for k, v in ex.items() if k != 'tried'}
 
     positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
-    ds = _map_tolerantly(positions, lambda p: load(
-        p, _candidates(table, seed, host, p, 1)[0]), threads)
+    ds = _map_tolerantly(
+        positions,
+        lambda p: load(p, _candidates(table, seed, host, p, 1)[0]),
+        threads,
+    )
     ds = _fill_gaps(ds, start, replace)
   ds = ds.batch(batch, drop_remainder=True)
   ds = ds.prefetch(config.data.prefetch or tf.data.AUTOTUNE)
@@ -474,16 +553,22 @@ def train_iterator(config, *, start_step=0, process_index=0, process_count=1):
   """Endless iterator of dict(image=f32[b, H, W, 3], label=i32[b]) with
   b = config.optim.batch_size // process_count; batch k depends only on
   (config.train.seed, k)."""
-  ds = train_dataset(config, start_step=start_step,
-                     process_index=process_index, process_count=process_count)
+  ds = train_dataset(
+      config,
+      start_step=start_step,
+      process_index=process_index,
+      process_count=process_count,
+  )
   return ds.as_numpy_iterator()
 
 
 def _host_batch(config, process_count):
   batch = config.optim.batch_size
   if batch % process_count:
-    raise ValueError(f'config.optim.batch_size={batch} is not divisible by '
-                     f'the {process_count} processes')
+    raise ValueError(
+        f'config.optim.batch_size={batch} is not divisible by '
+        f'the {process_count} processes'
+    )
   return batch // process_count
 
 
@@ -493,20 +578,27 @@ def _candidates(table, seed, host, p, count=_MAX_ATTEMPTS):
   n = table.size
   epoch, i = p // n, p % n
   first = tf.random.experimental.index_shuffle(
-      i, _fold(_base_key(seed, host, 1), epoch), n - 1)
+      i, _fold(_base_key(seed, host, 1), epoch), n - 1
+  )
   replace = _fold(_base_key(seed, host, 2), p)
-  others = [tf.random.stateless_uniform([], _fold(replace, j), 0, n,
-                                        dtype=tf.int64)
-            for j in range(1, count)]
+  others = [
+      tf.random.stateless_uniform([], _fold(replace, j), 0, n, dtype=tf.int64)
+      for j in range(1, count)
+  ]
   return tf.stack([tf.cast(first, tf.int64)] + others)
 
 
 def _all_unreadable(names, like):
   """Fails the pipeline: none of a position's draws could be read."""
-  check = tf.debugging.Assert(False, [
-      f'{_MAX_ATTEMPTS} images in a row could not be read (truncated, empty '
-      'or not images); is the dataset corrupt? Tried:', names],
-                              summarize=_MAX_ATTEMPTS)
+  check = tf.debugging.Assert(
+      False,
+      [
+          f'{_MAX_ATTEMPTS} images in a row could not be read (truncated, empty '
+          'or not images); is the dataset corrupt? Tried:',
+          names,
+      ],
+      summarize=_MAX_ATTEMPTS,
+  )
   with tf.control_dependencies([check]):
     return {k: tf.identity(v) for k, v in like.items()}
 
@@ -514,8 +606,15 @@ def _all_unreadable(names, like):
 # ------------------------------------------------------------- evaluation
 
 
-def eval_dataset(config, split, *, preprocessing=None, crops=None,
-                 process_index=0, process_count=1):
+def eval_dataset(
+    config,
+    split,
+    *,
+    preprocessing=None,
+    crops=None,
+    process_index=0,
+    process_count=1,
+):
   """(unbatched tf.data.Dataset of readable examples, number of batches)."""
   params = _params(config, preprocessing)
   crops = crops or config.data.eval_crops
@@ -523,13 +622,18 @@ def eval_dataset(config, split, *, preprocessing=None, crops=None,
   source = _source(config)
   if source is None:
     n = FAKE_SPLIT_SIZES.get(split.split('[')[0], 1000)
-    ds = _fake(config, params, 0, process_index, crops=crops,
-               train=False).take(len(range(process_index, n, process_count)))
+    ds = _fake(config, params, 0, process_index, crops=crops, train=False).take(
+        len(range(process_index, n, process_count))
+    )
     total = n
   else:
     ds, total = map_readable(
-        config, split, lambda e: preprocess.eval_image(e, params, crops),
-        process_index=process_index, process_count=process_count)
+        config,
+        split,
+        lambda e: preprocess.eval_image(e, params, crops),
+        process_index=process_index,
+        process_count=process_count,
+    )
   # Every host yields the same number of batches (hosts may hold one more
   # example than others).
   per_host = -(-total // process_count)
@@ -546,34 +650,47 @@ def map_readable(config, split, fn, *, process_index=0, process_count=1):
     raise ValueError("data.name='fake' has no files to read")
   if getattr(source, 'streaming', False) and not config.data.cache:
     records, names_of, size, total = source.eval_stream(
-        split, process_index, process_count)
-    ds = _map_tolerantly(records.enumerate(), lambda i, ex: dict(
-        image=fn(ex['encoded']), label=ex['label'], position=i),
-                         _threads(config))
+        split, process_index, process_count
+    )
+    ds = _map_tolerantly(
+        records.enumerate(),
+        lambda i, ex: dict(
+            image=fn(ex['encoded']), label=ex['label'], position=i
+        ),
+        _threads(config),
+    )
   else:
-    table, total = source.table(split, process_index, process_count,
-                                config.data.cache)
+    table, total = source.table(
+        split, process_index, process_count, config.data.cache
+    )
     size = table.size
     names_of = lambda m: tf.gather(table.names, m)
-    ds = _map_tolerantly(tf.data.Dataset.range(size), lambda i: dict(
-        image=fn(table.read(i)), label=tf.gather(table.labels, i),
-        position=i), _threads(config))
+    ds = _map_tolerantly(
+        tf.data.Dataset.range(size),
+        lambda i: dict(
+            image=fn(table.read(i)),
+            label=tf.gather(table.labels, i),
+            position=i,
+        ),
+        _threads(config),
+    )
   ds = _name_gaps(ds, 0, names_of, end=size)
   return _without(ds, 'position').with_options(_options(config)), total
 
 
-def eval_iterator(config, split, *, preprocessing=None, crops=None,
-                  process_index=0, process_count=1):
+def eval_iterator(config, split, **options):
   """Finite iterator of dict(image, label, mask); the last batch (and any
   batch a host has no examples left for) is padded, mask marking real
-  examples."""
-  ds, num_batches = eval_dataset(
-      config, split, preprocessing=preprocessing, crops=crops,
-      process_index=process_index, process_count=process_count)
-  batch = _host_batch(config, process_count)
+  examples. `options`: eval_dataset's keyword arguments."""
+  ds, num_batches = eval_dataset(config, split, **options)
+  batch = _host_batch(config, options.get('process_count', 1))
   ds = ds.batch(batch).prefetch(config.data.prefetch or tf.data.AUTOTUNE)
-  return _padded(ds.as_numpy_iterator(), batch, num_batches,
-                 ds.element_spec['image'].shape[1:])
+  return _padded(
+      ds.as_numpy_iterator(),
+      batch,
+      num_batches,
+      ds.element_spec['image'].shape[1:],
+  )
 
 
 def _padded(batches, batch, num_batches, image_shape):
@@ -583,15 +700,23 @@ def _padded(batches, batch, num_batches, image_shape):
     mask = np.arange(batch) < n
     if n < batch:
       pad = batch - n
-      ex = dict(image=np.concatenate([ex['image'], np.zeros(
-          (pad,) + ex['image'].shape[1:], np.float32)]),
-                label=np.concatenate([ex['label'], np.zeros(pad, np.int32)]))
-    yield dict(image=ex['image'], label=ex['label'].astype(np.int32),
-               mask=mask)
+      ex = dict(
+          image=np.concatenate(
+              [
+                  ex['image'],
+                  np.zeros((pad,) + ex['image'].shape[1:], np.float32),
+              ]
+          ),
+          label=np.concatenate([ex['label'], np.zeros(pad, np.int32)]),
+      )
+    yield dict(image=ex['image'], label=ex['label'].astype(np.int32), mask=mask)
     produced += 1
   for _ in range(num_batches - produced):
-    yield dict(image=np.zeros((batch,) + tuple(image_shape), np.float32),
-               label=np.zeros(batch, np.int32), mask=np.zeros(batch, bool))
+    yield dict(
+        image=np.zeros((batch,) + tuple(image_shape), np.float32),
+        label=np.zeros(batch, np.int32),
+        mask=np.zeros(batch, bool),
+    )
 
 
 def device_prefetch(batches, place, size=2):
@@ -618,6 +743,11 @@ def _fake(config, params, start, host, *, crops, train):
   classes = config.model.num_classes
   positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
   del train
-  return positions.map(_plain(lambda p: dict(
-      image=tf.gather(bank, p % 16),
-      label=tf.cast(p % classes, tf.int32))))
+  return positions.map(
+      _plain(
+          lambda p: dict(
+              image=tf.gather(bank, p % 16),
+              label=tf.cast(p % classes, tf.int32),
+          )
+      )
+  )

@@ -26,12 +26,19 @@ def _window_sum(v, n):
   padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(half, half)])
   total = padded[..., :channels]
   for d in range(1, 2 * half + 1):
-    total = total + padded[..., d:d + channels]
+    total = total + padded[..., d : d + channels]
   return total
 
 
-def lrn(x: jnp.ndarray, *, k: float, n: int, alpha: float, beta: float,
-        alpha_over_n: bool) -> jnp.ndarray:
+def lrn(
+    x: jnp.ndarray,
+    *,
+    k: float,
+    n: int,
+    alpha: float,
+    beta: float,
+    alpha_over_n: bool,
+) -> jnp.ndarray:
   """LRN over the last (channel) axis of x: [..., C]."""
   if alpha_over_n:
     alpha = alpha / n
@@ -53,7 +60,8 @@ def _lrn(x, k, n, alpha, beta):
   # x * s**-beta, written with exp/log so beta=0.75 needs no pow special
   # case and the division happens as one multiply.
   return (xf * jnp.exp(-beta * jnp.log(_scale(xf, k, n, alpha)))).astype(
-      x.dtype)
+      x.dtype
+  )
 
 
 def _lrn_fwd(x, k, n, alpha, beta):
@@ -63,7 +71,7 @@ def _lrn_fwd(x, k, n, alpha, beta):
 def _lrn_bwd(k, n, alpha, beta, x, g):
   xf, gf = x.astype(jnp.float32), g.astype(jnp.float32)
   s = _scale(xf, k, n, alpha)
-  s_pow = jnp.exp(-beta * jnp.log(s))                   # s**-beta
+  s_pow = jnp.exp(-beta * jnp.log(s))  # s**-beta
   t = gf * xf * s_pow / s
   dx = gf * s_pow - (2 * alpha * beta) * xf * _window_sum(t, n)
   return (dx.astype(x.dtype),)

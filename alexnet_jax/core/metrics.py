@@ -10,11 +10,12 @@ The metric collections the steps return (TrainMetrics, EvalMetrics) are in
 steps.py, which does not import TensorFlow; clu's writers do.
 """
 
+from collections.abc import Mapping
 import json
 import pathlib
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from absl import logging
 from clu import metric_writers
@@ -47,7 +48,7 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._write(record)
 
   def write_hparams(self, hparams):
-    del hparams   # config.json holds them, as written
+    del hparams  # config.json holds them, as written
 
   def write_texts(self, step, texts):
     self._write({'step': int(step), 'texts': dict(texts)})
@@ -120,5 +121,9 @@ def create_writer(workdir, *, just_logging=False):
   if just_logging:
     return metric_writers.AsyncMultiWriter([ConsoleWriter()])
   return metric_writers.AsyncMultiWriter(
-      [ConsoleWriter(), metric_writers.SummaryWriter(str(workdir)),
-       JsonlWriter(pathlib.Path(workdir) / JSONL_FILE)])
+      [
+          ConsoleWriter(),
+          metric_writers.SummaryWriter(str(workdir)),
+          JsonlWriter(pathlib.Path(workdir) / JSONL_FILE),
+      ]
+  )

@@ -33,7 +33,8 @@ Layer table (paper model, 224x224 input, per tower in brackets):
     fc8  num_classes         reads both towers (columns split by tower)
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,9 +53,9 @@ CIFAR4_WIDTHS = (32, 32, 64)
 
 # conv1's padding by source; each gives 55x55 from its input size.
 CONV1_PADDING = {
-    'paper': ((0, 3), (0, 3)),      # 224: Krizhevsky's code rounds up
+    'paper': ((0, 3), (0, 3)),  # 224: Krizhevsky's code rounds up
     'torchvision': ((2, 2), (2, 2)),  # 224
-    'caffe': 'VALID',               # 227
+    'caffe': 'VALID',  # 227
 }
 
 
@@ -73,11 +74,13 @@ def widths_for(variant: str, towers: int, width_scale: float = 1.0):
   elif variant == 'cifar4':
     widths = list(CIFAR4_WIDTHS)
   else:
-    raise ValueError(f'model variant {variant!r} is not one of paper, '
-                     'torchvision, cifar4')
+    raise ValueError(
+        f'model variant {variant!r} is not one of paper, ' 'torchvision, cifar4'
+    )
   # Scaled widths stay divisible by the tower count.
-  return tuple(max(towers, round(w * width_scale / towers) * towers)
-               for w in widths)
+  return tuple(
+      max(towers, round(w * width_scale / towers) * towers) for w in widths
+  )
 
 
 def _normal(std):
@@ -86,38 +89,54 @@ def _normal(std):
 
 class TowerConv(nn.Module):
   """One convolution per tower: kernel f32[T, kh, kw, cin, cout_per_tower]."""
-  towers: int            # towers held here (1 inside shard_map)
-  features: int          # output channels per tower
+
+  towers: int  # towers held here (1 inside shard_map)
+  features: int  # output channels per tower
   kernel_size: int
   stride: int = 1
   padding: Any = 'SAME'
   kernel_std: float = 0.01
   bias_init: float = 0.0
   dtype: Any = jnp.float32
-  formulation: str = 'auto'    # ops.FORMULATIONS
-  precision: Any = None        # lax.Precision of the convolutions
+  formulation: str = 'auto'  # ops.FORMULATIONS
+  precision: Any = None  # lax.Precision of the convolutions
 
   @nn.compact
   def __call__(self, xs: Sequence[Array]) -> list[Array]:
     """xs: one input per tower (or one input shared by every tower)."""
     cin = xs[0].shape[-1]
     kh = kw = self.kernel_size
-    kernel = self.param('kernel', _normal(self.kernel_std),
-                        (self.towers, kh, kw, cin, self.features))
-    bias = self.param('bias', nn.initializers.constant(self.bias_init),
-                      (self.towers, self.features))
+    kernel = self.param(
+        'kernel',
+        _normal(self.kernel_std),
+        (self.towers, kh, kw, cin, self.features),
+    )
+    bias = self.param(
+        'bias',
+        nn.initializers.constant(self.bias_init),
+        (self.towers, self.features),
+    )
     kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
-    conv = lambda x, k: ops.conv2d(x.astype(self.dtype), k, self.stride,
-                                   self.padding, formulation=self.formulation,
-                                   precision=self.precision)
+    conv = lambda x, k: ops.conv2d(
+        x.astype(self.dtype),
+        k,
+        self.stride,
+        self.padding,
+        formulation=self.formulation,
+        precision=self.precision,
+    )
     if len(xs) == 1 and self.towers > 1:
       # Every tower reads the same input (conv1, conv3): one convolution
       # with all towers' kernels side by side, split after.
       # kernel: [T, kh, kw, cin, f] -> [kh, kw, cin, T*f]
-      y = conv(xs[0], jnp.moveaxis(kernel, 0, 3).reshape(
-          kh, kw, cin, self.towers * self.features)) + bias.reshape(-1)
+      y = conv(
+          xs[0],
+          jnp.moveaxis(kernel, 0, 3).reshape(
+              kh, kw, cin, self.towers * self.features
+          ),
+      ) + bias.reshape(-1)
       f = self.features
-      return [y[..., t * f:(t + 1) * f] for t in range(self.towers)]
+      return [y[..., t * f : (t + 1) * f] for t in range(self.towers)]
     if len(xs) == 1:
       xs = list(xs) * self.towers
     return [conv(xs[t], kernel[t]) + bias[t] for t in range(self.towers)]
@@ -125,6 +144,7 @@ class TowerConv(nn.Module):
 
 class TowerDense(nn.Module):
   """One dense layer per tower: kernel f32[T, din, dout_per_tower]."""
+
   towers: int
   features: int
   kernel_std: float = 0.01
@@ -135,21 +155,29 @@ class TowerDense(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> list[Array]:
     """x: [B, din], read by every tower (fully connected layers see all)."""
-    kernel = self.param('kernel', _normal(self.kernel_std),
-                        (self.towers, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.constant(self.bias_init),
-                      (self.towers, self.features))
+    kernel = self.param(
+        'kernel',
+        _normal(self.kernel_std),
+        (self.towers, x.shape[-1], self.features),
+    )
+    bias = self.param(
+        'bias',
+        nn.initializers.constant(self.bias_init),
+        (self.towers, self.features),
+    )
     x = x.astype(self.dtype)
-    if self.towers == 1:   # (kernel[0] is free; the batched form below
+    if self.towers == 1:  # (kernel[0] is free; the batched form below
       # makes XLA transpose the weight gradient in the SGD update)
-      return [jnp.matmul(x, kernel[0].astype(self.dtype),
-                         precision=self.precision)
-              + bias[0].astype(self.dtype)]
+      return [
+          jnp.matmul(x, kernel[0].astype(self.dtype), precision=self.precision)
+          + bias[0].astype(self.dtype)
+      ]
     # One dot batched over the tower axis: slicing kernel[t] would copy each
     # tower's [din, dout] block every step (fc6: 75 MB per tower).
     xs = jnp.broadcast_to(x, (self.towers,) + x.shape)
-    y = jnp.einsum('tbd,tdo->tbo', xs, kernel.astype(self.dtype),
-                   precision=self.precision)
+    y = jnp.einsum(
+        'tbd,tdo->tbo', xs, kernel.astype(self.dtype), precision=self.precision
+    )
     y = y + bias.astype(self.dtype)[:, None, :]
     return [y[t] for t in range(self.towers)]
 
@@ -165,8 +193,11 @@ def adaptive_avg_pool(x: Array, size: int) -> Array:
     parts = []
     for i in range(size):
       start, end = (i * n) // size, -((-(i + 1) * n) // size)
-      parts.append(jax.lax.slice_in_dim(x, start, end, axis=axis).mean(
-          axis=axis, keepdims=True))
+      parts.append(
+          jax.lax.slice_in_dim(x, start, end, axis=axis).mean(
+              axis=axis, keepdims=True
+          )
+      )
     return jnp.concatenate(parts, axis=axis)
 
   return pool_axis(pool_axis(x, 1, h), 2, w)
@@ -178,6 +209,7 @@ class AlexNet(nn.Module):
   Attributes mirror `config.model` (see configs/paper.py). `tower_axis` is
   set only by parallel.py, inside `jax.shard_map` over that mesh axis.
   """
+
   variant: str = 'paper'
   num_classes: int = 1000
   towers: int = 2
@@ -189,10 +221,11 @@ class AlexNet(nn.Module):
   lrn_beta: float = 0.75
   lrn_alpha_over_n: bool = False
   lrn_across_towers: bool = False
+  lrn_order: str = 'lrn_pool'  # 'pool_lrn': CaffeNet's order
   pool_window: int = 3
   pool_stride: int = 2
   dropout: float = 0.5
-  conv1_padding: str = 'paper'      # a key of CONV1_PADDING
+  conv1_padding: str = 'paper'  # a key of CONV1_PADDING
   weight_init_std: float = 0.01
   bias_init: float = 1.0
   width_scale: float = 1.0
@@ -201,7 +234,7 @@ class AlexNet(nn.Module):
   # (CPU-tuned on CPU, plain XLA on GPU/TPU); 'accelerator' runs plain XLA
   # on CPU too.
   formulation: str = 'auto'
-  precision: str = 'default'        # a key of ops.PRECISIONS
+  precision: str = 'default'  # a key of ops.PRECISIONS
   tower_axis: str | None = None
 
   @property
@@ -225,8 +258,13 @@ class AlexNet(nn.Module):
     if self.tower_axis is None:
       return hs[0] if len(hs) == 1 else jnp.concatenate(hs, axis=-1)
     (h,) = hs
-    return jax.lax.all_gather(h, self.tower_axis, axis=h.ndim - 1, tiled=True,
-                              to='invarying' if invariant else 'varying')
+    return jax.lax.all_gather(
+        h,
+        self.tower_axis,
+        axis=h.ndim - 1,
+        tiled=True,
+        to='invarying' if invariant else 'varying',
+    )
 
   def _act(self, hs):
     fn = activation_fn(self.activation)
@@ -238,24 +276,38 @@ class AlexNet(nn.Module):
     # several times faster than select_and_scatter.
     return [ops.max_pool(h, w, s, formulation=self.formulation) for h in hs]
 
+  def _lrn_and_pool(self, hs, paper):
+    if not paper:
+      return self._pool(hs)
+    if self.lrn_order == 'pool_lrn':  # CaffeNet: pool1/2 before norm1/2
+      return self._lrn(self._pool(hs))
+    return self._pool(self._lrn(hs))
+
   def _lrn(self, hs):
     if not self.lrn:
       return hs
     norm = lambda h: lrn_lib.lrn(
-        h, k=self.lrn_k, n=self.lrn_n, alpha=self.lrn_alpha,
-        beta=self.lrn_beta, alpha_over_n=self.lrn_alpha_over_n)
+        h,
+        k=self.lrn_k,
+        n=self.lrn_n,
+        alpha=self.lrn_alpha,
+        beta=self.lrn_beta,
+        alpha_over_n=self.lrn_alpha_over_n,
+    )
     if not self.lrn_across_towers or self.towers == 1:
-      return [norm(h) for h in hs]   # windows confined to a tower (paper)
+      return [norm(h) for h in hs]  # windows confined to a tower (paper)
     if self.tower_axis is not None:
       raise ValueError(
           'model.lrn.across_towers=True (Caffe-imported weights) lets LRN '
           'windows cross the tower boundary, which model parallelism does not '
-          'support: run it with parallel.mesh.model=1')
+          'support: run it with parallel.mesh.model=1'
+      )
     # Caffe: one window over all channels, then split back into towers.
     split = [h.shape[-1] for h in hs]
     full = norm(jnp.concatenate(hs, axis=-1))
-    return jnp.split(full, [sum(split[:i + 1]) for i in range(len(split) - 1)],
-                     axis=-1)
+    return jnp.split(
+        full, [sum(split[: i + 1]) for i in range(len(split) - 1)], axis=-1
+    )
 
   def _dropout(self, hs, train):
     if not train or self.dropout == 0:
@@ -266,7 +318,8 @@ class AlexNet(nn.Module):
     for t, h in enumerate(hs):
       # A key per global tower: the same mask on one device or on two.
       mask = jax.random.bernoulli(
-          jax.random.fold_in(rng, self._tower_index(t)), keep, h.shape)
+          jax.random.fold_in(rng, self._tower_index(t)), keep, h.shape
+      )
       out.append(jnp.where(mask, h / keep, 0).astype(h.dtype))
     return out
 
@@ -274,56 +327,74 @@ class AlexNet(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     """x: f32[B, H, W, 3], normalised. Returns logits f32[B, num_classes]."""
     if self.variant not in ('paper', 'torchvision'):
-      raise ValueError(f'AlexNet variant must be paper or torchvision, got '
-                       f'{self.variant!r} (cifar4 is the Cifar4 module)')
-    w1, w2, w3, w4, w5, w6, w7 = widths_for(self.variant, self.towers,
-                                            self.width_scale)
+      raise ValueError(
+          f'AlexNet variant must be paper or torchvision, got '
+          f'{self.variant!r} (cifar4 is the Cifar4 module)'
+      )
+    w1, w2, w3, w4, w5, w6, w7 = widths_for(
+        self.variant, self.towers, self.width_scale
+    )
     T, L = self.towers, self.local_towers
     dtype = jnp.dtype(self.dtype)
     paper = self.variant == 'paper'
     one = self.bias_init if paper else 0.0  # the paper's "biases of 1"
     precision = ops.precision_of(self.precision)
-    layer = dict(kernel_std=self.weight_init_std, dtype=dtype,
-                 precision=precision)
+    layer = dict(
+        kernel_std=self.weight_init_std, dtype=dtype, precision=precision
+    )
     conv = dict(layer, formulation=self.formulation)
 
     # x: [B, 224, 224, 3], read whole by every tower.
-    h = TowerConv(L, w1 // T, 11, 4, CONV1_PADDING[self.conv1_padding],
-                  name='conv1',
-                  **conv)([x])                      # [B, 55, 55, 48] / tower
+    h = TowerConv(
+        L,
+        w1 // T,
+        11,
+        4,
+        CONV1_PADDING[self.conv1_padding],
+        name='conv1',
+        **conv,
+    )(
+        [x]
+    )  # [B, 55, 55, 48] / tower
     h = self._act(h)
-    if paper:
-      h = self._lrn(h)
-    h = self._pool(h)                                # [B, 27, 27, 48]
-    h = TowerConv(L, w2 // T, 5, 1, ((2, 2), (2, 2)), bias_init=one,
-                  name='conv2', **conv)(h)          # [B, 27, 27, 128]
+    h = self._lrn_and_pool(h, paper)  # [B, 27, 27, 48]
+    h = TowerConv(
+        L, w2 // T, 5, 1, ((2, 2), (2, 2)), bias_init=one, name='conv2', **conv
+    )(
+        h
+    )  # [B, 27, 27, 128]
     h = self._act(h)
-    if paper:
-      h = self._lrn(h)
-    h = self._pool(h)                                # [B, 13, 13, 128]
-    both = self._all_towers(h)                       # [B, 13, 13, 256]
-    h = TowerConv(L, w3 // T, 3, 1, ((1, 1), (1, 1)), name='conv3',
-                  **conv)([both])                   # [B, 13, 13, 192]
+    h = self._lrn_and_pool(h, paper)  # [B, 13, 13, 128]
+    both = self._all_towers(h)  # [B, 13, 13, 256]
+    h = TowerConv(L, w3 // T, 3, 1, ((1, 1), (1, 1)), name='conv3', **conv)(
+        [both]
+    )  # [B, 13, 13, 192]
     h = self._act(h)
-    h = TowerConv(L, w4 // T, 3, 1, ((1, 1), (1, 1)), bias_init=one,
-                  name='conv4', **conv)(h)          # [B, 13, 13, 192]
+    h = TowerConv(
+        L, w4 // T, 3, 1, ((1, 1), (1, 1)), bias_init=one, name='conv4', **conv
+    )(
+        h
+    )  # [B, 13, 13, 192]
     h = self._act(h)
-    h = TowerConv(L, w5 // T, 3, 1, ((1, 1), (1, 1)), bias_init=one,
-                  name='conv5', **conv)(h)          # [B, 13, 13, 128]
+    h = TowerConv(
+        L, w5 // T, 3, 1, ((1, 1), (1, 1)), bias_init=one, name='conv5', **conv
+    )(
+        h
+    )  # [B, 13, 13, 128]
     h = self._act(h)
-    h = self._pool(h)                                # [B, 6, 6, 128]
+    h = self._pool(h)  # [B, 6, 6, 128]
     if not paper:
       h = [adaptive_avg_pool(t, 6) for t in h]
     # Flattened in (H, W, C) order, C = [tower 0's channels, tower 1's].
     flat = self._all_towers(h)
-    flat = flat.reshape(flat.shape[0], -1)           # [B, 9216]
-    if not paper:                                    # torchvision: dropout
-      (flat,) = self._dropout([flat], train)         # before fc6 and fc7
+    flat = flat.reshape(flat.shape[0], -1)  # [B, 9216]
+    if not paper:  # torchvision: dropout
+      (flat,) = self._dropout([flat], train)  # before fc6 and fc7
     h = TowerDense(L, w6 // T, bias_init=one, name='fc6', **layer)(flat)
-    h = self._act(h)                                 # [B, 2048] / tower
+    h = self._act(h)  # [B, 2048] / tower
     if paper:
       h = self._dropout(h, train)
-    full = self._all_towers(h)                       # [B, 4096]
+    full = self._all_towers(h)  # [B, 4096]
     if not paper:
       (full,) = self._dropout([full], train)
     h = TowerDense(L, w7 // T, bias_init=one, name='fc7', **layer)(full)
@@ -335,12 +406,18 @@ class AlexNet(nn.Module):
     # an invariant copy of fc7's output); on one device it is a single
     # [4096, num_classes] layer.
     split_fc8 = self.tower_axis is not None and self.num_classes % T == 0
-    full = self._all_towers(h, invariant=self.tower_axis is not None
-                            and not split_fc8)       # [B, 4096]
+    full = self._all_towers(
+        h, invariant=self.tower_axis is not None and not split_fc8
+    )  # [B, 4096]
     out = self.num_classes // T if split_fc8 else self.num_classes
-    logits = nn.Dense(out, kernel_init=_normal(self.weight_init_std),
-                      bias_init=nn.initializers.zeros, dtype=dtype,
-                      precision=precision, name='fc8')(full)
+    logits = nn.Dense(
+        out,
+        kernel_init=_normal(self.weight_init_std),
+        bias_init=nn.initializers.zeros,
+        dtype=dtype,
+        precision=precision,
+        name='fc8',
+    )(full)
     if split_fc8:
       logits = self._all_towers([logits], invariant=True)  # [B, num_classes]
     return logits.astype(jnp.float32)
@@ -353,17 +430,22 @@ def activation_fn(name: str):
 
 class _CifarNet(nn.Module):
   """What the two CIFAR-10 nets share: fields and the start of the call."""
+
   num_classes: int = 10
   activation: str = 'relu'
   width_scale: float = 1.0
   dtype: Any = jnp.float32
-  precision: str = 'default'        # a key of ops.PRECISIONS
+  precision: str = 'default'  # a key of ops.PRECISIONS
 
   def _setup_call(self, x):
     """(activation, compute dtype, precision, x in that dtype)."""
     dtype = jnp.dtype(self.dtype)
-    return (activation_fn(self.activation), dtype,
-            ops.precision_of(self.precision), x.astype(dtype))
+    return (
+        activation_fn(self.activation),
+        dtype,
+        ops.precision_of(self.precision),
+        x.astype(dtype),
+    )
 
 
 class Cifar4(_CifarNet):
@@ -376,6 +458,7 @@ class Cifar4(_CifarNet):
   nets without regularisation). Pools are padded so 32 -> 16 -> 8 -> 4, as
   cuda-convnet's rounding-up does.
   """
+
   weight_init_std: float = 0.01
 
   @nn.compact
@@ -385,14 +468,24 @@ class Cifar4(_CifarNet):
     widths = widths_for('cifar4', 1, self.width_scale)
     pools = (nn.max_pool, nn.avg_pool, nn.avg_pool)
     for i, (width, pool) in enumerate(zip(widths, pools)):
-      h = nn.Conv(width, (5, 5), padding=((2, 2), (2, 2)), dtype=dtype,
-                  kernel_init=_normal(self.weight_init_std),
-                  precision=precision, name=f'conv{i + 1}')(h)
+      h = nn.Conv(
+          width,
+          (5, 5),
+          padding=((2, 2), (2, 2)),
+          dtype=dtype,
+          kernel_init=_normal(self.weight_init_std),
+          precision=precision,
+          name=f'conv{i + 1}',
+      )(h)
       h = pool(fn(h), (3, 3), (2, 2), padding=((0, 1), (0, 1)))
     h = h.reshape(h.shape[0], -1)
-    h = nn.Dense(self.num_classes, dtype=dtype,
-                 kernel_init=_normal(self.weight_init_std),
-                 precision=precision, name='fc')(h)
+    h = nn.Dense(
+        self.num_classes,
+        dtype=dtype,
+        kernel_init=_normal(self.weight_init_std),
+        precision=precision,
+        name='fc',
+    )(h)
     return h.astype(jnp.float32)
 
 
@@ -408,6 +501,7 @@ class CifarLocal(_CifarNet):
   0.01, local 0.04, fc 0.01; model.weight_init_std is not used), which
   expect inputs on the 0-255 scale: data.std = 1/255. Biases start at 0.
   """
+
   lrn: bool = True
   lrn_k: float = 1.0
   lrn_n: int = 5
@@ -418,24 +512,72 @@ class CifarLocal(_CifarNet):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     del train  # no dropout in this net
-    fn, dtype, precision, h = self._setup_call(x)       # h: [B, 24, 24, 3]
+    fn, dtype, precision, h = self._setup_call(x)  # h: [B, 24, 24, 3]
     w = lambda n: max(1, round(n * self.width_scale))
     for i, std in ((1, 1e-4), (2, 0.01)):
-      h = fn(nn.Conv(w(64), (5, 5), padding=((2, 2), (2, 2)), dtype=dtype,
-                     kernel_init=_normal(std), precision=precision,
-                     name=f'conv{i}')(h))
+      h = fn(
+          nn.Conv(
+              w(64),
+              (5, 5),
+              padding=((2, 2), (2, 2)),
+              dtype=dtype,
+              kernel_init=_normal(std),
+              precision=precision,
+              name=f'conv{i}',
+          )(h)
+      )
       if self.lrn:
-        h = lrn_lib.lrn(h, k=self.lrn_k, n=self.lrn_n, alpha=self.lrn_alpha,
-                        beta=self.lrn_beta, alpha_over_n=self.lrn_alpha_over_n)
+        h = lrn_lib.lrn(
+            h,
+            k=self.lrn_k,
+            n=self.lrn_n,
+            alpha=self.lrn_alpha,
+            beta=self.lrn_beta,
+            alpha_over_n=self.lrn_alpha_over_n,
+        )
       h = nn.max_pool(h, (3, 3), (2, 2), padding=((0, 1), (0, 1)))
-    for i in (3, 4):                                    # [B, 6, 6, 64]
-      h = fn(nn.ConvLocal(w(32), (3, 3), padding=((1, 1), (1, 1)),
-                          dtype=dtype, kernel_init=_normal(0.04),
-                          precision=precision, name=f'local{i}')(h))
+    for i in (3, 4):  # [B, 6, 6, 64]
+      h = fn(
+          nn.ConvLocal(
+              w(32),
+              (3, 3),
+              padding=((1, 1), (1, 1)),
+              dtype=dtype,
+              kernel_init=_normal(0.04),
+              precision=precision,
+              name=f'local{i}',
+          )(h)
+      )
     h = h.reshape(h.shape[0], -1)
-    h = nn.Dense(self.num_classes, dtype=dtype, kernel_init=_normal(0.01),
-                 precision=precision, name='fc')(h)
+    h = nn.Dense(
+        self.num_classes,
+        dtype=dtype,
+        kernel_init=_normal(0.01),
+        precision=precision,
+        name='fc',
+    )(h)
     return h.astype(jnp.float32)
+
+
+# The paper model's (and the torchvision variant's) weighted layers, input
+# to output.
+LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+
+
+def lrn_kwargs(m: ml_collections.ConfigDict, towers: bool = True) -> dict:
+  """The LRN fields of `config.model` as model keyword arguments (the
+  PyTorch twins take the same); `towers`: also the tower-related ones."""
+  kwargs = dict(
+      lrn=m.lrn.enabled,
+      lrn_k=m.lrn.k,
+      lrn_n=m.lrn.n,
+      lrn_alpha=m.lrn.alpha,
+      lrn_beta=m.lrn.beta,
+      lrn_alpha_over_n=m.lrn.alpha_over_n,
+  )
+  if towers:
+    kwargs.update(lrn_across_towers=m.lrn.across_towers, lrn_order=m.lrn.order)
+  return kwargs
 
 
 def from_config(model_config: ml_collections.ConfigDict, **overrides):
@@ -443,32 +585,44 @@ def from_config(model_config: ml_collections.ConfigDict, **overrides):
   m = model_config
   dtype = jnp.dtype(m.dtype)
   if m.variant == 'cifar_local':
-    kwargs = dict(num_classes=m.num_classes, activation=m.activation,
-                  lrn=m.lrn.enabled, lrn_k=m.lrn.k, lrn_n=m.lrn.n,
-                  lrn_alpha=m.lrn.alpha, lrn_beta=m.lrn.beta,
-                  lrn_alpha_over_n=m.lrn.alpha_over_n,
-                  width_scale=m.width_scale, dtype=dtype,
-                  precision=m.precision)
+    kwargs = dict(
+        num_classes=m.num_classes,
+        activation=m.activation,
+        **lrn_kwargs(m, towers=False),
+        width_scale=m.width_scale,
+        dtype=dtype,
+        precision=m.precision,
+    )
     kwargs.update(overrides)
     return CifarLocal(**kwargs)
   if m.variant == 'cifar4':
-    kwargs = dict(num_classes=m.num_classes, activation=m.activation,
-                  weight_init_std=m.weight_init_std,
-                  width_scale=m.width_scale, dtype=dtype,
-                  precision=m.precision)
+    kwargs = dict(
+        num_classes=m.num_classes,
+        activation=m.activation,
+        weight_init_std=m.weight_init_std,
+        width_scale=m.width_scale,
+        dtype=dtype,
+        precision=m.precision,
+    )
     kwargs.update(overrides)
     return Cifar4(**kwargs)
   kwargs = dict(
-      variant=m.variant, num_classes=m.num_classes, towers=m.towers,
-      activation=m.activation, lrn=m.lrn.enabled, lrn_k=m.lrn.k,
-      lrn_n=m.lrn.n, lrn_alpha=m.lrn.alpha, lrn_beta=m.lrn.beta,
-      lrn_alpha_over_n=m.lrn.alpha_over_n,
-      lrn_across_towers=m.lrn.across_towers, pool_window=m.pool.window,
-      pool_stride=m.pool.stride, dropout=m.dropout,
+      variant=m.variant,
+      num_classes=m.num_classes,
+      towers=m.towers,
+      activation=m.activation,
+      **lrn_kwargs(m),
+      pool_window=m.pool.window,
+      pool_stride=m.pool.stride,
+      dropout=m.dropout,
       conv1_padding=m.conv1_padding,
-      weight_init_std=m.weight_init_std, bias_init=m.bias_init,
-      width_scale=m.width_scale, dtype=dtype, formulation=m.formulation,
-      precision=m.precision)
+      weight_init_std=m.weight_init_std,
+      bias_init=m.bias_init,
+      width_scale=m.width_scale,
+      dtype=dtype,
+      formulation=m.formulation,
+      precision=m.precision,
+  )
   kwargs.update(overrides)
   return AlexNet(**kwargs)
 
@@ -480,7 +634,7 @@ def with_precision(model: nn.Module, precision: str) -> nn.Module:
   accuracies are float32 figures, which the platform default (TF32 on
   A100/H100, bf16 passes on TPU) can move.
   """
-  ops.precision_of(precision)     # one clear error for a bad name
+  ops.precision_of(precision)  # one clear error for a bad name
   return model.clone(precision=precision)
 
 

@@ -52,8 +52,13 @@ Array = jnp.ndarray
 
 def _xla_conv(x, kernel, stride, padding, precision=None):
   return lax.conv_general_dilated(
-      x, kernel, (stride, stride), padding,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+      x,
+      kernel,
+      (stride, stride),
+      padding,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision=precision,
+  )
 
 
 def _kernel_grad_stride1(x, dy, kh, kw, prepare=lambda xi: xi):
@@ -65,24 +70,32 @@ def _kernel_grad_stride1(x, dy, kh, kw, prepare=lambda xi: xi):
   transposed inside the loop, where it fits in cache, rather than the whole
   batch up front (which would cost batch-sized copies).
   """
-  c = jax.eval_shape(prepare, jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
-                     ).shape[-1]
+  c = jax.eval_shape(prepare, jax.ShapeDtypeStruct(x.shape[1:], x.dtype)).shape[
+      -1
+  ]
   ho, wo, o = dy.shape[1:]
 
   def one_image(acc, image):
     xi, dyi = image
-    xi = jnp.transpose(prepare(xi), (2, 0, 1))           # [C, H, W]
-    dyi = dyi.reshape(ho * wo, o).T                       # [O, Ho*Wo]
+    xi = jnp.transpose(prepare(xi), (2, 0, 1))  # [C, H, W]
+    dyi = dyi.reshape(ho * wo, o).T  # [O, Ho*Wo]
     # patches^T: rows (i, j, c), columns (h, w): [kh*kw*C, Ho*Wo]
     patches = jnp.concatenate(
-        [xi[:, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)],
-        axis=0).reshape(kh * kw * c, ho * wo)
-    return acc + jnp.einsum('on,kn->ok', dyi, patches,
-                            preferred_element_type=jnp.float32), None
+        [xi[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)],
+        axis=0,
+    ).reshape(kh * kw * c, ho * wo)
+    return (
+        acc
+        + jnp.einsum(
+            'on,kn->ok', dyi, patches, preferred_element_type=jnp.float32
+        ),
+        None,
+    )
 
   # Under shard_map the carry must vary over the axes its updates do.
-  init = _vary(jnp.zeros((o, kh * kw * c), jnp.float32),
-               _varying(x) | _varying(dy))
+  init = _vary(
+      jnp.zeros((o, kh * kw * c), jnp.float32), _varying(x) | _varying(dy)
+  )
   acc, _ = lax.scan(one_image, init, (x, dy))
   return acc.T.reshape(kh, kw, c, o)
 
@@ -92,11 +105,11 @@ def _space_to_depth(x, stride):
   b, h, w, c = x.shape
   x = x.reshape(b, h // stride, stride, w // stride, stride, c)
   return jnp.transpose(x, (0, 1, 3, 2, 4, 5)).reshape(
-      b, h // stride, w // stride, stride * stride * c)
+      b, h // stride, w // stride, stride * stride * c
+  )
 
 
-def kernel_grad(x: Array, dy: Array, kernel_hw, stride: int,
-                padding) -> Array:
+def kernel_grad(x: Array, dy: Array, kernel_hw, stride: int, padding) -> Array:
   """d(loss)/d(kernel), f32[kh, kw, Cin, Cout], of conv2d(x, kernel).
 
   Args:
@@ -110,14 +123,20 @@ def kernel_grad(x: Array, dy: Array, kernel_hw, stride: int,
   ho, wo = dy.shape[1:3]
   # Rows/columns the convolution reads, from -top/-left, rounded up to
   # whole stride blocks; taps past the kernel only meet rows we crop away.
-  bh, bw = -(-kh // stride), -(-kw // stride)           # kernel in blocks
+  bh, bw = -(-kh // stride), -(-kw // stride)  # kernel in blocks
   rows, cols = (ho + bh - 1) * stride, (wo + bw - 1) * stride
   (top, _), (left, _) = padding
   h, w = x.shape[1:3]
 
-  def pad(xi):                                            # one image
-    xi = jnp.pad(xi, ((top, max(0, rows - h - top)),
-                      (left, max(0, cols - w - left)), (0, 0)))
+  def pad(xi):  # one image
+    xi = jnp.pad(
+        xi,
+        (
+            (top, max(0, rows - h - top)),
+            (left, max(0, cols - w - left)),
+            (0, 0),
+        ),
+    )
     return xi[:rows, :cols]
 
   if stride == 1:
@@ -126,10 +145,12 @@ def kernel_grad(x: Array, dy: Array, kernel_hw, stride: int,
   # s x s blocks, whose kernel rows are (block row, row in block).
   c = x.shape[-1]
   grad = _kernel_grad_stride1(
-      x, dy, bh, bw, lambda xi: _space_to_depth(pad(xi)[None], stride)[0])
+      x, dy, bh, bw, lambda xi: _space_to_depth(pad(xi)[None], stride)[0]
+  )
   grad = grad.reshape(bh, bw, stride, stride, c, -1)
   grad = jnp.transpose(grad, (0, 2, 1, 3, 4, 5)).reshape(
-      bh * stride, bw * stride, c, -1)
+      bh * stride, bw * stride, c, -1
+  )
   return grad[:kh, :kw]
 
 
@@ -140,26 +161,39 @@ FORMULATIONS = ('auto', 'accelerator')
 # config.model.precision -> lax.Precision of matmuls and convolutions.
 # 'default' leaves it to the platform (TF32 on A100/H100, bf16 passes on
 # TPU) or to jax.default_matmul_precision.
-PRECISIONS = {'default': None, 'high': lax.Precision.HIGH,
-              'highest': lax.Precision.HIGHEST}
+PRECISIONS = {
+    'default': None,
+    'high': lax.Precision.HIGH,
+    'highest': lax.Precision.HIGHEST,
+}
 
 
 def precision_of(name: str):
   """The lax.Precision (or None) config.model.precision names."""
   if name not in PRECISIONS:
-    raise ValueError(f'precision {name!r} is not one of '
-                     f'{", ".join(PRECISIONS)}')
+    raise ValueError(
+        f'precision {name!r} is not one of ' f'{", ".join(PRECISIONS)}'
+    )
   return PRECISIONS[name]
 
 
 def _check_formulation(formulation):
   if formulation not in FORMULATIONS:
-    raise ValueError(f'formulation {formulation!r} is not one of '
-                     f'{", ".join(FORMULATIONS)}')
+    raise ValueError(
+        f'formulation {formulation!r} is not one of '
+        f'{", ".join(FORMULATIONS)}'
+    )
 
 
-def conv2d(x: Array, kernel: Array, stride: int, padding, *,
-           formulation: str = 'auto', precision=None) -> Array:
+def conv2d(
+    x: Array,
+    kernel: Array,
+    stride: int,
+    padding,
+    *,
+    formulation: str = 'auto',
+    precision=None,
+) -> Array:
   """conv_general_dilated(x, kernel) in NHWC / HWIO, as XLA computes it.
 
   Args:
@@ -174,24 +208,30 @@ def conv2d(x: Array, kernel: Array, stride: int, padding, *,
   """
   _check_formulation(formulation)
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2],
-                                  (stride, stride), padding)
+    padding = lax.padtype_to_pads(
+        x.shape[1:3], kernel.shape[:2], (stride, stride), padding
+    )
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   x, kernel = _same_varying_axes(x, kernel)
-  plain = functools.partial(_xla_conv, stride=stride, padding=padding,
-                            precision=precision)
+  plain = functools.partial(
+      _xla_conv, stride=stride, padding=padding, precision=precision
+  )
   if formulation == 'accelerator':
     return plain(x, kernel)
   return lax.platform_dependent(
-      x, kernel, cpu=functools.partial(_cpu_conv2d, stride=stride,
-                                       padding=padding),
-      default=plain)
+      x,
+      kernel,
+      cpu=functools.partial(_cpu_conv2d, stride=stride, padding=padding),
+      default=plain,
+  )
 
 
 def _cpu_conv2d(x, kernel, *, stride, padding):
   # oneDNN takes no negative (cropping) padding: XLA's convolutions do.
-  if (min(p for pair in padding for p in pair) >= 0
-      and conv_backend(x.dtype, platform='cpu') == 'onednn'):
+  if (
+      min(p for pair in padding for p in pair) >= 0
+      and conv_backend(x.dtype, platform='cpu') == 'onednn'
+  ):
     return _onednn_conv2d(x, kernel, stride, padding)
   return _conv2d(x, kernel, stride, padding)
 
@@ -213,8 +253,10 @@ def conv_backend(dtype=jnp.float32, platform: str | None = None) -> str:
   """
   choice = os.environ.get('ALEXNET_JAX_CONV', 'auto')
   if choice not in CONV_BACKENDS:
-    raise ValueError(f'ALEXNET_JAX_CONV={choice!r} is not one of '
-                     f'{", ".join(CONV_BACKENDS)}')
+    raise ValueError(
+        f'ALEXNET_JAX_CONV={choice!r} is not one of '
+        f'{", ".join(CONV_BACKENDS)}'
+    )
   if choice == 'xla':
     return 'xla'
   dtype = jnp.dtype(dtype)
@@ -222,25 +264,32 @@ def conv_backend(dtype=jnp.float32, platform: str | None = None) -> str:
   # GPU or TPU host does not build oneDNN for a branch it will not run.
   host = jax.default_backend()
   platform = platform or host
-  if (platform != 'cpu' or host != 'cpu'
-      or dtype not in (jnp.float32, jnp.bfloat16)):
+  if (
+      platform != 'cpu'
+      or host != 'cpu'
+      or dtype not in (jnp.float32, jnp.bfloat16)
+  ):
     if choice == 'onednn':
-      raise ValueError(f'ALEXNET_JAX_CONV=onednn runs float32 or bfloat16 '
-                       f'on CPU only, not {dtype.name} on {host}')
+      raise ValueError(
+          f'ALEXNET_JAX_CONV=onednn runs float32 or bfloat16 '
+          f'on CPU only, not {dtype.name} on {host}'
+      )
     return 'xla'
   reason = onednn.unavailable()
   if reason is not None:
     if choice == 'onednn':
       raise onednn.Unavailable(reason)
-    _warn_once(f'oneDNN convolutions unavailable, using XLA\'s: {reason}')
+    _warn_once(f"oneDNN convolutions unavailable, using XLA's: {reason}")
     return 'xla'
   if dtype == jnp.bfloat16:
     reason = onednn.bfloat16_unavailable()
     if reason is not None:
       if choice == 'onednn':
         raise onednn.Unavailable(f'oneDNN bfloat16 convolutions: {reason}')
-      _warn_once(f'oneDNN bfloat16 convolutions would be slow here, using '
-                 f'XLA\'s for bfloat16: {reason}')
+      _warn_once(
+          f'oneDNN bfloat16 convolutions would be slow here, using '
+          f"XLA's for bfloat16: {reason}"
+      )
       return 'xla'
   return 'onednn'
 
@@ -252,6 +301,7 @@ def _warn_once(message):
 
 # Custom calls return values typed as varying over no shard_map axis:
 # `_vary` gives them their operands' types back.
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _onednn_conv2d(x, kernel, stride, padding):
@@ -278,6 +328,7 @@ _onednn_conv2d.defvjp(_onednn_conv2d_fwd, _onednn_conv2d_bwd)
 # axes it varies over. A custom VJP's backward must return each cotangent
 # with its input's type, and a scan's carry must keep its type: the helpers
 # below make both hold. Outside shard_map they do nothing.
+
 
 def _varying(x) -> frozenset:
   """The shard_map axes x varies over (empty outside shard_map)."""
@@ -329,20 +380,38 @@ def _strided_taps(x, window, stride):
   """The window x window strided views of x: [B, H, W, C] -> [B, Ho, Wo, C]."""
   _, h, w, _ = x.shape
   ho, wo = (h - window) // stride + 1, (w - window) // stride + 1
-  return [(i, j, x[:, i:i + stride * (ho - 1) + 1:stride,
-                   j:j + stride * (wo - 1) + 1:stride, :])
-          for i in range(window) for j in range(window)]
+  return [
+      (
+          i,
+          j,
+          x[
+              :,
+              i : i + stride * (ho - 1) + 1 : stride,
+              j : j + stride * (wo - 1) + 1 : stride,
+              :,
+          ],
+      )
+      for i in range(window)
+      for j in range(window)
+  ]
 
 
 def _reduce_window_max(x, window, stride):
   # A Python scalar init value: lax.reduce_window then recognises the max
   # monoid and differentiates it (an array init makes it opaque to grad).
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1),
-                           (1, stride, stride, 1), 'VALID')
+  return lax.reduce_window(
+      x,
+      -jnp.inf,
+      lax.max,
+      (1, window, window, 1),
+      (1, stride, stride, 1),
+      'VALID',
+  )
 
 
-def max_pool(x: Array, window: int, stride: int, *,
-             formulation: str = 'auto') -> Array:
+def max_pool(
+    x: Array, window: int, stride: int, *, formulation: str = 'auto'
+) -> Array:
   """Max-pool over H, W of x: [B, H, W, C], no padding (VALID).
 
   The hand-written backward pass runs on CPU only ('auto'); other platforms
@@ -354,7 +423,8 @@ def max_pool(x: Array, window: int, stride: int, *,
   if formulation == 'accelerator':
     return plain(x)
   return lax.platform_dependent(
-      x, cpu=lambda x: _cpu_max_pool(x, window, stride), default=plain)
+      x, cpu=lambda x: _cpu_max_pool(x, window, stride), default=plain
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -380,7 +450,7 @@ def _max_pool_bwd(window, stride, residuals, g):
   for i, j, tap in _strided_taps(x, window, stride):
     hit = (tap == y) & ~claimed
     claimed = claimed | hit
-    contrib[i, j] = jnp.where(hit, g, zero)             # [B, Ho, Wo, C]
+    contrib[i, j] = jnp.where(hit, g, zero)  # [B, Ho, Wo, C]
   # Input row stride*a + r gets offset i = r + stride*q from window a - q:
   # build each (row, column) phase r, t on the output grid, then
   # interleave the phases. Everything stays output-sized (a sum of
@@ -395,14 +465,22 @@ def _max_pool_bwd(window, stride, residuals, g):
       for (i, j), part in contrib.items():
         if i % stride == r and j % stride == t:
           qi, qj = i // stride, j // stride
-          acc = acc + jnp.pad(part, ((0, 0), (qi, shift - qi),
-                                     (qj, shift - qj), (0, 0)))
+          acc = acc + jnp.pad(
+              part, ((0, 0), (qi, shift - qi), (qj, shift - qj), (0, 0))
+          )
       row.append(acc)
-    phases.append(jnp.stack(row, axis=3))               # [B, A, A', s, C]
+    phases.append(jnp.stack(row, axis=3))  # [B, A, A', s, C]
   dx = jnp.stack(phases, axis=2).reshape(b, rows * stride, cols * stride, c)
   # Rows past the last window get nothing; rows beyond x are dropped.
-  dx = jnp.pad(dx, ((0, 0), (0, max(0, h - rows * stride)),
-                    (0, max(0, w - cols * stride)), (0, 0)))
+  dx = jnp.pad(
+      dx,
+      (
+          (0, 0),
+          (0, max(0, h - rows * stride)),
+          (0, max(0, w - cols * stride)),
+          (0, 0),
+      ),
+  )
   return (dx[:, :h, :w],)
 
 

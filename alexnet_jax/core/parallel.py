@@ -26,17 +26,16 @@ feeds its slice of the global batch (`shard_batch`), and the same code runs.
 Call `setup_devices(config)` before anything touches a device.
 """
 
+from collections.abc import Callable
 import functools
 import logging
 import os
-from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import ml_collections
+import numpy as np
 
 from alexnet_jax.core.config_checks import ConfigError
 
@@ -55,6 +54,7 @@ ENV_PROCESS_ID = 'JAX_PROCESS_ID'
 # ----------------------------------------------------------------------------
 # Start-up: simulated CPU devices and multi-host initialisation.
 
+
 def _multihost_args(p):
   """(coordinator, num_processes, process_id) from config, else environment.
 
@@ -72,24 +72,32 @@ def _multihost_args(p):
     if num > 1:
       raise ConfigError(
           f'config.parallel.num_processes={num} needs '
-          'config.parallel.coordinator_address=HOST:PORT (process 0\'s '
+          "config.parallel.coordinator_address=HOST:PORT (process 0's "
           f'address, or ${ENV_COORDINATOR}), or "auto" on a Cloud TPU pod '
-          'slice / SLURM / Open MPI')
+          'slice / SLURM / Open MPI'
+      )
     return None, 1, 0
   if address == 'auto':
     return 'auto', None, None
   if ':' not in address:
-    raise ConfigError(f'config.parallel.coordinator_address={address!r} must '
-                      'be HOST:PORT (e.g. 10.0.0.1:1234) or "auto"')
+    raise ConfigError(
+        f'config.parallel.coordinator_address={address!r} must '
+        'be HOST:PORT (e.g. 10.0.0.1:1234) or "auto"'
+    )
   if not 0 <= pid < num:
-    raise ConfigError(f'config.parallel.process_id={pid} must be in '
-                      f'[0, num_processes={num})')
+    raise ConfigError(
+        f'config.parallel.process_id={pid} must be in '
+        f'[0, num_processes={num})'
+    )
   return address, num, pid
 
 
-def setup_devices(config: ml_collections.ConfigDict, *,
-                  initialization_timeout: int = 300,
-                  heartbeat_timeout_seconds: int = 100):
+def setup_devices(
+    config: ml_collections.ConfigDict,
+    *,
+    initialization_timeout: int = 300,
+    heartbeat_timeout_seconds: int = 100,
+):
   """Sets device options; call before anything touches a device.
 
   `config.parallel.cpu_devices=N` simulates N CPU devices (JAX's
@@ -110,7 +118,8 @@ def setup_devices(config: ml_collections.ConfigDict, *,
         raise ConfigError(
             f'config.parallel.cpu_devices={p.cpu_devices} must be set before '
             f'JAX starts; it already started with {have} devices. Call '
-            'parallel.setup_devices(config) first thing in main.') from e
+            'parallel.setup_devices(config) first thing in main.'
+        ) from e
   if address is None:
     return
   if jax.distributed.is_initialized():
@@ -122,61 +131,85 @@ def setup_devices(config: ml_collections.ConfigDict, *,
     jax.distributed.initialize(initialization_timeout=initialization_timeout)
   else:
     jax.distributed.initialize(
-        coordinator_address=address, num_processes=num, process_id=pid,
+        coordinator_address=address,
+        num_processes=num,
+        process_id=pid,
         initialization_timeout=initialization_timeout,
-        heartbeat_timeout_seconds=heartbeat_timeout_seconds)
-  logging.info('jax.distributed: process %d of %d, %d local / %d devices',
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+    )
+  logging.info(
+      'jax.distributed: process %d of %d, %d local / %d devices',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
 
 
 # ----------------------------------------------------------------------------
 # The mesh.
 
-def mesh_shape(config: ml_collections.ConfigDict,
-               num_devices: int) -> tuple[int, int]:
+
+def mesh_shape(
+    config: ml_collections.ConfigDict, num_devices: int
+) -> tuple[int, int]:
   """(data, model) for `num_devices`, with clear errors for what cannot work."""
   p = config.parallel
   data, model = p.mesh.data, p.mesh.model
   if model not in (1, 2):
-    raise ConfigError(f'config.parallel.mesh.model={model}: AlexNet has two '
-                      'towers, so the model axis is 1 (no split) or 2 (one '
-                      'tower per device)')
+    raise ConfigError(
+        f'config.parallel.mesh.model={model}: AlexNet has two '
+        'towers, so the model axis is 1 (no split) or 2 (one '
+        'tower per device)'
+    )
   if p.data_parallel == 'pmap' and model != 1:
-    raise ConfigError('config.parallel.data_parallel=pmap cannot split the '
-                      'towers: use config.parallel.mesh.model=1 with pmap, or '
-                      "data_parallel='jit' for model parallelism")
+    raise ConfigError(
+        'config.parallel.data_parallel=pmap cannot split the '
+        'towers: use config.parallel.mesh.model=1 with pmap, or '
+        "data_parallel='jit' for model parallelism"
+    )
   if data == -1:
     if num_devices % model:
       want = -(-num_devices // model) * model
-      hint = (f'set config.parallel.cpu_devices={want} to simulate {want} '
-              'CPU devices' if jax.default_backend() == 'cpu' else
-              'use config.parallel.mesh.model=1')
-      raise ConfigError(f'config.parallel.mesh.model={model} does not divide '
-                        f'the {num_devices} devices present '
-                        f'({jax.default_backend()}): {hint}')
+      hint = (
+          f'set config.parallel.cpu_devices={want} to simulate {want} '
+          'CPU devices'
+          if jax.default_backend() == 'cpu'
+          else 'use config.parallel.mesh.model=1'
+      )
+      raise ConfigError(
+          f'config.parallel.mesh.model={model} does not divide '
+          f'the {num_devices} devices present '
+          f'({jax.default_backend()}): {hint}'
+      )
     data = num_devices // model
   if data < 1:
     raise ConfigError(f'config.parallel.mesh.data={data} must be >= 1 or -1')
   if data * model > num_devices:
-    hint = (f'set config.parallel.cpu_devices={data * model} to simulate them '
-            'on CPU' if jax.default_backend() == 'cpu' else
-            'use a smaller mesh')
+    hint = (
+        f'set config.parallel.cpu_devices={data * model} to simulate them '
+        'on CPU'
+        if jax.default_backend() == 'cpu'
+        else 'use a smaller mesh'
+    )
     raise ConfigError(
         f'config.parallel.mesh asks for data={data} x model={model} = '
         f'{data * model} devices but only {num_devices} are present '
-        f'({jax.default_backend()}): {hint}, or data=-1 to use what is there')
+        f'({jax.default_backend()}): {hint}, or data=-1 to use what is there'
+    )
   batch = config.optim.batch_size
   if batch % data:
     raise ConfigError(
         f'config.optim.batch_size={batch} is not divisible by the data axis '
         f'({data} devices): use a multiple of {data}, or change '
-        'config.parallel.mesh.data')
+        'config.parallel.mesh.data'
+    )
   return data, model
 
 
-def make_mesh(config: ml_collections.ConfigDict,
-              devices=None) -> jax.sharding.Mesh:
+def make_mesh(
+    config: ml_collections.ConfigDict, devices=None
+) -> jax.sharding.Mesh:
   """The ('data', 'model') mesh `config.parallel.mesh` asks for."""
   devices = list(jax.devices() if devices is None else devices)
   data, model = mesh_shape(config, len(devices))
@@ -185,18 +218,24 @@ def make_mesh(config: ml_collections.ConfigDict,
     if jax.process_count() > 1:
       raise ConfigError(
           f'config.parallel.mesh uses {used} of {len(devices)} devices; with '
-          'several processes every device must be in the mesh (data=-1)')
-    logging.warning('parallel: the mesh uses %d of %d devices', used,
-                    len(devices))
+          'several processes every device must be in the mesh (data=-1)'
+      )
+    logging.warning(
+        'parallel: the mesh uses %d of %d devices', used, len(devices)
+    )
     devices = devices[:used]
   # Auto axes: jit propagates shardings as in JAX's classic behaviour.
-  return jax.make_mesh((data, model), AXES,
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                       devices=devices)
+  return jax.make_mesh(
+      (data, model),
+      AXES,
+      axis_types=(jax.sharding.AxisType.Auto,) * 2,
+      devices=devices,
+  )
 
 
 # ----------------------------------------------------------------------------
 # Which parameter goes where.
+
 
 def _key_name(key) -> str | None:
   for attr in ('key', 'name', 'idx'):
@@ -219,10 +258,10 @@ def param_spec(path, leaf, *, towers: int = 2, split_fc8: bool = True) -> P:
     return P()
   layer, kind = names[-2], names[-1]
   if layer in TOWER_LAYERS and len(shape) >= 1 and shape[0] == towers:
-    return P(MODEL)                 # [T, ...]: tower t on model device t
+    return P(MODEL)  # [T, ...]: tower t on model device t
   if layer == 'fc8' and split_fc8:
     if kind == 'kernel' and len(shape) == 2 and shape[1] % towers == 0:
-      return P(None, MODEL)         # [4096, C]: columns split by tower
+      return P(None, MODEL)  # [4096, C]: columns split by tower
     if kind == 'bias' and len(shape) == 1 and shape[0] % towers == 0:
       return P(MODEL)
   return P()
@@ -230,6 +269,7 @@ def param_spec(path, leaf, *, towers: int = 2, split_fc8: bool = True) -> P:
 
 # ----------------------------------------------------------------------------
 # The parallel runtime.
+
 
 class Parallel:
   """Placement and steps for one model on the mesh the config asks for.
@@ -240,8 +280,7 @@ class Parallel:
     mode: 'single', 'jit' (data parallel), 'pmap', 'model' or 'hybrid'.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, model, *,
-               devices=None):
+  def __init__(self, config: ml_collections.ConfigDict, model, *, devices=None):
     self.config = config
     self.model = model
     self.data_parallel = config.parallel.data_parallel
@@ -260,19 +299,25 @@ class Parallel:
       self.mode = 'hybrid' if self.data_size > 1 else 'model'
     else:
       self.mode = 'jit' if self.data_size > 1 else 'single'
-    self._local_devices = [d for d in self.mesh.devices.flat
-                           if d.process_index == jax.process_index()]
+    self._local_devices = [
+        d
+        for d in self.mesh.devices.flat
+        if d.process_index == jax.process_index()
+    ]
     if self.data_parallel == 'pmap':
       # pmap maps over this process's devices; arrays stacked along them.
       self._pmap_mesh = jax.make_mesh(
-          (len(self._local_devices),), (DATA,),
+          (len(self._local_devices),),
+          (DATA,),
           axis_types=(jax.sharding.AxisType.Auto,),
-          devices=self._local_devices)
+          devices=self._local_devices,
+      )
     if config.optim.batch_size % jax.process_count():
       raise ConfigError(
           f'config.optim.batch_size={config.optim.batch_size} is not '
           f'divisible by the {jax.process_count()} processes: each feeds an '
-          'equal share of the global batch')
+          'equal share of the global batch'
+      )
 
   def _check_model_parallel(self, model):
     if getattr(model, 'variant', None) != 'paper' or model.towers != 2:
@@ -280,17 +325,21 @@ class Parallel:
           'config.parallel.mesh.model=2 puts one tower on each device: it '
           'needs config.model.variant=paper with config.model.towers=2 (got '
           f'{type(model).__name__} variant={getattr(model, "variant", None)} '
-          f'towers={getattr(model, "towers", None)})')
+          f'towers={getattr(model, "towers", None)})'
+      )
     if model.lrn and model.lrn_across_towers:
       raise ConfigError(
           'config.model.lrn.across_towers=True (Caffe-imported weights) lets '
           'LRN windows cross the tower boundary, which the model-parallel '
           'forward does not exchange: use config.parallel.mesh.model=1 for '
-          'such weights')
+          'such weights'
+      )
 
   def __repr__(self):
-    return (f'Parallel(mode={self.mode}, data={self.data_size}, '
-            f'model={self.model_size}, processes={jax.process_count()})')
+    return (
+        f'Parallel(mode={self.mode}, data={self.data_size}, '
+        f'model={self.model_size}, processes={jax.process_count()})'
+    )
 
   # -- shardings --------------------------------------------------------------
 
@@ -299,12 +348,12 @@ class Parallel:
     if self.model_size == 1:
       return jax.tree.map(lambda _: P(), tree)
     return jax.tree_util.tree_map_with_path(
-        functools.partial(param_spec, split_fc8=self.split_fc8), tree)
+        functools.partial(param_spec, split_fc8=self.split_fc8), tree
+    )
 
   def shardings(self, tree):
     """NamedShardings of a state tree on the mesh (see `specs`)."""
-    return jax.tree.map(lambda s: NamedSharding(self.mesh, s),
-                        self.specs(tree))
+    return jax.tree.map(lambda s: NamedSharding(self.mesh, s), self.specs(tree))
 
   @property
   def batch_sharding(self) -> NamedSharding:
@@ -328,16 +377,21 @@ class Parallel:
       sharding = NamedSharding(self._pmap_mesh, P(DATA))
       return jax.tree.map(
           lambda x: jax.device_put(
-              np.broadcast_to(np.asarray(x)[None], (n,) + np.shape(x)),
-              sharding), tree)
+              np.broadcast_to(np.asarray(x)[None], (n,) + np.shape(x)), sharding
+          ),
+          tree,
+      )
     shardings = self.shardings(tree)
     if jax.process_count() == 1:
       return jax.device_put(tree, shardings)
     # Every process holds the whole host tree; each keeps its own shards.
     return jax.tree.map(
         lambda x, s: jax.make_array_from_callback(
-            np.shape(x), s, lambda idx, x=np.asarray(x): x[idx]),
-        tree, shardings)
+            np.shape(x), s, lambda idx, x=np.asarray(x): x[idx]
+        ),
+        tree,
+        shardings,
+    )
 
   def shard_batch(self, batch):
     """This process's slice of the global batch -> global jax.Arrays.
@@ -352,9 +406,12 @@ class Parallel:
       def stack(x):
         x = np.asarray(x)
         if x.shape[0] % n:
-          raise ValueError(f'batch of {x.shape[0]} examples does not split '
-                           f'over {n} pmap devices')
+          raise ValueError(
+              f'batch of {x.shape[0]} examples does not split '
+              f'over {n} pmap devices'
+          )
         return jax.device_put(x.reshape((n, -1) + x.shape[1:]), sharding)
+
       return jax.tree.map(stack, batch)
 
     sharding = self.batch_sharding
@@ -364,23 +421,32 @@ class Parallel:
       x = np.asarray(x)
       global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
       if global_shape[0] % shards:
-        raise ValueError(f'global batch of {global_shape[0]} examples does '
-                         f'not split over the data axis ({shards} devices)')
+        raise ValueError(
+            f'global batch of {global_shape[0]} examples does '
+            f'not split over the data axis ({shards} devices)'
+        )
       return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
     return jax.tree.map(put, batch)
 
   def to_host(self, tree):
     """A NumPy copy of a state tree (whole arrays; pmap: replica 0)."""
+
     def get(x):
       if not isinstance(x, jax.Array):
         return np.asarray(x)
-      if self.data_parallel == 'pmap' and x.ndim and x.sharding == (
-          NamedSharding(self._pmap_mesh, P(DATA))):
+      if (
+          self.data_parallel == 'pmap'
+          and x.ndim
+          and x.sharding == (NamedSharding(self._pmap_mesh, P(DATA)))
+      ):
         x = x[0]
       if not x.is_fully_addressable:
         from jax.experimental import multihost_utils
+
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
       return np.asarray(x)
+
     return jax.tree.map(get, tree)
 
   # -- the forward ------------------------------------------------------------
@@ -425,14 +491,22 @@ class Parallel:
     # else the backward pass would psum gradients over that size-1 axis.
     batch = P(DATA) if self.data_size > 1 else P()
     return jax.shard_map(
-        local_forward, mesh=self.mesh,
-        in_specs=(specs, batch, rng_specs), out_specs=batch,
-        check_vma=True)(variables, images, rngs)
+        local_forward,
+        mesh=self.mesh,
+        in_specs=(specs, batch, rng_specs),
+        out_specs=batch,
+        check_vma=True,
+    )(variables, images, rngs)
 
   # -- steps ------------------------------------------------------------------
 
-  def jit_step(self, fn: Callable, donate_state: bool = True, *,
-               returns_state: bool | None = None) -> 'Step':
+  def jit_step(
+      self,
+      fn: Callable,
+      donate_state: bool = True,
+      *,
+      returns_state: bool | None = None,
+  ) -> 'Step':
     """Compiles fn(state, batch, *args) for the mode.
 
     jit modes: jax.jit with the state's shardings kept on its outputs
@@ -463,12 +537,17 @@ class Step:
       fn = functools.partial(self._fn, axis_name=DATA)
       # Every device of the mesh, given identically by each process (pmap
       # maps over the local ones; its collectives span them all).
-      return jax.pmap(fn, axis_name=DATA, devices=list(par.mesh.devices.flat),
-                      in_axes=(0, 0) + (None,) * len(args),
-                      donate_argnums=self._donate)
+      return jax.pmap(
+          fn,
+          axis_name=DATA,
+          devices=list(par.mesh.devices.flat),
+          in_axes=(0, 0) + (None,) * len(args),
+          donate_argnums=self._donate,
+      )
     out = jax.eval_shape(self._fn, state, batch, *args)
-    return jax.jit(self._fn, out_shardings=par.shardings(out),
-                   donate_argnums=self._donate)
+    return jax.jit(
+        self._fn, out_shardings=par.shardings(out), donate_argnums=self._donate
+    )
 
   def _get(self, state, batch, args):
     key = jax.tree.structure((state, batch, args))
@@ -487,7 +566,7 @@ class Step:
     if not self._returns_state:
       return unstack(out)
     if not isinstance(out, tuple):
-      return out                    # the state alone
+      return out  # the state alone
     return (out[0],) + tuple(unstack(o) for o in out[1:])
 
 

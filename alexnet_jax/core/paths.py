@@ -30,8 +30,9 @@ DEFAULT_DATA_ROOT = '~/alexnet_jax_data'
 RUNS_ENV = 'ALEXNET_JAX_RUNS'
 DEFAULT_RUNS_ROOT = '~/alexnet_jax_runs'
 DATA_TOKEN = '$' + DATA_ENV
-_TOKEN = re.compile(r'\$(?:\{' + DATA_ENV + r'\}|' + DATA_ENV +
-                    r'(?![A-Za-z0-9_]))')
+_TOKEN = re.compile(
+    r'\$(?:\{' + DATA_ENV + r'\}|' + DATA_ENV + r'(?![A-Za-z0-9_]))'
+)
 
 
 def _resolve(value) -> pathlib.Path:
@@ -79,8 +80,9 @@ def portable(path) -> str:
     rel = resolved.relative_to(root)
   except ValueError:
     return text
-  return DATA_TOKEN if rel == pathlib.Path('.') else in_data_root(
-      rel.as_posix())
+  return (
+      DATA_TOKEN if rel == pathlib.Path('.') else in_data_root(rel.as_posix())
+  )
 
 
 def runs_root(override=None) -> pathlib.Path:

@@ -37,34 +37,51 @@ from alexnet_jax.configs import paper
 
 # The 10-crop order (4 corners + centre, then each one's horizontal flip):
 # crop i + 5 is crop i mirrored left-right.
-TEN_CROP_ORDER = ('top_left', 'top_right', 'bottom_left', 'bottom_right',
-                  'centre', 'top_left_flipped', 'top_right_flipped',
-                  'bottom_left_flipped', 'bottom_right_flipped',
-                  'centre_flipped')
+TEN_CROP_ORDER = (
+    'top_left',
+    'top_right',
+    'bottom_left',
+    'bottom_right',
+    'centre',
+    'top_left_flipped',
+    'top_right_flipped',
+    'bottom_left_flipped',
+    'bottom_right_flipped',
+    'centre_flipped',
+)
 RESIZE_METHODS = ('area', 'bilinear', 'antialias')
+# How evaluation gets from the photo to the centre crop (Params.eval_resize):
+#   'crop_first': this module's own (the paper's geometry, decoded window);
+#   'warp': Caffe's - the whole photo resized to resize_size^2 ignoring its
+#     aspect ratio (convert_imageset, OpenCV bilinear, stored as uint8),
+#     then the centre image_size crop;
+#   'shorter_side': torchvision's - Resize(resize_size) (shorter side, PIL's
+#     antialiased bilinear, uint8), then CenterCrop(image_size).
+EVAL_RESIZES = ('crop_first', 'warp', 'shorter_side')
 
 
 @dataclasses.dataclass(frozen=True)
 class Params:
   """Everything preprocessing needs, built from config.data (or a checkpoint's
   `preprocessing` dict for evaluation)."""
+
   image_size: int = 224
   resize_size: int = 256
-  train_crop: str = 'paper'           # 'paper' | 'inception'
+  train_crop: str = 'paper'  # 'paper' | 'inception'
   flip: bool = True
   lighting_std: float = 0.1
-  lighting_scale: str = 'lambda'      # 'lambda' | 'sqrt_lambda'
-  eigval: tuple = paper.IMAGENET_EIGVAL   # ImageNet's RGB PCA
-  eigvec: tuple = paper.IMAGENET_EIGVEC   # (columns = eigenvectors)
-  resize_method: str = 'area'         # RESIZE_METHODS, see `resize`
-  channel_order: str = 'RGB'          # 'RGB' | 'BGR'
-  pixel_scale: float = 1.0            # 1.0 | 255.0
+  lighting_scale: str = 'lambda'  # 'lambda' | 'sqrt_lambda'
+  eigval: tuple = paper.IMAGENET_EIGVAL  # ImageNet's RGB PCA
+  eigvec: tuple = paper.IMAGENET_EIGVEC  # (columns = eigenvectors)
+  resize_method: str = 'area'  # RESIZE_METHODS, see `resize`
+  channel_order: str = 'RGB'  # 'RGB' | 'BGR'
+  eval_resize: str = 'crop_first'  # EVAL_RESIZES
+  pixel_scale: float = 1.0  # 1.0 | 255.0
   mean: tuple = (0.485, 0.456, 0.406)  # in pixel_scale units, channel_order
   std: tuple = (1.0, 1.0, 1.0)
   # Per-pixel mean image, float32[resize_size, resize_size, 3] RGB in [0, 1]
   # (the paper's mean subtraction); None = per-channel `mean`.
-  mean_image: np.ndarray | None = dataclasses.field(default=None,
-                                                    compare=False)
+  mean_image: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
 
 def load_mean_image(path, resize_size) -> np.ndarray:
@@ -73,12 +90,15 @@ def load_mean_image(path, resize_size) -> np.ndarray:
   try:
     image = np.load(path)
   except (OSError, ValueError) as e:
-    raise ValueError(f'mean image {path!r} cannot be read ({e}); make one '
-                     'with `python -m alexnet_jax.data_stats`') from e
+    raise ValueError(
+        f'mean image {path!r} cannot be read ({e}); make one '
+        'with `python -m alexnet_jax.data_stats`'
+    ) from e
   if image.shape != (resize_size, resize_size, 3):
     raise ValueError(
         f'mean image {path!r} has shape {image.shape}; it must be '
-        f'({resize_size}, {resize_size}, 3) (the resize size)')
+        f'({resize_size}, {resize_size}, 3) (the resize size)'
+    )
   return image.astype(np.float32)
 
 
@@ -96,37 +116,54 @@ def params_from_record(record, **fields) -> Params:
   unknown = set(fields) - {f.name for f in dataclasses.fields(Params)}
   if unknown:
     raise TypeError(f'params_from_record: no Params field {sorted(unknown)}')
-  missing = [k for k in ('image_size', 'resize_size', 'mean', 'std')
-             if k not in record]
+  missing = [
+      k for k in ('image_size', 'resize_size', 'mean', 'std') if k not in record
+  ]
   if missing:
-    raise ValueError(f'preprocessing record {dict(record)!r} lacks '
-                     f'{", ".join(missing)}')
+    raise ValueError(
+        f'preprocessing record {dict(record)!r} lacks ' f'{", ".join(missing)}'
+    )
   out = dict(fields)
-  out.update(image_size=int(record['image_size']),
-             resize_size=int(record['resize_size']),
-             mean=tuple(float(v) for v in record['mean']),
-             std=tuple(float(v) for v in record['std']))
-  for key, cast in (('resize_method', str), ('channel_order', str),
-                    ('pixel_scale', float)):
+  out.update(
+      image_size=int(record['image_size']),
+      resize_size=int(record['resize_size']),
+      mean=tuple(float(v) for v in record['mean']),
+      std=tuple(float(v) for v in record['std']),
+  )
+  for key, cast in (
+      ('resize_method', str),
+      ('channel_order', str),
+      ('eval_resize', str),
+      ('pixel_scale', float),
+  ):
     if record.get(key) is not None:
       out[key] = cast(record[key])
+  if out.get('eval_resize', 'crop_first') not in EVAL_RESIZES:
+    raise ValueError(
+        f'preprocessing record has eval_resize='
+        f'{out["eval_resize"]!r}; use one of {EVAL_RESIZES}'
+    )
   if record.get('mean_image'):
-    out['mean_image'] = load_mean_image(record['mean_image'],
-                                        out['resize_size'])
+    out['mean_image'] = load_mean_image(
+        record['mean_image'], out['resize_size']
+    )
   return Params(**out)
 
 
 # ---------------------------------------------------------------- decoding
 
 
-def decode_rgb(encoded):
+def decode_rgb(encoded, dct_method=''):
   """Any JPEG/PNG/GIF/BMP/WebP bytes -> uint8[h, w, 3] (grey, CMYK, RGBA
-  become RGB; the alpha channel is dropped)."""
+  become RGB; the alpha channel is dropped).
+
+  dct_method='INTEGER_ACCURATE' decodes JPEGs as libjpeg's default (ISLOW),
+  what OpenCV and PIL use: TF's default differs by up to ~12 levels."""
   return tf.cond(
       tf.io.is_jpeg(encoded),
-      lambda: tf.io.decode_jpeg(encoded, channels=3),
-      lambda: tf.io.decode_image(encoded, channels=3,
-                                 expand_animations=False))
+      lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=dct_method),
+      lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+  )
 
 
 def decode_window(encoded, window_fn, min_size=None):
@@ -139,26 +176,37 @@ def decode_window(encoded, window_fn, min_size=None):
   Returns (uint8[h', w', 3], window int32[4] and shape int32[2] in the
   original image's pixels).
   """
+
   def jpeg():
     shape = tf.image.extract_jpeg_shape(encoded)[:2]
     window = window_fn(shape)
     if min_size is None:
-      return tf.io.decode_and_crop_jpeg(encoded, window, channels=3), window, \
-          shape
+      return (
+          tf.io.decode_and_crop_jpeg(encoded, window, channels=3),
+          window,
+          shape,
+      )
     side = tf.minimum(window[2], window[3])
     level = tf.reduce_sum(tf.cast(side // [2, 4, 8] >= min_size, tf.int32))
 
     def scaled(ratio):
       def decode():
         top, left = window[0] // ratio, window[1] // ratio
-        height = tf.clip_by_value(window[2] // ratio, 1,
-                                  (shape[0] + ratio - 1) // ratio - top)
-        width = tf.clip_by_value(window[3] // ratio, 1,
-                                 (shape[1] + ratio - 1) // ratio - left)
+        height = tf.clip_by_value(
+            window[2] // ratio, 1, (shape[0] + ratio - 1) // ratio - top
+        )
+        width = tf.clip_by_value(
+            window[3] // ratio, 1, (shape[1] + ratio - 1) // ratio - left
+        )
         return tf.io.decode_and_crop_jpeg(
-            encoded, tf.stack([top, left, height, width]), channels=3,
-            ratio=ratio)
+            encoded,
+            tf.stack([top, left, height, width]),
+            channels=3,
+            ratio=ratio,
+        )
+
       return decode
+
     crop = tf.switch_case(level, [scaled(r) for r in (1, 2, 4, 8)])
     return crop, window, shape
 
@@ -166,8 +214,9 @@ def decode_window(encoded, window_fn, min_size=None):
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     shape = tf.shape(image)[:2]
     window = window_fn(shape)
-    crop = image[window[0]:window[0] + window[2],
-                 window[1]:window[1] + window[3]]
+    crop = image[
+        window[0] : window[0] + window[2], window[1] : window[1] + window[3]
+    ]
     return crop, window, shape
 
   crop, window, shape = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
@@ -180,8 +229,10 @@ def decode_window(encoded, window_fn, min_size=None):
 
 def _crop_side(square, image_size, resize_size):
   """floor(square * image_size / resize_size + 1/2), at least 1."""
-  side = tf.cast(tf.floor(tf.cast(square, tf.float32) * image_size
-                          / resize_size + 0.5), tf.int32)
+  side = tf.cast(
+      tf.floor(tf.cast(square, tf.float32) * image_size / resize_size + 0.5),
+      tf.int32,
+  )
   return tf.clip_by_value(side, 1, square)
 
 
@@ -199,17 +250,24 @@ def paper_window(shape, image_size, resize_size, seed=None):
   if seed is None:
     offset = tf.stack([(s - c) // 2, (s - c) // 2])
   else:
-    offset = tf.random.stateless_uniform([2], seed, 0, s - c + 1,
-                                         dtype=tf.int32)
+    offset = tf.random.stateless_uniform(
+        [2], seed, 0, s - c + 1, dtype=tf.int32
+    )
   return tf.stack([square[0] + offset[0], square[1] + offset[1], c, c])
 
 
 def inception_window(shape, seed, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
   """torchvision's RandomResizedCrop box (the whole image if no box fits)."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.concat([shape, [3]], 0), tf.zeros([1, 0, 4], tf.float32), seed,
-      min_object_covered=0.0, aspect_ratio_range=ratio, area_range=area,
-      max_attempts=10, use_image_if_no_bounding_boxes=True)
+      tf.concat([shape, [3]], 0),
+      tf.zeros([1, 0, 4], tf.float32),
+      seed,
+      min_object_covered=0.0,
+      aspect_ratio_range=ratio,
+      area_range=area,
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True,
+  )
   return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
@@ -237,18 +295,21 @@ def resize(image, size, method='area'):
     PIL and torchvision do: alias-free, about 2x the cost of 'area'.
   """
   if method == 'antialias':
-    return tf.image.resize(image, [size, size], method='bilinear',
-                           antialias=True)
+    return tf.image.resize(
+        image, [size, size], method='bilinear', antialias=True
+    )
   if method == 'bilinear':
     return tf.image.resize(image, [size, size], method='bilinear')
   if method != 'area':
-    raise ValueError(f'resize method {method!r} is not one of '
-                     f'{RESIZE_METHODS}')
+    raise ValueError(
+        f'resize method {method!r} is not one of ' f'{RESIZE_METHODS}'
+    )
   shrink = tf.reduce_all(tf.shape(image)[:2] > size)
   return tf.cond(
       shrink,
       lambda: tf.image.resize(image, [size, size], method='area'),
-      lambda: tf.image.resize(image, [size, size], method='bilinear'))
+      lambda: tf.image.resize(image, [size, size], method='bilinear'),
+  )
 
 
 def flip(image, seed):
@@ -277,16 +338,18 @@ def normalize(image, params, mean_crop=None, shift=None, input_scale=1.0):
   Done as one multiply-add on [H, W * 3] rows: broadcasting a 3-vector over
   the last axis of [H, W, 3] is several times slower in TF.
   """
-  order = slice(None, None, -1) if params.channel_order == 'BGR' else slice(
-      None)
+  order = (
+      slice(None, None, -1) if params.channel_order == 'BGR' else slice(None)
+  )
   std = np.asarray(params.std, np.float32)
   scale = (params.pixel_scale / input_scale / std).astype(np.float32)
   bias = -np.asarray(params.mean, np.float32) / std
   if mean_crop is not None:
     bias = np.zeros(3, np.float32)
   if shift is not None:
-    bias = bias + tf.gather(shift, [2, 1, 0] if order.step else [0, 1, 2]) \
-        * (params.pixel_scale / std)
+    bias = bias + tf.gather(shift, [2, 1, 0] if order.step else [0, 1, 2]) * (
+        params.pixel_scale / std
+    )
   if mean_crop is not None:
     image = image - mean_crop * input_scale
   if order.step:
@@ -305,8 +368,11 @@ def _mean_crop(params, offset):
   if params.mean_image is None:
     return None
   size = params.image_size
-  return tf.slice(tf.constant(params.mean_image, tf.float32),
-                  tf.concat([offset, [0]], 0), [size, size, 3])
+  return tf.slice(
+      tf.constant(params.mean_image, tf.float32),
+      tf.concat([offset, [0]], 0),
+      [size, size, 3],
+  )
 
 
 # ------------------------------------------------------------ full recipes
@@ -315,43 +381,113 @@ def _mean_crop(params, offset):
 def train_image(encoded, seed, params):
   """Encoded image bytes -> float32[image_size, image_size, 3], augmented."""
   crop_seed, flip_seed, light_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
+      tf.random.experimental.stateless_split(seed, 3)
+  )
   size = params.image_size
   if params.train_crop == 'inception':
     window_fn = lambda shape: inception_window(shape, crop_seed)
   else:
-    window_fn = lambda shape: paper_window(shape, size, params.resize_size,
-                                           crop_seed)
+    window_fn = lambda shape: paper_window(
+        shape, size, params.resize_size, crop_seed
+    )
   crop, window, shape = decode_window(encoded, window_fn, min_size=size)
   image = resize(crop, size, params.resize_method)
-  shift = (lighting_shift(light_seed, params) if params.lighting_std > 0
-           else None)
+  shift = (
+      lighting_shift(light_seed, params) if params.lighting_std > 0 else None
+  )
   if params.train_crop == 'inception':
     offset = tf.fill([2], (params.resize_size - size) // 2)
   else:
     offset = mean_offset(window, shape, params)
-  image = normalize(image, params, _mean_crop(params, offset), shift,
-                    input_scale=255.0)
+  image = normalize(
+      image, params, _mean_crop(params, offset), shift, input_scale=255.0
+  )
   if params.flip:
     image = flip(image, flip_seed)
   return image
 
 
+def _uint8_levels(image):
+  """What storing a resized image as uint8 does (Caffe's LMDB, PIL)."""
+  return tf.clip_by_value(tf.round(image), 0.0, 255.0)
+
+
+def _round_half_even_half(d):
+  """Python's round(d / 2) for an int32 d >= 0 (torchvision's centre crop)."""
+  half = d // 2
+  return half + tf.where(tf.equal(d % 2, 1), half % 2, 0)
+
+
+def _source_eval_image(encoded, params, crops):
+  """Caffe's ('warp') or torchvision's ('shorter_side') evaluation."""
+  size, big = params.image_size, params.resize_size
+  image = decode_rgb(encoded, dct_method='INTEGER_ACCURATE')
+  if params.eval_resize == 'warp':
+    # OpenCV's INTER_LINEAR = half-pixel-centred bilinear without
+    # antialiasing, which tf.image.resize's 'bilinear' is.
+    image = _uint8_levels(tf.image.resize(image, [big, big], 'bilinear'))
+    if crops == 10:
+      return ten_crop(image, params, input_scale=255.0)
+    off = (big - size) // 2  # Caffe's TEST-phase crop
+    return normalize(
+        image[off : off + size, off : off + size],
+        params,
+        _mean_crop(params, tf.constant([off, off])),
+        input_scale=255.0,
+    )
+  if crops != 1:
+    raise ValueError(
+        f'crops={crops} with eval_resize=shorter_side '
+        "(torchvision's transform): only 1 is implemented"
+    )
+  shape = tf.shape(image)[:2]
+  short = tf.minimum(shape[0], shape[1])
+  # torchvision: new_long = int(resize_size * long / short).
+  scaled = tf.cast(
+      tf.math.floor(
+          tf.cast(big, tf.float64)
+          * tf.cast(shape, tf.float64)
+          / tf.cast(short, tf.float64)
+      ),
+      tf.int32,
+  )
+  hw = tf.where(tf.equal(shape, short), big, scaled)
+  image = _uint8_levels(tf.image.resize(image, hw, 'bilinear', antialias=True))
+  top = _round_half_even_half(hw[0] - size)
+  left = _round_half_even_half(hw[1] - size)
+  crop = image[top : top + size, left : left + size]
+  crop.set_shape([size, size, 3])
+  return normalize(crop, params, None, input_scale=255.0)
+
+
 def eval_image(encoded, params, crops=1):
   """Encoded bytes -> float32[size, size, 3] (centre crop) or
-  float32[10, size, size, 3] (TEN_CROP_ORDER)."""
+  float32[10, size, size, 3] (TEN_CROP_ORDER).
+
+  params.eval_resize picks the way to the crop (EVAL_RESIZES): imported
+  weights record their source's.
+  """
   size, big = params.image_size, params.resize_size
+  if params.eval_resize != 'crop_first':
+    if crops not in (1, 10):
+      raise ValueError(f'crops={crops!r} is not accepted; use 1 or 10')
+    return _source_eval_image(encoded, params, crops)
   if crops == 1:
     window_fn = lambda shape: paper_window(shape, size, big)
     crop, window, shape = decode_window(encoded, window_fn, min_size=size)
     offset = mean_offset(window, shape, params)
-    return normalize(resize(crop, size, params.resize_method), params,
-                     _mean_crop(params, offset), input_scale=255.0)
+    return normalize(
+        resize(crop, size, params.resize_method),
+        params,
+        _mean_crop(params, offset),
+        input_scale=255.0,
+    )
   if crops != 10:
     raise ValueError(f'crops={crops!r} is not accepted; use 1 or 10')
   square, _, _ = decode_window(encoded, centre_square, min_size=big)
-  return ten_crop(resize(square, big, params.resize_method), params,
-                  input_scale=255.0)
+  return ten_crop(
+      resize(square, big, params.resize_method), params, input_scale=255.0
+  )
 
 
 def ten_crop_offsets(resize_size, image_size):
@@ -367,8 +503,14 @@ def ten_crop(image, params, input_scale=1.0):
   size = params.image_size
   crops = []
   for y, x in ten_crop_offsets(params.resize_size, size):
-    crop = image[y:y + size, x:x + size]
-    crops.append(normalize(crop, params, _mean_crop(params, tf.constant(
-        [y, x], tf.int32)), input_scale=input_scale))
+    crop = image[y : y + size, x : x + size]
+    crops.append(
+        normalize(
+            crop,
+            params,
+            _mean_crop(params, tf.constant([y, x], tf.int32)),
+            input_scale=input_scale,
+        )
+    )
   crops += [tf.reverse(c, [-2]) for c in crops]
   return tf.stack(crops)

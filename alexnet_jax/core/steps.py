@@ -11,9 +11,10 @@ the training loop's modules), so a process that only steps, such as a
 benchmark worker, does not carry it.
 """
 
+from collections.abc import Callable
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 from clu import metrics
 import flax
@@ -30,11 +31,11 @@ from alexnet_jax.core import parallel
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array        # int32[]: updates done so far (= data position)
+  step: jax.Array  # int32[]: updates done so far (= data position)
   params: Any
-  opt_state: Any         # holds the current learning rate (optim.py)
-  rng: jax.Array         # uint32[2]; step k's dropout key = fold_in(rng, k)
-  plateau: dict          # optim.plateau_init(): reduce-on-plateau state
+  opt_state: Any  # holds the current learning rate (optim.py)
+  rng: jax.Array  # uint32[2]; step k's dropout key = fold_in(rng, k)
+  plateau: dict  # optim.plateau_init(): reduce-on-plateau state
 
 
 # ------------------------------------------------------------ metrics -----
@@ -77,9 +78,16 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def train_step(state: TrainState, batch, *, apply_fn: Callable,
-               tx: optax.GradientTransformation, lr_fn: Callable,
-               axis_name: str | None = None, bare: bool = False):
+def train_step(
+    state: TrainState,
+    batch,
+    *,
+    apply_fn: Callable,
+    tx: optax.GradientTransformation,
+    lr_fn: Callable,
+    axis_name: str | None = None,
+    bare: bool = False,
+):
   """One SGD step. batch: image f32[B, H, W, 3], label int32[B].
 
   Returns the new state and its TrainMetrics (top-1/top-5 errors, the
@@ -90,12 +98,15 @@ def train_step(state: TrainState, batch, *, apply_fn: Callable,
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:  # pmap: a different mask on every device
-    dropout_rng = jax.random.fold_in(dropout_rng,
-                                     jax.lax.axis_index(axis_name))
+    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
   def loss_fn(params):
-    logits = apply_fn({'params': params}, batch['image'], train=True,
-                      rngs={'dropout': dropout_rng})
+    logits = apply_fn(
+        {'params': params},
+        batch['image'],
+        train=True,
+        rngs={'dropout': dropout_rng},
+    )
     losses = cross_entropy(logits, batch['label'])
     return losses.mean(), (losses, logits)
 
@@ -109,26 +120,34 @@ def train_step(state: TrainState, batch, *, apply_fn: Callable,
     opt_state = optim.with_learning_rate(opt_state, lr)
   updates, opt_state = tx.update(grads, opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params,
-                            opt_state=opt_state)
+  new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state
+  )
   if bare:
     if axis_name is not None:
       loss = jax.lax.pmean(loss, axis_name)
     return new_state, loss
   top1, top5 = topk_errors(logits, batch['label'])
-  outputs = dict(loss=losses, top1_error=top1, top5_error=top5,
-                 learning_rate=lr, grad_norm=optax.tree.norm(grads),
-                 param_norm=optax.tree.norm(params))
+  outputs = dict(
+      loss=losses,
+      top1_error=top1,
+      top5_error=top5,
+      learning_rate=lr,
+      grad_norm=optax.tree.norm(grads),
+      param_norm=optax.tree.norm(params),
+  )
   if axis_name is None:
     metrics = TrainMetrics.single_from_model_output(**outputs)
   else:
     metrics = TrainMetrics.gather_from_model_output(
-        axis_name=axis_name, **outputs)
+        axis_name=axis_name, **outputs
+    )
   return new_state, metrics
 
 
-def eval_step(params, batch, *, apply_fn: Callable,
-              axis_name: str | None = None):
+def eval_step(
+    params, batch, *, apply_fn: Callable, axis_name: str | None = None
+):
   """Metrics of one eval batch; 10-crop batches average the softmax.
 
   batch: image f32[B, H, W, 3] or f32[B, crops, H, W, 3], label int32[B],
@@ -137,9 +156,11 @@ def eval_step(params, batch, *, apply_fn: Callable,
   images = batch['image']
   if images.ndim == 5:
     b, n = images.shape[:2]
-    logits = apply_fn({'params': params}, images.reshape((b * n,) +
-                                                         images.shape[2:]),
-                      train=False)
+    logits = apply_fn(
+        {'params': params},
+        images.reshape((b * n,) + images.shape[2:]),
+        train=False,
+    )
     probs = jax.nn.softmax(logits).reshape(b, n, -1).mean(axis=1)
     log_probs = jnp.log(jnp.maximum(probs, jnp.finfo(jnp.float32).tiny))
   else:
@@ -148,12 +169,12 @@ def eval_step(params, batch, *, apply_fn: Callable,
   labels = batch['label']
   losses = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
   top1, top5 = topk_errors(log_probs, labels)
-  outputs = dict(loss=losses, top1_error=top1, top5_error=top5,
-                 mask=batch['mask'])
+  outputs = dict(
+      loss=losses, top1_error=top1, top5_error=top5, mask=batch['mask']
+  )
   if axis_name is None:
     return EvalMetrics.single_from_model_output(**outputs)
-  return EvalMetrics.gather_from_model_output(
-      axis_name=axis_name, **outputs)
+  return EvalMetrics.gather_from_model_output(axis_name=axis_name, **outputs)
 
 
 # ------------------------------------------------------------ the factory -
@@ -162,6 +183,7 @@ def eval_step(params, batch, *, apply_fn: Callable,
 @dataclasses.dataclass
 class Plan:
   """Derived sizes, computed once at start-up (and logged)."""
+
   num_train_examples: int
   steps_per_epoch: float
   total_steps: int
@@ -179,10 +201,13 @@ def create_train_state(config, module, tx, params=None) -> TrainState:
     init_rng = jax.random.key(config.train.seed, impl='rbg')
     variables = model_lib.init(module, init_rng, config.data.image_size)
     params = variables['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params),
-                    rng=jax.random.PRNGKey(config.train.seed),
-                    plateau=jax.tree.map(jnp.asarray, optim.plateau_init()))
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      rng=jax.random.PRNGKey(config.train.seed),
+      plateau=jax.tree.map(jnp.asarray, optim.plateau_init()),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,10 +218,11 @@ class TrainStep:
   (`par.place_state(step.init_state())`) and a placed batch
   (`par.shard_batch`); the state is donated. Built by make_train_step.
   """
+
   config: ml_collections.ConfigDict
   par: parallel.Parallel
   tx: optax.GradientTransformation
-  lr_fn: Callable          # step -> lr before plateau drops
+  lr_fn: Callable  # step -> lr before plateau drops
   bare: bool
   compiled: parallel.Step
 
@@ -219,11 +245,13 @@ class TrainStep:
     """
     return jax.tree.map(
         lambda x: np.array(x) if isinstance(x, jax.Array) else np.asarray(x),
-        create_train_state(self.config, self.par.model, self.tx, params))
+        create_train_state(self.config, self.par.model, self.tx, params),
+    )
 
 
-def make_train_step(config, model, par=None, *, sizes: Plan | None = None,
-                    bare: bool = False) -> TrainStep:
+def make_train_step(
+    config, model, par=None, *, sizes: Plan | None = None, bare: bool = False
+) -> TrainStep:
   """The train step training runs, for `model` laid out by `par`.
 
   Training, the benchmarks, the profiling tools and the tests all build
@@ -240,13 +268,20 @@ def make_train_step(config, model, par=None, *, sizes: Plan | None = None,
   if par is None:
     par = parallel.Parallel(config, model)
   elif par.model != model:
-    raise ValueError('make_train_step: par was built for another model '
-                     f'({type(par.model).__name__}); pass the model it '
-                     'places, or par=None')
+    raise ValueError(
+        'make_train_step: par was built for another model '
+        f'({type(par.model).__name__}); pass the model it '
+        'places, or par=None'
+    )
   tx = optim.make_optimizer(config.optim)
   lr_fn = optim.base_schedule(
-      config.optim, steps_per_epoch=sizes and sizes.steps_per_epoch,
-      total_steps=sizes and sizes.total_steps)
-  compiled = par.jit_step(functools.partial(
-      train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn, bare=bare))
+      config.optim,
+      steps_per_epoch=sizes and sizes.steps_per_epoch,
+      total_steps=sizes and sizes.total_steps,
+  )
+  compiled = par.jit_step(
+      functools.partial(
+          train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn, bare=bare
+      )
+  )
   return TrainStep(config, par, tx, lr_fn, bare, compiled)

@@ -38,6 +38,7 @@ from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import optim
 from alexnet_jax.core import parallel
+
 # The steps and their factory, re-exported (train.make_train_step etc.).
 from alexnet_jax.core.steps import Plan
 from alexnet_jax.core.steps import TrainState  # noqa: F401
@@ -61,14 +62,16 @@ class NonFiniteError(RuntimeError):
 def plan(config, info) -> Plan:
   examples = config.train.num_train_examples
   if examples <= 0:
-    try:   # 'train', or a slice such as 'train[:90%]'
-      _, lo, hi = input_pipeline.parse_split(config.data.train_split,
-                                             info.split_sizes)
+    try:  # 'train', or a slice such as 'train[:90%]'
+      _, lo, hi = input_pipeline.parse_split(
+          config.data.train_split, info.split_sizes
+      )
       examples = hi - lo
     except ValueError as e:
       raise config_checks.ConfigError(
           f'cannot tell how many examples split {config.data.train_split!r} '
-          f'has ({e}): set config.train.num_train_examples') from e
+          f'has ({e}): set config.train.num_train_examples'
+      ) from e
   steps_per_epoch = examples / config.optim.batch_size
   total = config.train.num_train_steps
   if total <= 0:
@@ -95,13 +98,18 @@ def _host_state(par, state) -> dict:
 def _abstract(tree):
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
-      if not isinstance(x, jax.ShapeDtypeStruct) else x, tree)
+      if not isinstance(x, jax.ShapeDtypeStruct)
+      else x,
+      tree,
+  )
 
 
 def _flat_config(config) -> dict:
   flat = checkpoint.flatten(config)
-  return {k: (v if isinstance(v, (bool, int, float, str)) else json.dumps(v))
-          for k, v in flat.items()}
+  return {
+      k: (v if isinstance(v, (bool, int, float, str)) else json.dumps(v))
+      for k, v in flat.items()
+  }
 
 
 class _Preemption:
@@ -122,9 +130,11 @@ class _Preemption:
     # Set before logging: a second signal may run this during the log call.
     self.requested = True
     self.signal = self.signal or signal.Signals(signum).name
-    logging.warning('Received %s: saving a checkpoint at the current step, '
-                    'then exiting (Ctrl-C again to stop without saving)',
-                    signal.Signals(signum).name)
+    logging.warning(
+        'Received %s: saving a checkpoint at the current step, '
+        'then exiting (Ctrl-C again to stop without saving)',
+        signal.Signals(signum).name,
+    )
     del frame
 
   def __enter__(self):
@@ -141,16 +151,31 @@ class _Preemption:
 # ------------------------------------------------------------ evaluation --
 
 
-def evaluate(par, eval_fn, params, config, split, *, crops=None,
-             preprocessing=None, max_batches=-1, progress=None) -> dict:
+def evaluate(
+    par,
+    eval_fn,
+    params,
+    config,
+    split,
+    *,
+    crops=None,
+    preprocessing=None,
+    max_batches=-1,
+    progress=None,
+) -> dict:
   """{'loss', 'top1_error', 'top5_error', 'examples'} on a whole split.
 
   `eval_fn` is the compiled eval step (Parallel.jit_step(eval_step)).
   `progress`, if given, is called with the number of examples done.
   """
   batches = input_pipeline.eval_iterator(
-      config, split, preprocessing=preprocessing, crops=crops,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      config,
+      split,
+      preprocessing=preprocessing,
+      crops=crops,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
   total = None
   for i, batch in enumerate(batches):
     if 0 < max_batches <= i:
@@ -160,16 +185,18 @@ def evaluate(par, eval_fn, params, config, split, *, crops=None,
     if progress is not None:
       progress(int(np.sum(batch['mask'])))
   if total is None:
-    raise ValueError(f'split {split!r} of {config.data.name} yielded no '
-                     'examples')
+    raise ValueError(
+        f'split {split!r} of {config.data.name} yielded no ' 'examples'
+    )
   result = {k: float(v) for k, v in par.to_host(total.compute()).items()}
   result['examples'] = int(par.to_host(total.loss.count))
   return result
 
 
 def make_eval_fn(par):
-  return par.jit_step(functools.partial(eval_step, apply_fn=par.apply),
-                      donate_state=False)
+  return par.jit_step(
+      functools.partial(eval_step, apply_fn=par.apply), donate_state=False
+  )
 
 
 # ------------------------------------------------------------ the end -----
@@ -178,10 +205,12 @@ def make_eval_fn(par):
 def _errors(results, prefix) -> str | None:
   if f'{prefix}_top1_error' not in results:
     return None
-  return (f'top-1 error {100 * results[f"{prefix}_top1_error"]:.2f}%, '
-          f'top-5 error {100 * results[f"{prefix}_top5_error"]:.2f}%, '
-          f'loss {results[f"{prefix}_loss"]:.4f} '
-          f'({results[f"{prefix}_examples"]} images)')
+  return (
+      f'top-1 error {100 * results[f"{prefix}_top1_error"]:.2f}%, '
+      f'top-5 error {100 * results[f"{prefix}_top5_error"]:.2f}%, '
+      f'loss {results[f"{prefix}_loss"]:.4f} '
+      f'({results[f"{prefix}_examples"]} images)'
+  )
 
 
 def summary(workdir, results) -> str:
@@ -194,15 +223,19 @@ def summary(workdir, results) -> str:
       lines.append(f'  {name:<11} {text}')
   steps = [s for s, _ in checkpoint.step_dirs(root)]
   best = checkpoint.best_step(root)
-  lines += [f'  workdir     {workdir}',
-            f'  results     {workdir / RESULTS_FILE}',
-            f'  metrics     {workdir / metrics_lib.JSONL_FILE}, config in '
-            f'{workdir / CONFIG_FILE}']
+  lines += [
+      f'  workdir     {workdir}',
+      f'  results     {workdir / RESULTS_FILE}',
+      f'  metrics     {workdir / metrics_lib.JSONL_FILE}, config in '
+      f'{workdir / CONFIG_FILE}',
+  ]
   if steps:
     lines.append(f'  checkpoints latest {root / str(steps[-1])}')
   if best is not None:
-    lines.append(f'              best   {root / str(best)} (lowest '
-                 f'{checkpoint.BEST_METRIC})')
+    lines.append(
+        f'              best   {root / str(best)} (lowest '
+        f'{checkpoint.BEST_METRIC})'
+    )
   lines.append(f'  tensorboard tensorboard --logdir={workdir}')
   return '\n'.join(lines)
 
@@ -223,14 +256,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   if info.num_classes != config.model.num_classes:
     raise config_checks.ConfigError(
         f'config.model.num_classes={config.model.num_classes} but dataset '
-        f'{config.data.name!r} has {info.num_classes} classes')
+        f'{config.data.name!r} has {info.num_classes} classes'
+    )
   _check_splits(config, info)
   p = plan(config, info)
   workdir.mkdir(parents=True, exist_ok=True)
-  logging.info('Training for %d steps (%.1f epochs of %d examples, %.1f '
-               'steps per epoch, global batch %d)', p.total_steps,
-               p.total_steps / p.steps_per_epoch, p.num_train_examples,
-               p.steps_per_epoch, config.optim.batch_size)
+  logging.info(
+      'Training for %d steps (%.1f epochs of %d examples, %.1f '
+      'steps per epoch, global batch %d)',
+      p.total_steps,
+      p.total_steps / p.steps_per_epoch,
+      p.num_train_examples,
+      p.steps_per_epoch,
+      config.optim.batch_size,
+  )
 
   module = model_lib.from_config(config.model)
   par = parallel.Parallel(config, module)
@@ -238,31 +277,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   tx = step_fn.tx
   preprocessing = input_pipeline.preprocessing_from_config(config)
   metadata = checkpoint.make_metadata(
-      config=config, preprocessing=preprocessing,
+      config=config,
+      preprocessing=preprocessing,
       class_names=info.class_names,
-      data_position=dict(seed=config.train.seed, step_is_batch_index=True))
+      data_position=dict(seed=config.train.seed, step_is_batch_index=True),
+  )
 
   mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   abstract_state = jax.eval_shape(
-      functools.partial(create_train_state, config, module, tx))
+      functools.partial(create_train_state, config, module, tx)
+  )
   restored = checkpoint.restore_train_state(
-      mgr, _abstract(flax.serialization.to_state_dict(abstract_state)),
-      config)
+      mgr, _abstract(flax.serialization.to_state_dict(abstract_state)), config
+  )
   if restored is None:
     start_step = 0
     host_state = create_train_state(config, module, tx)
     logging.info('Starting from scratch in %s', workdir)
   else:
     start_step, state_dict, saved = restored
-    host_state = flax.serialization.from_state_dict(abstract_state,
-                                                    state_dict)
-    logging.info('Resumed from the checkpoint at step %d in %s (lr %.6g, '
-                 'plateau drops %d)', start_step, mgr.directory,
-                 float(optim.learning_rate(host_state.opt_state)),
-                 int(host_state.plateau['drops']))
-    changed = checkpoint.config_differences(saved['config'], config,
-                                            sections=None)
-    if changed:   # allowed (e.g. more steps), but not an exact resume
+    host_state = flax.serialization.from_state_dict(abstract_state, state_dict)
+    logging.info(
+        'Resumed from the checkpoint at step %d in %s (lr %.6g, '
+        'plateau drops %d)',
+        start_step,
+        mgr.directory,
+        float(optim.learning_rate(host_state.opt_state)),
+        int(host_state.plateau['drops']),
+    )
+    changed = checkpoint.config_differences(
+        saved['config'], config, sections=None
+    )
+    if changed:  # allowed (e.g. more steps), but not an exact resume
       logging.warning('Resuming with a changed config: %s', '; '.join(changed))
   state = par.place_state(host_state)
   del host_state
@@ -274,20 +320,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       writer.write_hparams(_flat_config(config))
 
   eval_fn = make_eval_fn(par)
-  hooks = [periodic_actions.ReportProgress(
-      num_train_steps=p.total_steps,   # no writer: images_per_sec is
-      every_steps=config.train.log_every_steps)]   # in the train record
+  hooks = [
+      periodic_actions.ReportProgress(
+          num_train_steps=p.total_steps,  # no writer: images_per_sec is
+          every_steps=config.train.log_every_steps,
+      )
+  ]  # in the train record
   if config.train.profile and primary:
-    hooks.append(periodic_actions.Profile(
-        logdir=str(workdir), num_profile_steps=5,
-        first_profile=start_step + 5))
+    hooks.append(
+        periodic_actions.Profile(
+            logdir=str(workdir),
+            num_profile_steps=5,
+            first_profile=start_step + 5,
+        )
+    )
   report = hooks[0]
 
   def run_eval(step, split):
     with report.timed('eval'):
-      result = evaluate(par, eval_fn, state.params, config, split,
-                        crops=config.data.eval_crops,
-                        max_batches=config.train.max_eval_batches)
+      result = evaluate(
+          par,
+          eval_fn,
+          state.params,
+          config,
+          split,
+          crops=config.data.eval_crops,
+          max_batches=config.train.max_eval_batches,
+      )
     prefix = 'val' if split == config.data.eval_split else 'test'
     scalars = {f'{prefix}_{k}': v for k, v in result.items()}
     writer.write_scalars(step, scalars)
@@ -297,10 +356,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     if step in mgr.all_steps():
       return
     with report.timed('checkpoint'):
-      metrics = ({checkpoint.BEST_METRIC: val['val_top1_error']}
-                 if val else None)
-      checkpoint.save_train_state(mgr, step, _host_state(par, state),
-                                  metadata, metrics, force=force)
+      metrics = {checkpoint.BEST_METRIC: val['val_top1_error']} if val else None
+      checkpoint.save_train_state(
+          mgr, step, _host_state(par, state), metadata, metrics, force=force
+      )
 
   train_metrics = None
   last_log = (start_step, time.monotonic())
@@ -308,9 +367,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # overlap the current step.
   train_iter = input_pipeline.device_prefetch(
       input_pipeline.train_iterator(
-          config, start_step=start_step, process_index=jax.process_index(),
-          process_count=jax.process_count()),
-      par.shard_batch)
+          config,
+          start_step=start_step,
+          process_index=jax.process_index(),
+          process_count=jax.process_count(),
+      ),
+      par.shard_batch,
+  )
   step = start_step
   val = None
   try:
@@ -318,28 +381,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       while step < p.total_steps:
         state, m = step_fn(state, next(train_iter))
         step += 1
-        loss, pnorm = (float(x) for x in par.to_host(
-            (m.loss.total / m.loss.count, m.param_norm.value)))
+        loss, pnorm = (
+            float(x)
+            for x in par.to_host(
+                (m.loss.total / m.loss.count, m.param_norm.value)
+            )
+        )
         if not (math.isfinite(loss) and math.isfinite(pnorm)):
           mgr.wait_until_finished()
           last = mgr.latest_step()
           raise NonFiniteError(
               f'loss became {loss} (parameter norm {pnorm}) at step {step}: '
               'stopping. The last good checkpoint is '
-              + (f'step {last} in {mgr.directory}' if last is not None else
-                 'none (no checkpoint was saved)')
-              + '. Lower config.optim.lr or check the data.')
+              + (
+                  f'step {last} in {mgr.directory}'
+                  if last is not None
+                  else 'none (no checkpoint was saved)'
+              )
+              + '. Lower config.optim.lr or check the data.'
+          )
         train_metrics = m if train_metrics is None else train_metrics.merge(m)
         for hook in hooks:
           hook(step)
 
         if step % config.train.log_every_steps == 0 or step == p.total_steps:
-          scalars = {f'train_{k}': v for k, v in
-                     par.to_host(train_metrics.compute()).items()}
+          scalars = {
+              f'train_{k}': v
+              for k, v in par.to_host(train_metrics.compute()).items()
+          }
           t = time.monotonic()
-          scalars['images_per_sec'] = ((step - last_log[0]) *
-                                       config.optim.batch_size /
-                                       max(t - last_log[1], 1e-9))
+          scalars['images_per_sec'] = (
+              (step - last_log[0])
+              * config.optim.batch_size
+              / max(t - last_log[1], 1e-9)
+          )
           scalars['epoch'] = step / p.steps_per_epoch
           last_log = (step, t)
           writer.write_scalars(step, scalars)
@@ -350,28 +425,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
           val = run_eval(step, config.data.eval_split)
           if config.optim.schedule == 'plateau':
             decision = optim.plateau_update(
-                par.to_host(state.plateau), val['val_top1_error'],
-                config.optim.plateau)
+                par.to_host(state.plateau),
+                val['val_top1_error'],
+                config.optim.plateau,
+            )
             if decision.dropped:
               logging.info('Step %d: %s', step, decision.message)
-            state = state.replace(plateau=par.place_state(
-                jax.tree.map(jnp.asarray, decision.state)))
-        if (step % config.train.checkpoint_every_steps == 0 or val is not None
-            or step == p.total_steps):
+            state = state.replace(
+                plateau=par.place_state(
+                    jax.tree.map(jnp.asarray, decision.state)
+                )
+            )
+        if (
+            step % config.train.checkpoint_every_steps == 0
+            or val is not None
+            or step == p.total_steps
+        ):
           save(step, val)
         if preempt.requested:
           save(step, val, force=True)
           mgr.wait_until_finished()
-          logging.warning('Preempted: saved the checkpoint at step %d in %s; '
-                          'run the same command again to resume', step,
-                          mgr.directory)
+          logging.warning(
+              'Preempted: saved the checkpoint at step %d in %s; '
+              'run the same command again to resume',
+              step,
+              mgr.directory,
+          )
           return {'preempted_at_step': step, 'signal': preempt.signal}
 
     mgr.wait_until_finished()
     results = {'step': step}
     if start_step >= p.total_steps:
-      logging.info('Training already finished at step %d: evaluating only',
-                   start_step)
+      logging.info(
+          'Training already finished at step %d: evaluating only', start_step
+      )
     results.update(val or run_eval(step, config.data.eval_split))
     if config.data.test_split:
       results.update(run_eval(step, config.data.test_split))
@@ -380,6 +467,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       logging.info('%s', summary(workdir, results))
     return results
   finally:
-    writer.close()                   # flushes the metrics written so far
+    writer.close()  # flushes the metrics written so far
     mgr.wait_until_finished()
     mgr.close()

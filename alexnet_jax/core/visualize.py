@@ -26,14 +26,18 @@ def conv1_kernels(variables) -> np.ndarray:
   """
   params = variables.get('params', variables)
   if 'conv1' not in params:
-    raise ValueError(f'no conv1 layer in these variables (top-level layers: '
-                     f'{", ".join(sorted(params))})')
+    raise ValueError(
+        f'no conv1 layer in these variables (top-level layers: '
+        f'{", ".join(sorted(params))})'
+    )
   k = np.asarray(params['conv1']['kernel'], np.float32)
   if k.ndim == 4:
     k = k[None]
   if k.ndim != 5 or k.shape[3] != 3:
-    raise ValueError(f'conv1 kernel has shape {k.shape}; expected '
-                     '[T, kh, kw, 3, K] or [kh, kw, 3, K] (an RGB input layer)')
+    raise ValueError(
+        f'conv1 kernel has shape {k.shape}; expected '
+        '[T, kh, kw, 3, K] or [kh, kw, 3, K] (an RGB input layer)'
+    )
   return np.transpose(k, (0, 4, 1, 2, 3))
 
 
@@ -51,8 +55,9 @@ def tower_colour_specificity(variables) -> np.ndarray:
   return colour_share(conv1_kernels(variables)).mean(axis=-1)
 
 
-def kernel_mosaic(kernels, *, columns: int = 8, channel_order: str = 'RGB',
-                  border: int = 1) -> np.ndarray:
+def kernel_mosaic(
+    kernels, *, columns: int = 8, channel_order: str = 'RGB', border: int = 1
+) -> np.ndarray:
   """An RGB image f32[H, W, 3] in [0, 1] tiling kernels f32[K, kh, kw, 3].
 
   Each kernel is shown as 0.5 + w / (2 max|w|), so grey is zero and the
@@ -69,10 +74,12 @@ def kernel_mosaic(kernels, *, columns: int = 8, channel_order: str = 'RGB',
   k = 0.5 + k / (2 * np.maximum(scale, 1e-12))
   n, kh, kw, _ = k.shape
   rows = -(-n // columns)
-  out = np.ones((rows * (kh + border) + border,
-                 columns * (kw + border) + border, 3), np.float32)
+  out = np.ones(
+      (rows * (kh + border) + border, columns * (kw + border) + border, 3),
+      np.float32,
+  )
   for i in range(n):
     r, c = divmod(i, columns)
     y, x = border + r * (kh + border), border + c * (kw + border)
-    out[y:y + kh, x:x + kw] = k[i]
+    out[y : y + kh, x : x + kw] = k[i]
   return out

@@ -32,9 +32,9 @@ TORCHVISION_WIDTHS = (64, 192, 384, 256, 256, 4096, 4096)
 
 # conv1 padding as (left, right, top, bottom) for F.pad, by source.
 CONV1_PADDING = {
-    'paper': (0, 3, 0, 3),        # 224 input; Krizhevsky's code rounds up
+    'paper': (0, 3, 0, 3),  # 224 input; Krizhevsky's code rounds up
     'torchvision': (2, 2, 2, 2),  # 224 input
-    'caffe': (0, 0, 0, 0),        # 227 input
+    'caffe': (0, 0, 0, 0),  # 227 input
 }
 
 
@@ -53,7 +53,8 @@ class _LRN(nn.Module):
     super().__init__()
     self.groups = groups
     self.norm = nn.LocalResponseNorm(
-        n, alpha=alpha if alpha_over_n else alpha * n, beta=beta, k=k)
+        n, alpha=alpha if alpha_over_n else alpha * n, beta=beta, k=k
+    )
 
   def forward(self, x):
     if self.groups == 1:
@@ -78,25 +79,49 @@ class PaperAlexNet(nn.Module):
       alpha_over_n=False is the paper (alpha on the sum).
     lrn_across_towers: True lets windows run over all channels (Caffe);
       False confines them to each tower (paper).
+    lrn_order: 'lrn_pool' normalises then pools (the paper, bvlc_alexnet);
+      'pool_lrn' pools then normalises (CaffeNet).
     pool_window, pool_stride: 3, 2 (overlapping) or 2, 2.
     dropout: rate after fc6 and fc7 (train mode only).
     flatten: 'chw' flattens pool5 the PyTorch/Caffe way; 'hwc' permutes to
       NHWC first (the TensorFlow port's and model.py's fc6 row order).
   """
 
-  def __init__(self, num_classes=1000, *, towers=2, widths=PAPER_WIDTHS,
-               image_size=224, conv1_padding='paper', activation='relu',
-               lrn=True, lrn_k=2.0, lrn_n=5, lrn_alpha=1e-4, lrn_beta=0.75,
-               lrn_alpha_over_n=False, lrn_across_towers=False,
-               pool_window=3, pool_stride=2, dropout=0.5, flatten='chw'):
+  def __init__(
+      self,
+      num_classes=1000,
+      *,
+      towers=2,
+      widths=PAPER_WIDTHS,
+      image_size=224,
+      conv1_padding='paper',
+      activation='relu',
+      lrn=True,
+      lrn_k=2.0,
+      lrn_n=5,
+      lrn_alpha=1e-4,
+      lrn_beta=0.75,
+      lrn_alpha_over_n=False,
+      lrn_across_towers=False,
+      lrn_order='lrn_pool',
+      pool_window=3,
+      pool_stride=2,
+      dropout=0.5,
+      flatten='chw',
+  ):
     super().__init__()
     if conv1_padding not in CONV1_PADDING:
-      raise ValueError(f'conv1_padding={conv1_padding!r}: use one of '
-                       f'{", ".join(CONV1_PADDING)}')
+      raise ValueError(
+          f'conv1_padding={conv1_padding!r}: use one of '
+          f'{", ".join(CONV1_PADDING)}'
+      )
     if activation not in ('relu', 'tanh'):
       raise ValueError(f'activation={activation!r}: use relu or tanh')
     if flatten not in ('chw', 'hwc'):
       raise ValueError(f'flatten={flatten!r}: use chw or hwc')
+    if lrn_order not in ('lrn_pool', 'pool_lrn'):
+      raise ValueError(f'lrn_order={lrn_order!r}: use lrn_pool or pool_lrn')
+    self.pool_first = lrn_order == 'pool_lrn'
     c1, c2, c3, c4, c5, f6, f7 = widths
     g = towers
     self.pad = CONV1_PADDING[conv1_padding]
@@ -107,9 +132,14 @@ class PaperAlexNet(nn.Module):
     self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
     self.conv4 = nn.Conv2d(c3, c4, 3, padding=1, groups=g)
     self.conv5 = nn.Conv2d(c4, c5, 3, padding=1, groups=g)
-    lrn_kw = dict(k=lrn_k, n=lrn_n, alpha=lrn_alpha, beta=lrn_beta,
-                  alpha_over_n=lrn_alpha_over_n,
-                  groups=1 if lrn_across_towers else g)
+    lrn_kw = dict(
+        k=lrn_k,
+        n=lrn_n,
+        alpha=lrn_alpha,
+        beta=lrn_beta,
+        alpha_over_n=lrn_alpha_over_n,
+        groups=1 if lrn_across_towers else g,
+    )
     self.lrn1 = _LRN(**lrn_kw) if lrn else nn.Identity()
     self.lrn2 = _LRN(**lrn_kw) if lrn else nn.Identity()
     self.pool = nn.MaxPool2d(pool_window, pool_stride)
@@ -120,15 +150,27 @@ class PaperAlexNet(nn.Module):
     self.fc7 = nn.Linear(f6, f7)
     self.fc8 = nn.Linear(f7, num_classes)
     self.drop = nn.Dropout(dropout)
-    for layer in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5,
-                  self.fc6, self.fc7, self.fc8):
+    for layer in (
+        self.conv1,
+        self.conv2,
+        self.conv3,
+        self.conv4,
+        self.conv5,
+        self.fc6,
+        self.fc7,
+        self.fc8,
+    ):
       nn.init.normal_(layer.weight, std=0.01)
       nn.init.zeros_(layer.bias)
 
   def forward(self, x):
     x = F.pad(x, self.pad)
-    x = self.pool(self.lrn1(self.act(self.conv1(x))))
-    x = self.pool(self.lrn2(self.act(self.conv2(x))))
+    if self.pool_first:  # CaffeNet: relu, pool, norm
+      x = self.lrn1(self.pool(self.act(self.conv1(x))))
+      x = self.lrn2(self.pool(self.act(self.conv2(x))))
+    else:  # the paper: relu, norm, pool
+      x = self.pool(self.lrn1(self.act(self.conv1(x))))
+      x = self.pool(self.lrn2(self.act(self.conv2(x))))
     x = self.act(self.conv3(x))
     x = self.act(self.conv4(x))
     x = self.pool(self.act(self.conv5(x)))
@@ -143,8 +185,9 @@ class PaperAlexNet(nn.Module):
 class TorchvisionAlexNet(nn.Module):
   """torchvision.models.AlexNet, layer for layer (same state_dict keys)."""
 
-  def __init__(self, num_classes=1000, *, widths=TORCHVISION_WIDTHS,
-               dropout=0.5):
+  def __init__(
+      self, num_classes=1000, *, widths=TORCHVISION_WIDTHS, dropout=0.5
+  ):
     super().__init__()
     c1, c2, c3, c4, c5, f6, f7 = widths
     self.features = nn.Sequential(
@@ -187,21 +230,30 @@ def from_config(model_config, *, image_size=224, flatten='hwc'):
   layer semantics are this module's own. flatten='hwc' makes the fc6 weights
   interchangeable with model.py's (see load_flax_params).
   """
-  from alexnet_jax.core import model as model_lib  # only the width table
+  from alexnet_jax.core import model as model_lib  # the width table, LRN fields
+
   m = model_config
   widths = model_lib.widths_for(m.variant, m.towers, m.width_scale)
   if m.variant == 'torchvision':
     return TorchvisionAlexNet(m.num_classes, widths=widths, dropout=m.dropout)
   if m.variant != 'paper':
-    raise ValueError(f'no PyTorch reference for model.variant={m.variant!r}; '
-                     'use paper or torchvision')
+    raise ValueError(
+        f'no PyTorch reference for model.variant={m.variant!r}; '
+        'use paper or torchvision'
+    )
   return PaperAlexNet(
-      m.num_classes, towers=m.towers, widths=widths, image_size=image_size,
-      conv1_padding=m.conv1_padding, activation=m.activation,
-      lrn=m.lrn.enabled, lrn_k=m.lrn.k, lrn_n=m.lrn.n, lrn_alpha=m.lrn.alpha,
-      lrn_beta=m.lrn.beta, lrn_alpha_over_n=m.lrn.alpha_over_n,
-      lrn_across_towers=m.lrn.across_towers, pool_window=m.pool.window,
-      pool_stride=m.pool.stride, dropout=m.dropout, flatten=flatten)
+      m.num_classes,
+      towers=m.towers,
+      widths=widths,
+      image_size=image_size,
+      conv1_padding=m.conv1_padding,
+      activation=m.activation,
+      **model_lib.lrn_kwargs(m),
+      pool_window=m.pool.window,
+      pool_stride=m.pool.stride,
+      dropout=m.dropout,
+      flatten=flatten,
+  )
 
 
 def _all_towers(a, axis):
@@ -218,8 +270,11 @@ def _chw_columns(weight, channels):
   """Reorders fc6 columns from (H, W, C) to (C, H, W) flatten order."""
   out, n = weight.shape
   side = int(round((n // channels) ** 0.5))
-  return weight.reshape(out, side, side, channels).transpose(
-      0, 3, 1, 2).reshape(out, n)
+  return (
+      weight.reshape(out, side, side, channels)
+      .transpose(0, 3, 1, 2)
+      .reshape(out, n)
+  )
 
 
 @torch.no_grad()
@@ -245,8 +300,10 @@ def load_flax_params(net, params):
     for name, value in (('weight', weight), ('bias', bias)):
       target = getattr(module, name)
       if tuple(target.shape) != value.shape:
-        raise ValueError(f'{name} of {module} has shape {tuple(target.shape)}'
-                         f', the Flax params give {value.shape}')
+        raise ValueError(
+            f'{name} of {module} has shape {tuple(target.shape)}'
+            f', the Flax params give {value.shape}'
+        )
       target.copy_(torch.from_numpy(np.array(value, np.float32)))  # a copy
 
   for module, p in zip(convs, conv):
@@ -256,8 +313,11 @@ def load_flax_params(net, params):
     if i == 0 and flatten == 'chw':
       weight = _chw_columns(weight, convs[-1].out_channels)
     put(module, weight, _all_towers(p['bias'], -1))
-  put(fc8, np.asarray(params['fc8']['kernel'], np.float32).T,
-      np.asarray(params['fc8']['bias'], np.float32))
+  put(
+      fc8,
+      np.asarray(params['fc8']['kernel'], np.float32).T,
+      np.asarray(params['fc8']['bias'], np.float32),
+  )
   return net
 
 
@@ -303,14 +363,22 @@ class TrainStep:
       ps = [p for n, p in named if n.endswith('bias') == bias]
       if ps:
         decay = o.weight_decay if (o.decay_biases or not bias) else 0.0
-        self.groups.append((ps, [torch.zeros_like(p) for p in ps], decay,
-                            o.bias_lr_mult if bias else 1.0))
+        self.groups.append(
+            (
+                ps,
+                [torch.zeros_like(p) for p in ps],
+                decay,
+                o.bias_lr_mult if bias else 1.0,
+            )
+        )
 
   def __call__(self, images, labels):
     self.net.train()
-    with torch.autocast(images.device.type,
-                        dtype=self.autocast or torch.bfloat16,
-                        enabled=self.autocast is not None):
+    with torch.autocast(
+        images.device.type,
+        dtype=self.autocast or torch.bfloat16,
+        enabled=self.autocast is not None,
+    ):
       logits = self.net(images)
       losses = F.cross_entropy(logits, labels, reduction='none')
     loss = losses.mean()
@@ -319,8 +387,7 @@ class TrainStep:
     loss.backward()
     lr = float(self.lr_fn(self.step))
     with torch.no_grad():
-      grad_norm = torch.nn.utils.get_total_norm(
-          [p.grad for p in self.params])
+      grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params])
       for params, velocity, decay, mult in self.groups:
         grads = [p.grad for p in params]
         if decay:
@@ -333,11 +400,13 @@ class TrainStep:
       logits = logits.float()
       rank = (logits > logits.gather(1, labels[:, None])).sum(1)
       k = min(5, logits.shape[1])
-      metrics = dict(loss=loss.detach(),
-                     top1_error=(rank >= 1).float().mean(),
-                     top5_error=(rank >= k).float().mean(),
-                     learning_rate=torch.tensor(lr, device=loss.device),
-                     grad_norm=grad_norm,
-                     param_norm=param_norm)
+      metrics = dict(
+          loss=loss.detach(),
+          top1_error=(rank >= 1).float().mean(),
+          top5_error=(rank >= k).float().mean(),
+          learning_rate=torch.tensor(lr, device=loss.device),
+          grad_norm=grad_norm,
+          param_norm=param_norm,
+      )
     self.step += 1
     return metrics

@@ -6,16 +6,35 @@ calls, for ONEDNN_VERBOSE=1 to name the implementation oneDNN picks and time eac
 Aggregated output of the 2026-12-01 run: experiments/results/benchmarks/logs/
 step_profile_2026-12-01.txt, section 3.
 """
-import time, numpy as np, jax, jax.numpy as jnp
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from alexnet_jax.core import onednn
-B=128
-L=[(224,3,64,11,4,2),(27,64,192,5,1,2),(13,192,384,3,1,1),(13,384,256,3,1,1),(13,256,256,3,1,1)]
-r=np.random.default_rng(0)
-for (H,ci,co,k,s,p) in L:
-  pad=((p,p),(p,p))
-  x=jnp.asarray(r.standard_normal((B,H,H,ci),np.float32)); w=jnp.asarray(r.standard_normal((k,k,ci,co),np.float32)*.01)
-  y=jax.jit(onednn.conv, static_argnums=(2,3))(x,w,s,pad); dy=jnp.ones_like(y)
+
+B = 128
+L = [
+    (224, 3, 64, 11, 4, 2),
+    (27, 64, 192, 5, 1, 2),
+    (13, 192, 384, 3, 1, 1),
+    (13, 384, 256, 3, 1, 1),
+    (13, 256, 256, 3, 1, 1),
+]
+r = np.random.default_rng(0)
+for H, ci, co, k, s, p in L:
+  pad = ((p, p), (p, p))
+  x = jnp.asarray(r.standard_normal((B, H, H, ci), np.float32))
+  w = jnp.asarray(r.standard_normal((k, k, ci, co), np.float32) * 0.01)
+  y = jax.jit(onednn.conv, static_argnums=(2, 3))(x, w, s, pad)
+  dy = jnp.ones_like(y)
   for _ in range(2):
-    jax.jit(onednn.input_grad, static_argnums=(2,3,4))(dy,w,x.shape,s,pad).block_until_ready()
-    jax.jit(onednn.kernel_grad, static_argnums=(2,3,4))(x,dy,w.shape,s,pad).block_until_ready()
-    jax.jit(onednn.conv, static_argnums=(2,3))(x,w,s,pad).block_until_ready()
+    jax.jit(onednn.input_grad, static_argnums=(2, 3, 4))(
+        dy, w, x.shape, s, pad
+    ).block_until_ready()
+    jax.jit(onednn.kernel_grad, static_argnums=(2, 3, 4))(
+        x, dy, w.shape, s, pad
+    ).block_until_ready()
+    jax.jit(onednn.conv, static_argnums=(2, 3))(
+        x, w, s, pad
+    ).block_until_ready()

@@ -45,14 +45,24 @@ def plot(rows, out, title=None):
   steps_per_epoch = with_epoch[-1]['step'] / with_epoch[-1]['epoch']
   fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
   x, y = series(rows, 'train_top1_error', steps_per_epoch)
-  ax_err.plot(x, [100 * v for v in y], lw=0.8, alpha=0.7,
-              label='training batches (dropout on)')
+  ax_err.plot(
+      x,
+      [100 * v for v in y],
+      lw=0.8,
+      alpha=0.7,
+      label='training batches (dropout on)',
+  )
   x, y = series(rows, 'val_top1_error', steps_per_epoch)
   ax_err.plot(x, [100 * v for v in y], 'o-', ms=3, label='held-out validation')
   x, y = series(rows, 'test_top1_error', steps_per_epoch)
   if y:
-    ax_err.plot(x, [100 * v for v in y], 'r*', ms=10,
-                label=f'test (final): {100 * y[-1]:.1f}%')
+    ax_err.plot(
+        x,
+        [100 * v for v in y],
+        'r*',
+        ms=10,
+        label=f'test (final): {100 * y[-1]:.1f}%',
+    )
   ax_err.set_xlabel('epoch')
   ax_err.set_ylabel('top-1 error (%)')
   ax_err.set_ylim(0, 100)
@@ -95,12 +105,16 @@ def export(workdir, out, command):
   prov = collect.provenance([], [collect.runner.git_commit()])
   prov.update(command=command, status=status)
   (pathlib.Path(out) / collect.PROVENANCE_FILE).write_text(
-      json.dumps(prov, indent=1) + '\n')
+      json.dumps(prov, indent=1) + '\n'
+  )
 
 
 def _errors(d, prefix):
-  return (d.get(f'{prefix}examples'), d.get(f'{prefix}top1_error'),
-          d.get(f'{prefix}top5_error'))
+  return (
+      d.get(f'{prefix}examples'),
+      d.get(f'{prefix}top1_error'),
+      d.get(f'{prefix}top5_error'),
+  )
 
 
 def table(out) -> str:
@@ -112,41 +126,75 @@ def table(out) -> str:
   rows = []
   if (logs / 'results.json').is_file():
     final = json.loads((logs / 'results.json').read_text())
-    rows.append((f'validation `{config["data"]["eval_split"]}`, centre crop',
-                 *_errors(final, 'val_')))
+    rows.append(
+        (
+            f'validation `{config["data"]["eval_split"]}`, centre crop',
+            *_errors(final, 'val_'),
+        )
+    )
     if config['data'].get('test_split'):
-      rows.append((f'test `{config["data"]["test_split"]}`, centre crop',
-                   *_errors(final, 'test_')))
+      rows.append(
+          (
+              f'test `{config["data"]["test_split"]}`, centre crop',
+              *_errors(final, 'test_'),
+          )
+      )
   if (logs / 'test_10crop.json').is_file():
     ten = json.loads((logs / 'test_10crop.json').read_text())
-    rows.append((f'test `{ten["split"]}`, {ten["crops"]} crops '
-                 '(alexnet_jax.evaluate)', *_errors(ten, '')))
-  steps = json.loads((logs / 'results.json').read_text())['step'] if (
-      logs / 'results.json').is_file() else None
-  lines = ['# AlexNet (configs/cifar10.py) on CIFAR-10', '',
-           f'After {steps} steps ({config["optim"]["num_epochs"]:g} epochs '
-           f'at batch {config["optim"]["batch_size"]}); curves in '
-           'curves.png, logs in logs/.' if steps else
-           'Unfinished run; curves in curves.png, logs in logs/.', '',
-           '| evaluation | images | top-1 error | top-5 error |',
-           '|---|---|---|---|']
+    rows.append(
+        (
+            f'test `{ten["split"]}`, {ten["crops"]} crops '
+            '(alexnet_jax.evaluate)',
+            *_errors(ten, ''),
+        )
+    )
+  steps = (
+      json.loads((logs / 'results.json').read_text())['step']
+      if (logs / 'results.json').is_file()
+      else None
+  )
+  lines = [
+      '# AlexNet (configs/cifar10.py) on CIFAR-10',
+      '',
+      f'After {steps} steps ({config["optim"]["num_epochs"]:g} epochs '
+      f'at batch {config["optim"]["batch_size"]}); curves in '
+      'curves.png, logs in logs/.'
+      if steps
+      else 'Unfinished run; curves in curves.png, logs in logs/.',
+      '',
+      '| evaluation | images | top-1 error | top-5 error |',
+      '|---|---|---|---|',
+  ]
   for name, n, top1, top5 in rows:
     lines.append(f'| {name} | {n} | {100 * top1:.2f}% | {100 * top5:.2f}% |')
-  lines += ['', f'Command: `{prov["command"]}`  ',
-            f'Machine: {prov["machine"]}  ',
-            f'Date: {prov["date"]}, git {prov["git_commit"]}', '']
+  lines += [
+      '',
+      f'Command: `{prov["command"]}`  ',
+      f'Machine: {prov["machine"]}  ',
+      f'Date: {prov["date"]}, git {prov["git_commit"]}',
+      '',
+  ]
   return '\n'.join(lines)
 
 
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
-  parser = argparse.ArgumentParser(prog='python -m experiments.cifar10.plot',
-                                   description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(
+      prog='python -m experiments.cifar10.plot',
+      description=__doc__.split('\n')[0],
+  )
   parser.add_argument('--results', default=str(OUT))
-  parser.add_argument('--export', default=None, metavar='WORKDIR',
-                      help='first copy the logs of this training workdir')
-  parser.add_argument('--command', default='experiments/cifar10/run.sh',
-                      help='with --export: the training command to record')
+  parser.add_argument(
+      '--export',
+      default=None,
+      metavar='WORKDIR',
+      help='first copy the logs of this training workdir',
+  )
+  parser.add_argument(
+      '--command',
+      default='experiments/cifar10/run.sh',
+      help='with --export: the training command to record',
+  )
   parser.add_argument('--title', default=TITLE)
   args = parser.parse_args(argv)
   out = pathlib.Path(args.results)

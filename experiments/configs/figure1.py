@@ -44,12 +44,12 @@ def get_config():
   d.train_split = 'train'
   d.eval_split = 'test'
   d.image_size = 32
-  d.resize_size = 32           # the whole 32x32 image, no crop
+  d.resize_size = 32  # the whole 32x32 image, no crop
   d.flip = False
   d.lighting.std = 0.0
   d.mean = (0.4914, 0.4822, 0.4465)
   d.std = (0.247, 0.243, 0.261)
-  d.cache = True               # the encoded JPEGs in memory (~45 MB)
+  d.cache = True  # the encoded JPEGs in memory (~45 MB)
 
   o = c.optim
   o.batch_size = 128
@@ -60,8 +60,8 @@ def get_config():
   o.num_epochs = 30.0
 
   t = c.train
-  t.log_every_steps = 50       # ~8 training-error points an epoch
-  t.eval_every_steps = 1955    # ~5 epochs (390.6 steps an epoch)
+  t.log_every_steps = 50  # ~8 training-error points an epoch
+  t.eval_every_steps = 1955  # ~5 epochs (390.6 steps an epoch)
   t.checkpoint_every_steps = 391
   t.keep_checkpoints = 2
   return c

@@ -53,12 +53,12 @@ def get_config():
   d.train_split = 'train'
   d.eval_split = 'test'
   d.image_size = 24
-  d.resize_size = 32           # random 24x24 crops of the 32x32 image
+  d.resize_size = 32  # random 24x24 crops of the 32x32 image
   d.train_crop = 'paper'
   d.flip = True
   d.lighting.std = 0.0
   d.mean = (0.4914, 0.4822, 0.4465)
-  d.std = (1 / 255, 1 / 255, 1 / 255)   # 0-255 inputs, as cuda-convnet's
+  d.std = (1 / 255, 1 / 255, 1 / 255)  # 0-255 inputs, as cuda-convnet's
   d.cache = True
 
   o = c.optim
@@ -74,7 +74,7 @@ def get_config():
 
   t = c.train
   t.log_every_steps = 100
-  t.eval_every_steps = 1955    # ~5 epochs
+  t.eval_every_steps = 1955  # ~5 epochs
   t.checkpoint_every_steps = 391
   t.keep_checkpoints = 2
   return c
