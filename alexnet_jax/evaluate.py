@@ -27,8 +27,9 @@ def define_flags():
   """The command-line flags (defined only when run as a program, so the
   module can be imported beside the other CLIs)."""
   console.define_checkpoint_flags(
+      __name__,
       'For a workdir: the checkpoint with the '
-      'lowest validation top-1 error instead of the latest.'
+      'lowest validation top-1 error instead of the latest.',
   )
   flags.DEFINE_string(
       'dataset',

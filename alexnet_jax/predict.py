@@ -28,7 +28,8 @@ def define_flags():
   """The command-line flags (defined only when run as a program, so the
   module can be imported beside the other CLIs)."""
   console.define_checkpoint_flags(
-      'For a workdir: the checkpoint with the lowest validation error.'
+      __name__,
+      'For a workdir: the checkpoint with the lowest validation error.',
   )
   flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
   flags.DEFINE_enum(

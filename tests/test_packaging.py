@@ -17,7 +17,6 @@ import textwrap
 import tomllib
 import zipfile
 
-from absl import app as absl_app
 import pytest
 
 from conftest import REPO
@@ -137,7 +136,7 @@ def _help(script, monkeypatch, capsys):
   module_name, attr = SCRIPTS[script].split(':')
   module = importlib.import_module(module_name)
   assert callable(getattr(module, attr))
-  if getattr(module, 'app', None) is absl_app:
+  if script in ABSL_SCRIPTS:
     # absl's flags are process-wide (evaluate and predict both define
     # --checkpoint): one process per command.
     code = textwrap.dedent(f"""

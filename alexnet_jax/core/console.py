@@ -203,14 +203,23 @@ def adopt_main(module_name: str):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
-def define_checkpoint_flags(best_help: str):
-  """--checkpoint and --best, as evaluate and predict read them."""
+def define_checkpoint_flags(module_name: str, best_help: str):
+  """--checkpoint and --best, as evaluate and predict read them: key flags
+  of `module_name` (the caller's __name__), so its --help lists them."""
   from absl import flags  # pylint: disable=g-import-not-at-top
 
-  flags.DEFINE_string(
-      'checkpoint', None, 'Training workdir, step directory or model export.'
-  )
-  flags.DEFINE_bool('best', False, best_help)
+  holders = [
+      flags.DEFINE_string(
+          'checkpoint',
+          None,
+          'Training workdir, step directory or model export.',
+      ),
+      flags.DEFINE_bool('best', False, best_help),
+  ]
+  # absl files a program's own flags under sys.argv[0].
+  key = sys.argv[0] if module_name == '__main__' else module_name
+  for holder in holders:
+    flags.FLAGS.register_key_flag_for_module(key, flags.FLAGS[holder.name])
 
 
 def run_absl(module_name: str, main, define_flags, **kwargs):
