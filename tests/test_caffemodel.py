@@ -17,10 +17,9 @@ from alexnet_jax import convert as convert_cli
 from alexnet_jax.core import checkpoint
 from alexnet_jax.core import config_checks
 from alexnet_jax.core import convert
-from alexnet_jax.core import model as model_lib
 
 torch = pytest.importorskip('torch')
-from alexnet_jax.reference import torch_models  # noqa: E402  (needs torch)
+import test_convert  # noqa: E402  (the Caffe-semantics PyTorch net)
 
 TINY = 1 / 16
 
@@ -163,38 +162,9 @@ def write_caffemodel(
 # --- The PyTorch reference ----------------------------------------------------
 
 
-def _randomize(net, seed):
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in net.parameters():
-      if p.ndim > 1:
-        p.copy_(torch.randn(p.shape, generator=gen) * (2 / p[0].numel()) ** 0.5)
-      else:
-        p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-  return net.eval()
-
-
-def caffe_net(width_scale, *, pool_first=False, num_classes=1000, seed=3):
-  """Caffe's semantics: groups=2 in conv2/4/5, LRN over all channels with
-  alpha/n and k=1, 227 input, no conv1 padding, fc6 over CHW-flat pool5."""
-  widths = model_lib.widths_for('paper', 2, width_scale)
-  return _randomize(
-      torch_models.PaperAlexNet(
-          num_classes,
-          widths=widths,
-          image_size=227,
-          conv1_padding='caffe',
-          lrn_k=1.0,
-          lrn_n=5,
-          lrn_alpha=1e-4,
-          lrn_beta=0.75,
-          lrn_alpha_over_n=True,
-          lrn_across_towers=True,
-          flatten='chw',
-          lrn_order='pool_lrn' if pool_first else 'lrn_pool',
-      ),
-      seed,
-  )
+def caffe_net(width_scale, *, seed=3, **kwargs):
+  """test_convert's PyTorch net with Caffe's semantics, seeded for here."""
+  return test_convert.caffe_net(width_scale, seed=seed, **kwargs)
 
 
 def _images(n, size=227, scale=60.0, seed=2):

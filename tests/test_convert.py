@@ -40,9 +40,10 @@ def _torchvision_net(width_scale, num_classes=1000):
   return _randomize(torch_models.TorchvisionAlexNet(num_classes, widths=widths))
 
 
-def _caffe_net(width_scale, num_classes=1000):
-  """bvlc_alexnet as Caffe runs it: groups=2, LRN k=1 alpha/n across all
-  channels, 227 input, no conv1 padding."""
+def caffe_net(width_scale, *, pool_first=False, num_classes=1000, seed=1):
+  """bvlc_alexnet (CaffeNet with pool_first) as Caffe runs it: groups=2 in
+  conv2/4/5, LRN k=1 alpha/n across all channels, 227 input, no conv1
+  padding, fc6 over CHW-flat pool5. tests/test_caffemodel.py uses it too."""
   widths = model_lib.widths_for('paper', 2, width_scale)
   return _randomize(
       torch_models.PaperAlexNet(
@@ -57,8 +58,9 @@ def _caffe_net(width_scale, num_classes=1000):
           lrn_alpha_over_n=True,
           lrn_across_towers=True,
           flatten='chw',
+          lrn_order='pool_lrn' if pool_first else 'lrn_pool',
       ),
-      seed=1,
+      seed=seed,
   )
 
 
@@ -120,7 +122,7 @@ def torchvision_file(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def caffe_file(tmp_path_factory):
-  net = _caffe_net(TINY)
+  net = caffe_net(TINY)
   path = tmp_path_factory.mktemp('caffe') / 'bvlc_alexnet.npy'
   return net, _save_npy(path, _caffe_npy_dict(net))
 
@@ -204,7 +206,7 @@ def test_imagenet_class_names():
 
 
 def test_fine_tuned_head_size_is_read_from_the_file(tmp_path):
-  net = _caffe_net(TINY, num_classes=7)
+  net = caffe_net(TINY, num_classes=7)
   path = _save_npy(tmp_path / 'w.npy', _caffe_npy_dict(net))
   model, variables = convert.from_caffe_npy(path, width_scale=TINY)
   assert model.num_classes == 7
@@ -276,7 +278,7 @@ def test_raw_pickle_is_not_an_npy_file(tmp_path):
 
 
 def test_missing_layer_is_named_with_its_shape(tmp_path):
-  layers = _caffe_npy_dict(_caffe_net(TINY))
+  layers = _caffe_npy_dict(caffe_net(TINY))
   del layers['fc7']
   path = _save_npy(tmp_path / 'w.npy', layers)
   with pytest.raises(
@@ -287,7 +289,7 @@ def test_missing_layer_is_named_with_its_shape(tmp_path):
 
 
 def test_ungrouped_conv2_is_a_shape_error(tmp_path):
-  layers = _caffe_npy_dict(_caffe_net(TINY))
+  layers = _caffe_npy_dict(caffe_net(TINY))
   w, b = layers['conv2']
   layers['conv2'] = [np.concatenate([w, w], axis=2), b]  # 6 inputs, not 3
   path = _save_npy(tmp_path / 'w.npy', layers)
@@ -415,7 +417,7 @@ def test_full_size_imports_match_pytorch(tmp_path):
       < 1e-4
   )
   del net, variables
-  net = _caffe_net(1.0)
+  net = caffe_net(1.0)
   path = _save_npy(tmp_path / 'bvlc_alexnet.npy', _caffe_npy_dict(net))
   model, variables = convert.from_caffe_npy(path)
   images = _images(2, 227, scale=60.0)
