@@ -13,6 +13,7 @@
     python -m alexnet_jax.benchmark profile ...    # where a step's time goes
     python -m alexnet_jax.benchmark memory ...     # XLA's memory plan
     python -m alexnet_jax.benchmark accelerator    # a GPU/TPU host's check
+    python -m alexnet_jax.benchmark compile ...    # compiled for TPU/GPU, here
 
 On a GPU or TPU (`train`, `infer`) the implementations run one after the
 other instead (each owns the device; JAX preallocates 75% of a GPU's
@@ -47,6 +48,7 @@ COMMANDS = (
     'profile',
     'memory',
     'accelerator',
+    'compile',
 )
 
 
@@ -211,6 +213,10 @@ def main(argv=None):
 
     module = importlib.import_module(f'alexnet_jax.benchmarks.{argv[0]}')
     return module.main(argv[1:], prog=f'alexnet_jax.benchmark {argv[0]}')
+  if argv[:1] == ['compile']:  # its own options (benchmarks/deviceless.py)
+    from alexnet_jax.benchmarks import deviceless  # pylint: disable=g-import-not-at-top
+
+    return deviceless.main(argv[1:])
   args = parse_args(argv)
   from alexnet_jax.benchmarks import profile  # pylint: disable=g-import-not-at-top
 
