@@ -97,9 +97,7 @@ def _find(name):
 
 def target(name: str) -> Target:
   if name not in TARGETS:
-    raise ValueError(
-        f'--target {name!r} is not one of {", ".join(TARGETS)}'
-    )
+    raise ValueError(f'--target {name!r} is not one of {", ".join(TARGETS)}')
   return TARGETS[name]
 
 

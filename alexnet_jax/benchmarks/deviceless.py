@@ -39,7 +39,6 @@ and compiles without touching them.
 
 import argparse
 import collections
-import json
 import re
 import sys
 import time
@@ -355,7 +354,9 @@ def measure(target_name, mode, *, variant, dtype, batch, image_size, data,
           temp_mb=mem.temp_size_in_bytes / 1e6,
           total_mb=total / 1e6,
           hbm_gb=chip['hbm_gb'],
-          fits=None if chip['hbm_gb'] is None else total <= chip['hbm_gb'] * 1e9,
+          fits=None
+          if chip['hbm_gb'] is None
+          else total <= chip['hbm_gb'] * 1e9,
       ),
       model_gflop=model_flops / 1e9,
       xla_gflop=xla_flops / 1e9,
@@ -411,7 +412,10 @@ def roofline(record, kind, dtype, config, par):
       bound_by='flops' if t_flops >= t_bytes else 'hbm',
       img_per_s_per_chip=images_per_chip / bound * 1e3,
       bound_frac_of_peak=record['model_gflop'] / (bound * peak),
-      mb_per_image=record['gb_accessed'] * 1e3 * par.mesh.size / record['batch'],
+      mb_per_image=record['gb_accessed']
+      * 1e3
+      * par.mesh.size
+      / record['batch'],
   )
 
 
