@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import importlib.resources
 import importlib.util
+import os
 
 INSTALL_HINT = (
     "pip install -r requirements-compile.txt (or -e '.[compile]') for the "
@@ -119,6 +120,10 @@ def devices(name: str, count: int) -> tuple:
   if reason:
     raise RuntimeError(f'--target {name}: {reason}')
   if t.platform == 'tpu':
+    # libtpu takes a machine-wide lock against a second process driving
+    # the same TPU; compile-only topologies drive none, so two compiling
+    # processes (a test run beside a benchmark) may both load it.
+    os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
     if count > TPU_SLICE_DEVICES:
       raise ValueError(
           f'--target {name}: {count} devices asked, the 2x2 slice has '

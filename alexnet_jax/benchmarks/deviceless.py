@@ -66,7 +66,9 @@ COLLECTIVES = (
 )
 
 
-def config_for(variant, dtype, batch, image_size, mode, data, overrides=()):
+def config_for(
+    variant, dtype, batch, image_size, mode, data, overrides=(), width_scale=1.0
+):
   """The paper recipe's fake-data config for one compile."""
   from alexnet_jax.benchmarks import model as model_bench
 
@@ -78,7 +80,7 @@ def config_for(variant, dtype, batch, image_size, mode, data, overrides=()):
           dtype=dtype,
           batch=batch * mesh_data,
           image_size=image_size,
-          width_scale=1.0,
+          width_scale=width_scale,
       )
   )
   config.parallel.mesh.data = mesh_data
@@ -297,13 +299,16 @@ def cost(compiled, platform, hlo):
 
 
 def measure(target_name, mode, *, variant, dtype, batch, image_size, data,
-            overrides=()):  # fmt: skip
-  """The JSON record of one compile (see the module doc)."""
+            overrides=(), width_scale=1.0):  # fmt: skip
+  """The JSON record of one compile (see the module doc); its 'hlo' key
+  (popped by `run` before printing) holds the optimised HLO."""
   from alexnet_jax.benchmarks import accelerator
   from alexnet_jax.benchmarks import model as model_bench
 
   t = compile_targets.target(target_name)
-  config = config_for(variant, dtype, batch, image_size, mode, data, overrides)
+  config = config_for(
+      variant, dtype, batch, image_size, mode, data, overrides, width_scale
+  )
   n = config.parallel.mesh.data * config.parallel.mesh.model
   record = dict(
       benchmark='compile',
@@ -316,6 +321,7 @@ def measure(target_name, mode, *, variant, dtype, batch, image_size, data,
       batch=config.optim.batch_size,
       batch_per_replica=batch,
       image_size=image_size,
+      width_scale=width_scale,
       overrides=list(overrides),
   )
   reason = compile_targets.unavailable(t.platform)
@@ -338,7 +344,7 @@ def measure(target_name, mode, *, variant, dtype, batch, image_size, data,
   xla_flops, accessed, custom_bytes = cost(compiled, t.platform, hlo)
   model_flops = (
       model_bench.step_flops(
-          'train', variant, image_size, config.optim.batch_size
+          'train', variant, image_size, config.optim.batch_size, width_scale
       )
       / n
   )
@@ -372,6 +378,7 @@ def measure(target_name, mode, *, variant, dtype, batch, image_size, data,
       while_loops=ops['while'],
   )
   record['roofline'] = roofline(record, kind, dtype, config, par)
+  record['hlo'] = hlo
   return record
 
 
@@ -457,6 +464,7 @@ def parse_args(argv, prog='alexnet_jax.benchmark compile'):
       help='images per replica (data shard); the step takes batch x data',
   )
   p.add_argument('--image-size', type=harness.positive_int, default=224)
+  harness.add_width_scale_option(p)
   p.add_argument(
       '--data',
       type=harness.positive_int,
@@ -495,14 +503,17 @@ def run(args):
               image_size=args.image_size,
               data=args.data,
               overrides=args.set,
+              width_scale=args.width_scale,
           )
+          record.pop('hlo', None)
           harness.emit(harness.stamp(record, args.command_line), args.out)
           records.append(record)
   print_table(records)
   return records
 
 
-def print_table(records, file=sys.stdout):
+def print_table(records, file=None):
+  file = file or sys.stdout
   rows = [r for r in records if r.get('benchmark') == 'compile']
   if not rows:
     return
