@@ -134,3 +134,42 @@ def test_the_paper_step_compiles_in_every_mode(target, compile_target):
         data=4,
     )
     _check_step(record, mode=mode, platform=record['platform'])
+
+
+def test_run_sh_pairs_the_bound_with_the_measured_speed(tmp_path, capsys):
+  """experiments/accelerator/run.sh's last step: measured img/s of the JAX
+  train records beside the compile record's bound, by dtype and batch."""
+  from experiments.accelerator import bound_vs_measured
+
+  records = [
+      dict(benchmark='train', impl='jax', dtype='bfloat16', batch=128,
+           img_per_s=5000.0),
+      dict(benchmark='train', impl='torch', dtype='bfloat16', batch=128,
+           img_per_s=4000.0),
+      dict(benchmark='train', impl='jax', dtype='float32', batch=128,
+           img_per_s=2000.0),
+      dict(benchmark='compile', mode='single', dtype='bfloat16', batch=128,
+           device_kind='TPU v5 lite',
+           roofline=dict(img_per_s_per_chip=10000.0, bound_by='hbm')),
+  ]  # fmt: skip
+  log = tmp_path / 'log.jsonl'
+  log.write_text(''.join(json.dumps(r) + '\n' for r in records))
+  bound_vs_measured.main([str(log)])
+  rows = [l for l in capsys.readouterr().out.splitlines() if 'TPU' in l]
+  assert rows == ['| TPU v5 lite | bfloat16 | 128 | 5000 | 10000 | 50% | hbm |']
+
+
+def test_a_real_chip_names_its_target():
+  from alexnet_jax.benchmarks import compile_targets
+
+  kinds = {
+      'NVIDIA H100 80GB HBM3': 'h100',
+      'NVIDIA A100-SXM4-80GB': 'a100',
+      'TPU v4': 'v4',
+      'TPU v5 lite': 'v5e',
+      'TPU v5': 'v5p',
+      'TPU v6 lite': 'v6e',
+      'cpu': None,
+  }
+  for kind, name in kinds.items():
+    assert compile_targets.for_device_kind(kind) == name, kind

@@ -96,6 +96,24 @@ def _find(name):
     return None
 
 
+# device_kind (what a real chip calls itself) -> target; first match wins.
+KINDS = (
+    (r'H100', 'h100'),
+    (r'A100', 'a100'),
+    (r'TPU v4', 'v4'),
+    (r'TPU v5 ?lite|TPU v5e', 'v5e'),
+    (r'TPU v5', 'v5p'),
+    (r'TPU v6 ?lite|TPU v6e', 'v6e'),
+)
+
+
+def for_device_kind(kind: str) -> str | None:
+  """The target compiled for a chip of this device_kind, or None."""
+  import re
+
+  return next((t for p, t in KINDS if re.search(p, kind or '')), None)
+
+
 def target(name: str) -> Target:
   if name not in TARGETS:
     raise ValueError(f'--target {name!r} is not one of {", ".join(TARGETS)}')

@@ -437,9 +437,12 @@ def parse_args(argv, prog='alexnet_jax.benchmark compile'):
   p = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
   p.add_argument(
       '--target',
-      type=harness.csv_choices(tuple(compile_targets.TARGETS), '--target'),
+      type=harness.csv_choices(
+          tuple(compile_targets.TARGETS) + ('auto',), '--target'
+      ),
       default=['v5e', 'h100'],
-      help=f'{",".join(compile_targets.TARGETS)} (default v5e,h100)',
+      help=f'{",".join(compile_targets.TARGETS)} (default v5e,h100), or '
+      "auto: this host's GPU or TPU",
   )
   p.add_argument(
       '--modes',
@@ -486,9 +489,25 @@ def parse_args(argv, prog='alexnet_jax.benchmark compile'):
   return args
 
 
+def _auto_target():
+  """This host's chip as a target (for `--target auto`, run.sh)."""
+  from alexnet_jax.benchmarks import accelerator
+
+  kind = accelerator.probe()['device_kind']
+  name = compile_targets.for_device_kind(kind)
+  if name is None:
+    raise SystemExit(
+        f"--target auto: this host's device {kind!r} is none of "
+        f'{", ".join(compile_targets.TARGETS)}'
+    )
+  return name
+
+
 def run(args):
   from alexnet_jax.benchmarks import harness
 
+  if args.target == ['auto']:
+    args.target = [_auto_target()]
   records = []
   for name in args.target:
     for variant in args.variant:
