@@ -12,6 +12,7 @@ import pathlib
 from typing import Any
 
 from alexnet_jax.configs import ablations as ablations_config
+from alexnet_jax.configs import cifar10 as cifar10_config
 from alexnet_jax.core import paths
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def lrn_cifar() -> Sweep:
 INIT_SCALE_CONFIG = 'experiments/configs/paper_cifar224.py'
 _UNIT_SCALE = {
     'data.pixel_scale': 1.0,
-    'data.mean': tuple(round(m / 255, 4) for m in (125.31, 122.95, 113.87)),
+    'data.mean': cifar10_config.CIFAR10_MEAN,
 }
 _CAFFE_INIT = {'model.bias_init': 0.1, 'model.fc_init_std': 0.005}
 
@@ -143,7 +144,7 @@ def init_scale() -> Sweep:
   return Sweep(
       'init_scale',
       "whether configs/paper.py's network leaves the chance loss within "
-      '600 steps (batch 32, CIFAR-10 at 224): input scale 0-255 vs [0, 1], '
+      '300 steps (batch 32, CIFAR-10 at 224): input scale 0-255 vs [0, 1], '
       'biases 1 vs 0.1, fc6/fc7 weights N(0, 0.01) vs N(0, 0.005)',
       'the paper trains on raw 0-255 pixels minus the mean, N(0, 0.01) '
       'weights, biases of 1 in conv2/4/5 and fc6/7, "which accelerates the '

@@ -23,11 +23,10 @@ Data: the CIFAR-10 JPEG copy in $ALEXNET_JAX_DATA/cifar10 (all 50,000
 training images; 640 test images evaluated at the end).
 """
 
+from alexnet_jax.configs import cifar10
 from alexnet_jax.configs import paper
 
-# CIFAR-10's RGB channel means, 0-255 (the training images).
-CIFAR10_MEAN_255 = (125.31, 122.95, 113.87)
-STEPS = 600
+STEPS = 300
 
 
 def get_config():
@@ -39,7 +38,7 @@ def get_config():
   d.train_split = 'train'
   d.eval_split = 'test'
   d.pixel_scale = 255.0  # paper.py's: raw 0-255 pixels minus the mean
-  d.mean = CIFAR10_MEAN_255
+  d.mean = cifar10.CIFAR10_MEAN_255
   d.shuffle_buffer = 8192
   d.cache = True  # ~45 MB of JPEGs
 
