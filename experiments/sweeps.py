@@ -13,6 +13,7 @@ from typing import Any
 
 from alexnet_jax.configs import ablations as ablations_config
 from alexnet_jax.core import paths
+from experiments.configs import paper_cifar224
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR10 = 'cifar10'  # its folder under the data root (docs/data.md)
@@ -127,6 +128,25 @@ def lrn_cifar() -> Sweep:
   )
 
 
+# Does the paper's recipe leave the chance loss at full size? Its network on
+# CIFAR-10 at 224 with the input scale, the biases of 1 and the fc6/fc7 init
+# each changed (experiments/configs/paper_cifar224.py defines the variants).
+def init_scale() -> Sweep:
+  return Sweep(
+      'init_scale',
+      "whether configs/paper.py's network leaves the chance loss within "
+      f'{paper_cifar224.STEPS} steps (batch 32, CIFAR-10 at 224): input '
+      'scale 0-255 vs [0, 1], biases 1 vs 0.1, fc6/fc7 weights N(0, 0.01) '
+      'vs N(0, 0.005)',
+      'the paper trains on raw 0-255 pixels minus the mean, N(0, 0.01) '
+      'weights, biases of 1 in conv2/4/5 and fc6/7, "which accelerates the '
+      'early stages of learning"',
+      dict(paper_cifar224.VARIANTS),
+      datasets=('cifar10',),
+      config='experiments/configs/paper_cifar224.py',
+  )
+
+
 def ablations() -> Sweep:
   """All six ablations against one shared baseline: 7 runs instead of 12.
 
@@ -154,6 +174,7 @@ SWEEPS = {s.name: s for s in _ABLATIONS}
 SWEEPS['ablations'] = ablations()
 SWEEPS['figure1_lr'] = figure1_search()
 SWEEPS['lrn_cifar'] = lrn_cifar()
+SWEEPS['init_scale'] = init_scale()
 
 
 def get(name: str) -> Sweep:
