@@ -178,3 +178,11 @@ def test_a_real_chip_names_its_target():
   }
   for kind, name in kinds.items():
     assert compile_targets.for_device_kind(kind) == name, kind
+
+
+def test_auto_target_on_a_cpu_host_says_so(capsys):
+  """run.sh's `--target auto` on a host without a GPU or TPU (here, and
+  `run.sh --simulate`): one skipped line, no error."""
+  records = deviceless.run(deviceless.parse_args(['--target=auto']))
+  assert len(records) == 1 and "'cpu'" in records[0]['skipped']
+  assert json.loads(capsys.readouterr().out)['target'] == 'auto'
