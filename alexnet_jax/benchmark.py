@@ -30,11 +30,14 @@ it to --out), then a table.
 """
 
 import argparse
-import json
 import sys
 
+from alexnet_jax.benchmarks import accelerator
 from alexnet_jax.benchmarks import harness
+from alexnet_jax.benchmarks import input as input_bench
 from alexnet_jax.benchmarks import model as model_bench
+from alexnet_jax.benchmarks import parallel as parallel_bench
+from alexnet_jax.benchmarks import profile
 
 COMMANDS = (
     'all',
@@ -158,15 +161,6 @@ def parse_args(argv):
   return args
 
 
-def _delegate(name, args):
-  """The parallel and input benchmarks, which have their own modules."""
-  import importlib  # pylint: disable=g-import-not-at-top
-
-  return (
-      importlib.import_module(f'alexnet_jax.benchmarks.{name}').run(args) or []
-  )
-
-
 def run_all(args):
   """The headline figures: both models' float32 train and infer steps
   against PyTorch (with matmul peaks), one device against two towers on
@@ -189,11 +183,11 @@ def run_all(args):
         file=sys.stderr,
     )
     return records
-  for name in ('parallel', 'input'):
+  for name, bench in (('parallel', parallel_bench), ('input', input_bench)):
     sub = argparse.Namespace(**vars(args))
     sub.modes = ['single', 'model']
     try:
-      records += _delegate(name, sub)
+      records += bench.run(sub) or []
     except FileNotFoundError as e:  # input: no sample images here
       print(f'skipped {name}: {e}', file=sys.stderr)
   return records
@@ -201,18 +195,13 @@ def run_all(args):
 
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
-  if argv[:1] == ['_worker']:
-    return harness.worker_main(argv[1], json.loads(argv[2]))
   if argv[:1] in (['parallel'], ['input']):
     # Their own options (--modes, --sequential; --data, --workers...):
     # `benchmark parallel` is `parallel_benchmark`, `benchmark input` is
     # `input_benchmark`, option for option.
-    import importlib  # pylint: disable=g-import-not-at-top
-
-    module = importlib.import_module(f'alexnet_jax.benchmarks.{argv[0]}')
-    return module.main(argv[1:], prog=f'alexnet_jax.benchmark {argv[0]}')
+    bench = parallel_bench if argv[0] == 'parallel' else input_bench
+    return bench.main(argv[1:], prog=f'alexnet_jax.benchmark {argv[0]}')
   args = parse_args(argv)
-  from alexnet_jax.benchmarks import profile  # pylint: disable=g-import-not-at-top
 
   if args.command == 'all':
     records = run_all(args)
@@ -223,8 +212,6 @@ def main(argv=None):
   elif args.command == 'overhead':
     records = model_bench.overhead(args)
   elif args.command == 'accelerator':
-    from alexnet_jax.benchmarks import accelerator  # pylint: disable=g-import-not-at-top
-
     records = accelerator.run(args)
   elif args.command == 'profile':
     records = profile.profile(args)

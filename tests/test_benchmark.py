@@ -9,9 +9,10 @@ import pytest
 
 from alexnet_jax import benchmark
 from alexnet_jax.benchmarks import harness
+from alexnet_jax.benchmarks import input as input_bench
 from alexnet_jax.benchmarks import model as model_bench
 from alexnet_jax.benchmarks import parallel as parallel_bench
-from alexnet_jax.benchmarks import profile
+from alexnet_jax.benchmarks import profile_worker
 
 
 def test_paper_flops_match_the_layer_table():
@@ -152,8 +153,8 @@ def test_jax_worker_runs_the_trainers_step_without_torch_or_tensorflow():
   and the worker carries neither torch nor TensorFlow in its memory."""
   code = (
       'import sys\n'
-      'from alexnet_jax.benchmarks import model\n'
-      'built = model.build_jax_train(dict(model="paper", batch=2, '
+      'from alexnet_jax.benchmarks import model_jax_worker as w\n'
+      'built = w.build_jax_train(dict(model="paper", batch=2, '
       'image_size=67, width_scale=0.05))\n'
       'step, state, batch = built["step"], built["state"], built["batch"]\n'
       'state[0], m = step(state[0], batch)\n'
@@ -223,7 +224,7 @@ ENTRY %main {
   ROOT %t = (f32[9216,4096]) tuple(%copy.1)
 }
 """
-  assert profile._param_copies(hlo) == [  # noqa: SLF001
+  assert profile_worker._param_copies(hlo) == [  # noqa: SLF001
       ('%state_params__fc6____kernel__.1', 9216 * 4096 * 4)
   ]
 
@@ -300,11 +301,14 @@ def test_all_runs_the_headline_benchmarks(monkeypatch):
           calls.append((name, args.variant, args.dtype)) or [{'name': name}]
       ),
   )
-  monkeypatch.setattr(
-      benchmark,
-      '_delegate',
-      lambda name, args: (calls.append((name, args.modes)) or [{'name': name}]),
-  )
+  for name, bench in (('parallel', parallel_bench), ('input', input_bench)):
+    monkeypatch.setattr(
+        bench,
+        'run',
+        lambda args, name=name: (
+            calls.append((name, args.modes)) or [{'name': name}]
+        ),
+    )
   records = benchmark.run_all(benchmark.parse_args(['all']))
   models = [
       ('train', ['paper', 'torchvision'], ['float32']),

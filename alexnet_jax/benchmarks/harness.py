@@ -13,109 +13,29 @@ How the figures are taken, so they hold on a shared, noisy machine:
 * Records carry the machine (CPU, cores, AMX), the 1-minute load average
   before and after the measurement, the date, the command and the commit.
 
-A worker is `python -m alexnet_jax.benchmark _worker KIND SPEC`: it imports
-`alexnet_jax.benchmarks.KIND` and calls its `setup(spec)`, which returns a
-`Job`. Setup functions import JAX (or torch) themselves, after setting
-whatever must be set before the backend starts.
+This module is the parent's side; benchmarks/worker.py is the worker's. A
+worker process imports `alexnet_jax.benchmarks.KIND` (a `*_worker` module,
+which imports JAX or torch at its top) and calls its `setup(spec)`, which
+returns a `worker.Job`.
 """
 
 import argparse
-from collections.abc import Callable
-import ctypes
-import dataclasses
 import datetime
 import functools
-import importlib
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any
 
 PROTOCOL = '@@bench '  # worker -> parent lines start with this
-
-
-@dataclasses.dataclass
-class Job:
-  """What a worker runs.
-
-  run(i): step i, returning once its result is on the host.
-  facts: fields reported when the worker is ready (compile_s, version...).
-  finish(): more fields for the final report, measured after peak RSS is
-    read (e.g. matmul peaks, which allocate).
-  """
-
-  run: Callable[[int], Any]
-  facts: dict
-  finish: Callable[[], dict] = dict
-
-
-# ----------------------------------------------------------------------------
-# Worker side.
-
-
-def rss_mb():
-  """Peak resident memory of this process so far, MB."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def release_free_heap():
-  """Returns the C heap's free pages to the OS (glibc only; else no-op).
-
-  XLA's compiler leaves a few hundred MB of freed but fragmented heap
-  behind, which would count in the step's peak RSS though the step never
-  uses it. Every worker calls this after setting up, so peak RSS measures
-  what each implementation's step holds.
-  """
-  try:
-    ctypes.CDLL('libc.so.6').malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
-
-
-def _say(**record):
-  print(PROTOCOL + json.dumps(record), flush=True)
-
-
-def worker_main(kind, spec):
-  """Sets up, reports `ready`, then serves `step` / `finish` commands."""
-  module = importlib.import_module(f'alexnet_jax.benchmarks.{kind}')
-  job = module.setup(spec)
-  release_free_heap()
-  start = time.perf_counter()
-  job.run(0)
-  first_step_s = time.perf_counter() - start
-  step = 1
-  while step < spec.get('warmup', 1):
-    job.run(step)
-    step += 1
-  _say(event='ready', first_step_s=first_step_s, **job.facts)
-  for line in sys.stdin:
-    command = line.strip()
-    if command == 'step':
-      start, cpu = time.perf_counter(), time.process_time()
-      job.run(step)
-      _say(
-          event='step',
-          seconds=time.perf_counter() - start,
-          cpu_seconds=time.process_time() - cpu,
-      )
-      step += 1
-    elif command == 'finish':
-      done = dict(peak_rss_mb=rss_mb())  # before finish() allocates
-      done.update(job.finish())
-      _say(event='done', **done)
-      return
-    else:
-      raise ValueError(f'benchmark worker: unknown command {command!r}')
-
-
-# ----------------------------------------------------------------------------
-# Parent side.
+# How a worker process starts (the worker module imports this one).
+_WORKER_COMMAND = (
+    'import sys; from alexnet_jax.benchmarks import worker; '
+    'worker.main(sys.argv[1:])'
+)
 
 
 class Worker:
@@ -124,14 +44,7 @@ class Worker:
   def __init__(self, kind, spec, env=None):
     self.spec = spec
     self.proc = subprocess.Popen(
-        [
-            sys.executable,
-            '-m',
-            'alexnet_jax.benchmark',
-            '_worker',
-            kind,
-            json.dumps(spec),
-        ],
+        [sys.executable, '-c', _WORKER_COMMAND, kind, json.dumps(spec)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -169,7 +82,9 @@ def compare(kind, specs, *, steps, settle_s=0.1, envs=None, sequential=False):
   starts (on a GPU or TPU, where each must own the device's memory). Each
   result: ready (the worker's facts), steps and cpu_steps (seconds of each
   timed step, wall and this process's CPU), done (peak RSS and finish()'s
-  fields), load (1-minute load average before and after).
+  fields), load (1-minute load average before and after). `kind`: the
+  worker module's name under alexnet_jax.benchmarks, or a function of the
+  spec giving it.
   """
   envs = envs or [None] * len(specs)
   if sequential:
@@ -181,7 +96,8 @@ def compare(kind, specs, *, steps, settle_s=0.1, envs=None, sequential=False):
   load_before = load()
   try:
     for spec, env in zip(specs, envs):
-      workers.append(Worker(kind, spec, env))
+      name = kind if isinstance(kind, str) else kind(spec)
+      workers.append(Worker(name, spec, env))
       results.append(dict(ready=workers[-1].receive(), steps=[], cpu_steps=[]))
     for _ in range(steps):
       for worker, result in zip(workers, results):

@@ -9,7 +9,8 @@ data parallelism on two; both on a 2x2 mesh) a worker process simulates the
 devices it needs (`config.parallel.cpu_devices`, through
 `parallel.setup_devices`) and builds the trainer's own step for that layout
 (`steps.make_train_step` on a fake-data config of the paper recipe: the
-update, metrics and norms training runs, state donated). The workers run on
+update, metrics and norms training runs, state donated; parallel_worker.py).
+The workers run on
 benchmarks/harness.py: they compile one after the other, then the parent
 alternates single timed steps between them (A B C ... A B C ...), so the
 machine's drifting load hits every mode alike (`--sequential`: one worker
@@ -35,69 +36,6 @@ MODES = {  # name: (mesh.data, mesh.model, data_parallel, label)
     'pmap': (2, 1, 'pmap', 'data parallel, pmap (classic path)'),
     'hybrid': (2, 2, 'jit', 'data x model 2x2'),
 }
-
-
-# ----------------------------------------------------------------------------
-# The worker: one mode, its own process and simulated devices.
-
-
-def setup(spec) -> harness.Job:
-  """Builds and compiles the trainer's step for one mode."""
-  import time
-
-  from alexnet_jax.benchmarks import model as model_bench
-  from alexnet_jax.core import parallel
-  from alexnet_jax.core import xla_flags
-
-  xla_flags.set_defaults()  # what the trainer runs with
-  data, model, data_parallel, _ = MODES[spec['mode']]
-  config = model_bench.config_for(dict(spec, model='paper'))
-  config.parallel.mesh.data = data
-  config.parallel.mesh.model = model
-  config.parallel.data_parallel = data_parallel
-  config.parallel.cpu_devices = data * model
-  parallel.setup_devices(config)  # before anything touches a device
-
-  import jax
-
-  from alexnet_jax.core import model as model_lib
-  from alexnet_jax.core import steps
-
-  net = model_lib.from_config(config.model)
-  step = steps.make_train_step(config, net)
-  par = step.par
-  # Placed as the trainer places a fresh state (no host copies).
-  state = [
-      par.place_state(
-          steps.create_train_state(
-              config, net, step.tx, model_bench.numpy_params(net, config)
-          )
-      )
-  ]
-  batch = par.shard_batch(model_bench.fake_batch(config))
-  start = time.perf_counter()
-  step.lower(state[0], batch).compile()  # jit reuses this executable
-  compile_s = time.perf_counter() - start
-  per_device = parallel.param_bytes_per_device(state[0].params)
-
-  def run(i):
-    del i
-    state[0], m = step(state[0], batch)
-    # What the trainer reads back after every step.
-    return jax.device_get((m.loss.total, m.param_norm.total))
-
-  return harness.Job(
-      run=run,
-      facts=dict(
-          compile_s=compile_s,
-          devices=len(per_device),
-          param_bytes_per_device=max(per_device.values()),
-          param_bytes_total=sum(
-              x.nbytes for x in jax.tree.leaves(par.to_host(state[0].params))
-          ),
-          version=jax.__version__,
-      ),
-  )
 
 
 # ----------------------------------------------------------------------------
@@ -129,7 +67,7 @@ def measure(args) -> list[dict]:
       r
       for group in groups
       for r in harness.compare(
-          'parallel', group, steps=args.steps, envs=[_env()] * len(group)
+          'parallel_worker', group, steps=args.steps, envs=[_env()] * len(group)
       )
   ]
 
