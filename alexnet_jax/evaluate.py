@@ -16,6 +16,7 @@ import sys
 from absl import flags
 from absl import logging
 
+from alexnet_jax import cli
 from alexnet_jax.core import console
 
 console.setup()  # before anything imports TensorFlow
@@ -26,8 +27,7 @@ FLAGS = flags.FLAGS
 def define_flags():
   """The command-line flags (defined only when run as a program, so the
   module can be imported beside the other CLIs)."""
-  console.define_checkpoint_flags(
-      __name__,
+  cli.define_checkpoint_flags(
       'For a workdir: the checkpoint with the '
       'lowest validation top-1 error instead of the latest.',
   )
@@ -242,7 +242,7 @@ def main(argv):
 
 
 def run():
-  console.run_absl(__name__, main, define_flags)
+  cli.run_absl(__name__, main, define_flags)
 
 
 if __name__ == '__main__':

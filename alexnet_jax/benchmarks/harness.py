@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from absl import flags
+
 PROTOCOL = '@@bench '  # worker -> parent lines start with this
 # How a worker process starts (the worker module imports this one).
 _WORKER_COMMAND = (
@@ -213,45 +215,69 @@ def publish(record, args, records):
 
 
 # ----------------------------------------------------------------------------
-# Argument parsing shared by the benchmark commands.
+# Flags shared by the benchmark modes (absl; the command defines each mode's).
 
 
-def add_step_options(parser, *, steps_help, warmup_help):
-  """--image-size, --steps and --warmup (steps default to None: per mode)."""
-  parser.add_argument('--image-size', type=positive_int, default=224)
-  parser.add_argument(
-      '--steps', type=positive_int, default=None, help=steps_help
-  )
-  parser.add_argument(
-      '--warmup', type=positive_int, default=None, help=warmup_help
-  )
+def define_csv(fv, name, choices, help_text, default=None):
+  """A comma-separated list of some of `choices` (a list; None if not
+  given); anything else is an error naming what is accepted."""
+  flags.DEFINE_list(name, default, help_text, flag_values=fv)
 
-
-def add_width_scale_option(parser):
-  parser.add_argument(
-      '--width-scale',
-      type=float,
-      default=1.0,
-      help='< 1 shrinks every layer (tests only)',
-  )
-
-
-def csv_choices(choices, name):
-  def parse(text):
-    values = [v for v in text.split(',') if v]
-    bad = [v for v in values if v not in choices]
-    if bad or not values:
-      raise argparse.ArgumentTypeError(
-          f'{name} {text!r}: use one or more of {", ".join(choices)}, '
-          'comma-separated'
+  def check(values):
+    bad = [v for v in values or () if v not in choices]
+    if bad or values == []:
+      raise flags.ValidationError(
+          f'{", ".join(map(repr, bad)) or "nothing"}: use one or more of '
+          f'{", ".join(choices)}, comma-separated'
       )
-    return values
+    return True
 
-  return parse
+  flags.register_validator(name, check, flag_values=fv)
 
 
-def positive_int(text):
-  value = int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'{text} is not a positive integer')
-  return value
+def define_positive(fv, name, help_text, default=None):
+  """An integer >= 1 (None if not given and no default)."""
+  flags.DEFINE_integer(name, default, help_text, flag_values=fv)
+
+  def check(value):
+    if value is not None and value < 1:
+      raise flags.ValidationError(f'{value} is not a positive integer')
+    return True
+
+  flags.register_validator(name, check, flag_values=fv)
+
+
+def define_step_flags(fv, *, steps_help, warmup_help):
+  """--image-size, --steps and --warmup (steps default to None: per mode)."""
+  define_positive(fv, 'image-size', 'Input side in pixels.', default=224)
+  define_positive(fv, 'steps', steps_help)
+  define_positive(fv, 'warmup', warmup_help)
+
+
+def define_width_scale_flag(fv):
+  flags.DEFINE_float(
+      'width-scale',
+      1.0,
+      '< 1 shrinks every layer (tests only).',
+      flag_values=fv,
+  )
+
+
+def define_out_flag(fv):
+  flags.DEFINE_string(
+      'out', '', 'Also append the JSON lines to this file.', flag_values=fv
+  )
+
+
+def defaults(define_flags):
+  """The defaults of the flags `define_flags(fv)` defines, as namespace()."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  return namespace(fv)
+
+
+def namespace(fv):
+  """The values of the FlagValues `fv` as attributes ('-' as '_')."""
+  return argparse.Namespace(
+      **{name.replace('-', '_'): fv[name].value for name in fv}
+  )

@@ -1,8 +1,7 @@
 """Train-step speed of each parallel mode on forced CPU devices.
 
-    python -m alexnet_jax.parallel_benchmark [--batch 128] [--steps 6]
+    python -m alexnet_jax.benchmark parallel [--batch 128] [--steps 6]
         [--image-size 224] [--modes single,model,jit,pmap,hybrid] [--quick]
-    python -m alexnet_jax.benchmark parallel ...   # the same, from the CLI
 
 For each mode (single device; the two towers on two devices; jit and pmap
 data parallelism on two; both on a 2x2 mesh) a worker process simulates the
@@ -23,9 +22,10 @@ share the machine's cores: this measures how well each split keeps them
 busy, not a real multi-GPU speed-up.
 """
 
-import argparse
 import os
 import sys
+
+from absl import flags
 
 from alexnet_jax.benchmarks import harness
 
@@ -126,49 +126,37 @@ def print_table(records, file=sys.stdout):
     )
 
 
-def parse_args(argv, prog='alexnet_jax.parallel_benchmark'):
-  parser = argparse.ArgumentParser(
-      prog=f'python -m {prog}', description=__doc__.split('\n\n')[0]
+def define_flags(fv):
+  """`benchmark parallel`'s flags, defined in the FlagValues `fv`."""
+  harness.define_csv(
+      fv, 'modes', tuple(MODES), f'Comma-separated subset of {",".join(MODES)}.'
   )
-  parser.add_argument(
-      '--modes',
-      type=harness.csv_choices(MODES, '--modes'),
-      default=list(MODES),
-      help=f'comma-separated subset of {",".join(MODES)}',
+  flags.DEFINE_bool(
+      'quick', False, 'Batch 32, 3 steps: a few minutes.', flag_values=fv
   )
-  parser.add_argument(
-      '--quick', action='store_true', help='batch 32, 3 steps: a few minutes'
+  harness.define_positive(
+      fv, 'batch', 'Global batch, every mode (default 128; 32 with --quick).'
   )
-  parser.add_argument(
-      '--batch',
-      type=harness.positive_int,
-      default=None,
-      help='global batch, every mode (default 128; 32 ' 'with --quick)',
+  harness.define_step_flags(
+      fv,
+      steps_help='Timed steps per mode (default 6, 3 with --quick).',
+      warmup_help='Untimed steps after compiling (default 2, 1 with --quick).',
   )
-  harness.add_step_options(
-      parser,
-      steps_help='timed steps per mode (default 6, 3 with --quick)',
-      warmup_help='untimed steps after compiling (default 2, 1 '
-      'with --quick)',
+  harness.define_width_scale_flag(fv)
+  flags.DEFINE_bool(
+      'sequential',
+      False,
+      'One worker alive at a time (less memory: five paper-model workers at '
+      'batch 128 need ~20 GB), instead of alternating timed steps between '
+      'modes.',
+      flag_values=fv,
   )
-  harness.add_width_scale_option(parser)
-  parser.add_argument(
-      '--sequential',
-      action='store_true',
-      help='one worker alive at a time (less memory: five '
-      'paper-model workers at batch 128 need ~20 GB), '
-      'instead of alternating timed steps between modes',
-  )
-  parser.add_argument(
-      '--out', default='', help='also append the JSON lines to this file'
-  )
-  args = parser.parse_args(argv)
-  args.command_line = ' '.join([f'python -m {prog}'] + list(argv))
-  return _defaults(args)
+  harness.define_out_flag(fv)
 
 
 def _defaults(args):
-  """Fills defaults; also accepts benchmark.py's namespace."""
+  """Fills the defaults that depend on --quick (also for `all`'s
+  namespace, which has no --modes)."""
   quick = getattr(args, 'quick', False)
   args.batch = getattr(args, 'batch', None) or (32 if quick else 128)
   args.steps = getattr(args, 'steps', None) or (3 if quick else 6)
@@ -191,8 +179,9 @@ def _defaults(args):
 def run(args) -> list[dict]:
   """Measures, prints JSON lines and the table; returns the records.
 
-  `args`: this module's parse_args(), or benchmark.py's namespace (its
-  --batch, --steps, --warmup, --image-size, --width-scale, --quick, --out).
+  `args`: the command's namespace of `benchmark parallel` (define_flags),
+  or of `benchmark all` (its --batch, --steps, --warmup, --image-size,
+  --width-scale, --quick, --out).
   """
   args = _defaults(args)
   records = measure(args)
@@ -200,13 +189,3 @@ def run(args) -> list[dict]:
     harness.emit(r, args.out)
   print_table(records)
   return records
-
-
-def main(argv=None, prog='alexnet_jax.parallel_benchmark'):
-  """`python -m alexnet_jax.benchmark parallel ARGS`, and its older name
-  `python -m alexnet_jax.parallel_benchmark ARGS`."""
-  run(parse_args(sys.argv[1:] if argv is None else argv, prog))
-
-
-if __name__ == '__main__':
-  main()
