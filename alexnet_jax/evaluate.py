@@ -129,6 +129,7 @@ def run_evaluation(
   from alexnet_jax.core import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import parallel  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import splits  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
 
   model, variables, config = checkpoint.load(path, best=best)
@@ -162,7 +163,7 @@ def run_evaluation(
   params = par.place_state(variables['params'])
   eval_fn = train.make_eval_fn(par)
   try:
-    _, lo, hi = input_pipeline.parse_split(split, info.split_sizes)
+    _, lo, hi = splits.parse_split(split, info.split_sizes)
     total = hi - lo  # for the progress bar only
   except ValueError:
     total = None
