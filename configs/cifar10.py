@@ -59,6 +59,7 @@ def get_config():
   d.test_split = 'test'  # 10,000, reported after training
   d.image_size = 64
   d.resize_size = 72
+  d.pixel_scale = 1.0
   d.mean = CIFAR10_MEAN
   d.std = CIFAR10_STD
   d.cache = True  # ~40 MB of JPEGs held in memory
