@@ -33,6 +33,7 @@ import numpy as np
 
 from alexnet_jax.core import checkpoint
 from alexnet_jax.core import config_checks
+from alexnet_jax.core import input_guard
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import model as model_lib
@@ -115,8 +116,11 @@ def _flat_config(config) -> dict:
 class _Preemption:
   """SIGTERM or Ctrl-C set a flag; the loop saves a checkpoint and returns.
 
-  A second Ctrl-C interrupts at once (KeyboardInterrupt), without saving.
-  `signal` is the name of the first signal received.
+  A second signal of either kind exits at once, without saving: Ctrl-C by
+  KeyboardInterrupt (status 130), SIGTERM by SystemExit(143). `signal` is
+  the name of the first signal received. The loop also checks the flag
+  while it waits for input (input_guard.interruptible), so a read that
+  never returns cannot hold a signal back.
   """
 
   def __init__(self):
@@ -125,17 +129,21 @@ class _Preemption:
     self._previous = {}
 
   def _handler(self, signum, frame):
-    if signum == signal.SIGINT and self.requested:
-      raise KeyboardInterrupt
+    del frame
+    name = signal.Signals(signum).name
+    if self.requested:
+      logging.warning('Received %s again: exiting without saving', name)
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+      raise SystemExit(128 + signum)
     # Set before logging: a second signal may run this during the log call.
     self.requested = True
-    self.signal = self.signal or signal.Signals(signum).name
+    self.signal = name
     logging.warning(
-        'Received %s: saving a checkpoint at the current step, '
-        'then exiting (Ctrl-C again to stop without saving)',
-        signal.Signals(signum).name,
+        'Received %s: saving a checkpoint at the current step, then exiting '
+        '(a second SIGINT or SIGTERM exits at once, without saving)',
+        name,
     )
-    del frame
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -162,11 +170,14 @@ def evaluate(
     preprocessing=None,
     max_batches=-1,
     progress=None,
+    stop=None,
 ) -> dict:
   """{'loss', 'top1_error', 'top5_error', 'examples'} on a whole split.
 
   `eval_fn` is the compiled eval step (Parallel.jit_step(eval_step)).
   `progress`, if given, is called with the number of examples done.
+  `stop`, if given, is polled while waiting for input: once it returns
+  True, input_guard.InputWaitStopped is raised.
   """
   batches = input_pipeline.eval_iterator(
       config,
@@ -176,6 +187,7 @@ def evaluate(
       process_index=jax.process_index(),
       process_count=jax.process_count(),
   )
+  batches = input_guard.interruptible(batches, stop or (lambda: False))
   total = None
   for i, batch in enumerate(batches):
     if 0 < max_batches <= i:
@@ -246,8 +258,15 @@ def summary(workdir, results) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from the workdir's latest checkpoint) and evaluates.
 
-  Returns the final metrics (also written to WORKDIR/results.json).
+  Returns the final metrics (also written to WORKDIR/results.json), or,
+  when stopped by SIGINT or SIGTERM (from the start: a signal during the
+  set-up is heard too), {'preempted_at_step', 'signal'}.
   """
+  with _Preemption() as preempt:
+    return _train_and_evaluate(config, workdir, preempt)
+
+
+def _train_and_evaluate(config, workdir, preempt):
   config_checks.validate(config)
   workdir = pathlib.Path(workdir).absolute()
   primary = jax.process_index() == 0
@@ -346,6 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
           split,
           crops=config.data.eval_crops,
           max_batches=config.train.max_eval_batches,
+          stop=lambda: preempt.requested,
       )
     prefix = 'val' if split == config.data.eval_split else 'test'
     scalars = {f'{prefix}_{k}': v for k, v in result.items()}
@@ -365,93 +385,116 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   last_log = (start_step, time.monotonic())
   # Placed batches kept in flight: the next batches' copies to the devices
   # overlap the current step.
+  # Read on a thread of its own: the loop waits for input in Python, where
+  # a signal is heard even if a read never returns (input_guard).
   train_iter = input_pipeline.device_prefetch(
-      input_pipeline.train_iterator(
-          config,
-          start_step=start_step,
-          process_index=jax.process_index(),
-          process_count=jax.process_count(),
+      input_guard.interruptible(
+          input_pipeline.train_iterator(
+              config,
+              start_step=start_step,
+              process_index=jax.process_index(),
+              process_count=jax.process_count(),
+          ),
+          stop=lambda: preempt.requested,
       ),
       par.shard_batch,
   )
   step = start_step
   val = None
+
+  def stop_for_signal(step, val):
+    if step == start_step:  # no step since the start: nothing new to save
+      logging.warning(
+          'Stopped by %s at step %d, before any step of this run: nothing '
+          'new to save',
+          preempt.signal,
+          step,
+      )
+    else:
+      save(step, val, force=True)
+      mgr.wait_until_finished()
+      logging.warning(
+          'Preempted: saved the checkpoint at step %d in %s; '
+          'run the same command again to resume',
+          step,
+          mgr.directory,
+      )
+    return {'preempted_at_step': step, 'signal': preempt.signal}
+
   try:
-    with _Preemption() as preempt:
-      while step < p.total_steps:
-        state, m = step_fn(state, next(train_iter))
-        step += 1
-        loss, pnorm = (
-            float(x)
-            for x in par.to_host(
-                (m.loss.total / m.loss.count, m.param_norm.value)
+    while step < p.total_steps:
+      if preempt.requested:  # e.g. a signal during the set-up
+        return stop_for_signal(step, val)
+      try:
+        batch = next(train_iter)
+      except input_guard.InputWaitStopped:
+        return stop_for_signal(step, val)
+      state, m = step_fn(state, batch)
+      step += 1
+      loss, pnorm = (
+          float(x)
+          for x in par.to_host(
+              (m.loss.total / m.loss.count, m.param_norm.value)
+          )
+      )
+      if not (math.isfinite(loss) and math.isfinite(pnorm)):
+        mgr.wait_until_finished()
+        last = mgr.latest_step()
+        raise NonFiniteError(
+            f'loss became {loss} (parameter norm {pnorm}) at step {step}: '
+            'stopping. The last good checkpoint is '
+            + (
+                f'step {last} in {mgr.directory}'
+                if last is not None
+                else 'none (no checkpoint was saved)'
             )
+            + '. Lower config.optim.lr or check the data.'
         )
-        if not (math.isfinite(loss) and math.isfinite(pnorm)):
-          mgr.wait_until_finished()
-          last = mgr.latest_step()
-          raise NonFiniteError(
-              f'loss became {loss} (parameter norm {pnorm}) at step {step}: '
-              'stopping. The last good checkpoint is '
-              + (
-                  f'step {last} in {mgr.directory}'
-                  if last is not None
-                  else 'none (no checkpoint was saved)'
-              )
-              + '. Lower config.optim.lr or check the data.'
-          )
-        train_metrics = m if train_metrics is None else train_metrics.merge(m)
-        for hook in hooks:
-          hook(step)
+      train_metrics = m if train_metrics is None else train_metrics.merge(m)
+      for hook in hooks:
+        hook(step)
 
-        if step % config.train.log_every_steps == 0 or step == p.total_steps:
-          scalars = {
-              f'train_{k}': v
-              for k, v in par.to_host(train_metrics.compute()).items()
-          }
-          t = time.monotonic()
-          scalars['images_per_sec'] = (
-              (step - last_log[0])
-              * config.optim.batch_size
-              / max(t - last_log[1], 1e-9)
-          )
-          scalars['epoch'] = step / p.steps_per_epoch
-          last_log = (step, t)
-          writer.write_scalars(step, scalars)
-          train_metrics = None
+      if step % config.train.log_every_steps == 0 or step == p.total_steps:
+        scalars = {
+            f'train_{k}': v
+            for k, v in par.to_host(train_metrics.compute()).items()
+        }
+        t = time.monotonic()
+        scalars['images_per_sec'] = (
+            (step - last_log[0])
+            * config.optim.batch_size
+            / max(t - last_log[1], 1e-9)
+        )
+        scalars['epoch'] = step / p.steps_per_epoch
+        last_log = (step, t)
+        writer.write_scalars(step, scalars)
+        train_metrics = None
 
-        val = None
-        if step % config.train.eval_every_steps == 0 or step == p.total_steps:
+      val = None
+      if step % config.train.eval_every_steps == 0 or step == p.total_steps:
+        try:
           val = run_eval(step, config.data.eval_split)
-          if config.optim.schedule == 'plateau':
-            decision = optim.plateau_update(
-                par.to_host(state.plateau),
-                val['val_top1_error'],
-                config.optim.plateau,
-            )
-            if decision.dropped:
-              logging.info('Step %d: %s', step, decision.message)
-            state = state.replace(
-                plateau=par.place_state(
-                    jax.tree.map(jnp.asarray, decision.state)
-                )
-            )
-        if (
-            step % config.train.checkpoint_every_steps == 0
-            or val is not None
-            or step == p.total_steps
-        ):
-          save(step, val)
-        if preempt.requested:
-          save(step, val, force=True)
-          mgr.wait_until_finished()
-          logging.warning(
-              'Preempted: saved the checkpoint at step %d in %s; '
-              'run the same command again to resume',
-              step,
-              mgr.directory,
+        except input_guard.InputWaitStopped:
+          return stop_for_signal(step, None)
+        if config.optim.schedule == 'plateau':
+          decision = optim.plateau_update(
+              par.to_host(state.plateau),
+              val['val_top1_error'],
+              config.optim.plateau,
           )
-          return {'preempted_at_step': step, 'signal': preempt.signal}
+          if decision.dropped:
+            logging.info('Step %d: %s', step, decision.message)
+          state = state.replace(
+              plateau=par.place_state(jax.tree.map(jnp.asarray, decision.state))
+          )
+      if (
+          step % config.train.checkpoint_every_steps == 0
+          or val is not None
+          or step == p.total_steps
+      ):
+        save(step, val)
+      if preempt.requested:
+        return stop_for_signal(step, val)
 
     mgr.wait_until_finished()
     results = {'step': step}
@@ -459,9 +502,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       logging.info(
           'Training already finished at step %d: evaluating only', start_step
       )
-    results.update(val or run_eval(step, config.data.eval_split))
-    if config.data.test_split:
-      results.update(run_eval(step, config.data.test_split))
+    try:
+      results.update(val or run_eval(step, config.data.eval_split))
+      if config.data.test_split:
+        results.update(run_eval(step, config.data.test_split))
+    except input_guard.InputWaitStopped:
+      return stop_for_signal(step, None)
     if primary:
       (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
       logging.info('%s', summary(workdir, results))
