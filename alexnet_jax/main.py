@@ -120,6 +120,7 @@ def main(argv):
 
   from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import input_guard  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import outputs  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
 
@@ -129,6 +130,7 @@ def main(argv):
       train.NonFiniteError,
       tfds_source.DataNotReadyError,
       input_guard.UnreadableDataError,
+      outputs.OutputError,
       FileNotFoundError,
       ValueError,
       verbose=FLAGS.verbose,

@@ -38,6 +38,7 @@ from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import optim
+from alexnet_jax.core import outputs
 from alexnet_jax.core import parallel
 
 # The steps and their factory, re-exported (train.make_train_step etc.).
@@ -279,7 +280,7 @@ def _train_and_evaluate(config, workdir, preempt):
     )
   _check_splits(config, info)
   p = plan(config, info)
-  workdir.mkdir(parents=True, exist_ok=True)
+  outputs.make_dir(workdir, 'workdir')
   logging.info(
       'Training for %d steps (%.1f epochs of %d examples, %.1f '
       'steps per epoch, global batch %d)',
@@ -302,7 +303,16 @@ def _train_and_evaluate(config, workdir, preempt):
       data_position=dict(seed=config.train.seed, step_is_batch_index=True),
   )
 
-  mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+  # Made here, so that a file in its place fails now, not at the first save.
+  checkpoints = workdir / checkpoint.CHECKPOINTS_DIR
+  outputs.make_dir(checkpoints, 'checkpoint directory')
+  with outputs.writing('checkpoint directory', checkpoints):
+    mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+
+  def finish_saves():  # asynchronous saves raise their errors here
+    with outputs.writing('checkpoint', mgr.directory):
+      mgr.wait_until_finished()
+
   abstract_state = jax.eval_shape(
       functools.partial(create_train_state, config, module, tx)
   )
@@ -332,9 +342,12 @@ def _train_and_evaluate(config, workdir, preempt):
   state = par.place_state(host_state)
   del host_state
 
-  writer = metrics_lib.create_writer(workdir, just_logging=not primary)
+  with outputs.writing('metrics', workdir):
+    writer = metrics_lib.create_writer(workdir, just_logging=not primary)
   if primary:
-    (workdir / CONFIG_FILE).write_text(config.to_json(indent=2))
+    outputs.write_text(
+        workdir / CONFIG_FILE, config.to_json(indent=2), 'config file'
+    )
     if start_step == 0:
       writer.write_hparams(_flat_config(config))
 
@@ -377,9 +390,10 @@ def _train_and_evaluate(config, workdir, preempt):
       return
     with report.timed('checkpoint'):
       metrics = {checkpoint.BEST_METRIC: val['val_top1_error']} if val else None
-      checkpoint.save_train_state(
-          mgr, step, _host_state(par, state), metadata, metrics, force=force
-      )
+      with outputs.writing('checkpoint', mgr.directory / str(step)):
+        checkpoint.save_train_state(
+            mgr, step, _host_state(par, state), metadata, metrics, force=force
+        )
 
   train_metrics = None
   last_log = (start_step, time.monotonic())
@@ -412,7 +426,7 @@ def _train_and_evaluate(config, workdir, preempt):
       )
     else:
       save(step, val, force=True)
-      mgr.wait_until_finished()
+      finish_saves()
       logging.warning(
           'Preempted: saved the checkpoint at step %d in %s; '
           'run the same command again to resume',
@@ -438,7 +452,7 @@ def _train_and_evaluate(config, workdir, preempt):
           )
       )
       if not (math.isfinite(loss) and math.isfinite(pnorm)):
-        mgr.wait_until_finished()
+        finish_saves()
         last = mgr.latest_step()
         raise NonFiniteError(
             f'loss became {loss} (parameter norm {pnorm}) at step {step}: '
@@ -496,7 +510,7 @@ def _train_and_evaluate(config, workdir, preempt):
       if preempt.requested:
         return stop_for_signal(step, val)
 
-    mgr.wait_until_finished()
+    finish_saves()
     results = {'step': step}
     if start_step >= p.total_steps:
       logging.info(
@@ -509,10 +523,12 @@ def _train_and_evaluate(config, workdir, preempt):
     except input_guard.InputWaitStopped:
       return stop_for_signal(step, None)
     if primary:
-      (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+      outputs.write_text(
+          workdir / RESULTS_FILE, json.dumps(results, indent=1), 'results file'
+      )
       logging.info('%s', summary(workdir, results))
     return results
   finally:
     writer.close()  # flushes the metrics written so far
-    mgr.wait_until_finished()
+    finish_saves()
     mgr.close()
