@@ -28,6 +28,7 @@ decision uses them: the schedule is fixed).
 Hardware: 2-core Xeon CPU, about 6-12 minutes an epoch (the machine shared).
 """
 
+from alexnet_jax.configs import cifar10
 from alexnet_jax.configs import paper
 
 EPOCHS = 30.0
@@ -60,7 +61,7 @@ def get_config():
   # 0-255 inputs minus the mean, as cuda-convnet's: its LRN constants
   # (alpha=0.001/n) are sized for that scale.
   d.pixel_scale = 255.0
-  d.mean = (125.31, 122.95, 113.87)  # CIFAR-10's channel means, 0-255
+  d.mean = cifar10.CIFAR10_MEAN_255
   d.std = (1.0, 1.0, 1.0)
   d.cache = True
 

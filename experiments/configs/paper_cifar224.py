@@ -23,11 +23,24 @@ Data: the CIFAR-10 JPEG copy in $ALEXNET_JAX_DATA/cifar10 (all 50,000
 training images; 640 test images evaluated at the end).
 """
 
+from alexnet_jax.configs import cifar10
 from alexnet_jax.configs import paper
 
-# CIFAR-10's RGB channel means, 0-255 (the training images).
-CIFAR10_MEAN_255 = (125.31, 122.95, 113.87)
-STEPS = 600
+STEPS = 300
+
+# The sweep's variants (experiments/sweeps.py): the first is configs/paper.py
+# as it is; each other changes the input scale, the biases of 1 (Caffe's
+# 0.1) or the fc6/fc7 weights' std (Caffe's 0.005), or several.
+_UNIT_SCALE = {'data.pixel_scale': 1.0, 'data.mean': cifar10.CIFAR10_MEAN}
+_CAFFE_INIT = {'model.bias_init': 0.1, 'model.fc_init_std': 0.005}
+VARIANTS = {
+    'paper': {},
+    'bias_0.1': {'model.bias_init': 0.1},
+    'fc_0.005': {'model.fc_init_std': 0.005},
+    'caffe': dict(_CAFFE_INIT),
+    'unit_paper': dict(_UNIT_SCALE),
+    'unit_caffe': dict(_UNIT_SCALE, **_CAFFE_INIT),
+}
 
 
 def get_config():
@@ -39,7 +52,7 @@ def get_config():
   d.train_split = 'train'
   d.eval_split = 'test'
   d.pixel_scale = 255.0  # paper.py's: raw 0-255 pixels minus the mean
-  d.mean = CIFAR10_MEAN_255
+  d.mean = cifar10.CIFAR10_MEAN_255
   d.shuffle_buffer = 8192
   d.cache = True  # ~45 MB of JPEGs
 
