@@ -305,3 +305,28 @@ def test_tour_runs_as_written(tmp_path):
   assert 'top-1' in out.lower() or 'top1' in out.lower(), out
   out = run(predict[0]).stdout
   assert 'cat' in out and 'ship' in out, out
+
+
+def test_weights_page_and_notebook_agree_on_bvlc_alexnet():
+  """docs/weights.md's address and SHA-1 of bvlc_alexnet.caffemodel are the
+  ones the demo notebook downloads and checks."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  notebook = json.loads((REPO / 'experiments' / 'demo.ipynb').read_text())
+  code = '\n'.join(''.join(c['source']) for c in notebook['cells'])
+  url = re.search(r"BVLC_ALEXNET_URL = '([^']+)'", code).group(1)
+  sha1 = re.search(r"BVLC_ALEXNET_SHA1 = '([0-9a-f]{40})'", code).group(1)
+  page = (REPO / 'docs' / 'weights.md').read_text(encoding='utf-8')
+  row = next(
+      l
+      for l in page.splitlines()
+      if l.startswith('| `bvlc_alexnet.caffemodel`')
+  )
+  assert url in row and sha1 in row
+  row = next(
+      l
+      for l in page.splitlines()
+      if l.startswith('| `alexnet-owt-7be5be79.pth`')
+  )
+  assert 'https://download.pytorch.org/models/alexnet-owt-7be5be79.pth' in row
+  assert 'SHA-256 starts with `7be5be79`' in row
