@@ -293,6 +293,8 @@ def _train_and_evaluate(config, workdir, preempt):
 
   module = model_lib.from_config(config.model)
   par = parallel.Parallel(config, module)
+  layout = par.layout()
+  logging.info('Layout: %s', parallel.layout_line(layout))
   step_fn = make_train_step(config, module, par, sizes=p)
   tx = step_fn.tx
   preprocessing = input_pipeline.preprocessing_from_config(config)
@@ -511,7 +513,7 @@ def _train_and_evaluate(config, workdir, preempt):
         return stop_for_signal(step, val)
 
     finish_saves()
-    results = {'step': step}
+    results = {'step': step, 'layout': layout}
     if start_step >= p.total_steps:
       logging.info(
           'Training already finished at step %d: evaluating only', start_step
