@@ -3,7 +3,7 @@
 Command (no dataset to download: the 2,040 CIFAR-10 JPEGs in
 alexnet_jax/assets/cifar10_mini are found through the installed package):
 
-    python -m alexnet_jax.main --config=configs/smoke.py --workdir=/tmp/smoke
+    python -m alexnet_jax.main --config=configs/smoke.py --workdir=/tmp/alexnet_smoke
 
 Hardware and time: any CPU. 52 s wall, compilation included, on a 2-core
 Xeon (2026-12-01; log in experiments/results/smoke/). It trains, evaluates, checkpoints and writes TensorBoard +

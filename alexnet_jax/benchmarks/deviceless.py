@@ -14,7 +14,7 @@ training would run on those chips. Each compile prints one JSON line:
 
 * memory per device from XLA's buffer assignment (`memory_analysis()`):
   arguments, outputs, temporaries, and their total against the chip's HBM
-  (accelerator.PEAKS): `fits`;
+  (device.PEAKS): `fits`;
 * FLOPs per device: the model's own count (benchmarks/model.py: 4.35
   GFLOP per training image of the paper model at 224, split evenly over
   the devices) and XLA's; bytes accessed per device. TPU: XLA:TPU's cost
@@ -31,13 +31,12 @@ step time >= max(FLOPs / peak, bytes / HBM bandwidth) + collective bytes /
 interconnect bandwidth, hence img/s per chip at most batch / devices /
 bound, at most a fraction `bound_frac_of_peak` of the chip's peak for the
 model's FLOPs. Peaks, HBM and interconnect figures are the vendors'
-(accelerator.PEAKS, with sources).
+(device.PEAKS, with sources).
 
 pmap compiles too: `jax.pmap(..., devices=compile-only devices)` lowers
 and compiles without touching them.
 """
 
-import argparse
 import collections
 import re
 import sys
@@ -70,11 +69,11 @@ def config_for(
     variant, dtype, batch, image_size, mode, data, overrides=(), width_scale=1.0
 ):
   """The paper recipe's fake-data config for one compile."""
-  from alexnet_jax.benchmarks import model as model_bench
+  from alexnet_jax.benchmarks import specs
 
   mesh_data, mesh_model, data_parallel = MODES[mode]
   mesh_data = mesh_data or data
-  config = model_bench.config_for(
+  config = specs.config_for(
       dict(
           model=variant,
           dtype=dtype,
@@ -125,7 +124,7 @@ def abstract_inputs(config, step):
   """(state, batch) as ShapeDtypeStructs with the mode's shardings."""
   import jax
 
-  from alexnet_jax.benchmarks import model as model_bench
+  from alexnet_jax.benchmarks import specs
   from alexnet_jax.core import steps
 
   par = step.par
@@ -136,7 +135,7 @@ def abstract_inputs(config, step):
   # drawn, the batch axis set to the global batch).
   one = config.copy_and_resolve_references()
   one.optim.batch_size = 1
-  example = model_bench.fake_batch(one)
+  example = specs.fake_batch(one)
   b = config.optim.batch_size
   if par.data_parallel == 'pmap':
     # One replica per device, stacked on a leading axis (par.place_state,
@@ -302,7 +301,7 @@ def measure(target_name, mode, *, variant, dtype, batch, image_size, data,
             overrides=(), width_scale=1.0):  # fmt: skip
   """The JSON record of one compile (see the module doc); its 'hlo' key
   (popped by `run` before printing) holds the optimised HLO."""
-  from alexnet_jax.benchmarks import accelerator
+  from alexnet_jax.benchmarks import device
   from alexnet_jax.benchmarks import model as model_bench
 
   t = compile_targets.target(target_name)
@@ -340,7 +339,7 @@ def measure(target_name, mode, *, variant, dtype, batch, image_size, data,
       + mem.temp_size_in_bytes
       + mem.generated_code_size_in_bytes
   )
-  chip = accelerator.device_memory(kind)
+  chip = device.device_memory(kind)
   xla_flops, accessed, custom_bytes = cost(compiled, t.platform, hlo)
   model_flops = (
       model_bench.step_flops(
@@ -384,12 +383,10 @@ def measure(target_name, mode, *, variant, dtype, batch, image_size, data,
 
 def roofline(record, kind, dtype, config, par):
   """The step-time bound and what follows from it (module doc)."""
-  from alexnet_jax.benchmarks import accelerator
+  from alexnet_jax.benchmarks import device
 
-  peak, unit = accelerator.device_peak_tflops(
-      kind, dtype, config.model.precision
-  )
-  chip = accelerator.device_memory(kind)
+  peak, unit = device.device_peak_tflops(kind, dtype, config.model.precision)
+  chip = device.device_memory(kind)
   out = dict(peak_tflops=peak, peak_unit=unit, **chip)
   if not peak or not chip['hbm_gbps']:
     return dict(out, bound_ms=None, reason=f'{kind!r}: no peak/HBM figure')
@@ -430,70 +427,82 @@ def roofline(record, kind, dtype, config, par):
 # The command.
 
 
-def parse_args(argv, prog='alexnet_jax.benchmark compile'):
+def define_flags(fv):
+  """`benchmark compile`'s flags, defined in the FlagValues `fv`."""
+  from absl import flags
+
   from alexnet_jax.benchmarks import harness
   from alexnet_jax.benchmarks import model as model_bench
 
-  p = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
-  p.add_argument(
-      '--target',
-      type=harness.csv_choices(
-          tuple(compile_targets.TARGETS) + ('auto',), '--target'
-      ),
+  harness.define_csv(
+      fv,
+      'target',
+      tuple(compile_targets.TARGETS) + ('auto',),
+      f'Comma-separated subset of {",".join(compile_targets.TARGETS)}, or '
+      "auto: this host's GPU or TPU.",
       default=['v5e', 'h100'],
-      help=f'{",".join(compile_targets.TARGETS)} (default v5e,h100), or '
-      "auto: this host's GPU or TPU",
   )
-  p.add_argument(
-      '--modes',
-      type=harness.csv_choices(tuple(MODES), '--modes'),
+  harness.define_csv(
+      fv,
+      'modes',
+      tuple(MODES),
+      f'Comma-separated subset of {",".join(MODES)}.',
       default=['single', 'model'],
-      help=f'{",".join(MODES)} (default single,model)',
   )
-  p.add_argument(
-      '--variant',
-      type=harness.csv_choices(model_bench.VARIANTS, '--variant'),
-      default=['paper'],
+  harness.define_csv(
+      fv, 'variant', model_bench.VARIANTS, 'Model variants.', default=['paper']
   )
-  p.add_argument(
-      '--dtype',
-      type=harness.csv_choices(model_bench.DTYPES, '--dtype'),
-      default=['bfloat16'],
+  harness.define_csv(
+      fv, 'dtype', model_bench.DTYPES, 'Model dtypes.', default=['bfloat16']
   )
-  p.add_argument(
-      '--batch',
-      type=harness.positive_int,
+  harness.define_positive(
+      fv,
+      'batch',
+      'Images per replica (data shard); the step takes batch x data.',
       default=128,
-      help='images per replica (data shard); the step takes batch x data',
   )
-  p.add_argument('--image-size', type=harness.positive_int, default=224)
-  harness.add_width_scale_option(p)
-  p.add_argument(
-      '--data',
-      type=harness.positive_int,
-      default=4,
-      help='data shards of the jit and pmap modes (default 4)',
+  harness.define_positive(
+      fv, 'image-size', 'Input side in pixels.', default=224
   )
-  p.add_argument(
-      '--set',
-      action='append',
-      default=[],
-      metavar='KEY=VALUE',
-      help='a config override, e.g. model.lrn.enabled=False (repeatable)',
+  harness.define_width_scale_flag(fv)
+  harness.define_positive(
+      fv, 'data', 'Data shards of the jit and pmap modes.', default=4
   )
-  p.add_argument('--out', default='', help='also append the lines here')
-  args = p.parse_args(argv)
-  args.command_line = 'python -m alexnet_jax.benchmark compile ' + ' '.join(
-      argv
+  flags.DEFINE_multi_string(
+      'set',
+      [],
+      'A config override KEY=VALUE, e.g. model.lrn.enabled=False '
+      '(repeatable).',
+      flag_values=fv,
   )
+  harness.define_out_flag(fv)
+
+
+def parse_args(argv, prog='alexnet_jax.benchmark compile'):
+  """argv (flags only) -> the namespace `run` reads (tests; the command
+  parses through benchmark.py)."""
+  from absl import flags
+
+  from alexnet_jax.benchmarks import harness
+
+  fv = flags.FlagValues()
+  define_flags(fv)
+  try:
+    rest = fv([prog, *argv])
+  except flags.Error as e:
+    raise SystemExit(f'{prog}: {e}') from None
+  if rest[1:]:
+    raise SystemExit(f'{prog}: unexpected arguments {rest[1:]}')
+  args = harness.namespace(fv)
+  args.command_line = ' '.join(['python -m', prog, *argv])
   return args
 
 
 def _auto_target():
   """This host's chip as a target (for `--target auto`, run.sh)."""
-  from alexnet_jax.benchmarks import accelerator
+  from alexnet_jax.benchmarks import device
 
-  kind = accelerator.probe()['device_kind']
+  kind = device.probe()['device_kind']
   return kind, compile_targets.for_device_kind(kind)
 
 
@@ -571,6 +580,6 @@ def print_table(records, file=None):
     )
 
 
-def main(argv=None, prog='alexnet_jax.benchmark compile'):
-  """`python -m alexnet_jax.benchmark compile ARGS`."""
-  run(parse_args(sys.argv[1:] if argv is None else argv, prog))
+def main(argv, prog='alexnet_jax.benchmark compile'):
+  """`benchmark compile` with these flags (tests)."""
+  return run(parse_args(argv, prog))
