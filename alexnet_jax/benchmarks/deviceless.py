@@ -19,9 +19,10 @@ training would run on those chips. Each compile prints one JSON line:
   GFLOP per training image of the paper model at 224, split evenly over
   the devices) and XLA's; bytes accessed per device. TPU: XLA:TPU's cost
   analysis. GPU: XLA's generic HLO cost analysis of the optimised module,
-  which counts the cuDNN convolution custom calls as 0 FLOPs and 0 bytes;
-  their operand and result bytes are added from the HLO (`custom_call_gb`)
-  so `gb_accessed` includes them;
+  which counts each custom call (the cuDNN convolutions) as unknown: -1
+  FLOP and -1 byte. Their operand and result bytes are added from the HLO
+  (`custom_call_gb`), so `gb_accessed` includes them; their FLOPs are not
+  (the roofline then uses the model's count);
 * the collectives in the optimised HLO, each kind's count and result
   bytes;
 * the compile time (on this machine: minutes on its 2 loaded cores).
@@ -287,9 +288,13 @@ def cost(compiled, platform, hlo):
   accessed = float(analysis.get('bytes accessed', 0.0))
   extra = 0
   if platform != 'tpu':
-    extra = sum(b for _, b in custom_calls(hlo).values())
-    # The analysis counts each custom call as -1 byte ("unknown").
-    accessed += extra + sum(n for n, _ in custom_calls(hlo).values())
+    calls = custom_calls(hlo).values()
+    extra = sum(b for _, b in calls)
+    # The analysis counts each custom call as -1 FLOP and -1 byte
+    # ("unknown"): those are taken back, the calls' bytes added.
+    unknown = sum(n for n, _ in calls)
+    flops += unknown
+    accessed += extra + unknown
   return flops, accessed, extra
 
 
