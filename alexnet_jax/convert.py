@@ -62,7 +62,7 @@ def main(argv=None):
   )
   args = parser.parse_args(argv)
   output = pathlib.Path(args.output)
-  try:
+  with console.exit_on(OSError, ValueError, ImportError):
     _output_is_free(output, args.overwrite)
     imported = convert.load(
         args.format,
@@ -81,9 +81,6 @@ def main(argv=None):
         mean_image=imported.mean_image,
         overwrite=args.overwrite or output.is_dir(),
     )
-  except (OSError, ValueError, ImportError) as e:
-    print(f'convert: error: {e}', file=sys.stderr)
-    return 1
   print(
       f'Wrote {args.format} weights from {args.input} to {output} '
       f'({imported.model.num_classes} classes, input '

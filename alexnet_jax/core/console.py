@@ -233,6 +233,9 @@ def run_absl(module_name: str, main, define_flags, **kwargs):
   app.run(main, **kwargs)
 
 
+HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
+
+
 def parse_absl_flags(argv):
   """absl's flag parsing with its errors as one line (`--verbose`: whole).
 
@@ -243,6 +246,12 @@ def parse_absl_flags(argv):
 
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:
+    # absl's --help (and --helpshort, --helpfull) print the usage and exit
+    # with status 1; asking for help is no error.
+    if e.code == 1 and any(a.split('=')[0] in HELP_FLAGS for a in argv[1:]):
+      raise SystemExit(0) from None
+    raise
   except flags.Error as e:
     text = str(e)
     if '--verbose' in argv:

@@ -41,6 +41,7 @@ The command line (`alexnet_jax/convert.py`) writes a model export that
 
 import dataclasses
 import importlib.resources
+import os
 import pathlib
 import pickle
 import re
@@ -279,6 +280,11 @@ def _read_torch_state_dict(path) -> dict:
         'reading torchvision weights needs PyTorch: pip install '
         'torch==2.13.0 (see requirements-test.txt)'
     ) from None
+  if os.path.isfile(path) and os.path.getsize(path) == 0:
+    raise WeightFileError(
+        f'{path} is empty (0 bytes): not a torch.save file; an interrupted '
+        'download?'
+    )
   try:
     state = torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
@@ -290,7 +296,11 @@ def _read_torch_state_dict(path) -> dict:
         '(torch.save(model.state_dict(), FILE)) is read, never code'
     ) from None
   except Exception as e:  # noqa: BLE001 - torch raises many kinds
-    raise WeightFileError(f'{path} is not a torch.save file: {e}') from None
+    # Some say nothing (EOFError of a truncated file): name the kind then.
+    reason = str(e).strip() or f'{type(e).__name__}, the file ends early'
+    raise WeightFileError(
+        f'{path} is not a torch.save file: {reason}'
+    ) from None
   # Common wrappers: {'state_dict': ...}, {'model': ...}, DataParallel names.
   for key in ('state_dict', 'model'):
     if isinstance(state, dict) and isinstance(state.get(key), dict):
