@@ -10,7 +10,6 @@ The readers live in `alexnet_jax.core.convert`; the export is written with
 `checkpoint.save_model` and read back with `checkpoint.load`.
 """
 
-import argparse
 import pathlib
 import sys
 
@@ -32,7 +31,7 @@ def _output_is_free(output: pathlib.Path, overwrite: bool):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
+  parser = console.ArgumentParser(
       prog='python -m alexnet_jax.convert',
       description='Convert published AlexNet weights into an alexnet_jax '
       'model export (readable with alexnet_jax.core.checkpoint.load).',

@@ -14,7 +14,6 @@ eigenvalues descending, eigenvectors as columns, ready for
 config.data.lighting.eigval / eigvec.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -116,7 +115,7 @@ def main(argv=None):
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:  # TensorFlow has started (main() called in-process)
     pass
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = console.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument(
       '--data',
       required=True,

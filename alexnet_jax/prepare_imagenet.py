@@ -12,7 +12,6 @@ rebuilds a half-prepared one. Then train with
 `--config.data.name=imagenet2012:5.*.* --config.data.data_dir=DATA_DIR`.
 """
 
-import argparse
 import logging
 import os
 import sys
@@ -61,7 +60,7 @@ def prepare(data_dir='', manual_dir='', name='imagenet2012:5.*.*'):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = console.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument(
       '--data_dir',
       default='',

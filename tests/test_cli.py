@@ -293,3 +293,29 @@ def test_ablation_configs_change_one_thing_and_build(variant):
 def test_ablation_config_argument_errors():
   with pytest.raises(ValueError, match='BASE/VARIANT'):
     ablations.get_config('cifar10/lrn')
+
+
+def test_every_command_has_one_error_prefix():
+  """Usage errors and runtime errors alike: `error: ...`, one line, from
+  the argparse commands (console.ArgumentParser, console.exit_on) and the
+  absl ones (console.parse_absl_flags)."""
+  from alexnet_jax import convert as convert_cli  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import data_stats  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import prepare_imagenet  # pylint: disable=g-import-not-at-top
+
+  messages = []
+  for command in (convert_cli.main, data_stats.main, prepare_imagenet.main):
+    with pytest.raises(SystemExit) as e:
+      command(['--bogus'])
+    messages.append(str(e.value.code))
+  with pytest.raises(SystemExit) as e:
+    convert_cli.main(
+        ['--format=torchvision', '--input=/nonexistent.pth', '--output=/tmp/x']
+    )
+  messages.append(str(e.value.code))
+  with pytest.raises(SystemExit) as e:
+    console.parse_absl_flags(['evaluate', '--bogus'])
+  messages.append(str(e.value.code))
+  for text in messages:
+    assert text.startswith('error: ') and '\n' not in text, text
+    assert 'convert:' not in text

@@ -13,6 +13,7 @@ known notices are passed on, so a real problem at import still shows.
 Set TF_CPP_MIN_LOG_LEVEL=0 to see everything.
 """
 
+import argparse
 import contextlib
 import importlib.abc
 import importlib.util
@@ -183,6 +184,13 @@ def exit_on(*errors, verbose=False):
       traceback.print_exc()
     print('interrupted', file=sys.stderr)
     raise SystemExit(130) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with its usage errors as the commands' one `error:` line."""
+
+  def error(self, message):
+    raise SystemExit(f'error: {message} (--help lists the flags)')
 
 
 def adopt_main(module_name: str):
