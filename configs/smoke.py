@@ -40,6 +40,7 @@ def get_config():
   # std 0.01 starves a quarter-width net of signal (its fan-ins are 4x
   # smaller): with it the loss sat at ln(10) for 6 epochs; 0.05 learns.
   c.model.weight_init_std = 0.05
+  c.model.fc_init_std = 0.05
 
   d = c.data
   d.name = 'folder:' + sample_root()

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from alexnet_jax import cli
 from alexnet_jax import main as main_lib
 from alexnet_jax import predict
 from alexnet_jax.configs import ablations
@@ -296,9 +297,8 @@ def test_ablation_config_argument_errors():
 
 
 def test_every_command_has_one_error_prefix():
-  """Usage errors and runtime errors alike: `error: ...`, one line, from
-  the argparse commands (console.ArgumentParser, console.exit_on) and the
-  absl ones (console.parse_absl_flags)."""
+  """Flag errors (cli.parse_flags) and runtime errors (console.exit_on)
+  alike: `error: ...`, one line, whatever the command."""
   from alexnet_jax import convert as convert_cli  # pylint: disable=g-import-not-at-top
   from alexnet_jax import data_stats  # pylint: disable=g-import-not-at-top
   from alexnet_jax import prepare_imagenet  # pylint: disable=g-import-not-at-top
@@ -314,7 +314,7 @@ def test_every_command_has_one_error_prefix():
     )
   messages.append(str(e.value.code))
   with pytest.raises(SystemExit) as e:
-    console.parse_absl_flags(['evaluate', '--bogus'])
+    cli.parse_flags(['evaluate', '--bogus'])
   messages.append(str(e.value.code))
   for text in messages:
     assert text.startswith('error: ') and '\n' not in text, text

@@ -104,7 +104,10 @@ def _close_grads(a, b):
             'asks for data=3 x model=1 = 3',
         ),  # fits 4, fine
         (dict(data=4, model=2), 'only 4 are present'),
-        (dict(data=-1, model=3), 'model axis is 1'),
+        (
+            dict(data=-1, model=3),
+            'mesh.model=3 is not accepted; use one of 1, 2',
+        ),
         (
             dict(data=-1, batch=6),
             'batch_size=6 is not divisible by the data axis',

@@ -30,15 +30,14 @@ example counts exactly once.
 
 import collections
 import dataclasses
-import functools
 import logging
 import os
-import re
 import threading
 
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax.core import folder_source
 from alexnet_jax.core import input_guard
 from alexnet_jax.core import paths as paths_lib
 from alexnet_jax.core import preprocess
@@ -49,7 +48,6 @@ try:
 except RuntimeError:  # TF already initialised its devices; nothing to do
   pass
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 FAKE_SPLIT_SIZES = {'train': 1_281_167, 'validation': 50_000, 'test': 50_000}
 # In training, attempts to replace an unreadable image before giving up.
 _MAX_ATTEMPTS = 8
@@ -147,174 +145,7 @@ def _options(config, deterministic=True):
   return options
 
 
-_SLICE = re.compile(
-    r'^(?P<name>[\w-]+)(\[(?P<lo>-?\d+%?)?:(?P<hi>-?\d+%?)?\])?$'
-)
-
-
-def check_split(split, sizes):
-  """The split's name; ValueError if `split` is not NAME, NAME[a:b] or
-  NAME[a%:b%] of a split in `sizes` (which is not asked for a size)."""
-  match = _SLICE.match(split)
-  if not match:
-    raise ValueError(
-        f'split {split!r} is not accepted; use NAME, NAME[a:b] '
-        'or NAME[a%:b%] (e.g. train[:90%])'
-    )
-  name = match['name']
-  if name not in sizes:
-    raise ValueError(
-        f'split {name!r} does not exist; the dataset has ' f'{sorted(sizes)}'
-    )
-  return match
-
-
-def parse_split(split, sizes):
-  """'train', 'train[:1000]' or 'train[10%:]' -> (name, start, stop), as
-  TFDS slices splits (percentages round to the closest example)."""
-  match = check_split(split, sizes)
-  name = match['name']
-  n = sizes[name]
-
-  def bound(text, default):
-    if text is None:
-      return default
-    if text.endswith('%'):
-      value = round(int(text[:-1]) * n / 100)
-    else:
-      value = int(text)
-    return max(0, min(n, value + n if value < 0 else value))
-
-  return name, bound(match['lo'], 0), bound(match['hi'], n)
-
-
 # ------------------------------------------------------------------ sources
-
-
-@dataclasses.dataclass
-class _Table:
-  """A host's part of a split, readable by index."""
-
-  size: int
-  labels: tf.Tensor  # int32[n]
-  names: tf.Tensor  # string[n]
-  read: callable  # int64 index -> encoded bytes
-
-
-class FolderSource:
-  """ROOT/SPLIT/CLASS/IMAGE; no preparation step."""
-
-  def __init__(self, root):
-    self.root = paths_lib.expand(root)
-    if not os.path.isdir(self.root):
-      raise FileNotFoundError(
-          f"data.name='folder:{root}': {self.root!r} is not a directory "
-          '(expected ROOT/SPLIT/CLASS/IMAGE, e.g. ROOT/train/cat/1.jpg)'
-      )
-    self.splits = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
-    classes = set()
-    for split in self.splits:
-      classes.update(
-          e.name
-          for e in os.scandir(os.path.join(self.root, split))
-          if e.is_dir()
-      )
-    if not classes:
-      raise FileNotFoundError(
-          f'{self.root!r} has no ROOT/SPLIT/CLASS/ folders (found splits '
-          f'{self.splits}); expected e.g. {self.root}/train/cat/1.jpg'
-      )
-    self.class_names = tuple(sorted(classes))
-    self._files = {}
-
-  def files(self, split):
-    """(paths, labels) of a whole split, classes interleaved.
-
-    Files are sorted by class then name, then interleaved: the first file of
-    every class (in class order), then the second of every class, ... So a
-    slice such as 'train[:90%]' / 'train[90%:]' holds every class in
-    proportion (a held-out validation split), and 'val[:6]' of a folder with
-    one image per class is classes 0..5.
-    """
-    if split not in self._files:
-      directory = os.path.join(self.root, split)
-      if split not in self.splits:
-        raise ValueError(
-            f'split {split!r} is not in {self.root!r}; it has ' f'{self.splits}'
-        )
-      index = {name: i for i, name in enumerate(self.class_names)}
-      paths, labels, ignored = [], [], 0
-      for cls in sorted(e.name for e in os.scandir(directory) if e.is_dir()):
-        for entry in sorted(
-            os.scandir(os.path.join(directory, cls)), key=lambda e: e.name
-        ):
-          if entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            paths.append(entry.path)
-            labels.append(index[cls])
-          else:
-            ignored += 1
-      if ignored:
-        logging.info(
-            '%s: ignored %d files without an image extension %s',
-            directory,
-            ignored,
-            IMAGE_EXTENSIONS,
-        )
-      if not paths:
-        raise FileNotFoundError(
-            f'{directory!r} has no images '
-            f'{IMAGE_EXTENSIONS} in class folders'
-        )
-      labels = np.array(labels, np.int32)  # ascending: listed by class
-      # Position within its class (O(n): ImageNet has 1.28M files).
-      rank = np.arange(len(labels)) - np.searchsorted(labels, labels)
-      order = np.lexsort((labels, rank))
-      self._files[split] = (np.array(paths)[order], labels[order])
-    return self._files[split]
-
-  def split_sizes(self):
-    return {s: len(self.files(s)[0]) for s in self.splits}
-
-  def table(self, split, process_index, process_count, cache):
-    """(_Table of this host's share of `split`, total size)."""
-    name, lo, hi = parse_split(split, _LazySizes(self))
-    paths, labels = self.files(name)
-    paths, labels = paths[lo:hi], labels[lo:hi]
-    total = len(paths)
-    # A contiguous block per host: classes are interleaved (see `files`),
-    # so every host sees every class.
-    start = process_index * total // process_count
-    stop = (process_index + 1) * total // process_count
-    paths, labels = paths[start:stop], labels[start:stop]
-    names = tf.constant(paths)
-    if cache:
-      contents = tf.constant([_read_bytes(p) for p in paths])
-      read = lambda i: tf.gather(contents, i)
-    else:
-      read = lambda i: tf.io.read_file(tf.gather(names, i))
-    return _Table(len(paths), tf.constant(labels), names, read), total
-
-
-class _LazySizes(dict):
-  """Split name -> size, listing a split's files only when asked."""
-
-  def __init__(self, source):
-    super().__init__()
-    self._source = source
-
-  def __contains__(self, split):
-    return split in self._source.splits
-
-  def __getitem__(self, split):
-    return len(self._source.files(split)[0])
-
-  def __iter__(self):
-    return iter(self._source.splits)
-
-
-def _read_bytes(path):
-  with open(path, 'rb') as f:
-    return f.read()
 
 
 def _source(config):
@@ -325,7 +156,7 @@ def _source(config):
     spelled = name[len('folder:') :]
     try:
       # Resolved here, so a changed data root is never served from the cache.
-      return _folder_source(paths_lib.expand(spelled))
+      return folder_source.cached(paths_lib.expand(spelled))
     except FileNotFoundError as e:
       if paths_lib.expand(spelled) == spelled:
         raise
@@ -337,11 +168,6 @@ def _source(config):
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
 
   return tfds_source.TfdsSource(config)
-
-
-@functools.lru_cache(maxsize=8)
-def _folder_source(root):
-  return FolderSource(root)
 
 
 def get_info(config):

@@ -40,6 +40,7 @@ from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import optim
 from alexnet_jax.core import outputs
 from alexnet_jax.core import parallel
+from alexnet_jax.core import splits
 
 # The steps and their factory, re-exported (train.make_train_step etc.).
 from alexnet_jax.core.steps import Plan
@@ -65,9 +66,7 @@ def plan(config, info) -> Plan:
   examples = config.train.num_train_examples
   if examples <= 0:
     try:  # 'train', or a slice such as 'train[:90%]'
-      _, lo, hi = input_pipeline.parse_split(
-          config.data.train_split, info.split_sizes
-      )
+      _, lo, hi = splits.parse_split(config.data.train_split, info.split_sizes)
       examples = hi - lo
     except ValueError as e:
       raise config_checks.ConfigError(
@@ -87,7 +86,7 @@ def _check_splits(config, info):
     split = config.data[field]
     if split:
       try:
-        input_pipeline.check_split(split, info.split_sizes)
+        splits.check_split(split, info.split_sizes)
       except ValueError as e:
         raise config_checks.ConfigError(f'config.data.{field}: {e}') from None
 
