@@ -280,19 +280,18 @@ def test_fine_tuned_head_and_renamed_layers(tmp_path):
 
 def _refused(tmp_path, path, *patterns, capsys):
   out = tmp_path / 'out'
-  assert (
-      convert_cli.main(
-          [
-              '--format=caffemodel',
-              f'--input={path}',
-              f'--output={out}',
-              f'--width_scale={TINY}',
-          ]
-      )
-      == 1
-  )
-  err = capsys.readouterr().err
-  assert err.startswith('convert: error: ') and 'Traceback' not in err
+  with pytest.raises(SystemExit) as e:  # console.exit_on: one error line
+    convert_cli.main(
+        [
+            '--format=caffemodel',
+            f'--input={path}',
+            f'--output={out}',
+            f'--width_scale={TINY}',
+        ]
+    )
+  err = str(e.value.code)
+  assert err.startswith('error: ') and 'Traceback' not in err
+  assert '\n' not in err and not capsys.readouterr().err
   assert str(path) in err
   for pattern in patterns:
     assert pattern in err, err
@@ -383,13 +382,9 @@ def test_other_networks_are_refused(tmp_path, capsys):
   blobs['conv1'] = _conv(64, 3, 11)
   c = write_caffemodel(tmp_path / 'c64.caffemodel', blobs, v1=True)
   out = tmp_path / 'out'
-  assert (
-      convert_cli.main(
-          ['--format=caffemodel', f'--input={c}', f'--output={out}']
-      )
-      == 1
-  )
-  err = capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    convert_cli.main(['--format=caffemodel', f'--input={c}', f'--output={out}'])
+  err = str(e.value.code)
   assert "'conv1/W' has shape (64, 3, 11, 11), expected (96, 3, 11, 11)" in err
   assert str(c) in err and not out.exists()
 
