@@ -120,6 +120,8 @@ def main(argv):
   logging.info('Workdir: %s', FLAGS.workdir)
 
   from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import input_guard  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import outputs  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
 
@@ -128,6 +130,8 @@ def main(argv):
       checkpoint.CheckpointError,
       train.NonFiniteError,
       tfds_source.DataNotReadyError,
+      input_guard.UnreadableDataError,
+      outputs.OutputError,
       FileNotFoundError,
       ValueError,
       verbose=FLAGS.verbose,

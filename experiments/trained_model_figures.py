@@ -25,10 +25,9 @@ import json
 import pathlib
 import sys
 
-import matplotlib
+import experiments
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+plt = experiments.pyplot()  # or one line naming the extra to install
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 

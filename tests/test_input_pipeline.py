@@ -33,6 +33,10 @@ CIFAR10 = (
 
 def _config(name, batch=8, size=24, resize=32, **data):
   c = paper.get_config()
+  # [0, 1] pixels: these tests compare with PIL's [0, 1] arrays
+  # (tests/test_input_scale.py covers the paper's 0-255 default).
+  c.data.pixel_scale = 1.0
+  c.data.mean = (0.485, 0.456, 0.406)
   c.data.name = name
   c.data.image_size = size
   c.data.resize_size = resize

@@ -228,3 +228,59 @@ def test_library_imports_without_torch_or_pil():
   assert result['failed'] == {}
   assert result['ours'] == []
   assert result['torch'] == []
+
+
+def _third_party_imports(paths):
+  import ast  # pylint: disable=g-import-not-at-top
+
+  found = set()
+  for path in paths:
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        found |= {a.name.split('.')[0] for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        found.add(node.module.split('.')[0])
+  return found - set(sys.stdlib_module_names) - {'alexnet_jax', 'experiments'}
+
+
+def test_experiments_extra_covers_what_experiments_import():
+  """What experiments/ imports beyond the package's own dependencies is
+  in the one `experiments` extra."""
+  project = PYPROJECT['project']
+  names = lambda reqs: {re.split(r'[<>=;\[ ]', r)[0].lower() for r in reqs}
+  have = names(project['dependencies']) | names(
+      project['optional-dependencies']['experiments']
+  )
+  # Import names that differ from their distributions' names.
+  dist = {'PIL': 'pillow', 'numpy': 'jax', 'tensorflow': 'tensorflow-cpu'}
+  code = sorted((REPO / 'experiments').rglob('*.py'))
+  assert 'torch' in _third_party_imports(code)  # the benchmarks' peer
+  for module in _third_party_imports(code):
+    assert dist.get(module, module).lower() in have, module
+
+
+def test_missing_experiments_extra_is_one_line():
+  """Without matplotlib, the sweep command names the extra to install."""
+  blocked = textwrap.dedent("""
+      import importlib.abc, runpy, sys
+      class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+          if name.split('.')[0] == 'matplotlib':
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+      sys.meta_path.insert(0, Block())
+      sys.argv = ['sweep', '--list']
+      runpy.run_module('experiments.sweep', run_name='__main__')
+  """)
+  proc = subprocess.run(
+      [sys.executable, '-c', blocked],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [
+      'error: matplotlib is not installed; the experiments need the '
+      "'experiments' extra: pip install -e '.[experiments]'"
+  ], proc.stderr

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_jax.core import folder_source
+from alexnet_jax.core import input_guard
 from alexnet_jax.core import paths as paths_lib
 from alexnet_jax.core import preprocess
 
@@ -294,7 +295,16 @@ def _threads(config):
 
 
 def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
-  """The endless, batched training tf.data.Dataset of one host."""
+  """The endless, batched training tf.data.Dataset of one host.
+
+  It ends only if its files cannot be read (input_guard): iterate it
+  through `train_iterator`, which says why in one line.
+  """
+  return _train_dataset(config, start_step, process_index, process_count)[0]
+
+
+def _train_dataset(config, start_step, process_index, process_count):
+  """(train_dataset, its input_guard.ReadGuard or None for fake data)."""
   batch = _host_batch(config, process_count)
   start = start_step * batch
   params = _params(config)
@@ -302,6 +312,8 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
   threads = _threads(config)
   source = _source(config)
   example_key = lambda p: _fold(_base_key(seed, host, 3), p)
+  guard = None
+  dataset = f'{config.data.name} {config.data.train_split}'
   if source is None:
     ds = _fake(config, params, start, process_index, crops=None, train=True)
   elif getattr(source, 'streaming', False) and not config.data.cache:
@@ -309,29 +321,30 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
     ds = source.train_stream(
         config.data.train_split, seed, start, process_index, process_count
     )
+    names_of = lambda m: tf.strings.join(
+        [
+            f'{config.data.name} {config.data.train_split} record at training '
+            f'stream position ',
+            tf.strings.as_string(m),
+            f' of host {host}',
+        ]
+    )
+    guard = input_guard.ReadGuard(dataset, names_of, slack=threads)
     ds = _map_tolerantly(
-        ds,
-        lambda ex: dict(
-            image=preprocess.train_image(
-                ex['encoded'], example_key(ex['position']), params
+        guard.watch(ds),
+        guard.counted(
+            lambda ex: dict(
+                image=preprocess.train_image(
+                    ex['encoded'], example_key(ex['position']), params
+                ),
+                label=ex['label'],
+                position=ex['position'],
             ),
-            label=ex['label'],
-            position=ex['position'],
+            lambda ex: ex['position'],
         ),
         threads,
     )
-    ds = _name_gaps(
-        ds,
-        start,
-        lambda m: tf.strings.join(
-            [
-                f'{config.data.name} {config.data.train_split} record at training '
-                f'stream position ',
-                tf.strings.as_string(m),
-                f' of host {host}',
-            ]
-        ),
-    )
+    ds = _name_gaps(ds, start, names_of)
     ds = _without(ds, 'position')
   else:
     table, _ = source.table(
@@ -366,29 +379,39 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
       with tf.control_dependencies([_note(names)]):
         return {k: tf.identity(v) for k, v in ex.items() if k != 'tried'}
 
+    guard = input_guard.ReadGuard(
+        dataset,
+        lambda m: tf.gather(
+            table.names,
+            tf.map_fn(lambda p: _candidates(table, seed, host, p, 1)[0], m),
+        ),
+        slack=threads,
+        files=table.size,
+    )
     positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
     ds = _map_tolerantly(
-        positions,
-        lambda p: load(p, _candidates(table, seed, host, p, 1)[0]),
+        guard.watch(positions),
+        guard.counted(
+            lambda p: load(p, _candidates(table, seed, host, p, 1)[0]),
+            lambda p: p,
+        ),
         threads,
     )
     ds = _fill_gaps(ds, start, replace)
   ds = ds.batch(batch, drop_remainder=True)
   ds = ds.prefetch(config.data.prefetch or tf.data.AUTOTUNE)
-  return ds.with_options(_options(config))
+  return ds.with_options(_options(config)), guard
 
 
 def train_iterator(config, *, start_step=0, process_index=0, process_count=1):
   """Endless iterator of dict(image=f32[b, H, W, 3], label=i32[b]) with
   b = config.optim.batch_size // process_count; batch k depends only on
-  (config.train.seed, k)."""
-  ds = train_dataset(
-      config,
-      start_step=start_step,
-      process_index=process_index,
-      process_count=process_count,
-  )
-  return ds.as_numpy_iterator()
+  (config.train.seed, k). Raises input_guard.UnreadableDataError (one
+  line) if its files cannot be read."""
+  ds, guard = _train_dataset(config, start_step, process_index, process_count)
+  if guard is None:
+    return ds.as_numpy_iterator()
+  return guard.checked(ds.as_numpy_iterator(), finite=False)
 
 
 def _host_batch(config, process_count):
@@ -418,12 +441,13 @@ def _candidates(table, seed, host, p, count=_MAX_ATTEMPTS):
 
 
 def _all_unreadable(names, like):
-  """Fails the pipeline: none of a position's draws could be read."""
+  """Fails the pipeline: none of a position's draws could be read
+  (input_guard.ReadGuard.checked turns this into one line)."""
   check = tf.debugging.Assert(
       False,
       [
-          f'{_MAX_ATTEMPTS} images in a row could not be read (truncated, empty '
-          'or not images); is the dataset corrupt? Tried:',
+          f'{_MAX_ATTEMPTS} images drawn for one position in a row '
+          f'{input_guard.ASSERT_MARK}; truncated, empty or not images?',
           names,
       ],
       summarize=_MAX_ATTEMPTS,
@@ -445,6 +469,15 @@ def eval_dataset(
     process_count=1,
 ):
   """(unbatched tf.data.Dataset of readable examples, number of batches)."""
+  return _eval_dataset(
+      config, split, preprocessing, crops, process_index, process_count
+  )[:2]
+
+
+def _eval_dataset(
+    config, split, preprocessing, crops, process_index, process_count
+):
+  """eval_dataset's pair and its input_guard.ReadGuard (None: fake data)."""
   params = _params(config, preprocessing)
   crops = crops or config.data.eval_crops
   batch = _host_batch(config, process_count)
@@ -454,39 +487,52 @@ def eval_dataset(
     ds = _fake(config, params, 0, process_index, crops=crops, train=False).take(
         len(range(process_index, n, process_count))
     )
-    total = n
+    total, guard = n, None
   else:
-    ds, total = map_readable(
+    ds, total, guard = _map_readable(
         config,
         split,
         lambda e: preprocess.eval_image(e, params, crops),
-        process_index=process_index,
-        process_count=process_count,
+        process_index,
+        process_count,
     )
   # Every host yields the same number of batches (hosts may hold one more
   # example than others).
   per_host = -(-total // process_count)
   num_batches = -(-per_host // batch)
-  return ds.with_options(_options(config)), num_batches
+  return ds.with_options(_options(config)), num_batches, guard
 
 
 def map_readable(config, split, fn, *, process_index=0, process_count=1):
   """(dataset of dict(image=fn(encoded), label) over a host's readable
   examples of `split` in order, size of the whole split). Unreadable files
-  are skipped and named."""
+  are skipped and named; after input_guard.LIMIT of them in a row the
+  dataset ends early."""
+  return _map_readable(config, split, fn, process_index, process_count)[:2]
+
+
+def _map_readable(config, split, fn, process_index, process_count):
+  """map_readable's pair and its input_guard.ReadGuard."""
   source = _source(config)
   if source is None:
     raise ValueError("data.name='fake' has no files to read")
+  threads = _threads(config)
   if getattr(source, 'streaming', False) and not config.data.cache:
     records, names_of, size, total = source.eval_stream(
         split, process_index, process_count
     )
+    guard = input_guard.ReadGuard(
+        f'{config.data.name} {split}', names_of, slack=threads
+    )
     ds = _map_tolerantly(
-        records.enumerate(),
-        lambda i, ex: dict(
-            image=fn(ex['encoded']), label=ex['label'], position=i
+        guard.watch(records.enumerate()),
+        guard.counted(
+            lambda i, ex: dict(
+                image=fn(ex['encoded']), label=ex['label'], position=i
+            ),
+            lambda i, ex: i,
         ),
-        _threads(config),
+        threads,
     )
   else:
     table, total = source.table(
@@ -494,28 +540,42 @@ def map_readable(config, split, fn, *, process_index=0, process_count=1):
     )
     size = table.size
     names_of = lambda m: tf.gather(table.names, m)
+    guard = input_guard.ReadGuard(
+        f'{config.data.name} {split}', names_of, slack=threads
+    )
     ds = _map_tolerantly(
-        tf.data.Dataset.range(size),
-        lambda i: dict(
-            image=fn(table.read(i)),
-            label=tf.gather(table.labels, i),
-            position=i,
+        guard.watch(tf.data.Dataset.range(size)),
+        guard.counted(
+            lambda i: dict(
+                image=fn(table.read(i)),
+                label=tf.gather(table.labels, i),
+                position=i,
+            ),
+            lambda i: i,
         ),
-        _threads(config),
+        threads,
     )
   ds = _name_gaps(ds, 0, names_of, end=size)
-  return _without(ds, 'position').with_options(_options(config)), total
+  ds = _without(ds, 'position').with_options(_options(config))
+  return ds, total, guard
 
 
 def eval_iterator(config, split, **options):
   """Finite iterator of dict(image, label, mask); the last batch (and any
   batch a host has no examples left for) is padded, mask marking real
   examples. `options`: eval_dataset's keyword arguments."""
-  ds, num_batches = eval_dataset(config, split, **options)
-  batch = _host_batch(config, options.get('process_count', 1))
+  options = dict(
+      dict(preprocessing=None, crops=None, process_index=0, process_count=1),
+      **options,
+  )
+  ds, num_batches, guard = _eval_dataset(config, split, **options)
+  batch = _host_batch(config, options['process_count'])
   ds = ds.batch(batch).prefetch(config.data.prefetch or tf.data.AUTOTUNE)
+  batches = ds.as_numpy_iterator()
+  if guard is not None:
+    batches = guard.checked(batches, finite=True)
   return _padded(
-      ds.as_numpy_iterator(),
+      batches,
       batch,
       num_batches,
       ds.element_spec['image'].shape[1:],

@@ -262,6 +262,16 @@ def param_spec(path, leaf, *, towers: int = 2, split_fc8: bool = True) -> P:
 # The parallel runtime.
 
 
+# Parallel.mode -> what it means.
+MODES = {
+    'single': 'one device',
+    'jit': 'data parallel (jit with shardings)',
+    'pmap': 'data parallel (pmap)',
+    'model': 'two towers, one per device',
+    'hybrid': 'data parallel x two towers',
+}
+
+
 class Parallel:
   """Placement and steps for one model on the mesh the config asks for.
 
@@ -315,6 +325,37 @@ class Parallel:
         f'Parallel(mode={self.mode}, data={self.data_size}, '
         f'model={self.model_size}, processes={jax.process_count()})'
     )
+
+  def layout(self) -> dict:
+    """What runs where, as the start of a run logs it and results.json
+    records it: mode, mesh shape, devices, processes, batch per device."""
+    devices = self.mesh.devices.flat
+    batch = self.config.optim.batch_size
+    return dict(
+        mode=self.mode,
+        description=MODES[self.mode],
+        mesh={DATA: self.data_size, MODEL: self.model_size},
+        devices=self.data_size * self.model_size,
+        platform=next(iter(devices)).platform,
+        processes=jax.process_count(),
+        global_batch=batch,
+        # Both towers of a data shard see the same images.
+        per_device_batch=batch // self.data_size,
+        dtype=self.config.model.dtype,
+    )
+
+
+def layout_line(layout: dict) -> str:
+  """Parallel.layout() in one line."""
+  mesh = ' x '.join(f'{k}={v}' for k, v in layout['mesh'].items())
+  processes = layout['processes']
+  return (
+      f'{layout["description"]} (mode {layout["mode"]}); mesh {mesh}; '
+      f'{layout["devices"]} {layout["platform"]} devices in {processes} '
+      f'process{"es" if processes > 1 else ""}; batch '
+      f'{layout["per_device_batch"]} per device ({layout["global_batch"]} in '
+      f'all); {layout["dtype"]}'
+  )
 
   # -- shardings --------------------------------------------------------------
 
