@@ -266,9 +266,7 @@ def run_all(
     for s, handler in old.items():
       signal.signal(s, handler)
   if stopping:
-    raise KeyboardInterrupt(
-        'sweep stopped by a signal; run it again to ' 'resume'
-    )
+    raise KeyboardInterrupt('sweep stopped by a signal; run it again to resume')
   return results
 
 
@@ -293,9 +291,7 @@ def _start(run: Run, main_module, env, log):
   )
   _write_status(run, {k: v for k, v in status.items() if k != '_t0'})
   logf = open(run.workdir / LOG_FILE, 'a')
-  logf.write(
-      f'\n==== {_now()} attempt {status["attempts"]}: ' f'{" ".join(cmd)}\n'
-  )
+  logf.write(f'\n==== {_now()} attempt {status["attempts"]}: {" ".join(cmd)}\n')
   logf.flush()
   full_env = dict(os.environ, **(env or {}))
   # The trainer gets its own session: a Ctrl-C reaches only this runner,

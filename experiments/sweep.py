@@ -43,7 +43,7 @@ def parse_set(items) -> dict[str, str]:
     key = key.removeprefix('--').removeprefix('config.')
     if not sep or not key:
       raise SystemExit(
-          f'--set {item!r}: expected field=value, e.g. ' 'optim.num_epochs=10'
+          f'--set {item!r}: expected field=value, e.g. optim.num_epochs=10'
       )
     out[key] = value
   return out
@@ -58,7 +58,7 @@ def main(argv=None):
   p.add_argument(
       '--dataset',
       default='cifar10',
-      help='cifar10 (configs/cifar10.py) or imagenet ' '(configs/paper.py)',
+      help='cifar10 (configs/cifar10.py) or imagenet (configs/paper.py)',
   )
   p.add_argument(
       '--jobs', type=int, default=1, help='variants trained at once (default 1)'
@@ -85,7 +85,7 @@ def main(argv=None):
   p.add_argument(
       '--results',
       default=None,
-      help='results directory (default experiments/results/' 'NAME-DATASET)',
+      help='results directory (default experiments/results/NAME-DATASET)',
   )
   p.add_argument(
       '--main',

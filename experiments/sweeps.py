@@ -105,8 +105,8 @@ def figure1(lrs: dict[str, float]) -> Sweep:
   }
   return Sweep(
       'figure1',
-      'ReLU vs tanh, four-layer CIFAR-10 net, training ' 'error vs epochs',
-      'ReLU reaches 25% training error six times ' 'faster than tanh',
+      'ReLU vs tanh, four-layer CIFAR-10 net, training error vs epochs',
+      'ReLU reaches 25% training error six times faster than tanh',
       variants,
       datasets=('cifar10',),
       config=FIGURE1_CONFIG,
@@ -119,7 +119,7 @@ def figure1(lrs: dict[str, float]) -> Sweep:
 def lrn_cifar() -> Sweep:
   return Sweep(
       'lrn_cifar',
-      "cross-map LRN on vs off in cuda-convnet's conv-local " 'CIFAR-10 net',
+      "cross-map LRN on vs off in cuda-convnet's conv-local CIFAR-10 net",
       '13% test error without LRN, 11% with (about 450 '
       'epochs, 10-view testing)',
       {v: ablations_config.VARIANTS[v] for v in ('lrn_on', 'lrn_off')},

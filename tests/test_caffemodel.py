@@ -402,7 +402,7 @@ def test_shapes_and_constants_that_do_not_fit(tmp_path, capsys):
   _refused(
       tmp_path,
       p,
-      "'conv2/W' has shape (16, 6, 5, 5), expected " '(16, 3, 5, 5)',
+      "'conv2/W' has shape (16, 6, 5, 5), expected (16, 3, 5, 5)",
       capsys=capsys,
   )
   blobs = _net_blobs(caffe_net(TINY))

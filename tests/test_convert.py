@@ -323,7 +323,7 @@ def test_torchvision_wrong_and_extra_keys(tmp_path, torchvision_file):
     convert.from_torchvision(path, width_scale=TINY)
   message = str(err.value)
   assert (
-      "'features.3.weight' has shape (12, 8, 5, 5), expected " '(12, 4, 5, 5)'
+      "'features.3.weight' has shape (12, 8, 5, 5), expected (12, 4, 5, 5)"
   ) in message
   assert "missing 'classifier.4.bias' (expected shape (256,))" in message
   assert "unexpected keys 'features.2.weight'" in message

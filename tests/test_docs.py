@@ -23,7 +23,7 @@ MAX_README_LINES = 250
 # [text](target) and ![alt](target); the target ends at the first space
 # (an optional "title" may follow) or the closing parenthesis.
 _LINK = re.compile(
-    r'!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?' r'(?:\s+"[^"]*")?\s*\)'
+    r'!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)'
 )
 _FENCE = re.compile(r'^(```|~~~).*?^\1[ \t]*$', re.S | re.M)
 _INLINE_CODE = re.compile(r'`[^`\n]*`')

@@ -349,7 +349,7 @@ def test_python_checks_dtypes_as_lax_does():
   with pytest.raises(TypeError, match='same dtypes'):
     jax.eval_shape(lambda x, k: _xla(x, k, 1, P1), x, k16)
   with pytest.raises(
-      TypeError, match='same dtypes, got x float32, kernel ' 'bfloat16'
+      TypeError, match='same dtypes, got x float32, kernel bfloat16'
   ):
     jax.eval_shape(lambda x, k: onednn.conv(x, k, 1, P1), x, k16)
   h = jax.ShapeDtypeStruct((2, 9, 9, 4), jnp.float16)
@@ -562,7 +562,7 @@ def test_backend_choice(monkeypatch):
   monkeypatch.setenv('ALEXNET_JAX_CONV', 'onedn')
   with pytest.raises(
       ValueError,
-      match="ALEXNET_JAX_CONV='onedn' is not one " 'of auto, xla, onednn',
+      match="ALEXNET_JAX_CONV='onedn' is not one of auto, xla, onednn",
   ):
     ops.conv_backend()
   # float16 always runs XLA's; asking oneDNN for it is an error.
@@ -570,7 +570,7 @@ def test_backend_choice(monkeypatch):
   assert ops.conv_backend(jnp.float16) == 'xla'
   monkeypatch.setenv('ALEXNET_JAX_CONV', 'onednn')
   with pytest.raises(
-      ValueError, match='float32 or bfloat16 on CPU only, ' 'not float16'
+      ValueError, match='float32 or bfloat16 on CPU only, not float16'
   ):
     ops.conv_backend(jnp.float16)
 
@@ -1080,7 +1080,7 @@ def test_missing_wheel_is_reported(monkeypatch, tmp_path):
   monkeypatch.setattr(onednn, 'LIBRARY_DIST', 'no-such-onednn-wheel')
   with pytest.raises(
       onednn.Unavailable,
-      match="'no-such-onednn-wheel' wheel is not installed " r'\(the cpu extra',
+      match=r"'no-such-onednn-wheel' wheel is not installed \(the cpu extra",
   ):
     onednn.build()
   assert not list(tmp_path.iterdir())

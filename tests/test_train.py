@@ -342,7 +342,7 @@ def test_resume_into_a_different_model_fails_before_training(
   )
   with pytest.raises(
       checkpoint.CheckpointError,
-      match='model.width_scale: checkpoint 0.0625, config ' '0.125',
+      match='model.width_scale: checkpoint 0.0625, config 0.125',
   ):
     train.train_and_evaluate(config, workdir)
 

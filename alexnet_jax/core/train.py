@@ -198,7 +198,7 @@ def evaluate(
       progress(int(np.sum(batch['mask'])))
   if total is None:
     raise ValueError(
-        f'split {split!r} of {config.data.name} yielded no ' 'examples'
+        f'split {split!r} of {config.data.name} yielded no examples'
     )
   result = {k: float(v) for k, v in par.to_host(total.compute()).items()}
   result['examples'] = int(par.to_host(total.loss.count))

@@ -150,7 +150,7 @@ def main():
   parser.add_argument(
       '--library',
       required=True,
-      help='a library built by that tree (for the stand-in ' 'compiler)',
+      help='a library built by that tree (for the stand-in compiler)',
   )
   parser.add_argument('--only', default='')
   args = parser.parse_args()
