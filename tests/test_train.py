@@ -409,6 +409,24 @@ def test_console_writer_is_one_short_line(caplog):
   ]
 
 
+def test_a_logged_step_is_one_line_with_its_progress(caplog):
+  """The trainer's progress (metrics.Progress, CLU's ReportProgress) goes
+  into the step's training line, not a line of its own; the evaluation at
+  the same step gets none."""
+  caplog.set_level('INFO')
+  console = metrics_lib.ConsoleWriter()
+  progress = metrics_lib.Progress(console, num_train_steps=40, every_steps=10)
+  for step in range(1, 21):
+    progress(step, 100.0 + step / 2)  # 2 steps/s
+  console.write_scalars(20, {'train_loss': 2.0})
+  console.write_scalars(20, {'val_loss': 2.5})
+  lines = [r.getMessage() for r in caplog.records]
+  assert len(lines) == 2, lines
+  assert lines[0].startswith('[20] 2 steps/s, 50.0% (20/40), ETA 10 s')
+  assert lines[0].endswith(' | train_loss=2')
+  assert lines[1] == '[20] val_loss=2.5'
+
+
 def test_plan_counts_sliced_splits():
   info = input_pipeline.DatasetInfo(
       10, tuple('abcdefghij'), {'train': 50000, 'test': 10000}
