@@ -49,7 +49,7 @@ def _source_copy(dest):
   skip = shutil.ignore_patterns('__pycache__', '*.egg-info', 'build')
   for name in ('pyproject.toml', 'README.md', 'LICENSE'):
     shutil.copy2(REPO / name, dest / name)
-  for name in ('alexnet_jax', 'configs'):
+  for name in ('alexnet_jax',):  # configs/ links to alexnet_jax/configs
     shutil.copytree(REPO / name, dest / name, ignore=skip)
   return dest
 
