@@ -32,11 +32,13 @@ import pytest
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import parallel
 from alexnet_jax.core import train
-import test_parallel  # the CPU collective test's modes, model and lists
+from helpers import (
+    tiny_model,  # the CPU collective test's modes, model and lists
+)
 
-MODES = test_parallel.MODES  # single, model, jit, pmap, hybrid
-BATCH = test_parallel.BATCH  # 8
-SIZE = test_parallel.STEP_SIZE  # 67: fc6 reads a 1x1 map
+MODES = tiny_model.MODES  # single, model, jit, pmap, hybrid
+BATCH = tiny_model.BATCH  # 8
+SIZE = tiny_model.STEP_SIZE  # 67: fc6 reads a 1x1 map
 PLATFORMS = ('cuda', 'tpu')
 
 # XLA's convolutions per device: (forward, input gradients, kernel
@@ -76,7 +78,7 @@ ALLOWED_LOOPS = {
 
 
 def _config(mode, dtype='float32'):
-  c = test_parallel._config(mode)
+  c = tiny_model.config(mode)
   c.data.image_size = SIZE
   c.model.dtype = dtype
   return c
@@ -349,10 +351,10 @@ def test_two_tower_collectives_are_those_of_the_cpu_test(mode, platform):
   gathers = sorted(c for c in found if c[0] == 'all-gather')
   scatters = sorted(c for c in found if c[0] == 'reduce-scatter')
   assert gathers == sorted(
-      ('all-gather', 'model', f(b)) for f, _ in test_parallel.MODEL_GATHERS
+      ('all-gather', 'model', f(b)) for f, _ in tiny_model.MODEL_GATHERS
   )
   assert scatters == sorted(
-      ('reduce-scatter', 'model', f(b)) for f, _ in test_parallel.MODEL_SCATTERS
+      ('reduce-scatter', 'model', f(b)) for f, _ in tiny_model.MODEL_SCATTERS
   )
   reduces = [c for c in found if c[0] == 'all-reduce']
   if mode == 'model':

@@ -671,11 +671,11 @@ def test_bfloat16_without_the_instructions_runs_xla_with_one_line(isa, impl):
 # ------------------------------------------------------------------ threads --
 
 _PROBE_THREADS = """
-import functools, json, os, sys
+import json, os, sys
 sys.path.insert(0, {tests!r})
 import jax
-import test_parallel as tp
-from alexnet_jax.core import model as model_lib, onednn, parallel
+from helpers import tiny_model as tm
+from alexnet_jax.core import onednn
 
 def threads():
   with open('/proc/self/status') as f:
@@ -684,16 +684,14 @@ def threads():
 counts = {{}}
 for backend in ('xla', 'onednn'):
   os.environ['ALEXNET_JAX_CONV'] = backend
-  c = tp._config('model' if jax.device_count() == 2 else 'hybrid',
-                 dropout=0.0)
-  m = model_lib.from_config(c.model)
-  par = parallel.Parallel(c, m)
-  step = par.jit_step(functools.partial(tp.sgd_step, apply_fn=par.apply,
-                                        tx=tp.TX))
-  state = par.place_state(tp._initial_state())
+  # The trainer's step (train.make_train_step) of the tiny two-tower model.
+  step = tm.make_step('model' if jax.device_count() == 2 else 'hybrid',
+                      dropout=0.0)
+  state = step.par.place_state(tm.initial_state(step))
   for i in range(3):
-    state, loss = step(state, par.shard_batch(tp._batch(i, tp.STEP_SIZE)))
-    float(loss)
+    batch = step.par.shard_batch(tm.batch(i, tm.STEP_SIZE))
+    state, metrics = step(state, batch)
+    step.par.to_host(metrics.compute())
   counts[backend] = threads()
 print(json.dumps(dict(counts, runners=onednn.runners_started(),
                       per_call=onednn.threads_per_call(),

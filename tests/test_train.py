@@ -28,35 +28,11 @@ from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import train
+from helpers.smoke import STEPS
+from helpers.smoke import TINY
+from helpers.smoke import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 40
-# The smoke config at 1/16 width (conv 6/16/24/24/16, fc 256), batch 8.
-# Plateau with patience 0 so lr drops happen and must survive a resume.
-TINY = {
-    'model.width_scale': 0.0625,
-    'optim.batch_size': 8,
-    'optim.schedule': 'plateau',
-    'optim.plateau.patience': 0,
-    'optim.plateau.min_delta': 0.0,
-    'train.num_train_steps': STEPS,
-    'train.log_every_steps': 1,
-    'train.eval_every_steps': 10,
-    'train.checkpoint_every_steps': 5,
-    'train.keep_checkpoints': 2,
-    'train.max_eval_batches': 2,
-}
-
-
-def tiny_config(**overrides):
-  config = smoke.get_config()
-  for dotted, value in {**TINY, **overrides}.items():
-    *path, last = dotted.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
 
 
 def main_command(workdir, **overrides):
