@@ -101,8 +101,6 @@ def _records(stdout):
     'command', ['train', pytest.param('infer', marks=pytest.mark.slow)]
 )
 def test_cli_prints_one_record_per_implementation(command, tmp_path):
-  torch = pytest.importorskip('torch')
-  del torch
   out = tmp_path / 'bench.jsonl'
   proc = subprocess.run(
       [
@@ -363,16 +361,7 @@ def test_parallel_modes_run_the_trainers_step(tmp_path):
           'parallel',
           '--modes',
           'single,model',
-          '--width-scale',
-          '0.05',
-          '--image-size',
-          '67',
-          '--batch',
-          '2',
-          '--steps',
-          '2',
-          '--warmup',
-          '1',
+          *TINY,
           '--out',
           str(out),
       ],
@@ -388,6 +377,20 @@ def test_parallel_modes_run_the_trainers_step(tmp_path):
   assert (single['devices'], model['devices']) == (1, 2)
   assert single['ratio_to_single'] == 1.0
   assert model['param_bytes_per_device'] * 2 == single['param_bytes_per_device']
+  # What the step returned: the trainer's metrics after the same three
+  # steps from the same state on the same batch, equal on one device and on
+  # two towers (dropout masks included).
+  want = single['metrics']
+  assert set(want) == {
+      'loss',
+      'top1_error',
+      'top5_error',
+      'grad_norm',
+      'param_norm',
+      'learning_rate',
+  }
+  assert want['loss'] > 0 and want['param_norm'] > 0 and want['grad_norm'] > 0
+  assert model['metrics'] == pytest.approx(want, rel=1e-4)
   for r in records:
-    assert r['train_step'] == 'trainer' and r['step_ms'] > 0
+    assert r['step_ms'] > 0
     assert r['command'].startswith('python -m alexnet_jax.benchmark parallel')

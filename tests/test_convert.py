@@ -11,56 +11,23 @@ import pickle
 import jax
 import numpy as np
 import pytest
+import torch
 
 from alexnet_jax import convert as convert_cli
+from alexnet_jax.core import checkpoint
 from alexnet_jax.core import config_checks
 from alexnet_jax.core import convert
 from alexnet_jax.core import model as model_lib
-
-torch = pytest.importorskip('torch')
-from alexnet_jax.reference import torch_models  # noqa: E402  (needs torch)
+from alexnet_jax.reference import torch_models
+from helpers import caffe
 
 TINY = 1 / 16
 
 
-def _randomize(net, seed=0):
-  """He-scaled weights and random biases: every layer shows in the logits."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in net.parameters():
-      if p.ndim > 1:
-        p.copy_(torch.randn(p.shape, generator=gen) * (2 / p[0].numel()) ** 0.5)
-      else:
-        p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-  return net.eval()
-
-
 def _torchvision_net(width_scale, num_classes=1000):
   widths = model_lib.widths_for('torchvision', 1, width_scale)
-  return _randomize(torch_models.TorchvisionAlexNet(num_classes, widths=widths))
-
-
-def caffe_net(width_scale, *, pool_first=False, num_classes=1000, seed=1):
-  """bvlc_alexnet (CaffeNet with pool_first) as Caffe runs it: groups=2 in
-  conv2/4/5, LRN k=1 alpha/n across all channels, 227 input, no conv1
-  padding, fc6 over CHW-flat pool5. tests/test_caffemodel.py uses it too."""
-  widths = model_lib.widths_for('paper', 2, width_scale)
-  return _randomize(
-      torch_models.PaperAlexNet(
-          num_classes,
-          widths=widths,
-          image_size=227,
-          conv1_padding='caffe',
-          lrn_k=1.0,
-          lrn_n=5,
-          lrn_alpha=1e-4,
-          lrn_beta=0.75,
-          lrn_alpha_over_n=True,
-          lrn_across_towers=True,
-          flatten='chw',
-          lrn_order='pool_lrn' if pool_first else 'lrn_pool',
-      ),
-      seed=seed,
+  return caffe.randomize(
+      torch_models.TorchvisionAlexNet(num_classes, widths=widths)
   )
 
 
@@ -122,7 +89,7 @@ def torchvision_file(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def caffe_file(tmp_path_factory):
-  net = caffe_net(TINY)
+  net = caffe.caffe_net(TINY)
   path = tmp_path_factory.mktemp('caffe') / 'bvlc_alexnet.npy'
   return net, _save_npy(path, _caffe_npy_dict(net))
 
@@ -206,7 +173,7 @@ def test_imagenet_class_names():
 
 
 def test_fine_tuned_head_size_is_read_from_the_file(tmp_path):
-  net = caffe_net(TINY, num_classes=7)
+  net = caffe.caffe_net(TINY, num_classes=7)
   path = _save_npy(tmp_path / 'w.npy', _caffe_npy_dict(net))
   model, variables = convert.from_caffe_npy(path, width_scale=TINY)
   assert model.num_classes == 7
@@ -278,7 +245,7 @@ def test_raw_pickle_is_not_an_npy_file(tmp_path):
 
 
 def test_missing_layer_is_named_with_its_shape(tmp_path):
-  layers = _caffe_npy_dict(caffe_net(TINY))
+  layers = _caffe_npy_dict(caffe.caffe_net(TINY))
   del layers['fc7']
   path = _save_npy(tmp_path / 'w.npy', layers)
   with pytest.raises(
@@ -289,7 +256,7 @@ def test_missing_layer_is_named_with_its_shape(tmp_path):
 
 
 def test_ungrouped_conv2_is_a_shape_error(tmp_path):
-  layers = _caffe_npy_dict(caffe_net(TINY))
+  layers = _caffe_npy_dict(caffe.caffe_net(TINY))
   w, b = layers['conv2']
   layers['conv2'] = [np.concatenate([w, w], axis=2), b]  # 6 inputs, not 3
   path = _save_npy(tmp_path / 'w.npy', layers)
@@ -345,7 +312,6 @@ def test_plain_array_and_missing_file(tmp_path):
 
 
 def test_cli_round_trip_through_checkpoint_load(tmp_path, caffe_file):
-  checkpoint = pytest.importorskip('alexnet_jax.core.checkpoint')
   net, path = caffe_file
   out = tmp_path / 'export'
   assert (
@@ -374,7 +340,6 @@ def test_cli_round_trip_through_checkpoint_load(tmp_path, caffe_file):
 def test_cli_refuses_to_overwrite_and_leaves_nothing_on_failure(
     tmp_path, torchvision_file, caffe_file, capsys
 ):
-  pytest.importorskip('alexnet_jax.core.checkpoint')
   _, path = torchvision_file
   args = ['--format=torchvision', f'--input={path}', f'--width_scale={TINY}']
   # Failed conversions write nothing: a Caffe file read as torchvision, a
@@ -417,7 +382,7 @@ def test_full_size_imports_match_pytorch(tmp_path):
       < 1e-4
   )
   del net, variables
-  net = caffe_net(1.0)
+  net = caffe.caffe_net(1.0)
   path = _save_npy(tmp_path / 'bvlc_alexnet.npy', _caffe_npy_dict(net))
   model, variables = convert.from_caffe_npy(path)
   images = _images(2, 227, scale=60.0)

@@ -5,6 +5,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from alexnet_jax.core import onednn
 from alexnet_jax.core import ops
@@ -288,7 +289,6 @@ def test_max_pool_ties_give_the_gradient_to_the_first_maximum():
     for b in range(2):
       want[2 * a, 2 * b] += g[0, a, b, 0]
   np.testing.assert_array_equal(dx[0, :, :, 0], want)
-  torch = pytest.importorskip('torch')
   xt = torch.zeros(1, 1, 5, 5, requires_grad=True)
   torch.nn.functional.max_pool2d(xt, 3, 2).backward(
       torch.from_numpy(np.array(g).transpose(0, 3, 1, 2))

@@ -19,6 +19,7 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
+import torch
 
 from alexnet_jax import evaluate
 from alexnet_jax.configs import smoke
@@ -525,7 +526,6 @@ def test_pytorch_twin_step_does_the_trainers_work():
   """torch_models.TrainStep (the benchmark's PyTorch step) against the
   trainer's step from the same weights, Caffe's bias switches on and the
   lr changing every step: the same metrics, norms and parameters."""
-  torch = pytest.importorskip('torch')
   from alexnet_jax.reference import torch_models  # pylint: disable=g-import-not-at-top
 
   config = tiny_config(
