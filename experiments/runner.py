@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from alexnet_jax.core import paths
-from experiments import sweeps as sweeps_lib
+from experiments import sweep_definitions as sweeps_lib
 
 STATUS_FILE = 'sweep_run.json'  # in each workdir: command, start, finish
 LOG_FILE = 'sweep_run.log'  # the trainer's stdout and stderr

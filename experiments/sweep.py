@@ -33,7 +33,7 @@ import sys
 from alexnet_jax.core import paths
 from experiments import collect
 from experiments import runner
-from experiments import sweeps as sweeps_lib
+from experiments import sweep_definitions as sweeps_lib
 
 
 def parse_set(items) -> dict[str, str]:

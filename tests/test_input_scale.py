@@ -162,7 +162,6 @@ def test_every_config_states_a_consistent_scale():
   root = pathlib.Path(__file__).resolve().parents[1]
   for path in [
       *root.glob('configs/*.py'),
-      *root.glob('experiments/configs/*.py'),
   ]:
     text = path.read_text()
     if 'get_config' in text and path.name not in ('paper.py', 'ablations.py'):

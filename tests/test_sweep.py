@@ -22,7 +22,7 @@ from experiments import collect
 from experiments import figure1
 from experiments import runner
 from experiments import sweep as sweep_cli
-from experiments import sweeps as sweeps_lib
+from experiments import sweep_definitions as sweeps_lib
 
 FAKE_MAIN = textwrap.dedent("""
     import json, math, os, pathlib, signal, sys, time
@@ -167,7 +167,9 @@ def test_ablations_are_defined_once_in_configs_ablations():
   # The sweeps write no overrides of their own: a second copy would drift.
   assert (
       "'model."
-      not in (sweeps_lib.REPO / 'experiments' / 'sweeps.py').read_text()
+      not in (
+          sweeps_lib.REPO / 'experiments' / 'sweep_definitions.py'
+      ).read_text()
   )
 
 
