@@ -256,18 +256,7 @@ def main(argv=None):
       '--stage', default='all', choices=('all', 'search', 'train', 'plot')
   )
   p.add_argument('--jobs', type=int, default=1)
-  p.add_argument(
-      '--root',
-      default=None,
-      help='where the workdirs go (default $ALEXNET_JAX_RUNS or '
-      '~/alexnet_jax_runs)',
-  )
-  p.add_argument(
-      '--data_root',
-      default=None,
-      help='the folder holding cifar10/ (default '
-      '$ALEXNET_JAX_DATA or ~/alexnet_jax_data)',
-  )
+  runner.add_location_flags(p, holding='cifar10/')
   p.add_argument(
       '--set',
       action='append',

@@ -47,6 +47,23 @@ class Run:
     return f'{self.sweep}/{self.dataset}/{self.variant}'
 
 
+def add_location_flags(parser, *, holding: str):
+  """--root (where the workdirs go) and --data_root (the folder holding
+  `holding`), as every experiment command takes them."""
+  parser.add_argument(
+      '--root',
+      default=None,
+      help='where the workdirs go (default $ALEXNET_JAX_RUNS or '
+      '~/alexnet_jax_runs)',
+  )
+  parser.add_argument(
+      '--data_root',
+      default=None,
+      help=f'the folder holding {holding} (default $ALEXNET_JAX_DATA or '
+      '~/alexnet_jax_data)',
+  )
+
+
 def format_value(value) -> str:
   """A config value as ml_collections' --config.field=VALUE parses it."""
   if isinstance(value, bool):

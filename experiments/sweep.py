@@ -70,18 +70,7 @@ def main(argv=None):
       metavar='FIELD=VALUE',
       help='config override for every variant (repeatable)',
   )
-  p.add_argument(
-      '--root',
-      default=None,
-      help='where the workdirs go (default $ALEXNET_JAX_RUNS or '
-      '~/alexnet_jax_runs)',
-  )
-  p.add_argument(
-      '--data_root',
-      default=None,
-      help='the folder holding the datasets (default '
-      '$ALEXNET_JAX_DATA or ~/alexnet_jax_data)',
-  )
+  runner.add_location_flags(p, holding='the datasets')
   p.add_argument(
       '--results',
       default=None,

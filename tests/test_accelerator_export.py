@@ -91,10 +91,8 @@ def _train_step(config, par):
   return step.compiled, step.tx
 
 
-@functools.cache
-def exported(mode, platform, dtype='float32'):
-  """(jax.export.Exported, Parallel, abstract state) of the train step."""
-  config = _config(mode, dtype)
+def _abstract_step(config):
+  """(Parallel, the trainer's compiled step, abstract state and batch)."""
   module = model_lib.from_config(config.model)
   par = parallel.Parallel(config, module)
   step, tx = _train_step(config, par)
@@ -105,6 +103,13 @@ def exported(mode, platform, dtype='float32'):
       image=jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),
       label=jax.ShapeDtypeStruct((BATCH,), jnp.int32),
   )
+  return par, step, state, batch
+
+
+@functools.cache
+def exported(mode, platform, dtype='float32'):
+  """(jax.export.Exported, Parallel, abstract state) of the train step."""
+  par, step, state, batch = _abstract_step(_config(mode, dtype))
   if par.data_parallel == 'pmap':
     # jax.export refuses a bare pmap but takes jax.jit of it.
     n = par.data_size
@@ -467,17 +472,7 @@ def test_one_export_serves_cpu_cuda_and_tpu():
   the platform is picked when the artifact is compiled."""
   from alexnet_jax.core import onednn
 
-  config = _config('single')
-  module = model_lib.from_config(config.model)
-  par = parallel.Parallel(config, module)
-  step, tx = _train_step(config, par)
-  state = jax.eval_shape(
-      functools.partial(train.create_train_state, config, module, tx)
-  )
-  batch = dict(
-      image=jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),
-      label=jax.ShapeDtypeStruct((BATCH,), jnp.int32),
-  )
+  par, step, state, batch = _abstract_step(_config('single'))
   checks = [
       jax.export.DisabledSafetyCheck.custom_call(t)
       for t in onednn.TARGETS.values()

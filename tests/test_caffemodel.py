@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from alexnet_jax import convert as convert_cli
 from alexnet_jax.core import checkpoint
@@ -28,21 +27,6 @@ TINY = 1 / 16
 def caffe_net(width_scale, *, seed=3, **kwargs):
   """helpers.caffe's PyTorch net with Caffe's semantics, seeded for here."""
   return caffe.caffe_net(width_scale, seed=seed, **kwargs)
-
-
-def _images(n, size=227, scale=60.0, seed=2):
-  return (np.random.RandomState(seed).randn(n, size, size, 3) * scale).astype(
-      np.float32
-  )
-
-
-def _torch_logits(net, images):
-  with torch.no_grad():
-    return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-
-
-def _rel_err(a, b):
-  return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
 
 
 # --- Import through the CLI, both layouts -------------------------------------
@@ -66,28 +50,18 @@ def test_cli_export_matches_caffe_semantics(tmp_path, v1, pool_first, packed):
       packed=packed,
   )
   out = tmp_path / 'export'
-  assert (
-      convert_cli.main(
-          [
-              '--format=caffemodel',
-              f'--input={path}',
-              f'--output={out}',
-              f'--width_scale={TINY}',
-          ]
-      )
-      == 0
-  )
+  assert _convert(path, out) == 0
   model, variables, config = checkpoint.load(out)
   config_checks.validate(config)
   assert config.model.lrn.order == ('pool_lrn' if pool_first else 'lrn_pool')
   assert (config.model.towers, config.data.image_size) == (2, 227)
-  images = _images(2)
-  expected = _torch_logits(net, images)
-  assert _rel_err(model.apply(variables, images), expected) < 1e-4
+  images = caffe.images(2, 227, scale=60.0)
+  expected = caffe.torch_logits(net, images)
+  assert caffe.rel_err(model.apply(variables, images), expected) < 1e-4
   # The order matters: the other one gives measurably different logits.
   other = 'lrn_pool' if pool_first else 'pool_lrn'
   wrong = model.clone(lrn_order=other).apply(variables, images)
-  assert _rel_err(wrong, expected) > 1e-3
+  assert caffe.rel_err(wrong, expected) > 1e-3
   meta = checkpoint.load_metadata(out)
   assert meta['preprocessing']['channel_order'] == 'BGR'
   assert meta['class_names'] == convert.imagenet_class_names()
@@ -134,11 +108,19 @@ def test_fine_tuned_head_and_renamed_layers(tmp_path):
   )
   model, variables = convert.from_caffemodel(path, width_scale=TINY)
   assert model.num_classes == 20
-  images = _images(1)
+  images = caffe.images(1, 227, scale=60.0)
   assert (
-      _rel_err(model.apply(variables, images), _torch_logits(net, images))
+      caffe.rel_err(
+          model.apply(variables, images), caffe.torch_logits(net, images)
+      )
       < 1e-4
   )
+
+
+def _convert(path, out, *flags):
+  """`alexnet_jax.convert` of the tiny .caffemodel `path` into `out`."""
+  argv = ['--format=caffemodel', f'--input={path}', f'--output={out}']
+  return convert_cli.main([*argv, f'--width_scale={TINY}', *flags])
 
 
 # --- Bad files ----------------------------------------------------------------
@@ -146,17 +128,7 @@ def test_fine_tuned_head_and_renamed_layers(tmp_path):
 
 def _refused(tmp_path, path, *patterns, capsys):
   out = tmp_path / 'out'
-  assert (
-      convert_cli.main(
-          [
-              '--format=caffemodel',
-              f'--input={path}',
-              f'--output={out}',
-              f'--width_scale={TINY}',
-          ]
-      )
-      == 1
-  )
+  assert _convert(path, out) == 1
   err = capsys.readouterr().err
   assert err.startswith('convert: error: ') and 'Traceback' not in err
   assert str(path) in err
@@ -321,9 +293,7 @@ def _export_with_mean(tmp_path, bgr):
   mean = tmp_path / 'mean.binaryproto'
   mean.write_bytes(caffe.blob_proto(bgr[None], legacy=True))
   out = tmp_path / 'export'
-  argv = ['--format=caffemodel', f'--input={path}', f'--output={out}']
-  argv += [f'--mean_file={mean}', f'--width_scale={TINY}']
-  assert convert_cli.main(argv) == 0
+  assert _convert(path, out, f'--mean_file={mean}') == 0
   return out, mean
 
 
@@ -366,9 +336,11 @@ def test_full_size_caffemodel_parses_in_seconds(tmp_path):
   model, variables = convert.from_caffemodel(path)
   seconds = time.perf_counter() - start
   assert seconds < 30, seconds
-  images = _images(1)
+  images = caffe.images(1, 227, scale=60.0)
   assert (
-      _rel_err(model.apply(variables, images), _torch_logits(net, images))
+      caffe.rel_err(
+          model.apply(variables, images), caffe.torch_logits(net, images)
+      )
       < 1e-4
   )
 

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from conftest import REPO
+from helpers import repo
 
 TEXT = (
     '.py',
@@ -31,16 +32,8 @@ RAW_LOG = ('.jsonl', '.log', '.txt')
 
 
 def _tracked():
-  try:
-    out = subprocess.run(
-        ['git', 'ls-files', '-z'],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    names = [n for n in out.split('\0') if n]
-  except (OSError, subprocess.CalledProcessError):
+  names = repo.tracked_files()
+  if names is None:
     skip = {'.git', '.venv', '__pycache__', '.pytest_cache'}
     names = [
         str(p.relative_to(REPO))

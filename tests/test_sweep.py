@@ -257,7 +257,7 @@ def test_runs_in_parallel_skips_finished_and_collects(fake, tmp_path):
       _sweep(), 'cifar10', root=root / 'runs', extra={'optim.num_epochs': 3}
   )
   logs = []
-  rc = runner.run_all(
+  run_all = lambda: runner.run_all(
       runs,
       jobs=2,
       main_module='fake_main',
@@ -265,17 +265,11 @@ def test_runs_in_parallel_skips_finished_and_collects(fake, tmp_path):
       log=logs.append,
       poll_seconds=0.05,
   )
+  rc = run_all()
   assert rc == {'toy/cifar10/relu': 0, 'toy/cifar10/tanh': 0}
   assert all(runner.is_finished(r) for r in runs)
   # A second call skips both: the fake trainer is not invoked again.
-  runner.run_all(
-      runs,
-      jobs=2,
-      main_module='fake_main',
-      env=env,
-      log=logs.append,
-      poll_seconds=0.05,
-  )
+  run_all()
   for r in runs:
     assert len((r.workdir / 'invocations').read_text().splitlines()) == 1
   assert sum('skipped' in m for m in logs) == 2

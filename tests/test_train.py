@@ -12,7 +12,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -29,21 +28,12 @@ from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import train
+from helpers import repo
 from helpers.smoke import STEPS
-from helpers.smoke import TINY
+from helpers.smoke import main_command
 from helpers.smoke import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def main_command(workdir, **overrides):
-  return [
-      sys.executable,
-      '-m',
-      'alexnet_jax.main',
-      '--config=configs/smoke.py',
-      f'--workdir={workdir}',
-  ] + [f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()]
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -108,18 +98,23 @@ def reference(tmp_path_factory):
   return workdir, results
 
 
+def _start_trainer(workdir, env, log):
+  """The smoke trainer on `workdir` in a process, its output into `log`."""
+  return subprocess.Popen(
+      main_command(workdir),
+      cwd=REPO,
+      env=env,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+  )
+
+
 def _stop(workdir, env, sig, log_path):
   """Restarts the run, sends `sig` after its first new training step;
   returns (exit status, log, checkpoint steps)."""
   rows_before = len(_train_rows(workdir))
   with open(log_path, 'w+') as log:
-    proc = subprocess.Popen(
-        main_command(workdir),
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = _start_trainer(workdir, env, log)
     _wait_for(
         lambda: len(_train_rows(workdir)) > rows_before,
         proc,
@@ -145,13 +140,7 @@ def interrupted(tmp_path_factory, jax_cache):
   logs = {}
 
   with open(workdir.parent / 'killed.log', 'w+') as log:
-    proc = subprocess.Popen(
-        main_command(workdir),
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = _start_trainer(workdir, env, log)
     _wait_for(
         lambda: (workdir / 'checkpoints' / '5').is_dir(),
         proc,
@@ -577,11 +566,5 @@ def test_the_step_does_not_need_tensorflow():
       'import sys; from alexnet_jax.core import steps; '
       'print("tensorflow" in sys.modules)'
   )
-  out = subprocess.run(
-      [sys.executable, '-c', code],
-      capture_output=True,
-      text=True,
-      check=True,
-      timeout=300,
-  ).stdout
+  out = repo.run('-c', code).stdout
   assert out.strip() == 'False'

@@ -14,6 +14,24 @@ from alexnet_jax.reference import torch_models
 TINY = 1 / 16
 
 
+def images(n, size, scale=1.0, seed=2):
+  """n random NHWC float32 images, N(0, scale)."""
+  return (np.random.RandomState(seed).randn(n, size, size, 3) * scale).astype(
+      np.float32
+  )
+
+
+def torch_logits(net, images):
+  """The PyTorch net's logits of NHWC images."""
+  with torch.no_grad():
+    return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+
+
+def rel_err(a, b):
+  """max |a - b| / max |b|."""
+  return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+
+
 def randomize(net, seed=0):
   """He-scaled weights and random biases: every layer shows in the logits."""
   gen = torch.Generator().manual_seed(seed)

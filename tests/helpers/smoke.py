@@ -1,6 +1,8 @@
 """The smoke config at a tiny size, as the trainer tests run it
 (test_train, test_on_accelerator)."""
 
+import sys
+
 from alexnet_jax.configs import smoke
 
 STEPS = 40
@@ -30,3 +32,16 @@ def tiny_config(**overrides):
       node = node[part]
     node[last] = value
   return config
+
+
+def main_command(workdir, *flags, **overrides):
+  """`python -m alexnet_jax.main` on the smoke config at the tiny size:
+  extra flags, then TINY's and `overrides`' --config.FIELD=VALUE."""
+  return [
+      sys.executable,
+      '-m',
+      'alexnet_jax.main',
+      '--config=configs/smoke.py',
+      f'--workdir={workdir}',
+      *flags,
+  ] + [f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()]
