@@ -76,19 +76,3 @@ def shared_datasets():
         'beside this checkout'
     )
   return path
-
-
-@pytest.fixture(scope='session')
-def compile_target():
-  """A function target_name -> its name, or skip when this environment
-  cannot compile for it (the `compile` extra, requirements-compile.txt,
-  is not installed)."""
-  from alexnet_jax.benchmarks import compile_targets
-
-  def need(name):
-    reason = compile_targets.unavailable(compile_targets.target(name).platform)
-    if reason:
-      pytest.skip(f'cannot compile for {name}: {reason}')
-    return name
-
-  return need

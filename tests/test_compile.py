@@ -13,6 +13,7 @@ import json
 import pytest
 
 from alexnet_jax.benchmarks import deviceless
+from helpers import chips
 
 SMALL = dict(batch=8, image_size=67, width_scale=0.125, data=2)
 # The towers meet where the paper's GPUs talked (model.py): all-gathers
@@ -57,8 +58,8 @@ def _check_step(record, *, mode, platform):
 
 
 @pytest.mark.parametrize('target', ['v5e', 'h100'])
-def test_reduced_two_tower_step_compiles_for_the_chip(target, compile_target):
-  compile_target(target)
+def test_reduced_two_tower_step_compiles_for_the_chip(target):
+  chips.need(target)
   record = deviceless.measure(
       target, 'model', variant='paper', dtype='bfloat16', **SMALL
   )
@@ -76,8 +77,8 @@ def test_reduced_two_tower_step_compiles_for_the_chip(target, compile_target):
     assert 'convolution' in record['hlo']
 
 
-def test_the_command_prints_one_line_per_compile(capsys, compile_target):
-  compile_target('h100')
+def test_the_command_prints_one_line_per_compile(capsys):
+  chips.need('h100')
   deviceless.main(
       [
           '--target=h100',
@@ -123,11 +124,11 @@ def test_collectives_are_read_from_optimised_hlo():
 
 @pytest.mark.slow
 @pytest.mark.parametrize('target', ['v5e', 'h100'])
-def test_the_paper_step_compiles_in_every_mode(target, compile_target):
+def test_the_paper_step_compiles_in_every_mode(target):
   """The full step, bfloat16, batch 128 per replica (jit and pmap: 4 data
   shards; hybrid: 2x2). pmap compiles too: jax.pmap lowers and compiles
   for compile-only devices."""
-  compile_target(target)
+  chips.need(target)
   for mode in deviceless.MODES:
     record = deviceless.measure(
         target,
