@@ -148,11 +148,15 @@ def _claim(out, args):
   if os.path.exists(path):
     with open(path) as f:
       before = json.load(f)
-    changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+    changed = {
+        k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v
+    }
     if changed:
       raise PrepareError(
           f'{out!r} holds a preparation with other settings '
-          + ', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in changed.items())
+          + ', '.join(
+              f'{k}: {a!r} there, {b!r} now' for k, (a, b) in changed.items()
+          )
           + '; run it with its settings to resume, or choose another --out'
       )
   elif os.listdir(out):
@@ -268,9 +272,9 @@ def finalize(out, shards, info, args):
     )
     records = reader.num_records()
     reader.close()
-    if records != marker['num_records'] or records + len(
-        marker['skipped']
-    ) != (hi - lo):
+    if records != marker['num_records'] or records + len(marker['skipped']) != (
+        hi - lo
+    ):
       raise PrepareError(
           f"{marker['file']}: {records} records; expected "
           f"{marker['num_records']} ({hi - lo} source images, "

@@ -491,8 +491,9 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
   if source is None:
     ds = _fake(config, params, start, process_index, crops=None, train=True)
   elif getattr(source, 'prepared', False):
-    ds = _prepared_train(config, source, params, start, process_index,
-                         process_count, example_key)
+    ds = _prepared_train(
+        config, source, params, start, process_index, process_count, example_key
+    )
   elif getattr(source, 'streaming', False) and not config.data.cache:
     # A stream cannot fetch a replacement: an unreadable record is dropped.
     ds = source.train_stream(
@@ -587,7 +588,9 @@ def _prepared_train(config, source, params, start, host, count, example_key):
       _plain(
           lambda ex: dict(
               image=preprocess.train_stored(
-                  ex['image'], example_key(ex['position']), params,
+                  ex['image'],
+                  example_key(ex['position']),
+                  params,
                   source.storage,
               ),
               label=ex['label'],
@@ -679,7 +682,11 @@ def eval_dataset(
     from alexnet_jax.core import prepared_source  # pylint: disable=g-import-not-at-top
 
     ds, _, total = prepared_source.eval_examples(
-        source, split, process_index, process_count, config.data.cache,
+        source,
+        split,
+        process_index,
+        process_count,
+        config.data.cache,
         _threads(config),
     )
     ds = ds.map(

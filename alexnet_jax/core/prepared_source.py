@@ -68,7 +68,9 @@ def index_name(split):
 def encode_example(image_bytes, label, file_name):
   """The serialized tf.train.Example of one record."""
   feature = {
-      'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
+      'image': tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[image_bytes])
+      ),
       'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
       'file_name': tf.train.Feature(
           bytes_list=tf.train.BytesList(value=[file_name.encode('utf-8')])
@@ -261,7 +263,9 @@ def _read_chunks(read, ds, threads):
   return ds.unbatch()
 
 
-def train_examples(source, split, shuffle_key, start, host, count, cache, threads):
+def train_examples(
+    source, split, shuffle_key, start, host, count, cache, threads
+):
   """The endless stream of a host's training examples from stream position
   `start`: dict(image=stored bytes, label, position). Example p is record
   index_shuffle(p % n, shuffle_key(p // n)) of the host's n records, the

@@ -575,7 +575,7 @@ def train_stored(stored, seed, params, storage):
   keys split the same way."""
   if params.train_crop != 'paper':
     raise ValueError(
-        f"train_crop={params.train_crop!r} needs the full photo; a prepared "
+        f'train_crop={params.train_crop!r} needs the full photo; a prepared '
         "dataset holds the paper's centre squares (use train_crop='paper' "
         'or the original images)'
     )
