@@ -199,14 +199,17 @@ class PreparedSource:
     indices = np.arange(start, stop, dtype=np.int64)
     reader = _Reader(paths, counts)
     if cache:
-      contents = tf.constant(reader.read(indices).astype(bytes))
+      # A list, not .astype(bytes): NumPy's bytes type strips trailing NULs.
+      contents = tf.constant(list(reader.read(indices)), tf.string)
       offset = start
       read = lambda i: tf.gather(contents, i - offset)
     else:
 
       def read(i):
         out = tf.py_function(
-            lambda i: reader.read(i.numpy()).astype(bytes), [i], tf.string
+            lambda i: tf.constant(list(reader.read(i.numpy())), tf.string),
+            [i],
+            tf.string,
         )
         out.set_shape(i.shape)
         return out
