@@ -173,9 +173,7 @@ def _claim(out, args):
 
 
 def _marker(out, split, shard, count):
-  return os.path.join(
-      out, prepared_source.shard_name(split, shard, count) + '.done.json'
-  )
+  return os.path.join(out, f'{split}-{shard:05d}-of-{count:05d}.done.json')
 
 
 def _finished(out, split, shard, count):
@@ -203,7 +201,7 @@ def prepare_shard(source, args, split, shard, count, src, lo, hi, bar):
 
   def load(i):
     square = preprocess.prepare_square(table.read(i), size, method)
-    if storage == 'raw':  # the writer takes square.tobytes()
+    if storage == 'raw':  # the writer takes the square's bytes
       data = tf.constant(b'')
     else:
       data = tf.io.encode_jpeg(square, quality=args.quality)
@@ -216,26 +214,40 @@ def prepare_shard(source, args, split, shard, count, src, lo, hi, bar):
       deterministic=True,
   ).ignore_errors()
   ds = ds.batch(16).prefetch(2)
-  file = prepared_source.shard_name(split, shard, count)
+  file = prepared_source.shard_name(split, shard, count, storage)
   path = os.path.join(out, file)
   tmp = path + '.tmp'
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  if storage == 'raw':  # fixed-size records: image i at i * R * R * 3
+    raw_file = open(tmp, 'wb')  # pylint: disable=consider-using-with
+    write = lambda square, data, label, name: raw_file.write(square.tobytes())
+    close = raw_file.close
+  else:
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
 
-  writer = array_record_module.ArrayRecordWriter(tmp, 'group_size:1')
+    # One record per chunk (group_size:1): read by index. Uncompressed:
+    # JPEGs gain nothing from a second compression.
+    writer = array_record_module.ArrayRecordWriter(
+        tmp, 'group_size:1,uncompressed'
+    )
+    write = lambda square, data, label, name: writer.write(
+        prepared_source.encode_example(data, label, name)
+    )
+    close = writer.close
   moments = data_stats.Moments(size) if split == STATS_SPLIT else None
   kept, seen = [], 0
-  for batch in ds.as_numpy_iterator():
-    for square, data, i in zip(batch['square'], batch['data'], batch['index']):
-      image = square.tobytes() if storage == 'raw' else data
-      writer.write(
-          prepared_source.encode_example(image, int(labels[i]), names[i])
-      )
-      kept.append(int(i))
-    if moments is not None:
-      moments.add(batch['square'] / 255.0)
-    bar.update(int(batch['index'][-1]) + 1 - seen)
-    seen = int(batch['index'][-1]) + 1
-  writer.close()
+  try:
+    for batch in ds.as_numpy_iterator():
+      for square, data, i in zip(
+          batch['square'], batch['data'], batch['index']
+      ):
+        write(square, data, int(labels[i]), names[i])
+        kept.append(int(i))
+      if moments is not None:
+        moments.add(batch['square'] / 255.0)
+      bar.update(int(batch['index'][-1]) + 1 - seen)
+      seen = int(batch['index'][-1]) + 1
+  finally:
+    close()
   bar.update(table.size - seen)
   skipped = sorted(set(range(table.size)) - set(kept))
   for i in skipped:
@@ -260,22 +272,34 @@ def prepare_shard(source, args, split, shard, count, src, lo, hi, bar):
   return marker
 
 
+def count_records(path, storage, size):
+  """The number of records in a shard file (PrepareError if it is cut)."""
+  if storage == 'raw':
+    record = size * size * 3
+    n, rest = divmod(os.path.getsize(path), record)
+    if rest:
+      raise PrepareError(f'{path}: not a whole number of {size}x{size} images')
+    return n
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  reader = array_record_module.ArrayRecordReader(path)
+  n = reader.num_records()
+  reader.close()
+  return n
+
+
 def finalize(out, shards, info, args):
   """Verifies every shard and writes the index, the statistics and, last,
   dataset.json. Returns the dataset.json dict."""
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-
   splits = {}
   moments = None
   for split, shard, count, src, lo, hi in shards:
     marker = _finished(out, split, shard, count)
     if marker is None:
       raise PrepareError(f'shard {shard} of {split!r} is missing or corrupt')
-    reader = array_record_module.ArrayRecordReader(
-        os.path.join(out, marker['file'])
+    records = count_records(
+        os.path.join(out, marker['file']), args.storage, args.resize_size
     )
-    records = reader.num_records()
-    reader.close()
     if records != marker['num_records'] or records + len(marker['skipped']) != (
         hi - lo
     ):
@@ -352,8 +376,6 @@ def finalize(out, shards, info, args):
 
 def verify(out):
   """Re-checks a finished dataset's shards (count and SHA-256) and counts."""
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-
   meta = prepared_source.read_metadata(out)
   for split, s in meta['splits'].items():
     total = 0
@@ -361,10 +383,9 @@ def verify(out):
       path = os.path.join(out, shard['file'])
       if sha256(path) != shard['sha256']:
         raise PrepareError(f'{path}: SHA-256 does not match dataset.json')
-      reader = array_record_module.ArrayRecordReader(path)
-      if reader.num_records() != shard['num_records']:
+      records = count_records(path, meta['storage'], meta['resize_size'])
+      if records != shard['num_records']:
         raise PrepareError(f'{path}: record count does not match dataset.json')
-      reader.close()
       total += shard['num_records']
     with np.load(os.path.join(out, prepared_source.index_name(split))) as ix:
       counts = np.bincount(ix['labels'], minlength=len(meta['class_names']))

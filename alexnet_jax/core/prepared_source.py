@@ -8,21 +8,26 @@ random `image_size` window and its flip (PCA lighting and normalisation as
 today), evaluation the centre crop or the 10 crops of the square. Layout:
 
     DIR/dataset.json                       what, how, splits, shard checksums
-    DIR/SPLIT-00000-of-00008.array_record  records (ArrayRecord, group_size 1)
+    DIR/SPLIT-00000-of-00008.array_record  jpeg: records (ArrayRecord,
+                                           group_size 1, uncompressed)
+    DIR/SPLIT-00000-of-00008.raw           raw: uint8[n, R, R, 3] pixels,
+                                           image i at byte i * R * R * 3
     DIR/SPLIT.index.npz                    labels and file names, in order
     DIR/mean_image.npy, DIR/stats.json     the training split's mean image and
                                            PCA (as data_stats writes them)
 
-A record is a tf.train.Example: `image` (the square as a baseline JPEG or as
-raw uint8[R, R, 3] bytes, `storage` in dataset.json), `label` (int64) and
-`file_name` (the source's name for the image). ArrayRecord reads any record
-by index, so the training stream is read by index as image folders are:
-example p of a host's stream is the epoch's shuffled index (the same
-`index_shuffle` of (seed, epoch) as input_pipeline) and its augmentation key
-is folded from (seed, p), so batch k is a pure function of (seed, k) and a
-resume reads nothing it does not use. Reads go through one Python call per
-chunk of records (ArrayRecord has no TensorFlow op), which costs a few
-microseconds per image; `data.cache=True` holds a host's records in memory.
+A JPEG record is a tf.train.Example: `image` (the square as a baseline
+JPEG), `label` (int64) and `file_name` (the source's name for the image).
+Raw squares are fixed-size records in plain files, their labels and names in
+the split's index: read through a memory map they cost one copy, where an
+ArrayRecord read of 196 KB cost several (about 3x the CPU time per image,
+measured). Both read any record by index, so the training stream is read by
+index as image folders are: example p of a host's stream is the epoch's
+shuffled index (the same `index_shuffle` of (seed, epoch) as
+input_pipeline) and its augmentation key is folded from (seed, p), so batch
+k is a pure function of (seed, k) and a resume reads nothing it does not
+use. Reads go through one Python call per chunk of records (neither format
+has a TensorFlow op); `data.cache=True` holds a host's records in memory.
 
 Every record was decoded when the dataset was prepared (unreadable source
 images were skipped there, and named in dataset.json), so this reader needs
@@ -57,8 +62,9 @@ class NotPreparedError(FileNotFoundError):
   """The folder holds no finished prepared dataset."""
 
 
-def shard_name(split, shard, num_shards):
-  return f'{split}-{shard:05d}-of-{num_shards:05d}.array_record'
+def shard_name(split, shard, num_shards, storage='jpeg'):
+  ext = 'raw' if storage == 'raw' else 'array_record'
+  return f'{split}-{shard:05d}-of-{num_shards:05d}.{ext}'
 
 
 def index_name(split):
@@ -105,8 +111,8 @@ def read_metadata(root):
   return meta
 
 
-class _Reader:
-  """Random access to a split's records across its shards."""
+class _JpegReader:
+  """Random access to a split's ArrayRecord records across its shards."""
 
   def __init__(self, paths, counts):
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
@@ -121,13 +127,40 @@ class _Reader:
     """Serialized records at global `indices` (int64 array), in order."""
     indices = np.asarray(indices, np.int64)
     shards = np.searchsorted(self._ends, indices, side='right')
-    out = np.empty(len(indices), object)
+    out = [None] * len(indices)
     for shard in np.unique(shards):
       where = np.nonzero(shards == shard)[0]
       start = self._ends[shard - 1] if shard else 0
       local = (indices[where] - start).tolist()
       for w, record in zip(where, self._readers[shard].read(local)):
         out[w] = record
+    # A list, not a NumPy bytes array: NumPy's bytes type strips trailing NULs.
+    return out
+
+
+class _RawReader:
+  """Random access to a split's raw pixel shards: uint8[n, R, R, 3] each,
+  image i at byte i * R * R * 3, read through memory maps (one copy)."""
+
+  def __init__(self, paths, counts, size):
+    self._maps = [
+        np.memmap(p, np.uint8, 'r', shape=(c, size, size, 3)) if c else None
+        for p, c in zip(paths, counts)
+    ]
+    self._ends = np.cumsum(counts)
+    self._size = size
+
+  def read(self, indices):
+    indices = np.asarray(indices, np.int64)
+    shards = np.searchsorted(self._ends, indices, side='right')
+    if np.all(shards == shards[0]):  # the common case: one shard, one copy
+      start = self._ends[shards[0] - 1] if shards[0] else 0
+      return self._maps[shards[0]][indices - start]
+    out = np.empty((len(indices), self._size, self._size, 3), np.uint8)
+    for shard in np.unique(shards):
+      where = np.nonzero(shards == shard)[0]
+      start = self._ends[shard - 1] if shard else 0
+      out[where] = self._maps[shard][indices[where] - start]
     return out
 
 
@@ -185,34 +218,45 @@ class PreparedSource:
     return (name, lo, hi) + self._index[name]
 
   def host_records(self, split, process_index, process_count, cache):
-    """(read(int64[m] global indices) -> string[m] serialized examples as a
-    graph function, global indices of this host's share int64[n], their
-    labels int32[n], names string[n], size of the whole slice).
+    """(read, global indices of this host's share int64[n], their labels
+    int32[n], names string[n], size of the whole slice).
 
-    Hosts take contiguous blocks: the preparation interleaves classes as
-    image folders do, so every host sees every class.
+    read(int64[m] global indices) -> (images, int32[m] labels), a graph
+    function: images are the stored squares, uint8[m, R, R, 3] (raw) or
+    JPEG bytes string[m] (jpeg). Hosts take contiguous blocks: the
+    preparation interleaves classes as image folders do, so every host sees
+    every class.
     """
     _, lo, hi, paths, counts, labels, names = self._split(split)
     total = hi - lo
     start = lo + process_index * total // process_count
     stop = lo + (process_index + 1) * total // process_count
     indices = np.arange(start, stop, dtype=np.int64)
-    reader = _Reader(paths, counts)
+    size = self.resize_size
+    if self.storage == 'raw':
+      reader = _RawReader(paths, counts, size)
+      dtype, shape = tf.uint8, [size, size, 3]
+    else:
+      reader = _JpegReader(paths, counts)
+      dtype, shape = tf.string, []
+    all_labels = tf.constant(labels.astype(np.int32))
     if cache:
-      # A list, not .astype(bytes): NumPy's bytes type strips trailing NULs.
-      contents = tf.constant(list(reader.read(indices)), tf.string)
-      offset = start
-      read = lambda i: tf.gather(contents, i - offset)
+      contents = tf.constant(reader.read(indices), dtype)
+      fetch = lambda i: tf.gather(contents, i - start)
     else:
 
-      def read(i):
-        out = tf.py_function(
-            lambda i: tf.constant(list(reader.read(i.numpy())), tf.string),
-            [i],
-            tf.string,
-        )
-        out.set_shape(i.shape)
+      def fetch(i):
+        out = tf.py_function(lambda i: reader.read(i.numpy()), [i], dtype)
+        out.set_shape(i.shape.concatenate(shape))
         return out
+
+    def read(i):
+      stored = fetch(i)
+      if self.storage == 'jpeg':
+        stored, label = parse(stored)
+      else:
+        label = tf.gather(all_labels, i)
+      return stored, label
 
     return (
         read,
@@ -246,7 +290,7 @@ def from_name(name):
 
 
 def parse(serialized):
-  """string[m] serialized examples -> dict(image string[m], label int32[m])."""
+  """string[m] serialized examples -> (image string[m], label int32[m])."""
   ex = tf.io.parse_example(serialized, _FEATURES)
   return ex['image'], tf.cast(ex['label'], tf.int32)
 
@@ -257,7 +301,7 @@ def _read_chunks(read, ds, threads):
   in order."""
 
   def fetch(ex):
-    image, label = parse(read(ex['index']))
+    image, label = read(ex['index'])
     return dict(ex, image=image, label=label)
 
   ds = ds.batch(_CHUNK).map(

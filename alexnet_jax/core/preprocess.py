@@ -519,7 +519,8 @@ def ten_crop(image, params, input_scale=1.0):
 # ------------------------------------------------ prepared (stored) squares
 #
 # A prepared dataset (prepared_source.py) stores each image once as the
-# paper's resize_size^2 square, as a JPEG or as raw uint8. Training crops a
+# paper's resize_size^2 square, as a JPEG (`stored` is its bytes) or as raw
+# uint8 (`stored` is the uint8[R, R, 3] square). Training crops a
 # random image_size window of it, evaluation its centre or its 10 crops:
 # the geometry above with the resize already done, once, at preparation.
 
@@ -539,11 +540,8 @@ def prepare_square(encoded, size, method='area'):
 
 def _stored_window(stored, storage, resize_size, offset, size):
   """uint8[size, size, 3] at `offset` ([y, x]) of a stored square."""
-  if storage == 'raw':
-    square = tf.reshape(
-        tf.io.decode_raw(stored, tf.uint8), [resize_size, resize_size, 3]
-    )
-    return tf.slice(square, tf.concat([offset, [0]], 0), [size, size, 3])
+  if storage == 'raw':  # stored: the square itself, uint8[R, R, 3]
+    return tf.slice(stored, tf.concat([offset, [0]], 0), [size, size, 3])
   crop = tf.io.decode_and_crop_jpeg(
       stored, tf.concat([offset, [size, size]], 0), channels=3
   )
@@ -554,9 +552,7 @@ def _stored_window(stored, storage, resize_size, offset, size):
 def stored_square(stored, storage, resize_size):
   """A stored square, decoded: uint8[resize_size, resize_size, 3]."""
   if storage == 'raw':
-    return tf.reshape(
-        tf.io.decode_raw(stored, tf.uint8), [resize_size, resize_size, 3]
-    )
+    return tf.ensure_shape(stored, [resize_size, resize_size, 3])
   square = tf.io.decode_jpeg(stored, channels=3)
   square.set_shape([resize_size, resize_size, 3])
   return square
