@@ -67,7 +67,8 @@ def get_config():
   # output up); 'torchvision': 2 and 2; 'caffe': none, for 227x227 input.
   # All three give 55x55 (see model.CONV1_PADDING).
   m.conv1_padding = 'paper'
-  m.weight_init_std = 0.01
+  m.weight_init_std = 0.01  # N(0, std) for every weight but fc6/fc7's
+  m.fc_init_std = 0.01  # fc6, fc7 (the paper: 0.01; Caffe: 0.005)
   m.bias_init = 1.0  # conv2, conv4, conv5, fc6, fc7 (Caffe: 0.1)
   m.width_scale = 1.0  # < 1 for tiny test and CPU models
   m.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'
@@ -103,10 +104,16 @@ def get_config():
           eigvec=IMAGENET_EIGVEC,
       )
   )
-  # Mean subtraction: per-channel mean/std on [0, 1] pixels, or 'image' to
-  # subtract the per-pixel mean image in `mean_image` (the paper).
+  # The paper trains "on the (centered) raw RGB values of the pixels": 0-255
+  # minus the mean. Its LRN constants and initialisation are sized for that
+  # scale; at [0, 1] (pixel_scale=1) every activation is 255x smaller and
+  # LRN divides by the constant k^beta (docs/faithfulness.md, input scale).
+  # Model input = (pixels in [0, pixel_scale] - mean) / std.
+  d.pixel_scale = 255.0  # 255.0 (the paper, Caffe) | 1.0 (torchvision)
+  # Mean subtraction: per-channel `mean`/`std` in pixel_scale units, or
+  # 'image' to subtract the per-pixel mean image in `mean_image` (the paper).
   d.normalization = 'channel'  # 'channel' | 'image'
-  d.mean = (0.485, 0.456, 0.406)
+  d.mean = (123.675, 116.28, 103.53)  # ImageNet's RGB means, 0-255
   d.std = (1.0, 1.0, 1.0)  # the paper subtracts the mean only
   d.mean_image = ''  # .npy file from `python -m alexnet_jax.data_stats`
   d.eval_crops = 1  # 1 (centre) | 10 (the paper's test procedure)

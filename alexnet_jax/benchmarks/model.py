@@ -121,11 +121,14 @@ def numpy_params(net, config):
       lambda: model_lib.init(net, jax.random.PRNGKey(0), config.data.image_size)
   )['params']
   rng = np.random.default_rng(0)
-  std, bias = config.model.weight_init_std, config.model.bias_init
+  m = config.model
+  bias = m.bias_init
 
   def make(path, x):
     if path[-1].key == 'bias':
       return np.full(x.shape, bias, np.float32)
+    fc67 = any(getattr(p, 'key', '') in ('fc6', 'fc7') for p in path)
+    std = m.fc_init_std if fc67 else m.weight_init_std
     return rng.standard_normal(x.shape, np.float32) * np.float32(std)
 
   return jax.tree_util.tree_map_with_path(make, shapes)

@@ -92,7 +92,19 @@ def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
         node[key] = value
 
   merge(config, saved, '')
+  _legacy_defaults(config, saved)
   return config
+
+
+def _legacy_defaults(config, saved):
+  """Fields whose schema default differs from what configs saved before the
+  field existed meant: such a config gets the old behaviour, not the new
+  default (an old run resumed at another input scale would diverge)."""
+  data, model = saved.get('data', {}), saved.get('model', {})
+  if data and 'pixel_scale' not in data:
+    config.data.pixel_scale = 1.0  # [0, 1] pixels, before the field
+  if model and 'fc_init_std' not in model and 'weight_init_std' in model:
+    config.model.fc_init_std = model['weight_init_std']
 
 
 def _to_tuple(value):

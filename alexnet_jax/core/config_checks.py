@@ -150,6 +150,7 @@ def check_model(config):
   _number(config, m + 'dropout', low=0, high=0.99)
   _one_of(config, m + 'conv1_padding', ('paper', 'torchvision', 'caffe'))
   _number(config, m + 'weight_init_std', low=0, low_open=True)
+  _number(config, m + 'fc_init_std', low=0, low_open=True)
   _number(config, m + 'bias_init')
   _number(config, m + 'width_scale', low=0, high=1, low_open=True)
   _one_of(config, m + 'dtype', ('float32', 'bfloat16'))
@@ -217,6 +218,7 @@ def check_data(config):
     )
   _numbers(config, d + 'mean', count=3)
   _numbers(config, d + 'std', count=3, low=0)
+  _check_pixel_scale(config)
   _one_of(config, d + 'eval_crops', (1, 10))
   _number(config, d + 'shuffle_buffer', low=1, integer=True)
   _bool(config, d + 'cache')
@@ -225,6 +227,28 @@ def check_data(config):
   _check_lighting(
       _get(config, d + 'lighting.eigval'), _get(config, d + 'lighting.eigvec')
   )
+
+
+def _check_pixel_scale(config):
+  """pixel_scale is 1 ([0, 1] pixels) or 255 (raw 0-255 values), and a
+  per-channel mean must be in the same units: the usual slip is changing
+  one without the other, which trains on inputs offset by ~0.5 or ~120."""
+  scale = _one_of(config, 'data.pixel_scale', (1.0, 255.0))
+  if _get(config, 'data.normalization') != 'channel':
+    return
+  mean = tuple(_get(config, 'data.mean'))
+  if scale == 255.0 and max(mean) <= 1.0 and any(mean):
+    raise ConfigError(
+        f'config.data.mean={mean} looks like [0, 1] pixel units but '
+        'config.data.pixel_scale=255.0: give the mean in 0-255 units '
+        '(e.g. 123.675, 116.28, 103.53), or set pixel_scale=1.0'
+    )
+  if scale == 1.0 and max(mean) > 1.0:
+    raise ConfigError(
+        f'config.data.mean={mean} looks like 0-255 pixel units but '
+        'config.data.pixel_scale=1.0: give the mean in [0, 1] units '
+        '(e.g. 0.485, 0.456, 0.406), or set pixel_scale=255.0'
+    )
 
 
 def _check_lighting(eigval, eigvec):

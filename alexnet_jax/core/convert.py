@@ -138,9 +138,9 @@ def config_for(
 
   config.data gets the input size and, as far as its fields can say it, the
   normalisation. It has no channel-order field, so for the Caffe weights
-  mean/std are the [0, 1]-pixel equivalents of Caffe's 0..255 ones in RGB
-  order and the input must still be given in BGR: the `preprocessing(fmt)`
-  dict recorded in the export is the authority.
+  the mean is Caffe's 0..255 one in RGB order and the input must still be
+  given in BGR: the `preprocessing(fmt)` dict recorded in the export is the
+  authority.
   """
   _check_format(fmt)
   config = paper.get_config()
@@ -153,6 +153,7 @@ def config_for(
     m.lrn.enabled = False
     m.conv1_padding = 'torchvision'
     m.bias_init = 0.0
+    d.pixel_scale = 1.0
     d.mean = (0.485, 0.456, 0.406)
     d.std = (0.229, 0.224, 0.225)
   else:
@@ -172,8 +173,10 @@ def config_for(
         )
     )
     m.bias_init = 0.1
-    d.mean = (123.0 / 255, 117.0 / 255, 104.0 / 255)  # RGB order, [0, 1]
-    d.std = (1 / 255, 1 / 255, 1 / 255)
+    m.fc_init_std = 0.005
+    d.pixel_scale = 255.0
+    d.mean = (123.0, 117.0, 104.0)  # RGB order, 0-255
+    d.std = (1.0, 1.0, 1.0)
   d.image_size = _PREPROCESSING[fmt]['image_size']
   d.resize_size = _PREPROCESSING[fmt]['resize_size']
   d.normalization = 'channel'

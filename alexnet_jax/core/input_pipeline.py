@@ -98,7 +98,7 @@ def preprocessing_from_config(config):
   d = config.data
   out = dict(
       channel_order='RGB',
-      pixel_scale=1.0,
+      pixel_scale=float(d.pixel_scale),
       mean=list(d.mean),
       std=list(d.std),
       image_size=d.image_size,
@@ -111,7 +111,10 @@ def preprocessing_from_config(config):
       image = preprocess.load_mean_image(d.mean_image, d.resize_size)
     except ValueError as e:
       raise ValueError(f'config.data.mean_image: {e}') from e
-    out['mean'] = [float(m) for m in image.mean(axis=(0, 1))]
+    # The mean image is stored in [0, 1]; the record's mean is in
+    # pixel_scale units, as every other record's.
+    scale = float(d.pixel_scale)
+    out['mean'] = [float(m) * scale for m in image.mean(axis=(0, 1))]
     out['std'] = [1.0, 1.0, 1.0]
     out['mean_image'] = os.path.abspath(d.mean_image)
   return out

@@ -227,6 +227,7 @@ class AlexNet(nn.Module):
   dropout: float = 0.5
   conv1_padding: str = 'paper'  # a key of CONV1_PADDING
   weight_init_std: float = 0.01
+  fc_init_std: float = 0.01  # fc6 and fc7 (Caffe: 0.005)
   bias_init: float = 1.0
   width_scale: float = 1.0
   dtype: Any = jnp.float32
@@ -390,14 +391,15 @@ class AlexNet(nn.Module):
     flat = flat.reshape(flat.shape[0], -1)  # [B, 9216]
     if not paper:  # torchvision: dropout
       (flat,) = self._dropout([flat], train)  # before fc6 and fc7
-    h = TowerDense(L, w6 // T, bias_init=one, name='fc6', **layer)(flat)
+    fc = dict(layer, kernel_std=self.fc_init_std)
+    h = TowerDense(L, w6 // T, bias_init=one, name='fc6', **fc)(flat)
     h = self._act(h)  # [B, 2048] / tower
     if paper:
       h = self._dropout(h, train)
     full = self._all_towers(h)  # [B, 4096]
     if not paper:
       (full,) = self._dropout([full], train)
-    h = TowerDense(L, w7 // T, bias_init=one, name='fc7', **layer)(full)
+    h = TowerDense(L, w7 // T, bias_init=one, name='fc7', **fc)(full)
     h = self._act(h)
     if paper:
       h = self._dropout(h, train)
@@ -617,6 +619,7 @@ def from_config(model_config: ml_collections.ConfigDict, **overrides):
       dropout=m.dropout,
       conv1_padding=m.conv1_padding,
       weight_init_std=m.weight_init_std,
+      fc_init_std=m.fc_init_std,
       bias_init=m.bias_init,
       width_scale=m.width_scale,
       dtype=dtype,

@@ -28,6 +28,7 @@ decision uses them: the schedule is fixed).
 Hardware: 2-core Xeon CPU, about 6-12 minutes an epoch (the machine shared).
 """
 
+from alexnet_jax.configs import cifar10
 from alexnet_jax.configs import paper
 
 EPOCHS = 30.0
@@ -57,8 +58,11 @@ def get_config():
   d.train_crop = 'paper'
   d.flip = True
   d.lighting.std = 0.0
-  d.mean = (0.4914, 0.4822, 0.4465)
-  d.std = (1 / 255, 1 / 255, 1 / 255)  # 0-255 inputs, as cuda-convnet's
+  # 0-255 inputs minus the mean, as cuda-convnet's: its LRN constants
+  # (alpha=0.001/n) are sized for that scale.
+  d.pixel_scale = 255.0
+  d.mean = cifar10.CIFAR10_MEAN_255
+  d.std = (1.0, 1.0, 1.0)
   d.cache = True
 
   o = c.optim
