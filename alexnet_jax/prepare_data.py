@@ -426,7 +426,13 @@ def prepare(args):
   total = sum(hi - lo for *_, lo, hi in mine)
   start = time.time()
   with tqdm.tqdm(
-      total=total, unit='img', desc='prepare', file=sys.stderr, smoothing=0.1
+      total=total,
+      unit='img',
+      desc='prepare',
+      file=sys.stderr,
+      smoothing=0.1,
+      # A log file (not a terminal) gets a line every 30 s, not a stream.
+      mininterval=0.1 if sys.stderr.isatty() else 30,
   ) as bar:
     for split, shard, count, src, lo, hi in mine:
       prepare_shard(source, args, split, shard, count, src, lo, hi, bar)

@@ -74,6 +74,13 @@ def raw(photos, tmp_path_factory):
   return out
 
 
+@pytest.fixture(scope='module')
+def jpeg(photos, tmp_path_factory):
+  out = tmp_path_factory.mktemp('prepared') / 'jpeg'
+  assert _prepare(photos, out, '--storage=jpeg', '--quality=95') == 0
+  return out
+
+
 def _config(out, lighting=0.0, **data):
   c = paper.get_config()
   c.data.name = f'prepared:{out}'
@@ -199,10 +206,8 @@ def test_training_crops_match_reference(raw):
     np.testing.assert_allclose(uint8.numpy() / 255.0, got.numpy(), atol=1e-6)
 
 
-def test_jpeg_storage_within_jpeg_error_of_raw(photos, raw, tmp_path):
-  out = tmp_path / 'jpeg'
-  assert _prepare(photos, out, '--storage=jpeg', '--quality=95') == 0
-  _, jpegs, jl, _, _ = _records(out, 'test')
+def test_jpeg_storage_within_jpeg_error_of_raw(jpeg, raw):
+  _, jpegs, jl, _, _ = _records(jpeg, 'test')
   _, raws, rl, _, _ = _records(raw, 'test')
   assert jl.tolist() == rl.tolist()
   params = preprocess.Params(image_size=SIZE, resize_size=RESIZE)
@@ -239,10 +244,15 @@ def test_exact_resume_and_hosts(raw, cache):
   assert all(len(h['label']) == 2 for h in hosts)
 
 
-def test_cached_and_streamed_reads_agree(raw):
-  a = next(input_pipeline.train_iterator(_config(raw, cache=True)))
-  b = next(input_pipeline.train_iterator(_config(raw, cache=False)))
+@pytest.mark.parametrize('storage', ['raw', 'jpeg'])
+def test_cached_and_streamed_reads_agree(raw, jpeg, storage):
+  out = raw if storage == 'raw' else jpeg
+  a = next(input_pipeline.train_iterator(_config(out, cache=True)))
+  b = next(input_pipeline.train_iterator(_config(out, cache=False)))
   np.testing.assert_array_equal(a['image'], b['image'])
+  np.testing.assert_array_equal(a['label'], b['label'])
+  e = list(input_pipeline.eval_iterator(_config(out, cache=False), 'test'))
+  assert sum(b['mask'].sum() for b in e) == 6
 
 
 def test_eval_visits_each_example_once(raw):

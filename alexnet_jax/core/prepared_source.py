@@ -245,8 +245,13 @@ class PreparedSource:
       fetch = lambda i: tf.gather(contents, i - start)
     else:
 
+      def fetch_numpy(i):
+        out = reader.read(i.numpy())
+        # A list returned from py_function would be taken as many outputs.
+        return out if self.storage == 'raw' else tf.constant(out, tf.string)
+
       def fetch(i):
-        out = tf.py_function(lambda i: reader.read(i.numpy()), [i], dtype)
+        out = tf.py_function(fetch_numpy, [i], dtype)
         out.set_shape(i.shape.concatenate(shape))
         return out
 
