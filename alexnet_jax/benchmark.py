@@ -13,6 +13,7 @@
     python -m alexnet_jax.benchmark profile ...    # where a step's time goes
     python -m alexnet_jax.benchmark memory ...     # XLA's memory plan
     python -m alexnet_jax.benchmark accelerator    # a GPU/TPU host's check
+    python -m alexnet_jax.benchmark MODE --help    # that mode's flags
 
 On a GPU or TPU (`train`, `infer`) the implementations run one after the
 other instead (each owns the device; JAX preallocates 75% of a GPU's
@@ -30,141 +31,192 @@ it to --out), then a table.
 """
 
 import argparse
-import json
 import sys
 
+from absl import flags
+
+from alexnet_jax import cli
+from alexnet_jax.benchmarks import accelerator
 from alexnet_jax.benchmarks import harness
+from alexnet_jax.benchmarks import input as input_bench
 from alexnet_jax.benchmarks import model as model_bench
+from alexnet_jax.benchmarks import parallel as parallel_bench
+from alexnet_jax.benchmarks import profile
 
-COMMANDS = (
-    'all',
-    'train',
-    'infer',
-    'matmul',
-    'overhead',
-    'parallel',
-    'input',
-    'profile',
-    'memory',
-    'accelerator',
-)
+PROG = 'python -m alexnet_jax.benchmark'
+
+# The model modes' flags; each mode's --help lists only its own (parallel
+# and input define theirs in their modules).
+_FLAGS = {
+    'quick': lambda fv: flags.DEFINE_bool(
+        'quick',
+        False,
+        'Fewer steps, smaller batch: one or two minutes.',
+        flag_values=fv,
+    ),
+    'variant': lambda fv: harness.define_csv(
+        fv,
+        'variant',
+        model_bench.VARIANTS,
+        'Default paper (profile: torchvision; memory: both).',
+    ),
+    'dtype': lambda fv: harness.define_csv(
+        fv,
+        'dtype',
+        model_bench.DTYPES,
+        'Default float32; bfloat16 = config dtype in JAX, autocast in '
+        'PyTorch.',
+    ),
+    'batch': lambda fv: harness.define_positive(
+        fv, 'batch', 'Default 128 (32 with --quick).'
+    ),
+    'steps': lambda fv: harness.define_step_flags(
+        fv,
+        steps_help='Timed steps per worker (default 6, 3 with --quick; '
+        'overhead: 10).',
+        warmup_help='Untimed steps after compiling (default 2, 1 with '
+        '--quick).',
+    ),
+    'repeats': lambda fv: harness.define_positive(
+        fv, 'repeats', 'Rounds of fresh workers (default 3).', default=3
+    ),
+    'top': lambda fv: harness.define_positive(
+        fv, 'top', 'How many of the longest ops to list.', default=40
+    ),
+    'bare': lambda fv: flags.DEFINE_bool(
+        'bare',
+        False,
+        'Also the step without its metrics and norms.',
+        flag_values=fv,
+    ),
+    'impls': lambda fv: harness.define_csv(
+        fv, 'impls', ('jax', 'torch'), 'Default both.', default='jax,torch'
+    ),
+    'matmul-size': lambda fv: harness.define_positive(
+        fv,
+        'matmul-size',
+        'Side of the square peak matmul (default 4096, 2048 with --quick).',
+    ),
+    'width-scale': harness.define_width_scale_flag,
+    'precision': lambda fv: flags.DEFINE_enum(
+        'precision',
+        'default',
+        ['default', 'high', 'highest'],
+        "config.model.precision of the JAX model (default: the platform's, "
+        'TF32 / bf16 passes).',
+        flag_values=fv,
+    ),
+    'simulate': lambda fv: flags.DEFINE_string(
+        'simulate',
+        '',
+        'Rehearse on CPU as cuda[:N] or tpu[:N] (tests).',
+        flag_values=fv,
+    ),
+    'test-timeout': lambda fv: harness.define_positive(
+        fv, 'test-timeout', 'Seconds for pytest -m accelerator.', default=300
+    ),
+    'out': harness.define_out_flag,
+}
+_STEP = ('quick', 'variant', 'dtype', 'batch', 'steps', 'width-scale', 'out')
+_MODEL = (*_STEP, 'impls', 'matmul-size', 'precision')
+MODE_FLAGS = {
+    'all': (
+        'quick',
+        'batch',
+        'steps',
+        'impls',
+        'matmul-size',
+        'width-scale',
+        'precision',
+        'out',
+    ),
+    'train': _MODEL,
+    'infer': _MODEL,
+    'matmul': ('quick', 'impls', 'matmul-size', 'out'),
+    'overhead': (*_STEP, 'repeats', 'matmul-size'),
+    'profile': (*_STEP, 'top'),
+    'memory': (*_STEP, 'bare'),
+    'accelerator': (
+        'quick',
+        'batch',
+        'precision',
+        'simulate',
+        'test-timeout',
+        'out',
+    ),
+    'parallel': parallel_bench.define_flags,
+    'input': input_bench.define_flags,
+}
+COMMANDS = tuple(MODE_FLAGS)
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(
-      prog='python -m alexnet_jax.benchmark',
-      description=__doc__.split('\n\n')[0],
-  )
-  parser.add_argument('command', choices=COMMANDS)
-  parser.add_argument(
-      '--quick',
-      action='store_true',
-      help='fewer steps, smaller batch: one or two minutes',
-  )
-  parser.add_argument(
-      '--variant',
-      type=harness.csv_choices(model_bench.VARIANTS, '--variant'),
-      default=None,
-      help='paper,torchvision (default paper; profile: '
-      'torchvision; memory: both)',
-  )
-  parser.add_argument(
-      '--dtype',
-      type=harness.csv_choices(model_bench.DTYPES, '--dtype'),
-      default=None,
-      help='float32,bfloat16 (default float32; bf16 = '
-      'config dtype in JAX, autocast in PyTorch)',
-  )
-  parser.add_argument(
-      '--batch',
-      type=harness.positive_int,
-      default=None,
-      help='default 128 (32 with --quick)',
-  )
-  harness.add_step_options(
-      parser,
-      steps_help='timed steps per worker (default 6, 3 with '
-      '--quick; overhead: 10)',
-      warmup_help='untimed steps after compiling (default 2, '
-      '1 with --quick)',
-  )
-  parser.add_argument(
-      '--repeats',
-      type=harness.positive_int,
-      default=3,
-      help='overhead: rounds of fresh workers (default 3)',
-  )
-  parser.add_argument(
-      '--top',
-      type=harness.positive_int,
-      default=40,
-      help='profile: how many of the longest ops to list',
-  )
-  parser.add_argument(
-      '--bare',
-      action='store_true',
-      help='memory: also the step without its metrics and ' 'norms',
-  )
-  parser.add_argument(
-      '--impls',
-      type=harness.csv_choices(('jax', 'torch'), '--impls'),
-      default=['jax', 'torch'],
-  )
-  parser.add_argument(
-      '--matmul-size',
-      type=harness.positive_int,
-      default=None,
-      help='side of the square peak matmul (default 4096)',
-  )
-  harness.add_width_scale_option(parser)
-  parser.add_argument(
-      '--precision',
-      default='default',
-      choices=('default', 'high', 'highest'),
-      help='config.model.precision of the JAX model '
-      "(default: the platform's, TF32 / bf16 passes)",
-  )
-  parser.add_argument(
-      '--simulate',
-      default='',
-      help='accelerator: rehearse on CPU as cuda[:N] or ' 'tpu[:N] (tests)',
-  )
-  parser.add_argument(
-      '--test-timeout',
-      type=harness.positive_int,
-      default=300,
-      help='accelerator: seconds for pytest -m accelerator',
-  )
-  parser.add_argument(
-      '--out', default='', help='also append the JSON lines to this file'
-  )
-  args = parser.parse_args(argv)
+def _mode(argv):
+  """The mode: the first argument."""
+  mode = argv[0] if argv else None
+  if mode not in MODE_FLAGS:
+    raise SystemExit(
+        f'error: mode {mode!r}: use one of {", ".join(COMMANDS)} (then '
+        '--help for its flags)'
+    )
+  return mode
+
+
+def define_flags(fv, mode):
+  """The flags of one mode, defined in the FlagValues `fv`."""
+  mode_flags = MODE_FLAGS[mode]
+  if callable(mode_flags):
+    mode_flags(fv)
+    return
+  for name in mode_flags:
+    _FLAGS[name](fv)
+
+
+def _namespace(fv, mode, argv):
+  """The parsed flags as the namespace the benchmarks read, with the
+  defaults that depend on the mode and --quick filled in."""
+  args = harness.namespace(fv)
+  args.command = mode
   args.argv = list(argv)
-  args.command_line = 'python -m alexnet_jax.benchmark ' + ' '.join(argv)
-  quick = args.quick
+  args.command_line = ' '.join([PROG, *argv])
+  if callable(MODE_FLAGS[mode]):
+    return args
+  quick = getattr(args, 'quick', False)
   default_variant = {
       'profile': ['torchvision'],
       'memory': list(model_bench.VARIANTS),
   }
-  args.variant = args.variant or default_variant.get(args.command, ['paper'])
-  args.dtype = args.dtype or ['float32']
-  args.batch_given = args.batch is not None
-  args.batch = args.batch or (32 if quick else 128)
-  args.steps = args.steps or (
-      10 if args.command == 'overhead' else 3 if quick else 6
+  fill = dict(
+      variant=default_variant.get(mode, ['paper']),
+      dtype=['float32'],
+      image_size=224,
+      width_scale=1.0,
+      impls=['jax', 'torch'],
+      precision='default',
+      out='',
   )
-  args.warmup = args.warmup or (1 if quick else 2)
-  args.matmul_size = args.matmul_size or (2048 if quick else 4096)
+  for key, value in fill.items():
+    if not getattr(args, key, None):
+      setattr(args, key, value)
+  args.batch_given = getattr(args, 'batch', None) is not None
+  args.batch = getattr(args, 'batch', None) or (32 if quick else 128)
+  args.steps = getattr(args, 'steps', None) or (
+      10 if mode == 'overhead' else 3 if quick else 6
+  )
+  args.warmup = getattr(args, 'warmup', None) or (1 if quick else 2)
+  args.matmul_size = getattr(args, 'matmul_size', None) or (
+      2048 if quick else 4096
+  )
   return args
 
 
-def _delegate(name, args):
-  """The parallel and input benchmarks, which have their own modules."""
-  import importlib  # pylint: disable=g-import-not-at-top
-
-  return (
-      importlib.import_module(f'alexnet_jax.benchmarks.{name}').run(args) or []
-  )
+def parse_args(argv):
+  """argv (the mode, then its flags) -> the namespace a benchmark reads."""
+  mode = _mode(argv)
+  fv = flags.FlagValues()
+  define_flags(fv, mode)
+  rest = cli.parse_flags([PROG, *argv], fv)
+  cli.no_arguments(rest[2:])
+  return _namespace(fv, mode, argv)
 
 
 def run_all(args):
@@ -189,31 +241,17 @@ def run_all(args):
         file=sys.stderr,
     )
     return records
-  for name in ('parallel', 'input'):
+  for name, bench in (('parallel', parallel_bench), ('input', input_bench)):
     sub = argparse.Namespace(**vars(args))
     sub.modes = ['single', 'model']
     try:
-      records += _delegate(name, sub)
+      records += bench.run(sub) or []
     except FileNotFoundError as e:  # input: no sample images here
       print(f'skipped {name}: {e}', file=sys.stderr)
   return records
 
 
-def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
-  if argv[:1] == ['_worker']:
-    return harness.worker_main(argv[1], json.loads(argv[2]))
-  if argv[:1] in (['parallel'], ['input']):
-    # Their own options (--modes, --sequential; --data, --workers...):
-    # `benchmark parallel` is `parallel_benchmark`, `benchmark input` is
-    # `input_benchmark`, option for option.
-    import importlib  # pylint: disable=g-import-not-at-top
-
-    module = importlib.import_module(f'alexnet_jax.benchmarks.{argv[0]}')
-    return module.main(argv[1:], prog=f'alexnet_jax.benchmark {argv[0]}')
-  args = parse_args(argv)
-  from alexnet_jax.benchmarks import profile  # pylint: disable=g-import-not-at-top
-
+def _run(args):
   if args.command == 'all':
     records = run_all(args)
   elif args.command in ('train', 'infer'):
@@ -223,15 +261,47 @@ def main(argv=None):
   elif args.command == 'overhead':
     records = model_bench.overhead(args)
   elif args.command == 'accelerator':
-    from alexnet_jax.benchmarks import accelerator  # pylint: disable=g-import-not-at-top
-
     records = accelerator.run(args)
   elif args.command == 'profile':
     records = profile.profile(args)
-  else:
+  elif args.command == 'memory':
     records = profile.memory(args)
+  elif args.command == 'parallel':
+    parallel_bench.run(args)  # prints its own table
+    return 0
+  else:
+    input_bench.run(args)  # prints its own table
+    return 0
   model_bench.print_table(records)
   profile.print_table(records)
+  return 0
+
+
+def main(argv=None):
+  """The command (`argv`: the mode and its flags; None: sys.argv, as a
+  program, where --help after the mode lists that mode's flags)."""
+  if argv is not None:
+    return _run(parse_args(argv))
+  given = sys.argv[1:]
+  asks_help = any(
+      a in ('-h', '-?', '--help', '--helpshort', '--helpfull') for a in given
+  )
+  if given[:1] and given[0] in MODE_FLAGS:
+    mode = given[0]
+  elif asks_help:
+    mode = None  # no flags: --help shows the modes (this docstring)
+  else:
+    _mode(given)  # raises, naming the modes
+
+  def command(fv, rest):
+    cli.no_arguments(rest[1:])
+    return _run(_namespace(fv, mode, given))
+
+  def define(fv):
+    if mode:
+      define_flags(fv, mode)
+
+  return cli.run_command(__name__, define, command)
 
 
 if __name__ == '__main__':

@@ -10,10 +10,12 @@ The readers live in `alexnet_jax.core.convert`; the export is written with
 `checkpoint.save_model` and read back with `checkpoint.load`.
 """
 
-import argparse
 import pathlib
 import sys
 
+from absl import flags
+
+from alexnet_jax import cli
 from alexnet_jax.core import console
 
 console.setup()  # before anything imports TensorFlow
@@ -31,36 +33,48 @@ def _output_is_free(output: pathlib.Path, overwrite: bool):
     )
 
 
+def define_flags(fv):
+  """The command's flags, defined in the FlagValues `fv`."""
+  flags.DEFINE_enum(
+      'format',
+      None,
+      convert.FORMATS,
+      "The weight file's format.",
+      flag_values=fv,
+  )
+  flags.DEFINE_string('input', None, 'The weight file.', flag_values=fv)
+  flags.DEFINE_string(
+      'output', None, 'The export directory to write.', flag_values=fv
+  )
+  flags.DEFINE_bool(
+      'overwrite',
+      False,
+      'Replace an existing non-empty --output.',
+      flag_values=fv,
+  )
+  flags.DEFINE_string(
+      'mean_file',
+      None,
+      "Caffe's mean image (.binaryproto, e.g. ilsvrc_2012_mean.binaryproto), "
+      'stored in the export and subtracted instead of the per-channel mean.',
+      flag_values=fv,
+  )
+  flags.DEFINE_float(
+      'width_scale',
+      1.0,
+      'Read a proportionally narrower model (tests).',
+      flag_values=fv,
+  )
+  flags.mark_flags_as_required(['format', 'input', 'output'], flag_values=fv)
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(
-      prog='python -m alexnet_jax.convert',
-      description='Convert published AlexNet weights into an alexnet_jax '
-      'model export (readable with alexnet_jax.core.checkpoint.load).',
-  )
-  parser.add_argument('--format', required=True, choices=convert.FORMATS)
-  parser.add_argument('--input', required=True, help='the weight file')
-  parser.add_argument(
-      '--output', required=True, help='the export directory to write'
-  )
-  parser.add_argument(
-      '--overwrite',
-      action='store_true',
-      help='replace an existing non-empty --output',
-  )
-  parser.add_argument(
-      '--mean_file',
-      default=None,
-      help="Caffe's mean image (.binaryproto, e.g. "
-      'ilsvrc_2012_mean.binaryproto), stored in the export '
-      'and subtracted instead of the per-channel mean',
-  )
-  parser.add_argument(
-      '--width_scale',
-      type=float,
-      default=1.0,
-      help='read a proportionally narrower model (tests)',
-  )
-  args = parser.parse_args(argv)
+  """The command (`argv`: its flags; None: sys.argv, as a program)."""
+  return cli.run_command(__name__, define_flags, _convert, argv)
+
+
+def _convert(args, extra):
+  cli.no_arguments(extra)
   output = pathlib.Path(args.output)
   try:
     _output_is_free(output, args.overwrite)

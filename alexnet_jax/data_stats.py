@@ -14,11 +14,13 @@ eigenvalues descending, eigenvectors as columns, ready for
 config.data.lighting.eigval / eigvec.
 """
 
-import argparse
 import json
 import os
 import sys
 
+from absl import flags
+
+from alexnet_jax import cli
 from alexnet_jax.core import console
 
 console.setup()  # before anything imports TensorFlow
@@ -155,34 +157,53 @@ def write(stats, out):
   return image_path, json_path
 
 
+def define_flags(fv):
+  """The command's flags, defined in the FlagValues `fv`."""
+  flags.DEFINE_string(
+      'data',
+      None,
+      "config.data.name: a TFDS name or 'folder:/path'.",
+      flag_values=fv,
+  )
+  flags.DEFINE_string('split', 'train', 'The split to read.', flag_values=fv)
+  flags.DEFINE_string('data_dir', '', 'TFDS data_dir.', flag_values=fv)
+  flags.DEFINE_integer(
+      'resize_size',
+      256,
+      'Shorter side before the centre crop.',
+      flag_values=fv,
+  )
+  flags.DEFINE_enum(
+      'resize_method',
+      'area',
+      preprocess.RESIZE_METHODS,
+      'How images are resized.',
+      flag_values=fv,
+  )
+  flags.DEFINE_integer(
+      'max_images',
+      -1,
+      'Use only the first N images (-1: all).',
+      flag_values=fv,
+  )
+  flags.DEFINE_string('out', None, 'Output directory.', flag_values=fv)
+  flags.DEFINE_bool(
+      'verbose', False, 'Show the traceback of an error.', flag_values=fv
+  )
+  flags.mark_flags_as_required(['data', 'out'], flag_values=fv)
+
+
 def main(argv=None):
+  """The command (`argv`: its flags; None: sys.argv, as a program)."""
+  return cli.run_command(__name__, define_flags, _data_stats, argv)
+
+
+def _data_stats(args, extra):
+  cli.no_arguments(extra)
   try:  # host-side work only: keep TensorFlow off any GPU JAX may want
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:  # TensorFlow has started (main() called in-process)
     pass
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument(
-      '--data',
-      required=True,
-      help="config.data.name: a TFDS name or 'folder:/path'",
-  )
-  parser.add_argument('--split', default='train')
-  parser.add_argument('--data_dir', default='')
-  parser.add_argument('--resize_size', type=int, default=256)
-  parser.add_argument(
-      '--resize_method', default='area', choices=preprocess.RESIZE_METHODS
-  )
-  parser.add_argument(
-      '--max_images',
-      type=int,
-      default=-1,
-      help='use only the first N images (-1: all)',
-  )
-  parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument(
-      '--verbose', action='store_true', help='show the traceback of an error'
-  )
-  args = parser.parse_args(argv)
   config = paper.get_config()
   config.data.name = args.data
   config.data.data_dir = args.data_dir

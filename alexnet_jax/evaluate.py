@@ -16,6 +16,7 @@ import sys
 from absl import flags
 from absl import logging
 
+from alexnet_jax import cli
 from alexnet_jax.core import console
 
 console.setup()  # before anything imports TensorFlow
@@ -26,8 +27,7 @@ FLAGS = flags.FLAGS
 def define_flags():
   """The command-line flags (defined only when run as a program, so the
   module can be imported beside the other CLIs)."""
-  console.define_checkpoint_flags(
-      __name__,
+  cli.define_checkpoint_flags(
       'For a workdir: the checkpoint with the '
       'lowest validation top-1 error instead of the latest.',
   )
@@ -129,6 +129,7 @@ def run_evaluation(
   from alexnet_jax.core import input_pipeline  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import parallel  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import splits  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
 
   model, variables, config = checkpoint.load(path, best=best)
@@ -162,7 +163,7 @@ def run_evaluation(
   params = par.place_state(variables['params'])
   eval_fn = train.make_eval_fn(par)
   try:
-    _, lo, hi = input_pipeline.parse_split(split, info.split_sizes)
+    _, lo, hi = splits.parse_split(split, info.split_sizes)
     total = hi - lo  # for the progress bar only
   except ValueError:
     total = None
@@ -242,7 +243,7 @@ def main(argv):
 
 
 def run():
-  console.run_absl(__name__, main, define_flags)
+  cli.run_absl(__name__, main, define_flags)
 
 
 if __name__ == '__main__':

@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from alexnet_jax import cli
 from alexnet_jax.core import console
 from alexnet_jax.core import xla_flags
 
@@ -119,6 +120,8 @@ def main(argv):
   logging.info('Workdir: %s', FLAGS.workdir)
 
   from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import input_guard  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import outputs  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
 
@@ -127,6 +130,8 @@ def main(argv):
       checkpoint.CheckpointError,
       train.NonFiniteError,
       tfds_source.DataNotReadyError,
+      input_guard.UnreadableDataError,
+      outputs.OutputError,
       FileNotFoundError,
       ValueError,
       verbose=FLAGS.verbose,
@@ -193,7 +198,7 @@ def _check_config_file(argv):
 def _parse_flags(argv):
   _check_config_file(argv)
   try:
-    return console.parse_absl_flags(argv)
+    return cli.parse_flags(argv)
   except (AttributeError, KeyError):
     # ml_collections raises these for overrides of fields that don't exist.
     unknown = _unknown_override(argv)
@@ -207,7 +212,7 @@ def _parse_flags(argv):
 
 
 def run():
-  console.run_absl(
+  cli.run_absl(
       __name__,
       main,
       define_flags,

@@ -16,6 +16,7 @@ import sys
 
 from absl import flags
 
+from alexnet_jax import cli
 from alexnet_jax.core import console
 
 console.setup()  # before anything imports TensorFlow
@@ -27,8 +28,7 @@ _WNID = re.compile(r'^n\d{8}$')
 def define_flags():
   """The command-line flags (defined only when run as a program, so the
   module can be imported beside the other CLIs)."""
-  console.define_checkpoint_flags(
-      __name__,
+  cli.define_checkpoint_flags(
       'For a workdir: the checkpoint with the lowest validation error.',
   )
   flags.DEFINE_integer('top_k', 5, 'Classes to show per image.')
@@ -166,7 +166,7 @@ def main(argv):
 
 
 def run():
-  console.run_absl(__name__, main, define_flags)
+  cli.run_absl(__name__, main, define_flags)
 
 
 if __name__ == '__main__':

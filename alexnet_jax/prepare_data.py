@@ -29,7 +29,6 @@ writes dataset.json. Unreadable images are skipped and named (in the log and
 in dataset.json).
 """
 
-import argparse
 import hashlib
 import json
 import logging
@@ -42,10 +41,12 @@ from alexnet_jax.core import console
 console.setup()  # before anything imports TensorFlow
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
 import numpy as np
 import tensorflow as tf
 import tqdm
 
+from alexnet_jax import cli
 from alexnet_jax import data_stats
 from alexnet_jax.configs import paper
 from alexnet_jax.core import config_checks
@@ -442,56 +443,81 @@ def prepare(args):
   return finalize(args.out, shards, info, args)
 
 
-def parser():
-  p = argparse.ArgumentParser(
-      description=__doc__.split('\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog=__doc__.split('\n', 1)[1],
+def define_flags(fv):
+  """The command's flags, defined in the FlagValues `fv`."""
+  flags.DEFINE_string(
+      'data',
+      None,
+      "The source, as config.data.name: a TFDS name or 'folder:/path'.",
+      flag_values=fv,
   )
-  p.add_argument(
-      '--data',
-      required=True,
-      help="the source, as config.data.name: a TFDS name or 'folder:/path'",
+  flags.DEFINE_string('data_dir', '', 'TFDS data_dir.', flag_values=fv)
+  flags.DEFINE_string(
+      'out', None, 'Output folder (new or empty).', flag_values=fv
   )
-  p.add_argument('--data_dir', default='', help='TFDS data_dir')
-  p.add_argument('--out', required=True, help='output folder (new or empty)')
-  p.add_argument(
-      '--splits',
-      default='train,validation',
-      help='OUT or OUT=SOURCE_SPLIT items, comma-separated',
+  flags.DEFINE_string(
+      'splits',
+      'train,validation',
+      'OUT or OUT=SOURCE_SPLIT items, comma-separated (e.g. '
+      "'train=val[:800],validation=val[800:]').",
+      flag_values=fv,
   )
-  p.add_argument('--storage', default='jpeg', choices=prepared_source.STORAGES)
-  p.add_argument(
-      '--quality',
-      type=int,
-      default=DEFAULT_QUALITY,
-      help='JPEG quality (--storage=jpeg)',
+  flags.DEFINE_enum(
+      'storage',
+      'jpeg',
+      prepared_source.STORAGES,
+      'How the squares are stored.',
+      flag_values=fv,
   )
-  p.add_argument('--resize_size', type=int, default=256)
-  p.add_argument(
-      '--resize_method', default='area', choices=preprocess.RESIZE_METHODS
+  flags.DEFINE_integer(
+      'quality',
+      DEFAULT_QUALITY,
+      'JPEG quality (--storage=jpeg).',
+      flag_values=fv,
   )
-  p.add_argument('--images_per_shard', type=int, default=5000)
-  p.add_argument('--threads', type=int, default=0, help='0 = all cores')
-  p.add_argument('--process_index', type=int, default=0)
-  p.add_argument('--process_count', type=int, default=1)
-  p.add_argument(
-      '--verify',
-      action='store_true',
-      help='only re-check the finished dataset in --out',
+  flags.DEFINE_integer(
+      'resize_size', 256, 'Side of the stored squares.', flag_values=fv
   )
-  p.add_argument(
-      '--verbose', action='store_true', help='show the traceback of an error'
+  flags.DEFINE_enum(
+      'resize_method',
+      'area',
+      preprocess.RESIZE_METHODS,
+      'The resize filter (config.data.resize_method).',
+      flag_values=fv,
   )
-  return p
+  flags.DEFINE_integer(
+      'images_per_shard', 5000, 'Images per shard file.', flag_values=fv
+  )
+  flags.DEFINE_integer(
+      'threads', 0, 'Decoding threads; 0 = all cores.', flag_values=fv
+  )
+  flags.DEFINE_integer('process_index', 0, 'This process.', flag_values=fv)
+  flags.DEFINE_integer(
+      'process_count', 1, 'Processes sharing --out.', flag_values=fv
+  )
+  flags.DEFINE_bool(
+      'verify',
+      False,
+      'Only re-check the finished dataset in --out.',
+      flag_values=fv,
+  )
+  flags.DEFINE_bool(
+      'verbose', False, 'Show the traceback of an error.', flag_values=fv
+  )
+  flags.mark_flags_as_required(['out'], flag_values=fv)
 
 
 def main(argv=None):
+  """The command (`argv`: its flags; None: sys.argv, as a program)."""
+  return cli.run_command(__name__, define_flags, _prepare_data, argv)
+
+
+def _prepare_data(args, extra):
+  cli.no_arguments(extra)
   try:  # host-side work only: keep TensorFlow off any GPU
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:
     pass
-  args = parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
   console.filter_logs()
   args.out = os.path.abspath(os.path.expanduser(args.out))
@@ -505,6 +531,8 @@ def main(argv=None):
       tfds_source.DataNotReadyError,
       verbose=args.verbose,
   ):
+    if not args.verify and not args.data:
+      raise PrepareError('--data is required (the source to prepare)')
     meta = verify(args.out) if args.verify else prepare(args)
   if meta is None:
     print(

@@ -12,11 +12,13 @@ rebuilds a half-prepared one. Then train with
 `--config.data.name=imagenet2012:5.*.* --config.data.data_dir=DATA_DIR`.
 """
 
-import argparse
 import logging
 import os
 import sys
 
+from absl import flags
+
+from alexnet_jax import cli
 from alexnet_jax.core import console
 
 console.setup()  # before anything imports TensorFlow
@@ -60,21 +62,30 @@ def prepare(data_dir='', manual_dir='', name='imagenet2012:5.*.*'):
   return {s: info.num_examples for s, info in builder.info.splits.items()}
 
 
+def define_flags(fv):
+  """The command's flags, defined in the FlagValues `fv`."""
+  flags.DEFINE_string(
+      'data_dir',
+      '',
+      "TFDS data_dir ('' = TFDS's default, ~/tensorflow_datasets).",
+      flag_values=fv,
+  )
+  flags.DEFINE_string(
+      'manual_dir',
+      '',
+      'Folder with ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar '
+      '(default: DATA_DIR/downloads/manual).',
+      flag_values=fv,
+  )
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument(
-      '--data_dir',
-      default='',
-      help="TFDS data_dir ('' = TFDS's default, " '~/tensorflow_datasets)',
-  )
-  parser.add_argument(
-      '--manual_dir',
-      default='',
-      help='folder with ILSVRC2012_img_train.tar and '
-      'ILSVRC2012_img_val.tar (default: '
-      'DATA_DIR/downloads/manual)',
-  )
-  args = parser.parse_args(argv)
+  """The command (`argv`: its flags; None: sys.argv, as a program)."""
+  return cli.run_command(__name__, define_flags, _prepare, argv)
+
+
+def _prepare(args, extra):
+  cli.no_arguments(extra)
   logging.basicConfig(level=logging.INFO)
   try:
     sizes = prepare(args.data_dir, args.manual_dir)

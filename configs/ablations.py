@@ -1,8 +1,11 @@
 """The paper's ablations as named config variants: one change each.
 
     python -m alexnet_jax.main --config=configs/ablations.py:cifar10/lrn_off \\
-        --workdir=/tmp/lrn_off \\
-        --config.data.name='folder:$ALEXNET_JAX_DATA/cifar10'
+        --workdir=/tmp/lrn_off
+
+(TFDS cifar10, the base's default; add
+--config.data.name='folder:$ALEXNET_JAX_DATA/cifar10' for the JPEG folders,
+docs/data.md.)
 
 The argument after ':' is BASE/VARIANT: BASE is `cifar10` (configs/cifar10.py,
 this machine's scale) or `paper` (configs/paper.py, ImageNet); VARIANT is a

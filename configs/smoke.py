@@ -3,7 +3,7 @@
 Command (no dataset to download: the 2,040 CIFAR-10 JPEGs in
 alexnet_jax/assets/cifar10_mini are found through the installed package):
 
-    python -m alexnet_jax.main --config=configs/smoke.py --workdir=/tmp/smoke
+    python -m alexnet_jax.main --config=configs/smoke.py --workdir=/tmp/alexnet_smoke
 
 Hardware and time: any CPU. 52 s wall, compilation included, on a 2-core
 Xeon (2026-12-01; log in experiments/results/smoke/). It trains, evaluates, checkpoints and writes TensorBoard +
@@ -40,6 +40,7 @@ def get_config():
   # std 0.01 starves a quarter-width net of signal (its fan-ins are 4x
   # smaller): with it the loss sat at ln(10) for 6 epochs; 0.05 learns.
   c.model.weight_init_std = 0.05
+  c.model.fc_init_std = 0.05
 
   d = c.data
   d.name = 'folder:' + sample_root()

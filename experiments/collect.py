@@ -23,10 +23,9 @@ import platform
 import shutil
 import sys
 
-import matplotlib
+import experiments
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+plt = experiments.pyplot()  # or one line naming the extra to install
 
 from experiments import runner  # noqa: E402
 from experiments import sweeps as sweeps_lib  # noqa: E402

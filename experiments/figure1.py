@@ -36,10 +36,9 @@ import pathlib
 import shutil
 import sys
 
-import matplotlib
+import experiments
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+plt = experiments.pyplot()  # or one line naming the extra to install
 
 from alexnet_jax.core import paths  # noqa: E402
 from experiments import collect  # noqa: E402

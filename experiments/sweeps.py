@@ -12,8 +12,8 @@ import pathlib
 from typing import Any
 
 from alexnet_jax.configs import ablations as ablations_config
-from alexnet_jax.configs import cifar10 as cifar10_config
 from alexnet_jax.core import paths
+from experiments.configs import paper_cifar224
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR10 = 'cifar10'  # its folder under the data root (docs/data.md)
@@ -128,37 +128,22 @@ def lrn_cifar() -> Sweep:
   )
 
 
-# Does the paper's recipe leave the chance loss at full size (issue: the
-# paper's input scale)? configs/paper.py's network on CIFAR-10 at 224, with
-# the input scale, the biases of 1 and the fc6/fc7 init each changed to the
-# alternative (Caffe's bvlc_alexnet values, or [0, 1] pixels).
-INIT_SCALE_CONFIG = 'experiments/configs/paper_cifar224.py'
-_UNIT_SCALE = {
-    'data.pixel_scale': 1.0,
-    'data.mean': cifar10_config.CIFAR10_MEAN,
-}
-_CAFFE_INIT = {'model.bias_init': 0.1, 'model.fc_init_std': 0.005}
-
-
+# Does the paper's recipe leave the chance loss at full size? Its network on
+# CIFAR-10 at 224 with the input scale, the biases of 1 and the fc6/fc7 init
+# each changed (experiments/configs/paper_cifar224.py defines the variants).
 def init_scale() -> Sweep:
   return Sweep(
       'init_scale',
       "whether configs/paper.py's network leaves the chance loss within "
-      '300 steps (batch 32, CIFAR-10 at 224): input scale 0-255 vs [0, 1], '
-      'biases 1 vs 0.1, fc6/fc7 weights N(0, 0.01) vs N(0, 0.005)',
+      f'{paper_cifar224.STEPS} steps (batch 32, CIFAR-10 at 224): input '
+      'scale 0-255 vs [0, 1], biases 1 vs 0.1, fc6/fc7 weights N(0, 0.01) '
+      'vs N(0, 0.005)',
       'the paper trains on raw 0-255 pixels minus the mean, N(0, 0.01) '
       'weights, biases of 1 in conv2/4/5 and fc6/7, "which accelerates the '
       'early stages of learning"',
-      {
-          'paper': {},
-          'bias_0.1': {'model.bias_init': 0.1},
-          'fc_0.005': {'model.fc_init_std': 0.005},
-          'caffe': dict(_CAFFE_INIT),
-          'unit_paper': dict(_UNIT_SCALE),
-          'unit_caffe': dict(_UNIT_SCALE, **_CAFFE_INIT),
-      },
+      dict(paper_cifar224.VARIANTS),
       datasets=('cifar10',),
-      config=INIT_SCALE_CONFIG,
+      config='experiments/configs/paper_cifar224.py',
   )
 
 

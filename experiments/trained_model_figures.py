@@ -11,7 +11,7 @@ Writes to --out (default experiments/results/trained_model_figures/):
   figure3_kernels.png   conv1's kernels, one panel per tower
   figure4_neighbours.png  query images and their nearest gallery images by
                         Euclidean distance of `--layer` activations
-  figures.md, figures.json  the towers' colour shares (alexnet_jax.core.visualize),
+  figures.md, figures.json  the towers' colour shares (alexnet_jax.analysis.visualize),
                         neighbour labels, how often a neighbour shares the
                         query's class, and the command, machine and date
                         (also in provenance.json).
@@ -25,17 +25,16 @@ import json
 import pathlib
 import sys
 
-import matplotlib
+import experiments
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+plt = experiments.pyplot()  # or one line naming the extra to install
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from alexnet_jax.analysis import features  # noqa: E402
+from alexnet_jax.analysis import visualize  # noqa: E402
 from alexnet_jax.core import checkpoint  # noqa: E402
-from alexnet_jax.core import features  # noqa: E402
 from alexnet_jax.core import paths  # noqa: E402
-from alexnet_jax.core import visualize  # noqa: E402
 from experiments import collect  # noqa: E402
 
 OUT = collect.RESULTS_ROOT / 'trained_model_figures'

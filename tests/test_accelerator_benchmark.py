@@ -15,6 +15,7 @@ import pytest
 
 from alexnet_jax import benchmark
 from alexnet_jax.benchmarks import accelerator
+from alexnet_jax.benchmarks import device
 from alexnet_jax.benchmarks import harness
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -42,16 +43,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
     ],
 )
 def test_device_peaks(kind, dtype, precision, peak, unit):
-  assert accelerator.device_peak_tflops(kind, dtype, precision) == (
+  assert device.device_peak_tflops(kind, dtype, precision) == (
       pytest.approx(peak),
       unit,
   )
 
 
 def test_unknown_device_has_no_peak_and_says_so():
-  peak, why = accelerator.device_peak_tflops('NVIDIA B300', 'float32')
+  peak, why = device.device_peak_tflops('NVIDIA B300', 'float32')
   assert peak is None and 'not in the peak table' in why
-  rec = accelerator.annotate(
+  rec = device.annotate(
       dict(dtype='float32', achieved_gflops=1e3),
       dict(platform='cuda', device_kind='NVIDIA B300'),
       'default',
@@ -60,9 +61,9 @@ def test_unknown_device_has_no_peak_and_says_so():
 
 
 def test_annotate_gives_the_fraction_of_the_device_peak():
-  rec = accelerator.annotate(
+  rec = device.annotate(
       dict(dtype='float32', achieved_gflops=39_000.0),
-      accelerator.probe('cuda:2'),
+      device.probe('cuda:2'),
       'default',
   )
   assert rec['platform'] == 'cuda' and rec['simulated']
@@ -70,7 +71,7 @@ def test_annotate_gives_the_fraction_of_the_device_peak():
 
 
 def test_simulate_parses_and_refuses_other_platforms():
-  assert accelerator.probe('tpu') == dict(
+  assert device.probe('tpu') == dict(
       platform='tpu',
       devices=1,
       device_kind='TPU v4',
@@ -78,7 +79,7 @@ def test_simulate_parses_and_refuses_other_platforms():
       simulated=True,
   )
   with pytest.raises(SystemExit, match='use cuda'):
-    accelerator.probe('rocm:2')
+    device.probe('rocm:2')
 
 
 def test_on_cpu_the_command_refuses_and_says_how_to_rehearse(tmp_path):

@@ -9,9 +9,10 @@ import pytest
 
 from alexnet_jax import benchmark
 from alexnet_jax.benchmarks import harness
+from alexnet_jax.benchmarks import input as input_bench
 from alexnet_jax.benchmarks import model as model_bench
 from alexnet_jax.benchmarks import parallel as parallel_bench
-from alexnet_jax.benchmarks import profile
+from alexnet_jax.benchmarks import profile_worker
 
 
 def test_paper_flops_match_the_layer_table():
@@ -43,13 +44,32 @@ def test_torchvision_flops():
   assert got['fc6'] == 2 * 6 * 6 * 256 * 4096
 
 
-def test_bad_arguments_name_what_is_accepted(capsys):
-  with pytest.raises(SystemExit):
+def test_bad_arguments_name_what_is_accepted():
+  with pytest.raises(SystemExit, match="'vgg': use one or more of paper, torc"):
     benchmark.parse_args(['train', '--variant', 'vgg'])
-  assert 'paper, torchvision' in capsys.readouterr().err
-  with pytest.raises(SystemExit):
+  with pytest.raises(SystemExit, match='one or more of float32, bfloat16'):
     benchmark.parse_args(['train', '--dtype', 'float16'])
-  assert 'float32, bfloat16' in capsys.readouterr().err
+  with pytest.raises(SystemExit, match="mode 'trian': use one of all, train"):
+    benchmark.parse_args(['trian'])
+  # Each mode has its own flags: --modes is parallel's, not train's.
+  with pytest.raises(SystemExit, match='modes'):
+    benchmark.parse_args(['train', '--modes', 'single'])
+
+
+@pytest.mark.parametrize(
+    'mode, own, other',
+    [('parallel', '--modes', '--variant'), ('train', '--variant', '--modes')],
+)
+def test_each_modes_help_lists_its_own_flags(mode, own, other):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.benchmark', mode, '--help'],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert proc.returncode == 1  # absl's --help
+  listed = proc.stdout.split('\nflags:\n', 1)[1]  # after the docstring
+  assert f'  {own}:' in listed and f'  {other}:' not in listed
 
 
 def test_quick_defaults():
@@ -152,8 +172,8 @@ def test_jax_worker_runs_the_trainers_step_without_torch_or_tensorflow():
   and the worker carries neither torch nor TensorFlow in its memory."""
   code = (
       'import sys\n'
-      'from alexnet_jax.benchmarks import model\n'
-      'built = model.build_jax_train(dict(model="paper", batch=2, '
+      'from alexnet_jax.benchmarks import model_jax_worker as w\n'
+      'built = w.build_jax_train(dict(model="paper", batch=2, '
       'image_size=67, width_scale=0.05))\n'
       'step, state, batch = built["step"], built["state"], built["batch"]\n'
       'state[0], m = step(state[0], batch)\n'
@@ -223,7 +243,7 @@ ENTRY %main {
   ROOT %t = (f32[9216,4096]) tuple(%copy.1)
 }
 """
-  assert profile._param_copies(hlo) == [  # noqa: SLF001
+  assert profile_worker._param_copies(hlo) == [  # noqa: SLF001
       ('%state_params__fc6____kernel__.1', 9216 * 4096 * 4)
   ]
 
@@ -300,11 +320,14 @@ def test_all_runs_the_headline_benchmarks(monkeypatch):
           calls.append((name, args.variant, args.dtype)) or [{'name': name}]
       ),
   )
-  monkeypatch.setattr(
-      benchmark,
-      '_delegate',
-      lambda name, args: (calls.append((name, args.modes)) or [{'name': name}]),
-  )
+  for name, bench in (('parallel', parallel_bench), ('input', input_bench)):
+    monkeypatch.setattr(
+        bench,
+        'run',
+        lambda args, name=name: (
+            calls.append((name, args.modes)) or [{'name': name}]
+        ),
+    )
   records = benchmark.run_all(benchmark.parse_args(['all']))
   models = [
       ('train', ['paper', 'torchvision'], ['float32']),
@@ -321,34 +344,13 @@ def test_all_runs_the_headline_benchmarks(monkeypatch):
   assert calls == models
 
 
-def test_parallel_benchmark_arguments_name_what_is_accepted(capsys):
-  with pytest.raises(SystemExit):
-    parallel_bench.parse_args(['--modes', 'single,tensor'])
-  assert 'single, model, jit, pmap, hybrid' in capsys.readouterr().err
-  with pytest.raises(SystemExit):
-    parallel_bench.parse_args(['--batch', '0'])
-  assert 'not a positive integer' in capsys.readouterr().err
-  args = parallel_bench.parse_args(['--modes', 'single,model'])
+def test_parallel_benchmark_arguments_name_what_is_accepted():
+  with pytest.raises(SystemExit, match='single, model, jit, pmap, hybrid'):
+    benchmark.parse_args(['parallel', '--modes', 'single,tensor'])
+  with pytest.raises(SystemExit, match='not a positive integer'):
+    benchmark.parse_args(['parallel', '--batch', '0'])
+  args = benchmark.parse_args(['parallel', '--modes', 'single,model'])
   assert args.modes == ['single', 'model']
-
-
-def test_benchmark_parallel_is_parallel_benchmark(monkeypatch):
-  """`benchmark parallel ARGS` and `parallel_benchmark ARGS` are one
-  measurement: the same parser, the same run."""
-  runs = []
-  monkeypatch.setattr(parallel_bench, 'run', runs.append)
-  argv = ['--modes', 'single,model', '--batch', '8', '--sequential']
-  benchmark.main(['parallel', *argv])
-  parallel_bench.main(argv)
-  a, b = runs
-  assert a.command_line == 'python -m alexnet_jax.benchmark parallel ' + (
-      ' '.join(argv)
-  )
-  assert b.command_line == 'python -m alexnet_jax.parallel_benchmark ' + (
-      ' '.join(argv)
-  )
-  del a.command_line, b.command_line
-  assert vars(a) == vars(b)
 
 
 def test_parallel_modes_run_the_trainers_step(tmp_path):
@@ -357,7 +359,8 @@ def test_parallel_modes_run_the_trainers_step(tmp_path):
       [
           sys.executable,
           '-m',
-          'alexnet_jax.parallel_benchmark',
+          'alexnet_jax.benchmark',
+          'parallel',
           '--modes',
           'single,model',
           '--width-scale',
@@ -387,4 +390,4 @@ def test_parallel_modes_run_the_trainers_step(tmp_path):
   assert model['param_bytes_per_device'] * 2 == single['param_bytes_per_device']
   for r in records:
     assert r['train_step'] == 'trainer' and r['step_ms'] > 0
-    assert r['command'].startswith('python -m alexnet_jax.parallel_benchmark')
+    assert r['command'].startswith('python -m alexnet_jax.benchmark parallel')

@@ -507,7 +507,7 @@ def test_full_size_caffemodel_parses_in_seconds(tmp_path):
 def test_export_applies_caffes_transform_and_mean(tmp_path):
   """features/predict/evaluate read the export's record: Caffe's warp and
   the stored mean image, checked against the OpenCV reference."""
-  from alexnet_jax.core import features  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.analysis import features  # pylint: disable=g-import-not-at-top
   import test_eval_transforms as ref  # pylint: disable=g-import-not-at-top
 
   path = write_caffemodel(

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from alexnet_jax.analysis import features
 from alexnet_jax.configs import paper
 from alexnet_jax.core import config_checks
-from alexnet_jax.core import features
 from alexnet_jax.core import model as model_lib
 
 

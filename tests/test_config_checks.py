@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import re
 
 from absl import flags
 import ml_collections
@@ -166,14 +167,18 @@ def test_bad_value_names_field_and_accepted_values(field, value, accepted):
             'config.model.towers=2',
         ),
         (
+            {'parallel.mesh.model': 2, 'model.lrn.across_towers': True},
+            'use config.parallel.mesh.model=1 for such weights',
+        ),
+        (
             {'parallel.mesh.data': 3},
             'config.optim.batch_size=128 is not '
-            'divisible by config.parallel.mesh.data=3',
+            'divisible by the data axis (config.parallel.mesh.data=3)',
         ),
     ],
 )
 def test_inconsistent_fields_say_what_to_set(dotted, needs):
-  with pytest.raises(ConfigError, match=needs.replace('.', r'\.')):
+  with pytest.raises(ConfigError, match=re.escape(needs)):
     config_checks.validate(_with(**dotted))
 
 

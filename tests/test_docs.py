@@ -6,7 +6,9 @@ Offline and fast: only reads files (and asks git which files are tracked).
 
 import pathlib
 import re
+import shlex
 import subprocess
+import sys
 import unicodedata
 
 import pytest
@@ -216,3 +218,115 @@ def test_no_paths_outside_the_repository(path):
       '/work/',
   ):
     assert banned not in text, f'{_rel(path)} names {banned}'
+
+
+# ----------------------------------------------- the README's quick tour --
+
+TOUR_STEPS = 3  # the one change to the tour's commands: a shorter run
+
+
+def _bash_lines(text):
+  """Commands of the bash blocks of `text`: continuations joined, comments
+  and blank lines dropped."""
+  out = []
+  for block in re.findall(r'^```bash\n(.*?)^```', text, re.S | re.M):
+    joined = re.sub(r'\\\n\s*', ' ', block)
+    for line in joined.splitlines():
+      line = re.sub(r'\s+#.*$', '', line).strip()
+      if line and not line.startswith('#'):
+        out.append(line)
+  return out
+
+
+def _tour():
+  """(command 1's workdir, the tour's smoke train, evaluate, predict lines)."""
+  text = README.read_text(encoding='utf-8')
+  first = _readme_commands()[0]
+  workdir = re.search(r'--workdir=(\S+)', first).group(1)
+  lines = _bash_lines(text)
+  train_lines = [
+      l
+      for l in lines
+      if l.startswith('python -m alexnet_jax.main --config=configs/smoke.py ')
+      and '--config.parallel' not in l
+  ]
+  pick = lambda prefix: [l for l in lines if l.startswith(prefix)]
+  return (
+      workdir,
+      train_lines,
+      pick('python -m alexnet_jax.evaluate '),
+      pick('python -m alexnet_jax.predict --checkpoint=' + workdir),
+  )
+
+
+def test_tour_uses_command_1s_workdir_and_files_that_exist():
+  workdir, train_lines, evaluate, predict = _tour()
+  assert train_lines and evaluate and predict
+  for line in train_lines:
+    assert f'--workdir={workdir}' in line, line
+  for line in evaluate:
+    assert f'--checkpoint={workdir}' in line, line
+  for line in predict:
+    images = [w for w in line.split() if not w.startswith('-')][3:]
+    assert images, line
+    for image in images:
+      assert (REPO / image).is_file(), f'{image} (README) does not exist'
+  training = (REPO / 'docs' / 'training.md').read_text(encoding='utf-8')
+  for line in _bash_lines(training):
+    if line.startswith('python -m alexnet_jax.predict'):
+      for word in line.split()[3:]:
+        if not word.startswith(('-', '[')):
+          assert (REPO / word).is_file(), f'{word} (training.md) does not exist'
+
+
+def test_tour_runs_as_written(tmp_path):
+  """The tour's train, evaluate and predict lines, run as the README writes
+  them, in a temporary directory, with only the step count shortened."""
+  workdir, train_lines, evaluate, predict = _tour()
+  here = str(tmp_path / pathlib.PurePath(workdir).name)
+
+  def run(line, *extra):
+    args = shlex.split(line.replace(workdir, here))
+    assert args[:2] == ['python', '-m'], line
+    proc = subprocess.run(
+        [sys.executable, *args[1:], *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, f'{line}\n{proc.stderr[-3000:]}'
+    return proc
+
+  run(train_lines[0], f'--config.train.num_train_steps={TOUR_STEPS}')
+  assert (pathlib.Path(here) / 'results.json').is_file()
+  out = run(evaluate[0]).stdout
+  assert 'top-1' in out.lower() or 'top1' in out.lower(), out
+  out = run(predict[0]).stdout
+  assert 'cat' in out and 'ship' in out, out
+
+
+def test_weights_page_and_notebook_agree_on_bvlc_alexnet():
+  """docs/weights.md's address and SHA-1 of bvlc_alexnet.caffemodel are the
+  ones the demo notebook downloads and checks."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  notebook = json.loads((REPO / 'experiments' / 'demo.ipynb').read_text())
+  code = '\n'.join(''.join(c['source']) for c in notebook['cells'])
+  url = re.search(r"BVLC_ALEXNET_URL = '([^']+)'", code).group(1)
+  sha1 = re.search(r"BVLC_ALEXNET_SHA1 = '([0-9a-f]{40})'", code).group(1)
+  page = (REPO / 'docs' / 'weights.md').read_text(encoding='utf-8')
+  row = next(
+      l
+      for l in page.splitlines()
+      if l.startswith('| `bvlc_alexnet.caffemodel`')
+  )
+  assert url in row and sha1 in row
+  row = next(
+      l
+      for l in page.splitlines()
+      if l.startswith('| `alexnet-owt-7be5be79.pth`')
+  )
+  assert 'https://download.pytorch.org/models/alexnet-owt-7be5be79.pth' in row
+  assert 'SHA-256 starts with `7be5be79`' in row

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from alexnet_jax.analysis import features
+from alexnet_jax.analysis import visualize
 from alexnet_jax.configs import paper
-from alexnet_jax.core import features
 from alexnet_jax.core import model as model_lib
-from alexnet_jax.core import visualize
 
 
 def _tiny(variant='paper', activation='relu', towers=2, num_classes=7):

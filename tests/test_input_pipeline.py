@@ -10,7 +10,9 @@ from PIL import Image
 import pytest
 
 from alexnet_jax.configs import paper
+from alexnet_jax.core import folder_source
 from alexnet_jax.core import input_pipeline
+from alexnet_jax.core import splits
 
 MINI = (
     pathlib.Path(input_pipeline.__file__).parents[1] / 'assets' / 'cifar10_mini'
@@ -31,6 +33,10 @@ CIFAR10 = (
 
 def _config(name, batch=8, size=24, resize=32, **data):
   c = paper.get_config()
+  # [0, 1] pixels: these tests compare with PIL's [0, 1] arrays
+  # (tests/test_input_scale.py covers the paper's 0-255 default).
+  c.data.pixel_scale = 1.0
+  c.data.mean = (0.485, 0.456, 0.406)
   c.data.name = name
   c.data.image_size = size
   c.data.resize_size = resize
@@ -157,7 +163,7 @@ def test_colour_modes_decode_like_pil(bad_folder):
   assert images.shape == (9, 32, 32, 3)
   paths = [
       p
-      for p in input_pipeline._folder_source(str(bad_folder)).files('test')[0]
+      for p in folder_source.cached(str(bad_folder)).files('test')[0]
       if not p.endswith(BAD)
   ]
   for path, got in zip(paths, images):
@@ -191,7 +197,7 @@ def test_training_survives_unreadable_files(bad_folder, caplog):
 
 
 def test_hosts_read_disjoint_parts(bad_folder):
-  source = input_pipeline._folder_source(str(bad_folder))
+  source = folder_source.cached(str(bad_folder))
   parts = [source.table('train', i, 3, False)[0] for i in range(3)]
   names = [set(p.names.numpy().tolist()) for p in parts]
   assert sum(len(n) for n in names) == 12
@@ -243,13 +249,13 @@ def test_eval_with_a_checkpoint_preprocessing_dict():
 
 def test_split_slices():
   sizes = {'train': 1000}
-  assert input_pipeline.parse_split('train', sizes) == ('train', 0, 1000)
-  assert input_pipeline.parse_split('train[:10%]', sizes) == ('train', 0, 100)
-  assert input_pipeline.parse_split('train[-5:]', sizes) == ('train', 995, 1000)
+  assert splits.parse_split('train', sizes) == ('train', 0, 1000)
+  assert splits.parse_split('train[:10%]', sizes) == ('train', 0, 100)
+  assert splits.parse_split('train[-5:]', sizes) == ('train', 995, 1000)
   with pytest.raises(ValueError, match="'val' does not exist"):
-    input_pipeline.parse_split('val', sizes)
+    splits.parse_split('val', sizes)
   with pytest.raises(ValueError, match='not accepted'):
-    input_pipeline.parse_split('train[1:2:3]', sizes)
+    splits.parse_split('train[1:2:3]', sizes)
   c = _config(f'folder:{MINI}', batch=7)
   batches = list(input_pipeline.eval_iterator(c, 'test[:10%]'))
   assert sum(b['mask'].sum() for b in batches) == 34

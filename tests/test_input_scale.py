@@ -32,10 +32,12 @@ def _lrn_terms(config, files, layer='conv1'):
   checkpoint record says (the centre crop), weights at initialisation."""
   record = input_pipeline.preprocessing_from_config(config)
   params = preprocess.params_from_record(record)
-  x = np.stack([
-      preprocess.eval_image(tf.io.read_file(str(f)), params).numpy()
-      for f in files
-  ])
+  x = np.stack(
+      [
+          preprocess.eval_image(tf.io.read_file(str(f)), params).numpy()
+          for f in files
+      ]
+  )
   net = model_lib.from_config(config.model)
   variables = model_lib.init(net, jax.random.PRNGKey(0), x.shape[1])
   _, state = net.apply(
@@ -158,7 +160,10 @@ def test_every_config_states_a_consistent_scale():
   for get_config in (paper.get_config, cifar10.get_config, smoke.get_config):
     config_checks.validate(get_config())
   root = pathlib.Path(__file__).resolve().parents[1]
-  for path in [*root.glob('configs/*.py'), *root.glob('experiments/configs/*.py')]:
+  for path in [
+      *root.glob('configs/*.py'),
+      *root.glob('experiments/configs/*.py'),
+  ]:
     text = path.read_text()
     if 'get_config' in text and path.name not in ('paper.py', 'ablations.py'):
       assert 'pixel_scale' in text, f'{path.name} does not state its scale'
@@ -177,6 +182,9 @@ def test_old_checkpoint_configs_keep_their_scale():
   assert config.model.fc_init_std == 0.05
   config_checks.validate(config)
   # A current config keeps what it says.
-  assert checkpoint.config_from_dict(
-      checkpoint.config_to_dict(paper.get_config())
-  ).data.pixel_scale == 255.0
+  assert (
+      checkpoint.config_from_dict(
+          checkpoint.config_to_dict(paper.get_config())
+      ).data.pixel_scale
+      == 255.0
+  )

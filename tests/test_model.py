@@ -298,10 +298,15 @@ def test_paper_init_statistics():
 
 def test_bias_init_and_weight_std_are_honoured():
   params = _real_init(
-      _model_config(width_scale=0.25, bias_init=0.1, weight_init_std=0.02)
+      _model_config(
+          width_scale=0.25,
+          bias_init=0.1,
+          weight_init_std=0.02,
+          fc_init_std=0.005,
+      )
   )
   for name, p in params.items():
-    _assert_normal(p['kernel'], 0.02, name)
+    _assert_normal(p['kernel'], 0.005 if name in ('fc6', 'fc7') else 0.02, name)
     ones = name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
     np.testing.assert_array_equal(
         p['bias'], np.float32(0.1 if ones else 0), err_msg=name

@@ -21,13 +21,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from alexnet_jax.analysis import features
+from alexnet_jax.analysis import visualize
 from alexnet_jax.configs import paper
 from alexnet_jax.core import checkpoint
 from alexnet_jax.core import convert
-from alexnet_jax.core import features
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import model as model_lib
-from alexnet_jax.core import visualize
 from conftest import REPO
 
 CLASSES = (

@@ -576,11 +576,19 @@ def test_backend_choice(monkeypatch):
 
 
 @needs_onednn
-def test_negative_padding_runs_xla(monkeypatch):
+def test_negative_padding_is_a_crop_then_onednn(monkeypatch):
+  """Negative padding is cropped by a slice (ops._crop), so oneDNN runs
+  what is left; the values are checked against NumPy in test_ops.py."""
   monkeypatch.setenv('ALEXNET_JAX_CONV', 'onednn')
   x, k = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 1))
   pads = ((-1, 1), (0, 0))
-  np.testing.assert_array_equal(ops.conv2d(x, k, 1, pads), _xla(x, k, 1, pads))
+  hlo = jax.jit(lambda x, k: ops.conv2d(x, k, 1, pads)).lower(x, k).as_text()
+  assert 'AlexnetConvFwd' in hlo
+  assert 'pad=-' not in hlo and 'padding = dense<-' not in hlo
+  # Rows 1-5 and one zero row: 3x3x2 ones per full window, 2x3x2 in the last.
+  want = np.full((1, 4, 4, 1), 18.0, np.float32)
+  want[:, 3] = 12.0
+  np.testing.assert_array_equal(ops.conv2d(x, k, 1, pads), want)
 
 
 FAKE_CPUS = {  # flags lines of /proc/cpuinfo, cut down

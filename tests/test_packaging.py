@@ -39,8 +39,7 @@ HELP_FLAG = {
 # the package must import with neither installed.
 MAY_IMPORT_TORCH_OR_PIL = (
     'alexnet_jax.reference',
-    'alexnet_jax.benchmarks',
-    'alexnet_jax.input_benchmark',
+    'alexnet_jax.benchmark',  # the command and its benchmarks/ package
 )
 
 
@@ -131,55 +130,45 @@ def test_every_script_is_tested():
   assert set(SCRIPTS) == set(HELP_FLAG)
 
 
-def _help(script, monkeypatch, capsys):
-  """(exit status, output) of `script --help`, as pip's wrapper runs it."""
+# The arguments before --help (the benchmark's flags are its modes').
+HELP_ARGS = {'alexnet-benchmark': ['train']}
+
+
+def _help(script):
+  """(exit status, output) of `script --help`, as pip's wrapper runs it.
+
+  absl's flags are process-wide (evaluate and predict both define
+  --checkpoint): one process per command."""
   module_name, attr = SCRIPTS[script].split(':')
   module = importlib.import_module(module_name)
   assert callable(getattr(module, attr))
-  if script in ABSL_SCRIPTS:
-    # absl's flags are process-wide (evaluate and predict both define
-    # --checkpoint): one process per command.
-    code = textwrap.dedent(f"""
-        import sys
-        from {module_name} import {attr}
-        sys.argv = [{script!r}, '--help']
-        sys.exit({attr}())
-    """)
-    r = subprocess.run(
-        [sys.executable, '-c', code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return r.returncode, r.stdout + r.stderr
-  monkeypatch.setattr(sys, 'argv', [script, '--help'])
-  with pytest.raises(SystemExit) as e:
-    getattr(module, attr)()
-  return e.value.code, capsys.readouterr().out
+  argv = [script, *HELP_ARGS.get(script, []), '--help']
+  code = textwrap.dedent(f"""
+      import sys
+      from {module_name} import {attr}
+      sys.argv = {argv!r}
+      sys.exit({attr}())
+  """)
+  r = subprocess.run(
+      [sys.executable, '-c', code],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  return r.returncode, r.stdout + r.stderr
 
 
-ABSL_SCRIPTS = ('alexnet-train', 'alexnet-evaluate', 'alexnet-predict')
-
-
+# From a console script __main__ is pip's wrapper: cli.adopt_main gives
+# absl's --help the command's docstring, and cli.run_absl files the
+# command's flags under the program's name, so --help lists them.
 @pytest.mark.parametrize('script', sorted(SCRIPTS))
-def test_console_script_help(script, monkeypatch, capsys):
-  status, out = _help(script, monkeypatch, capsys)
-  if script in ABSL_SCRIPTS:
-    assert status == 1, out  # absl's --help exits with 1
-    assert 'Try --helpfull' in out
-  else:
-    assert status == 0, out
-    assert out.startswith('usage: ')
-    assert HELP_FLAG[script] in out
-
-
-# From a console script __main__ is pip's wrapper: console.adopt_main gives
-# absl's --help the command's docstring and flags.
-@pytest.mark.parametrize('script', ABSL_SCRIPTS)
-def test_absl_console_script_help_lists_flags(script, monkeypatch, capsys):
-  status, out = _help(script, monkeypatch, capsys)
-  assert status == 1
+def test_console_script_help(script):
+  status, out = _help(script)
+  assert status == 1, out  # absl's --help exits with 1
+  assert 'Try --helpfull' in out
   assert HELP_FLAG[script] in out
+  module = importlib.import_module(SCRIPTS[script].split(':')[0])
+  assert module.__doc__.strip().splitlines()[0] in out
 
 
 def test_library_imports_without_torch_or_pil():
@@ -239,3 +228,59 @@ def test_library_imports_without_torch_or_pil():
   assert result['failed'] == {}
   assert result['ours'] == []
   assert result['torch'] == []
+
+
+def _third_party_imports(paths):
+  import ast  # pylint: disable=g-import-not-at-top
+
+  found = set()
+  for path in paths:
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        found |= {a.name.split('.')[0] for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        found.add(node.module.split('.')[0])
+  return found - set(sys.stdlib_module_names) - {'alexnet_jax', 'experiments'}
+
+
+def test_experiments_extra_covers_what_experiments_import():
+  """What experiments/ imports beyond the package's own dependencies is
+  in the one `experiments` extra."""
+  project = PYPROJECT['project']
+  names = lambda reqs: {re.split(r'[<>=;\[ ]', r)[0].lower() for r in reqs}
+  have = names(project['dependencies']) | names(
+      project['optional-dependencies']['experiments']
+  )
+  # Import names that differ from their distributions' names.
+  dist = {'PIL': 'pillow', 'numpy': 'jax', 'tensorflow': 'tensorflow-cpu'}
+  code = sorted((REPO / 'experiments').rglob('*.py'))
+  assert 'torch' in _third_party_imports(code)  # the benchmarks' peer
+  for module in _third_party_imports(code):
+    assert dist.get(module, module).lower() in have, module
+
+
+def test_missing_experiments_extra_is_one_line():
+  """Without matplotlib, the sweep command names the extra to install."""
+  blocked = textwrap.dedent("""
+      import importlib.abc, runpy, sys
+      class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+          if name.split('.')[0] == 'matplotlib':
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+      sys.meta_path.insert(0, Block())
+      sys.argv = ['sweep', '--list']
+      runpy.run_module('experiments.sweep', run_name='__main__')
+  """)
+  proc = subprocess.run(
+      [sys.executable, '-c', blocked],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [
+      'error: matplotlib is not installed; the experiments need the '
+      "'experiments' extra: pip install -e '.[experiments]'"
+  ], proc.stderr

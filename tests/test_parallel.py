@@ -104,7 +104,10 @@ def _close_grads(a, b):
             'asks for data=3 x model=1 = 3',
         ),  # fits 4, fine
         (dict(data=4, model=2), 'only 4 are present'),
-        (dict(data=-1, model=3), 'model axis is 1'),
+        (
+            dict(data=-1, model=3),
+            'mesh.model=3 is not accepted; use one of 1, 2',
+        ),
         (
             dict(data=-1, batch=6),
             'batch_size=6 is not divisible by the data axis',
@@ -706,3 +709,27 @@ def test_pmap_metrics_come_back_unstacked(steps):
   assert all(np.shape(x) == () for x in jax.tree.leaves(m))
   assert m.loss.count == BATCH  # every device's examples
   assert step.par.to_host(state).params['fc8']['kernel'].shape == (256, 10)
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_layout_names_mode_mesh_devices_and_batch_per_device(mode):
+  """The run's start logs this, and results.json records it."""
+  c = _config(mode)
+  par = parallel.Parallel(c, model_lib.from_config(c.model))
+  data, model, _ = MODES[mode]
+  layout = par.layout()
+  assert layout == dict(
+      mode=mode,
+      description=parallel.MODES[mode],
+      mesh={'data': data, 'model': model},
+      devices=data * model,
+      platform='cpu',
+      processes=1,
+      global_batch=BATCH,
+      per_device_batch=BATCH // data,
+      dtype='float32',
+  )
+  line = parallel.layout_line(layout)
+  assert line.startswith(f'{parallel.MODES[mode]} (mode {mode}); ')
+  assert f'mesh data={data} x model={model}; {data * model} cpu devices' in line
+  assert f'batch {BATCH // data} per device ({BATCH} in all); float32' in line

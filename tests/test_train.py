@@ -243,6 +243,10 @@ def test_smoke_run_trains_evaluates_checkpoints(reference):
   saved = json.loads((workdir / train.CONFIG_FILE).read_text())
   assert saved['train']['num_train_steps'] == STEPS
   assert json.loads((workdir / train.RESULTS_FILE).read_text()) == results
+  layout = results['layout']  # what ran where (parallel.Parallel.layout)
+  assert layout['mesh']['data'] * layout['mesh']['model'] == layout['devices']
+  assert layout['per_device_batch'] * layout['mesh']['data'] == 8
+  assert layout['processes'] == 1 and layout['dtype'] == 'float32'
   steps = [s for s, _ in checkpoint.step_dirs(workdir / 'checkpoints')]
   assert steps[-2:] == [35, 40]
 

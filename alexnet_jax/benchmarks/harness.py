@@ -13,109 +13,31 @@ How the figures are taken, so they hold on a shared, noisy machine:
 * Records carry the machine (CPU, cores, AMX), the 1-minute load average
   before and after the measurement, the date, the command and the commit.
 
-A worker is `python -m alexnet_jax.benchmark _worker KIND SPEC`: it imports
-`alexnet_jax.benchmarks.KIND` and calls its `setup(spec)`, which returns a
-`Job`. Setup functions import JAX (or torch) themselves, after setting
-whatever must be set before the backend starts.
+This module is the parent's side; benchmarks/worker.py is the worker's. A
+worker process imports `alexnet_jax.benchmarks.KIND` (a `*_worker` module,
+which imports JAX or torch at its top) and calls its `setup(spec)`, which
+returns a `worker.Job`.
 """
 
 import argparse
-from collections.abc import Callable
-import ctypes
-import dataclasses
 import datetime
 import functools
-import importlib
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+
+from absl import flags
 
 PROTOCOL = '@@bench '  # worker -> parent lines start with this
-
-
-@dataclasses.dataclass
-class Job:
-  """What a worker runs.
-
-  run(i): step i, returning once its result is on the host.
-  facts: fields reported when the worker is ready (compile_s, version...).
-  finish(): more fields for the final report, measured after peak RSS is
-    read (e.g. matmul peaks, which allocate).
-  """
-
-  run: Callable[[int], Any]
-  facts: dict
-  finish: Callable[[], dict] = dict
-
-
-# ----------------------------------------------------------------------------
-# Worker side.
-
-
-def rss_mb():
-  """Peak resident memory of this process so far, MB."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def release_free_heap():
-  """Returns the C heap's free pages to the OS (glibc only; else no-op).
-
-  XLA's compiler leaves a few hundred MB of freed but fragmented heap
-  behind, which would count in the step's peak RSS though the step never
-  uses it. Every worker calls this after setting up, so peak RSS measures
-  what each implementation's step holds.
-  """
-  try:
-    ctypes.CDLL('libc.so.6').malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
-
-
-def _say(**record):
-  print(PROTOCOL + json.dumps(record), flush=True)
-
-
-def worker_main(kind, spec):
-  """Sets up, reports `ready`, then serves `step` / `finish` commands."""
-  module = importlib.import_module(f'alexnet_jax.benchmarks.{kind}')
-  job = module.setup(spec)
-  release_free_heap()
-  start = time.perf_counter()
-  job.run(0)
-  first_step_s = time.perf_counter() - start
-  step = 1
-  while step < spec.get('warmup', 1):
-    job.run(step)
-    step += 1
-  _say(event='ready', first_step_s=first_step_s, **job.facts)
-  for line in sys.stdin:
-    command = line.strip()
-    if command == 'step':
-      start, cpu = time.perf_counter(), time.process_time()
-      job.run(step)
-      _say(
-          event='step',
-          seconds=time.perf_counter() - start,
-          cpu_seconds=time.process_time() - cpu,
-      )
-      step += 1
-    elif command == 'finish':
-      done = dict(peak_rss_mb=rss_mb())  # before finish() allocates
-      done.update(job.finish())
-      _say(event='done', **done)
-      return
-    else:
-      raise ValueError(f'benchmark worker: unknown command {command!r}')
-
-
-# ----------------------------------------------------------------------------
-# Parent side.
+# How a worker process starts (the worker module imports this one).
+_WORKER_COMMAND = (
+    'import sys; from alexnet_jax.benchmarks import worker; '
+    'worker.main(sys.argv[1:])'
+)
 
 
 class Worker:
@@ -124,14 +46,7 @@ class Worker:
   def __init__(self, kind, spec, env=None):
     self.spec = spec
     self.proc = subprocess.Popen(
-        [
-            sys.executable,
-            '-m',
-            'alexnet_jax.benchmark',
-            '_worker',
-            kind,
-            json.dumps(spec),
-        ],
+        [sys.executable, '-c', _WORKER_COMMAND, kind, json.dumps(spec)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -169,7 +84,9 @@ def compare(kind, specs, *, steps, settle_s=0.1, envs=None, sequential=False):
   starts (on a GPU or TPU, where each must own the device's memory). Each
   result: ready (the worker's facts), steps and cpu_steps (seconds of each
   timed step, wall and this process's CPU), done (peak RSS and finish()'s
-  fields), load (1-minute load average before and after).
+  fields), load (1-minute load average before and after). `kind`: the
+  worker module's name under alexnet_jax.benchmarks, or a function of the
+  spec giving it.
   """
   envs = envs or [None] * len(specs)
   if sequential:
@@ -181,7 +98,8 @@ def compare(kind, specs, *, steps, settle_s=0.1, envs=None, sequential=False):
   load_before = load()
   try:
     for spec, env in zip(specs, envs):
-      workers.append(Worker(kind, spec, env))
+      name = kind if isinstance(kind, str) else kind(spec)
+      workers.append(Worker(name, spec, env))
       results.append(dict(ready=workers[-1].receive(), steps=[], cpu_steps=[]))
     for _ in range(steps):
       for worker, result in zip(workers, results):
@@ -297,45 +215,69 @@ def publish(record, args, records):
 
 
 # ----------------------------------------------------------------------------
-# Argument parsing shared by the benchmark commands.
+# Flags shared by the benchmark modes (absl; the command defines each mode's).
 
 
-def add_step_options(parser, *, steps_help, warmup_help):
-  """--image-size, --steps and --warmup (steps default to None: per mode)."""
-  parser.add_argument('--image-size', type=positive_int, default=224)
-  parser.add_argument(
-      '--steps', type=positive_int, default=None, help=steps_help
-  )
-  parser.add_argument(
-      '--warmup', type=positive_int, default=None, help=warmup_help
-  )
+def define_csv(fv, name, choices, help_text, default=None):
+  """A comma-separated list of some of `choices` (a list; None if not
+  given); anything else is an error naming what is accepted."""
+  flags.DEFINE_list(name, default, help_text, flag_values=fv)
 
-
-def add_width_scale_option(parser):
-  parser.add_argument(
-      '--width-scale',
-      type=float,
-      default=1.0,
-      help='< 1 shrinks every layer (tests only)',
-  )
-
-
-def csv_choices(choices, name):
-  def parse(text):
-    values = [v for v in text.split(',') if v]
-    bad = [v for v in values if v not in choices]
-    if bad or not values:
-      raise argparse.ArgumentTypeError(
-          f'{name} {text!r}: use one or more of {", ".join(choices)}, '
-          'comma-separated'
+  def check(values):
+    bad = [v for v in values or () if v not in choices]
+    if bad or values == []:
+      raise flags.ValidationError(
+          f'{", ".join(map(repr, bad)) or "nothing"}: use one or more of '
+          f'{", ".join(choices)}, comma-separated'
       )
-    return values
+    return True
 
-  return parse
+  flags.register_validator(name, check, flag_values=fv)
 
 
-def positive_int(text):
-  value = int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'{text} is not a positive integer')
-  return value
+def define_positive(fv, name, help_text, default=None):
+  """An integer >= 1 (None if not given and no default)."""
+  flags.DEFINE_integer(name, default, help_text, flag_values=fv)
+
+  def check(value):
+    if value is not None and value < 1:
+      raise flags.ValidationError(f'{value} is not a positive integer')
+    return True
+
+  flags.register_validator(name, check, flag_values=fv)
+
+
+def define_step_flags(fv, *, steps_help, warmup_help):
+  """--image-size, --steps and --warmup (steps default to None: per mode)."""
+  define_positive(fv, 'image-size', 'Input side in pixels.', default=224)
+  define_positive(fv, 'steps', steps_help)
+  define_positive(fv, 'warmup', warmup_help)
+
+
+def define_width_scale_flag(fv):
+  flags.DEFINE_float(
+      'width-scale',
+      1.0,
+      '< 1 shrinks every layer (tests only).',
+      flag_values=fv,
+  )
+
+
+def define_out_flag(fv):
+  flags.DEFINE_string(
+      'out', '', 'Also append the JSON lines to this file.', flag_values=fv
+  )
+
+
+def defaults(define_flags):
+  """The defaults of the flags `define_flags(fv)` defines, as namespace()."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  return namespace(fv)
+
+
+def namespace(fv):
+  """The values of the FlagValues `fv` as attributes ('-' as '_')."""
+  return argparse.Namespace(
+      **{name.replace('-', '_'): fv[name].value for name in fv}
+  )

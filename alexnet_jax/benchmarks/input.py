@@ -1,6 +1,6 @@
 """Training-input throughput: our tf.data pipeline vs a PIL + NumPy loader.
 
-    python -m alexnet_jax.input_benchmark [--data=ROOT] [--data_root=DIR] \
+    python -m alexnet_jax.benchmark input [--data=ROOT] [--data_root=DIR] \
         [--workers=1,2]
 
 ROOT (ROOT/SPLIT/CLASS/IMAGE) defaults to the 1,000 ImageNet sample photos
@@ -21,13 +21,12 @@ processes), the measure of cost that noisy shared machines disturb least.
 Prints JSON lines, then a table.
 """
 
-import argparse
 import io
 import multiprocessing
 import pathlib
-import sys
 import time
 
+from absl import flags
 import numpy as np
 from PIL import Image
 
@@ -38,66 +37,76 @@ from alexnet_jax.core import paths as paths_lib
 DEFAULT_DATA = 'imagenet-samples'  # under the data root
 
 
-def add_arguments(parser):
-  parser.add_argument(
-      '--data',
-      default=None,
-      help='image folder ROOT/SPLIT/CLASS/IMAGE (default '
-      f'{paths_lib.in_data_root(DEFAULT_DATA)})',
+def define_flags(fv):
+  """`benchmark input`'s flags, defined in the FlagValues `fv`."""
+  flags.DEFINE_string(
+      'data',
+      None,
+      'Image folder ROOT/SPLIT/CLASS/IMAGE (default '
+      f'{paths_lib.in_data_root(DEFAULT_DATA)}).',
+      flag_values=fv,
   )
-  parser.add_argument(
-      '--data_root',
-      default=None,
-      help='the folder holding the datasets (default '
-      f'${paths_lib.DATA_ENV} or '
-      f'{paths_lib.DEFAULT_DATA_ROOT})',
+  flags.DEFINE_string(
+      'data_root',
+      None,
+      'The folder holding the datasets (default '
+      f'${paths_lib.DATA_ENV} or {paths_lib.DEFAULT_DATA_ROOT}).',
+      flag_values=fv,
   )
-  parser.add_argument('--split', default='val')
-  parser.add_argument(
-      '--workers', default='1,2', help='comma-separated thread / process counts'
+  flags.DEFINE_string('split', 'val', 'The split to read.', flag_values=fv)
+  flags.DEFINE_string(
+      'workers',
+      '1,2',
+      'Comma-separated thread / process counts.',
+      flag_values=fv,
   )
-  parser.add_argument('--batch', type=int, default=50)
-  parser.add_argument(
-      '--epochs',
-      type=float,
-      default=2.0,
-      help='passes over the images per measurement',
+  flags.DEFINE_integer('batch', 50, 'Images per batch.', flag_values=fv)
+  flags.DEFINE_float(
+      'epochs', 2.0, 'Passes over the images per measurement.', flag_values=fv
   )
-  parser.add_argument('--image_size', type=int, default=224)
-  parser.add_argument('--resize_size', type=int, default=256)
-  parser.add_argument(
-      '--resize_method',
-      default='',
-      help="data.resize_method for ours ('' = the config's)",
+  flags.DEFINE_integer('image_size', 224, 'Crop side.', flag_values=fv)
+  flags.DEFINE_integer(
+      'resize_size', 256, 'Shorter side before cropping.', flag_values=fv
   )
-  parser.add_argument(
-      '--loaders',
-      default='ours,pil',
-      help='comma-separated: ours, pil, pil_box',
+  flags.DEFINE_string(
+      'resize_method',
+      '',
+      "data.resize_method for ours ('' = the config's).",
+      flag_values=fv,
   )
-  parser.add_argument(
-      '--repeats',
-      type=int,
-      default=3,
-      help='measurements per loader, interleaved; the best '
-      'is reported (shared machines are noisy)',
+  flags.DEFINE_string(
+      'loaders',
+      'ours,pil',
+      'Comma-separated: ours, pil, pil_box.',
+      flag_values=fv,
   )
-  parser.add_argument(
-      '--json', default='', help='also append the JSON lines to this file'
+  flags.DEFINE_integer(
+      'repeats',
+      3,
+      'Measurements per loader, interleaved; the best is reported (shared '
+      'machines are noisy).',
+      flag_values=fv,
   )
-  parser.add_argument(
-      '--formats',
-      default='',
-      help='comma-separated storage formats to compare instead of the '
-      'loaders: original, jpeg256, raw256 (benchmarks/input_formats.py)',
+  flags.DEFINE_string(
+      'json', '', 'Also append the JSON lines to this file.', flag_values=fv
   )
-  parser.add_argument(
-      '--augment',
-      default='device,host,host_float',
-      help='with --formats: where crop and flip run (device, host; '
-      'host_float: everything on the host, as training feeds today)',
+  flags.DEFINE_bool(
+      'quick', False, 'One short pass (0.5 epochs, 1 repeat).', flag_values=fv
   )
-  return parser
+  flags.DEFINE_string(
+      'formats',
+      '',
+      'Comma-separated storage formats to compare instead of the loaders: '
+      'original, jpeg256, raw256 (benchmarks/input_formats.py).',
+      flag_values=fv,
+  )
+  flags.DEFINE_string(
+      'augment',
+      'device,host,host_float',
+      'With --formats: where crop and flip run (device, host; host_float: '
+      'everything on the host, as training feeds today).',
+      flag_values=fv,
+  )
 
 
 # ------------------------------------------------------------------ ours
@@ -253,15 +262,17 @@ def _measure(args, loader, workers, n_images, paths):
 
 def run(args):
   """Measures each loader at each worker count (best of --repeats,
-  interleaved); returns the rows. `args` may come from another command's
-  parser (benchmark.py's `input`): options it lacks take their defaults,
-  and its --quick makes one short pass."""
-  defaults = vars(add_arguments(argparse.ArgumentParser()).parse_args([]))
+  interleaved); returns the rows. `args`: the command's namespace of
+  `benchmark input`, or of `benchmark all`, whose missing flags take their
+  defaults; --quick makes one short pass."""
+  defaults = vars(harness.defaults(define_flags))
   for key, value in defaults.items():
     if not hasattr(args, key):
       setattr(args, key, value)
-      if getattr(args, 'quick', False) and key in ('epochs', 'repeats'):
-        setattr(args, key, {'epochs': 0.5, 'repeats': 1}[key])
+  if args.quick:  # unless given
+    for key, value in dict(epochs=0.5, repeats=1).items():
+      if getattr(args, key) == defaults[key]:
+        setattr(args, key, value)
   paths_lib.set_data_root(args.data_root)
   args.data = paths_lib.expand(
       args.data or paths_lib.in_data_root(DEFAULT_DATA)
@@ -320,7 +331,7 @@ def run(args):
         harness.stamp(
             row,
             getattr(
-                args, 'command_line', 'python -m alexnet_jax.input_benchmark'
+                args, 'command_line', 'python -m alexnet_jax.benchmark input'
             ),
         ),
         args.json or getattr(args, 'out', ''),
@@ -362,22 +373,3 @@ def table(rows):
         f"{r.get('vs_pil_per_cpu_s', '')} |"
     )
   return '\n'.join(lines)
-
-
-def main(argv=None, prog='alexnet_jax.input_benchmark'):
-  """`python -m alexnet_jax.benchmark input ARGS`, and its older name
-  `python -m alexnet_jax.input_benchmark ARGS`."""
-  argv = sys.argv[1:] if argv is None else argv
-  parser = add_arguments(
-      argparse.ArgumentParser(
-          prog=f'python -m {prog}', description=__doc__.split('\n')[0]
-      )
-  )
-  args = parser.parse_args(argv)
-  args.command_line = ' '.join([f'python -m {prog}'] + list(argv))
-  run(args)
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

@@ -20,17 +20,20 @@ every layer but conv1 = 3 x forward - conv1. The fraction of peak compares
 that with a large square matmul measured in the same worker right after the
 timed steps.
 
-This module imports neither JAX nor torch at the top: its setup() runs in
-the worker, after the XLA flags are set.
+This module is the parent's side; the workers are model_jax_worker and
+model_torch_worker (each in its own process, with JAX or torch only).
 """
 
 import statistics
 import sys
 
+from alexnet_jax.benchmarks import device
 from alexnet_jax.benchmarks import harness
+from alexnet_jax.benchmarks import specs
+from alexnet_jax.core import model as model_lib  # the width table only
 
 VARIANTS = ('paper', 'torchvision')
-DTYPES = ('float32', 'bfloat16')
+DTYPES = specs.DTYPES
 
 
 # ----------------------------------------------------------------------------
@@ -43,8 +46,6 @@ def _conv_out(size, kernel, stride, pad):
 
 def layer_flops(variant, image_size, width_scale=1.0, num_classes=1000):
   """Forward FLOPs per image of each layer, as a list of (name, flops)."""
-  from alexnet_jax.core import model as model_lib  # the width table only
-
   towers = 2 if variant == 'paper' else 1
   c1, c2, c3, c4, c5, f6, f7 = model_lib.widths_for(
       variant, towers, width_scale
@@ -80,310 +81,12 @@ def step_flops(benchmark, variant, image_size, batch, width_scale=1.0):
 
 
 # ----------------------------------------------------------------------------
-# What the workers build.
-
-
-def config_for(spec):
-  """The paper recipe's config for a spec, on fake data and one device.
-
-  spec: model (variant), dtype, batch, image_size, width_scale; parallel
-  specs also set the mesh. No dataset is read: the step gets placed random
-  batches (fake_batch), so the input pipeline is not part of the figure.
-  """
-  from alexnet_jax.configs import paper
-
-  c = paper.get_config()
-  c.data.name = 'fake'
-  c.data.image_size = spec['image_size']
-  c.model.variant = spec['model']
-  c.model.towers = 2 if spec['model'] == 'paper' else 1
-  c.model.dtype = spec.get('dtype', 'float32')
-  c.model.width_scale = spec['width_scale']
-  c.model.precision = spec.get('precision', 'default')
-  c.optim.batch_size = spec['batch']
-  c.parallel.mesh.data = 1
-  return c
-
-
-def numpy_params(net, config):
-  """The paper's initial distribution, drawn by NumPy.
-
-  Shapes come from jax.eval_shape; JAX's own initialisers would compile
-  their random-number kernels, which takes long on XLA:CPU and is not
-  what is measured.
-  """
-  import jax
-  import numpy as np
-
-  from alexnet_jax.core import model as model_lib
-
-  shapes = jax.eval_shape(
-      lambda: model_lib.init(net, jax.random.PRNGKey(0), config.data.image_size)
-  )['params']
-  rng = np.random.default_rng(0)
-  m = config.model
-  bias = m.bias_init
-
-  def make(path, x):
-    if path[-1].key == 'bias':
-      return np.full(x.shape, bias, np.float32)
-    fc67 = any(getattr(p, 'key', '') in ('fc6', 'fc7') for p in path)
-    std = m.fc_init_std if fc67 else m.weight_init_std
-    return rng.standard_normal(x.shape, np.float32) * np.float32(std)
-
-  return jax.tree_util.tree_map_with_path(make, shapes)
-
-
-def fake_batch(config, seed=1):
-  """One global batch of random NHWC images and labels (NumPy)."""
-  import numpy as np
-
-  rng = np.random.default_rng(seed)
-  b, size = config.optim.batch_size, config.data.image_size
-  return dict(
-      image=rng.standard_normal((b, size, size, 3), np.float32),
-      label=rng.integers(0, config.model.num_classes, b).astype(np.int32),
-  )
-
-
-def matmul_gflops(impl, n, dtype, repeats=3, device='cpu'):
-  """Best-of-`repeats` GFLOP/s of an n x n @ n x n matmul (XLA or torch;
-  torch on `device`)."""
-  import time
-
-  if impl == 'jax':
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(4), (n, n), getattr(jnp, dtype))
-    mm = jax.jit(lambda a, b: a @ b)
-    run = lambda: mm(a, a).block_until_ready()
-  else:
-    import torch
-
-    a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
-    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-    run = lambda: (torch.mm(a, a), sync())
-  run()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n**3 / best / 1e9
-
-
-def setup(spec) -> harness.Job:
-  """The worker's job for a spec (impl jax|torch, benchmark
-  train|infer|matmul)."""
-  if spec['impl'] == 'jax':
-    from alexnet_jax.core import xla_flags
-
-    xla_flags.set_defaults()  # what the trainer runs with
-  if spec['benchmark'] == 'matmul':
-    return _matmul_job(spec)
-  job = (_jax_job if spec['impl'] == 'jax' else _torch_job)(spec)
-  dtypes = sorted({'float32', spec['dtype']})
-  job.finish = lambda: dict(
-      matmul_gflops={
-          d: matmul_gflops(
-              spec['impl'],
-              spec['matmul_size'],
-              d,
-              device=spec.get('device', 'cpu'),
-          )
-          for d in dtypes
-      }
-  )
-  return job
-
-
-def _matmul_job(spec):
-  if spec['impl'] == 'jax':
-    import jax
-
-    version = jax.__version__
-  else:
-    import torch
-
-    version = torch.__version__
-  return harness.Job(
-      run=lambda i: None,
-      facts=dict(version=version),
-      finish=lambda: dict(
-          matmul_gflops={
-              d: matmul_gflops(spec['impl'], spec['matmul_size'], d)
-              for d in DTYPES
-          }
-      ),
-  )
-
-
-def build_jax_train(spec):
-  """The trainer's step for a spec, its placed state and batch, compiled.
-
-  Returns dict(step, state=[state] (a list: the step donates it), batch,
-  compiled (the AOT executable, which later calls of the step reuse),
-  compile_s). spec['step'] == 'bare' builds make_train_step(bare=True).
-  """
-  import time
-
-  from alexnet_jax.core import model as model_lib
-  from alexnet_jax.core import steps
-
-  config = config_for(spec)
-  net = model_lib.from_config(config.model)
-  step = steps.make_train_step(config, net, bare=spec.get('step') == 'bare')
-  par = step.par
-  # Placed as the trainer places a fresh state (no host copies).
-  state = [
-      par.place_state(
-          steps.create_train_state(
-              config, net, step.tx, numpy_params(net, config)
-          )
-      )
-  ]
-  batch = par.shard_batch(fake_batch(config))
-  start = time.perf_counter()
-  compiled = step.lower(state[0], batch).compile()
-  return dict(
-      step=step,
-      state=state,
-      batch=batch,
-      compiled=compiled,
-      compile_s=time.perf_counter() - start,
-  )
-
-
-def train_run(built):
-  """A Job's run for build_jax_train's result: one step, then what the
-  trainer reads back after every step (all of the bare step's output)."""
-  import jax
-
-  step, state, batch = built['step'], built['state'], built['batch']
-
-  def run(i):
-    del i
-    state[0], out = step(state[0], batch)
-    if step.bare:
-      return jax.device_get(out)
-    # What the trainer reads back after every step.
-    return jax.device_get((out.loss.total, out.param_norm.total))
-
-  return run
-
-
-def _jax_job(spec):
-  import os
-  import time
-
-  import jax
-
-  from alexnet_jax.core import model as model_lib
-  from alexnet_jax.core import ops
-
-  config = config_for(spec)
-  net = model_lib.from_config(config.model)
-  rss_base = harness.rss_mb()
-  if spec['benchmark'] == 'train':
-    built = build_jax_train(spec)
-    compile_s = built['compile_s']
-    run = train_run(built)
-
-  else:
-    from alexnet_jax.core import parallel
-
-    par = parallel.Parallel(config, net)
-    params = par.place_state(numpy_params(net, config))
-    images = par.shard_batch(fake_batch(config))['image']
-    fn = jax.jit(
-        lambda params, images: par.apply(
-            {'params': params}, images, train=False
-        )
-    )
-    start = time.perf_counter()
-    compiled = fn.lower(params, images).compile()
-    compile_s = time.perf_counter() - start
-
-    def run(i):
-      del i
-      return compiled(params, images).block_until_ready()
-
-  return harness.Job(
-      run=run,
-      facts=dict(
-          compile_s=compile_s,
-          rss_base_mb=rss_base,
-          version=jax.__version__,
-          xla_flags=os.environ.get('XLA_FLAGS', ''),
-          devices=len(jax.devices()),
-          platform=jax.devices()[0].platform,
-          device_kind=jax.devices()[0].device_kind,
-          conv_backend=ops.conv_backend(config.model.dtype),
-      ),
-  )
-
-
-def _torch_job(spec):
-  import torch
-
-  from alexnet_jax.reference import torch_models
-
-  config = config_for(spec)
-  torch.manual_seed(0)
-  size = config.data.image_size
-  # flatten='chw': the twin as a PyTorch user writes it (no permute).
-  net = torch_models.from_config(config.model, image_size=size, flatten='chw')
-  device = spec.get('device', 'cpu')
-  if device == 'cuda':
-    # The same maths as JAX's default precision on the GPU (TF32).
-    torch.backends.cuda.matmul.allow_tf32 = spec.get('precision') != 'highest'
-    torch.backends.cudnn.allow_tf32 = spec.get('precision') != 'highest'
-    torch.backends.cudnn.benchmark = True
-  net = net.to(device)
-  batch = fake_batch(config)
-  images = torch.from_numpy(batch['image'].transpose(0, 3, 1, 2).copy()).to(
-      device
-  )
-  labels = torch.from_numpy(batch['label'].astype('int64')).to(device)
-  bf16 = config.model.dtype == 'bfloat16'
-  rss_base = harness.rss_mb()
-
-  if spec['benchmark'] == 'train':
-    step = torch_models.TrainStep(
-        net, config.optim, autocast=torch.bfloat16 if bf16 else None
-    )
-
-    def run(i):
-      del i
-      out = step(images, labels)
-      return out['loss'].item(), out['param_norm'].item()
-
-  else:
-    net.eval()
-
-    def run(i):
-      del i
-      with (
-          torch.inference_mode(),
-          torch.autocast(device, dtype=torch.bfloat16, enabled=bf16),
-      ):
-        return net(images).float().sum().item()
-
-  return harness.Job(
-      run=run,
-      facts=dict(
-          compile_s=None,
-          rss_base_mb=rss_base,
-          version=torch.__version__,
-          threads=torch.get_num_threads(),
-          platform=device,
-      ),
-  )
-
-
-# ----------------------------------------------------------------------------
 # Measurements -> records.
+
+
+def worker_kind(spec):
+  """The worker module of a spec: model_jax_worker or model_torch_worker."""
+  return f"model_{spec['impl']}_worker"
 
 
 def _spec(args, impl, benchmark, variant, dtype, **extra):
@@ -465,9 +168,7 @@ def measure(benchmark, args):
   """train / infer: every variant and dtype asked, implementations
   alternating (on CPU) or one after the other (on a GPU or TPU); returns
   the records (emitted as they come)."""
-  from alexnet_jax.benchmarks import accelerator
-
-  info = getattr(args, 'platform_info', None) or accelerator.probe()
+  info = getattr(args, 'platform_info', None) or device.probe()
   on_device = info['platform'] != 'cpu'
   precision = getattr(args, 'precision', 'default')
   impls = list(args.impls)
@@ -478,7 +179,7 @@ def measure(benchmark, args):
   records = []
   for variant in args.variant:
     for dtype in args.dtype:
-      specs = [
+      group_specs = [
           _spec(
               args,
               impl,
@@ -495,17 +196,20 @@ def measure(benchmark, args):
           for impl in impls
       ]
       results = harness.compare(
-          'model', specs, steps=args.steps, sequential=on_device
+          worker_kind, group_specs, steps=args.steps, sequential=on_device
       )
       flops = step_flops(
           benchmark, variant, args.image_size, args.batch, args.width_scale
       )
       group = _add_ratios(
-          [_record(benchmark, s, r, flops) for s, r in zip(specs, results)]
+          [
+              _record(benchmark, s, r, flops)
+              for s, r in zip(group_specs, results)
+          ]
       )
       for rec in group:
         if on_device:
-          accelerator.annotate(rec, info, precision)
+          device.annotate(rec, info, precision)
         harness.emit(harness.stamp(rec, args.command_line), args.out)
       records += group
   return records
@@ -516,7 +220,7 @@ def matmul(args):
   records = []
   for impl in args.impls:
     spec = dict(impl=impl, benchmark='matmul', matmul_size=args.matmul_size)
-    (result,) = harness.compare('model', [spec], steps=0)
+    (result,) = harness.compare(worker_kind, [spec], steps=0)
     for dtype, gflops in result['done']['matmul_gflops'].items():
       rec = dict(
           benchmark='matmul',
@@ -548,11 +252,11 @@ def overhead(args):
       load_avg = []
       for r in range(args.repeats):
         order = ('trainer', 'bare') if r % 2 == 0 else ('bare', 'trainer')
-        specs = [
+        pair = [
             _spec(args, 'jax', 'train', variant, dtype, step=s) for s in order
         ]
-        results = harness.compare('model', specs, steps=args.steps)
-        by = {s['step']: res for s, res in zip(specs, results)}
+        results = harness.compare(worker_kind, pair, steps=args.steps)
+        by = {s['step']: res for s, res in zip(pair, results)}
         wall = [
             t / b for t, b in zip(by['trainer']['steps'], by['bare']['steps'])
         ]

@@ -1,15 +1,15 @@
 """Train-step speed of each parallel mode on forced CPU devices.
 
-    python -m alexnet_jax.parallel_benchmark [--batch 128] [--steps 6]
+    python -m alexnet_jax.benchmark parallel [--batch 128] [--steps 6]
         [--image-size 224] [--modes single,model,jit,pmap,hybrid] [--quick]
-    python -m alexnet_jax.benchmark parallel ...   # the same, from the CLI
 
 For each mode (single device; the two towers on two devices; jit and pmap
 data parallelism on two; both on a 2x2 mesh) a worker process simulates the
 devices it needs (`config.parallel.cpu_devices`, through
 `parallel.setup_devices`) and builds the trainer's own step for that layout
 (`steps.make_train_step` on a fake-data config of the paper recipe: the
-update, metrics and norms training runs, state donated). The workers run on
+update, metrics and norms training runs, state donated; parallel_worker.py).
+The workers run on
 benchmarks/harness.py: they compile one after the other, then the parent
 alternates single timed steps between them (A B C ... A B C ...), so the
 machine's drifting load hits every mode alike (`--sequential`: one worker
@@ -22,9 +22,10 @@ share the machine's cores: this measures how well each split keeps them
 busy, not a real multi-GPU speed-up.
 """
 
-import argparse
 import os
 import sys
+
+from absl import flags
 
 from alexnet_jax.benchmarks import harness
 
@@ -35,69 +36,6 @@ MODES = {  # name: (mesh.data, mesh.model, data_parallel, label)
     'pmap': (2, 1, 'pmap', 'data parallel, pmap (classic path)'),
     'hybrid': (2, 2, 'jit', 'data x model 2x2'),
 }
-
-
-# ----------------------------------------------------------------------------
-# The worker: one mode, its own process and simulated devices.
-
-
-def setup(spec) -> harness.Job:
-  """Builds and compiles the trainer's step for one mode."""
-  import time
-
-  from alexnet_jax.benchmarks import model as model_bench
-  from alexnet_jax.core import parallel
-  from alexnet_jax.core import xla_flags
-
-  xla_flags.set_defaults()  # what the trainer runs with
-  data, model, data_parallel, _ = MODES[spec['mode']]
-  config = model_bench.config_for(dict(spec, model='paper'))
-  config.parallel.mesh.data = data
-  config.parallel.mesh.model = model
-  config.parallel.data_parallel = data_parallel
-  config.parallel.cpu_devices = data * model
-  parallel.setup_devices(config)  # before anything touches a device
-
-  import jax
-
-  from alexnet_jax.core import model as model_lib
-  from alexnet_jax.core import steps
-
-  net = model_lib.from_config(config.model)
-  step = steps.make_train_step(config, net)
-  par = step.par
-  # Placed as the trainer places a fresh state (no host copies).
-  state = [
-      par.place_state(
-          steps.create_train_state(
-              config, net, step.tx, model_bench.numpy_params(net, config)
-          )
-      )
-  ]
-  batch = par.shard_batch(model_bench.fake_batch(config))
-  start = time.perf_counter()
-  step.lower(state[0], batch).compile()  # jit reuses this executable
-  compile_s = time.perf_counter() - start
-  per_device = parallel.param_bytes_per_device(state[0].params)
-
-  def run(i):
-    del i
-    state[0], m = step(state[0], batch)
-    # What the trainer reads back after every step.
-    return jax.device_get((m.loss.total, m.param_norm.total))
-
-  return harness.Job(
-      run=run,
-      facts=dict(
-          compile_s=compile_s,
-          devices=len(per_device),
-          param_bytes_per_device=max(per_device.values()),
-          param_bytes_total=sum(
-              x.nbytes for x in jax.tree.leaves(par.to_host(state[0].params))
-          ),
-          version=jax.__version__,
-      ),
-  )
 
 
 # ----------------------------------------------------------------------------
@@ -129,7 +67,7 @@ def measure(args) -> list[dict]:
       r
       for group in groups
       for r in harness.compare(
-          'parallel', group, steps=args.steps, envs=[_env()] * len(group)
+          'parallel_worker', group, steps=args.steps, envs=[_env()] * len(group)
       )
   ]
 
@@ -188,49 +126,37 @@ def print_table(records, file=sys.stdout):
     )
 
 
-def parse_args(argv, prog='alexnet_jax.parallel_benchmark'):
-  parser = argparse.ArgumentParser(
-      prog=f'python -m {prog}', description=__doc__.split('\n\n')[0]
+def define_flags(fv):
+  """`benchmark parallel`'s flags, defined in the FlagValues `fv`."""
+  harness.define_csv(
+      fv, 'modes', tuple(MODES), f'Comma-separated subset of {",".join(MODES)}.'
   )
-  parser.add_argument(
-      '--modes',
-      type=harness.csv_choices(MODES, '--modes'),
-      default=list(MODES),
-      help=f'comma-separated subset of {",".join(MODES)}',
+  flags.DEFINE_bool(
+      'quick', False, 'Batch 32, 3 steps: a few minutes.', flag_values=fv
   )
-  parser.add_argument(
-      '--quick', action='store_true', help='batch 32, 3 steps: a few minutes'
+  harness.define_positive(
+      fv, 'batch', 'Global batch, every mode (default 128; 32 with --quick).'
   )
-  parser.add_argument(
-      '--batch',
-      type=harness.positive_int,
-      default=None,
-      help='global batch, every mode (default 128; 32 ' 'with --quick)',
+  harness.define_step_flags(
+      fv,
+      steps_help='Timed steps per mode (default 6, 3 with --quick).',
+      warmup_help='Untimed steps after compiling (default 2, 1 with --quick).',
   )
-  harness.add_step_options(
-      parser,
-      steps_help='timed steps per mode (default 6, 3 with --quick)',
-      warmup_help='untimed steps after compiling (default 2, 1 '
-      'with --quick)',
+  harness.define_width_scale_flag(fv)
+  flags.DEFINE_bool(
+      'sequential',
+      False,
+      'One worker alive at a time (less memory: five paper-model workers at '
+      'batch 128 need ~20 GB), instead of alternating timed steps between '
+      'modes.',
+      flag_values=fv,
   )
-  harness.add_width_scale_option(parser)
-  parser.add_argument(
-      '--sequential',
-      action='store_true',
-      help='one worker alive at a time (less memory: five '
-      'paper-model workers at batch 128 need ~20 GB), '
-      'instead of alternating timed steps between modes',
-  )
-  parser.add_argument(
-      '--out', default='', help='also append the JSON lines to this file'
-  )
-  args = parser.parse_args(argv)
-  args.command_line = ' '.join([f'python -m {prog}'] + list(argv))
-  return _defaults(args)
+  harness.define_out_flag(fv)
 
 
 def _defaults(args):
-  """Fills defaults; also accepts benchmark.py's namespace."""
+  """Fills the defaults that depend on --quick (also for `all`'s
+  namespace, which has no --modes)."""
   quick = getattr(args, 'quick', False)
   args.batch = getattr(args, 'batch', None) or (32 if quick else 128)
   args.steps = getattr(args, 'steps', None) or (3 if quick else 6)
@@ -253,8 +179,9 @@ def _defaults(args):
 def run(args) -> list[dict]:
   """Measures, prints JSON lines and the table; returns the records.
 
-  `args`: this module's parse_args(), or benchmark.py's namespace (its
-  --batch, --steps, --warmup, --image-size, --width-scale, --quick, --out).
+  `args`: the command's namespace of `benchmark parallel` (define_flags),
+  or of `benchmark all` (its --batch, --steps, --warmup, --image-size,
+  --width-scale, --quick, --out).
   """
   args = _defaults(args)
   records = measure(args)
@@ -262,13 +189,3 @@ def run(args) -> list[dict]:
     harness.emit(r, args.out)
   print_table(records)
   return records
-
-
-def main(argv=None, prog='alexnet_jax.parallel_benchmark'):
-  """`python -m alexnet_jax.benchmark parallel ARGS`, and its older name
-  `python -m alexnet_jax.parallel_benchmark ARGS`."""
-  run(parse_args(sys.argv[1:] if argv is None else argv, prog))
-
-
-if __name__ == '__main__':
-  main()

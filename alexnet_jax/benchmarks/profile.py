@@ -22,101 +22,9 @@ benchmark does) in a harness worker with the trainer's XLA flags.
 """
 
 import collections
-import glob
-import gzip
-import json
-import os
-import re
 import sys
-import tempfile
 
 from alexnet_jax.benchmarks import harness
-from alexnet_jax.benchmarks import model as model_bench
-
-
-def _current_rss_mb():
-  try:
-    with open('/proc/self/status') as f:
-      return int(re.search(r'VmRSS:\s+(\d+)', f.read()).group(1)) / 1024
-  except (OSError, AttributeError):
-    return None
-
-
-def _param_copies(hlo):
-  """[(parameter name, bytes)] of entry parameters the step copies."""
-  entry = hlo[hlo.index('\nENTRY') :]
-  entry = entry[: entry.index('\n}')]
-  params = dict(
-      re.findall(
-          r'(%[\w.\-]+) = (\w+\[[\d,]*\])[^\n]*? parameter\(\d+\)', entry
-      )
-  )
-  sizes = dict(f32=4, s32=4, u32=4, bf16=2, f16=2, s8=1, u8=1, pred=1)
-  out = []
-  for operand in re.findall(r' copy\((%[\w.\-]+)\)', entry):
-    if operand in params and 'params' in operand:
-      dtype, dims = re.match(r'(\w+)\[([\d,]*)\]', params[operand]).groups()
-      n = 1
-      for d in filter(None, dims.split(',')):
-        n *= int(d)
-      out.append((operand, n * sizes.get(dtype, 4)))
-  return out
-
-
-def setup(spec) -> harness.Job:
-  from alexnet_jax.core import xla_flags
-
-  xla_flags.set_defaults()  # what the trainer runs with
-  import jax
-
-  built = model_bench.build_jax_train(spec)
-  run = model_bench.train_run(built)
-
-  if spec['what'] == 'memory':
-    mem = built['compiled'].memory_analysis()
-    copies = _param_copies(built['compiled'].as_text())
-    rss_compiled = _current_rss_mb()
-    harness.release_free_heap()
-    facts = dict(
-        argument_mb=mem.argument_size_in_bytes / 2**20,
-        output_mb=mem.output_size_in_bytes / 2**20,
-        alias_mb=mem.alias_size_in_bytes / 2**20,
-        temp_mb=mem.temp_size_in_bytes / 2**20,
-        copied_params=len(copies),
-        copied_param_mb=sum(b for _, b in copies) / 2**20,
-        rss_after_compile_mb=rss_compiled,
-        rss_after_trim_mb=_current_rss_mb(),
-        compile_s=built['compile_s'],
-        version=jax.__version__,
-        xla_flags=os.environ.get('XLA_FLAGS', ''),
-    )
-    return harness.Job(run=lambda i: None, facts=facts)
-
-  def trace():
-    with tempfile.TemporaryDirectory() as d:
-      with jax.profiler.trace(d):
-        run(-1)
-      (path,) = glob.glob(f'{d}/**/*.trace.json.gz', recursive=True)
-      with gzip.open(path) as f:
-        events = json.load(f)['traceEvents']
-    total, count = collections.Counter(), collections.Counter()
-    for e in events:
-      # XLA's ops carry their HLO name; runtime frames (ThunkExecutor,
-      # Python calls) span whole steps and are left out.
-      if e.get('ph') == 'X' and 'hlo_op' in e.get('args', {}):
-        total[e['name']] += e['dur'] / 1e3
-        count[e['name']] += 1
-    return dict(ops=[(n, ms, count[n]) for n, ms in total.most_common()])
-
-  return harness.Job(
-      run=run,
-      facts=dict(
-          compile_s=built['compile_s'],
-          version=jax.__version__,
-          xla_flags=os.environ.get('XLA_FLAGS', ''),
-      ),
-      finish=trace,
-  )
 
 
 def _kind(op):
@@ -144,7 +52,7 @@ def profile(args):
   for variant in args.variant:
     for dtype in args.dtype:
       spec = _spec(args, variant, dtype, 'trace')
-      (result,) = harness.compare('profile', [spec], steps=args.steps)
+      (result,) = harness.compare('profile_worker', [spec], steps=args.steps)
       ops = result['done']['ops']
       kinds = collections.Counter()
       for name, ms, _ in ops:
@@ -181,7 +89,7 @@ def memory(args):
   for variant in args.variant:
     for dtype, step in ((d, s) for d in args.dtype for s in kinds):
       spec = dict(_spec(args, variant, dtype, 'memory'), step=step)
-      (result,) = harness.compare('profile', [spec], steps=0)
+      (result,) = harness.compare('profile_worker', [spec], steps=0)
       ready = dict(result['ready'])
       ready.pop('first_step_s', None)
       ready.pop('event', None)

@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 
 from alexnet_jax.core import config_checks
 from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import outputs
 
 FORMAT_VERSION = 1
 METADATA_FILE = 'metadata.json'  # in a model export
@@ -248,6 +249,13 @@ def save_model(
         f'{len(meta["class_names"])} class names for '
         f'config.model.num_classes={config.model.num_classes}'
     )
+  with outputs.writing('export', directory):
+    _write_export(directory, variables, mean_image, meta)
+  logging.info('Saved model export to %s', directory)
+  return directory
+
+
+def _write_export(directory, variables, mean_image, meta):
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = directory.parent / f'.{directory.name}.tmp-{uuid.uuid4().hex[:8]}'
   try:
@@ -269,8 +277,6 @@ def save_model(
   finally:
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
-  logging.info('Saved model export to %s', directory)
-  return directory
 
 
 # -------------------------------------------------------- path resolution --

@@ -304,16 +304,30 @@ def check_parallel(config):
         'device and needs config.model.towers=2 (got '
         f'{_get(config, "model.towers")})'
     )
+  if model == 2 and _get(config, 'model.lrn.across_towers'):
+    raise ConfigError(
+        'config.model.lrn.across_towers=True (Caffe-imported weights) lets '
+        'LRN windows cross the tower boundary, which the model-parallel '
+        'forward does not exchange: use config.parallel.mesh.model=1 for '
+        'such weights'
+    )
   _number(config, p + 'cpu_devices', low=0, integer=True)
   _string(config, p + 'coordinator_address')
   _number(config, p + 'num_processes', low=1, integer=True)
   _number(config, p + 'process_id', low=0, integer=True)
   batch = _number(config, 'optim.batch_size', low=1, integer=True)
-  if data > 0 and batch % data:
+  if data > 0:
+    check_batch_splits(batch, data, f'config.parallel.mesh.data={data}')
+
+
+def check_batch_splits(batch: int, data: int, axis: str):
+  """The global batch splits evenly over the `data` shards (`axis` says
+  where that number came from); parallel.mesh_shape checks the one it
+  derives from the devices present with this too."""
+  if batch % data:
     raise ConfigError(
-        f'config.optim.batch_size={batch} is not divisible by '
-        f'config.parallel.mesh.data={data}: use a multiple of '
-        f'{data}'
+        f'config.optim.batch_size={batch} is not divisible by the data axis '
+        f'({axis}): use a multiple of {data}'
     )
 
 

@@ -18,7 +18,6 @@ import importlib.abc
 import importlib.util
 import logging
 import os
-import re
 import sys
 import tempfile
 import traceback
@@ -183,77 +182,3 @@ def exit_on(*errors, verbose=False):
       traceback.print_exc()
     print('interrupted', file=sys.stderr)
     raise SystemExit(130) from None
-
-
-def adopt_main(module_name: str):
-  """Lets absl's --help describe `module_name` when run as a console script.
-
-  absl prints __main__'s docstring and the flags registered under
-  sys.argv[0]. Under `python -m` those are the command's own; from a
-  console script __main__ is pip's wrapper and the flags sit under the
-  module's name, so --help would list nothing.
-  """
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  main, module = sys.modules['__main__'], sys.modules[module_name]
-  if main is module:
-    return
-  main.__doc__ = module.__doc__
-  for flag in flags.FLAGS.get_key_flags_for_module(module_name):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-
-
-def define_checkpoint_flags(module_name: str, best_help: str):
-  """--checkpoint and --best, as evaluate and predict read them: key flags
-  of `module_name` (the caller's __name__), so its --help lists them."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  holders = [
-      flags.DEFINE_string(
-          'checkpoint',
-          None,
-          'Training workdir, step directory or model export.',
-      ),
-      flags.DEFINE_bool('best', False, best_help),
-  ]
-  # absl files a program's own flags under sys.argv[0].
-  key = sys.argv[0] if module_name == '__main__' else module_name
-  for holder in holders:
-    flags.FLAGS.register_key_flag_for_module(key, flags.FLAGS[holder.name])
-
-
-def run_absl(module_name: str, main, define_flags, **kwargs):
-  """Defines a command's flags and runs it as an absl app (its errors in
-  one line: `parse_absl_flags`); kwargs go to `app.run`."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-
-  define_flags()
-  adopt_main(module_name)
-  kwargs.setdefault('flags_parser', parse_absl_flags)
-  app.run(main, **kwargs)
-
-
-def parse_absl_flags(argv):
-  """absl's flag parsing with its errors as one line (`--verbose`: whole).
-
-  absl prints a flag error as a paragraph (a config file that raises, its
-  whole traceback) plus a hint; this keeps the flag and the last line.
-  """
-  from absl import flags  # pylint: disable=g-import-not-at-top
-
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    text = str(e)
-    if '--verbose' in argv:
-      print(text, file=sys.stderr)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) > 1:  # 'flag --x=v: Error whilst ...', ..., 'XError: m'
-      flag = re.sub(r':? *Error whilst.*$', '', lines[0]).rstrip(':')
-      text = f'{flag}: ' + re.sub(r'^[\w.]*(Error|Exception): ', '', lines[-1])
-    required = re.search(
-        r'Flag (--\w+) must have a value other than None', text
-    )
-    if required:
-      text = f'{required.group(1)} is required'
-    raise SystemExit(f'error: {text} (--helpshort lists the flags)') from None

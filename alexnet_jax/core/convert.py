@@ -23,12 +23,13 @@ Caffe's grouped convolutions have no towers). The images it wants: BGR in
 (`preprocessing('caffe-npy')`, which also records Caffe's 256x256 warp).
 
 `from_caffemodel` reads Caffe's own binary .caffemodel (bvlc_alexnet or
-CaffeNet, either protobuf layout) with a small wire-format reader, puts the
+CaffeNet, either protobuf layout) with a small wire-format reader
+(caffe_proto.py), puts the
 blobs into the .npy port's layout and maps them with the same code, so both
 give the same model; `read_mean_binaryproto` reads Caffe's mean image.
 
-Loading never runs code from the file: `torch.load(weights_only=True)`, and
-the .npy dict goes through an unpickler that admits numpy arrays, dicts and
+Loading never runs code from the file (weight_files.py):
+`torch.load(weights_only=True)`, and the .npy dict goes through an unpickler that admits numpy arrays, dicts and
 lists only (`np.load(allow_pickle=True)` would execute whatever a crafted
 file contains); a .caffemodel is only sliced into numbers.
 
@@ -42,8 +43,6 @@ The command line (`alexnet_jax/convert.py`) writes a model export that
 import dataclasses
 import importlib.resources
 import pathlib
-import pickle
-import re
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +50,10 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.configs import paper
+from alexnet_jax.core import caffe_proto
 from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import weight_files
+from alexnet_jax.core.weight_files import WeightFileError
 
 FORMATS = ('torchvision', 'caffe-npy', 'caffemodel')
 
@@ -80,10 +82,6 @@ _PREPROCESSING = {
     ),
 }
 _PREPROCESSING['caffemodel'] = dict(_PREPROCESSING['caffe-npy'])
-
-
-class WeightFileError(ValueError):
-  """A weight file is unreadable, unsafe, or not the expected layout."""
 
 
 def _check_format(fmt):
@@ -183,133 +181,6 @@ def config_for(
   return config
 
 
-# --- Safe reading -------------------------------------------------------------
-
-
-def _numpy_reconstruct():
-  try:
-    from numpy._core.multiarray import _reconstruct  # numpy >= 2
-  except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct
-  return _reconstruct
-
-
-# The only globals a pickled dict/list of numpy arrays refers to: how an
-# ndarray and its dtype rebuild themselves (module names of numpy 1 and 2).
-_ALLOWED_GLOBALS = {
-    ('numpy', 'ndarray'): lambda: np.ndarray,
-    ('numpy', 'dtype'): lambda: np.dtype,
-    ('numpy.core.multiarray', '_reconstruct'): _numpy_reconstruct,
-    ('numpy._core.multiarray', '_reconstruct'): _numpy_reconstruct,
-}
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-  """Builds numpy arrays, dicts, lists and plain values; refuses the rest.
-
-  Any other class or function (os.system, builtins.eval, ...) is refused
-  before it is looked up, so nothing in the file can run.
-  """
-
-  def find_class(self, module, name):
-    make = _ALLOWED_GLOBALS.get((module, name))
-    if make is None:
-      raise pickle.UnpicklingError(
-          f'refusing to load {module}.{name}: a weight file may hold only '
-          'numpy arrays in dicts and lists'
-      )
-    return make()
-
-  def persistent_load(self, pid):
-    raise pickle.UnpicklingError('refusing a persistent id in a weight file')
-
-
-def _read_npy_dict(path) -> dict:
-  """The dict stored by `np.save(path, {...})`, read without running code."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'weight file {path} does not exist')
-  fmt = np.lib.format
-  with open(path, 'rb') as f:
-    try:
-      version = fmt.read_magic(f)
-      header = {
-          (1, 0): fmt.read_array_header_1_0,
-          (2, 0): fmt.read_array_header_2_0,
-      }.get(version)
-      if header is None:
-        raise ValueError(f'unsupported .npy version {version}')
-      shape, _, dtype = header(f)
-    except ValueError as e:
-      raise WeightFileError(
-          f'{path} is not a .npy file ({e}); the caffe-npy format is '
-          "np.save('FILE.npy', {'conv1': [W, b], ...})"
-      ) from None
-    if dtype != np.dtype(object) or shape != ():
-      raise WeightFileError(
-          f'{path} holds an array of shape {shape} and dtype {dtype}, not the '
-          "dict of layers np.save('FILE.npy', {'conv1': [W, b], ...}) writes"
-      )
-    try:
-      obj = _ArraysOnlyUnpickler(f, encoding='latin1').load()
-    except Exception as e:  # noqa: BLE001 - a corrupt pickle raises any kind
-      raise WeightFileError(f'{path}: {e}') from None
-  if isinstance(obj, np.ndarray) and obj.shape == () and obj.dtype == object:
-    obj = obj.item()
-  if not isinstance(obj, dict):
-    raise WeightFileError(
-        f'{path} holds a {type(obj).__name__}, not a dict '
-        "{'conv1': [W, b], ..., 'fc8': [W, b]}"
-    )
-  return {
-      k.decode('latin1') if isinstance(k, bytes) else k: v
-      for k, v in obj.items()
-  }
-
-
-def _read_torch_state_dict(path) -> dict:
-  """A state_dict saved by torch.save, as numpy arrays; never runs code."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'weight file {path} does not exist')
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ImportError(
-        'reading torchvision weights needs PyTorch: pip install '
-        'torch==2.13.0 (see requirements-test.txt)'
-    ) from None
-  try:
-    state = torch.load(path, map_location='cpu', weights_only=True)
-  except pickle.UnpicklingError as e:
-    # torch's message suggests weights_only=False; keep only the reason.
-    reason = re.search(r'WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)', str(e))
-    raise WeightFileError(
-        f'{path} was refused by torch.load(weights_only=True) '
-        f'({reason.group(1) if reason else e}): only a state_dict of tensors '
-        '(torch.save(model.state_dict(), FILE)) is read, never code'
-    ) from None
-  except Exception as e:  # noqa: BLE001 - torch raises many kinds
-    raise WeightFileError(f'{path} is not a torch.save file: {e}') from None
-  # Common wrappers: {'state_dict': ...}, {'model': ...}, DataParallel names.
-  for key in ('state_dict', 'model'):
-    if isinstance(state, dict) and isinstance(state.get(key), dict):
-      state = state[key]
-  if not isinstance(state, dict):
-    raise WeightFileError(
-        f'{path} holds a {type(state).__name__}, not a '
-        'state_dict (a dict of tensors)'
-    )
-  out = {}
-  for key, value in state.items():
-    if not isinstance(value, torch.Tensor):
-      raise WeightFileError(
-          f'{path}: {key!r} is a {type(value).__name__}, ' 'not a tensor'
-      )
-    out[key.removeprefix('module.')] = value.detach().float().numpy()
-  return out
-
-
 # --- Layouts ------------------------------------------------------------------
 
 
@@ -398,7 +269,7 @@ def from_torchvision(path, *, width_scale: float = 1.0):
   num_classes is read from classifier.6 (a fine-tuned head works);
   width_scale < 1 reads a proportionally narrower model (tests).
   """
-  sd = _read_torch_state_dict(path)
+  sd = weight_files.read_torch_state_dict(path)
   num_classes = _num_classes(sd.get('classifier.6.bias'))
   _check_layout(path, sd, _torchvision_layout(num_classes, width_scale))
   params = {}
@@ -471,7 +342,7 @@ def from_caffe_npy(path, *, width_scale: float = 1.0):
   kernels are columns [g*out/2, (g+1)*out/2) of W, and read group g's
   inputs, exactly a tower). num_classes is read from fc8.
   """
-  flat = _caffe_flat(path, _read_npy_dict(path))
+  flat = _caffe_flat(path, weight_files.read_npy_dict(path))
   return _from_caffe_layers('caffe-npy', path, flat, width_scale)
 
 
@@ -493,194 +364,6 @@ def _from_caffe_layers(fmt, path, flat, width_scale, **config_fields):
       bias=np.asarray(flat['fc8/b'], np.float32),
   )
   return _finish(fmt, path, params, num_classes, width_scale, **config_fields)
-
-
-# --- Caffe's binary .caffemodel -----------------------------------------------
-#
-# A .caffemodel is a protobuf NetParameter. Only the few fields below are
-# read, straight from the wire format (no protobuf library, no caffe.proto):
-# varints, length-delimited fields and fixed32/64 values; everything else is
-# skipped. Reading only slices bytes and calls np.frombuffer, so no code in
-# the file can run.
-
-# V1LayerParameter.LayerType values (caffe.proto) as the newer type strings;
-# only the first four matter, the rest make error messages readable.
-_V1_TYPES = {
-    4: 'Convolution',
-    14: 'InnerProduct',
-    15: 'LRN',
-    17: 'Pooling',
-    1: 'Accuracy',
-    3: 'Concat',
-    5: 'Data',
-    6: 'Dropout',
-    12: 'ImageData',
-    18: 'ReLU',
-    20: 'Softmax',
-    21: 'SoftmaxWithLoss',
-    22: 'Split',
-    25: 'Eltwise',
-    39: 'Deconvolution',
-}
-_LRN_FIELD = {'v1': 18, 'v2': 118}  # lrn_param in each layer message
-
-
-class _Truncated(Exception):
-  pass
-
-
-def _varint(buf, pos, end):
-  value = shift = 0
-  while True:
-    if pos >= end or shift > 63:
-      raise _Truncated
-    byte = buf[pos]
-    pos += 1
-    value |= (byte & 0x7F) << shift
-    shift += 7
-    if byte < 0x80:
-      return value, pos
-
-
-def _next_field(buf, pos, end):
-  """(number, wire_type, value, pos_after) of the field at buf[pos].
-
-  value: an int (varint), (begin, end) (length-delimited) or the start of
-  the 4/8 raw bytes (fixed32/fixed64).
-  """
-  key, pos = _varint(buf, pos, end)
-  number, wire = key >> 3, key & 7
-  if number == 0:
-    raise _Truncated
-  if wire == 0:
-    value, pos = _varint(buf, pos, end)
-  elif wire == 2:
-    size, pos = _varint(buf, pos, end)
-    value = (pos, pos + size)
-    pos += size
-  elif wire in (1, 5):
-    value = pos
-    pos += 8 if wire == 1 else 4
-  else:  # groups (3, 4): never in Caffe
-    raise _Truncated
-  if pos > end:
-    raise _Truncated
-  return number, wire, value, pos
-
-
-def _fields(buf, start, end):
-  pos = start
-  while pos < end:
-    number, wire, value, pos = _next_field(buf, pos, end)
-    yield number, wire, value
-
-
-def _packed_varints(buf, begin, end):
-  out, pos = [], begin
-  while pos < end:
-    value, pos = _varint(buf, pos, end)
-    out.append(value)
-  return out
-
-
-def _blob(buf, begin, end):
-  """A BlobProto: (float32 values, stored shape (shape or legacy dims))."""
-  legacy, dims, chunks = {}, None, []
-  pos = begin
-  while pos < end:
-    number, wire, value, pos = _next_field(buf, pos, end)
-    if number in (1, 2, 3, 4) and wire == 0:  # num, channels, h, w
-      legacy[number] = value
-    elif number == 7 and wire == 2:  # BlobShape
-      dims = []
-      for n, w, v in _fields(buf, *value):
-        if n == 1 and w == 2:  # packed int64 dims
-          dims += _packed_varints(buf, *v)
-        elif n == 1 and w == 0:
-          dims.append(v)
-    elif number in (5, 8) and wire == 2:  # packed float / double
-      a, b = value
-      size = 4 if number == 5 else 8
-      if (b - a) % size:
-        raise _Truncated
-      chunks.append(
-          np.frombuffer(buf, '<f4' if size == 4 else '<f8', (b - a) // size, a)
-      )
-    elif number == 5 and wire == 5:
-      # Unpacked floats: a run of (tag 0x2d, 4 bytes), read in one go.
-      start = value - 1
-      raw = np.frombuffer(buf, np.uint8, end - start, start)
-      count = (end - start) // 5
-      is_tag = raw[: 5 * count : 5] == 0x2D
-      run = count if is_tag.all() else int(np.argmin(is_tag))
-      rows = raw[: 5 * run].reshape(run, 5)[:, 1:]
-      chunks.append(np.ascontiguousarray(rows).view('<f4').ravel())
-      pos = start + 5 * run
-  values = (np.concatenate(chunks) if chunks else np.zeros(0)).astype(
-      np.float32
-  )
-  if dims is None:
-    dims = [legacy.get(i, 1) for i in (1, 2, 3, 4)] if legacy else [values.size]
-  return values, tuple(int(d) for d in dims)
-
-
-def _lrn_param(buf, begin, end):
-  """LRNParameter with Caffe's defaults for absent fields."""
-  p = dict(local_size=5, alpha=1.0, beta=0.75, k=1.0)
-  names = {2: 'alpha', 3: 'beta', 5: 'k'}
-  for number, wire, value in _fields(buf, begin, end):
-    if number == 1 and wire == 0:
-      p['local_size'] = value
-    elif number in names and wire == 5:
-      p[names[number]] = float(np.frombuffer(buf, '<f4', 1, value)[0])
-  return p
-
-
-def _caffe_layers(buf):
-  """[(name, type, [blobs], lrn_param)] of a NetParameter, in file order."""
-  layers = []
-  for number, wire, value in _fields(buf, 0, len(buf)):
-    if wire != 2 or number not in (2, 100):
-      continue
-    v1 = number == 2
-    name_f, type_f, blob_f = (4, 5, 6) if v1 else (1, 2, 7)
-    lrn_f = _LRN_FIELD['v1' if v1 else 'v2']
-    name, kind, blobs, lrn = '', None, [], None
-    for n, w, v in _fields(buf, *value):
-      if n == name_f and w == 2:
-        name = bytes(buf[v[0] : v[1]]).decode('utf-8', 'replace')
-      elif n == type_f and v1 and w == 0:
-        kind = _V1_TYPES.get(v, f'V1 type {v}')
-      elif n == type_f and not v1 and w == 2:
-        kind = bytes(buf[v[0] : v[1]]).decode('utf-8', 'replace')
-      elif n == blob_f and w == 2:
-        blobs.append(_blob(buf, *v))
-      elif n == lrn_f and w == 2:
-        lrn = _lrn_param(buf, *v)
-    layers.append((name, kind, blobs, lrn))
-  return layers
-
-
-def _read_caffemodel(path):
-  """The layers of a .caffemodel, or one WeightFileError saying why not."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'weight file {path} does not exist')
-  buf = path.read_bytes()
-  try:
-    layers = _caffe_layers(buf)
-  except (_Truncated, ValueError):
-    raise WeightFileError(
-        f'{path} is not a Caffe .caffemodel (a protobuf NetParameter): its '
-        'bytes do not parse as protobuf fields (a file cut off mid-layer '
-        'or another kind of file)'
-    ) from None
-  if not layers:
-    raise WeightFileError(
-        f'{path} holds no Caffe layers (NetParameter.layer = 100 or the '
-        'deprecated .layers = 2): not a .caffemodel'
-    )
-  return layers
 
 
 def _names(layers, limit=8):
@@ -791,7 +474,7 @@ def from_caffemodel(path, *, width_scale: float = 1.0):
 
 
 def _import_caffemodel(path, width_scale):
-  layers = _read_caffemodel(path)
+  layers = caffe_proto.read_caffemodel(path)
   lrn_order = _check_caffe_net(path, layers)
   flat = _caffemodel_flat(path, layers)
   num_classes = _num_classes(flat.get('fc8/b'))
@@ -826,8 +509,8 @@ def read_mean_binaryproto(path, resize_size: int = 256) -> np.ndarray:
     raise FileNotFoundError(f'mean file {path} does not exist')
   buf = path.read_bytes()
   try:
-    values, dims = _blob(buf, 0, len(buf))
-  except (_Truncated, ValueError):
+    values, dims = caffe_proto.blob(buf, 0, len(buf))
+  except (caffe_proto.Truncated, ValueError):
     values, dims = np.zeros(0), ()
   while len(dims) > 3 and dims[0] == 1:
     dims = dims[1:]

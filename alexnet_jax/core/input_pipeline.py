@@ -33,15 +33,15 @@ example counts exactly once.
 
 import collections
 import dataclasses
-import functools
 import logging
 import os
-import re
 import threading
 
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax.core import folder_source
+from alexnet_jax.core import input_guard
 from alexnet_jax.core import paths as paths_lib
 from alexnet_jax.core import preprocess
 
@@ -51,7 +51,6 @@ try:
 except RuntimeError:  # TF already initialised its devices; nothing to do
   pass
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 FAKE_SPLIT_SIZES = {'train': 1_281_167, 'validation': 50_000, 'test': 50_000}
 # In training, attempts to replace an unreadable image before giving up.
 _MAX_ATTEMPTS = 8
@@ -149,174 +148,7 @@ def _options(config, deterministic=True):
   return options
 
 
-_SLICE = re.compile(
-    r'^(?P<name>[\w-]+)(\[(?P<lo>-?\d+%?)?:(?P<hi>-?\d+%?)?\])?$'
-)
-
-
-def check_split(split, sizes):
-  """The split's name; ValueError if `split` is not NAME, NAME[a:b] or
-  NAME[a%:b%] of a split in `sizes` (which is not asked for a size)."""
-  match = _SLICE.match(split)
-  if not match:
-    raise ValueError(
-        f'split {split!r} is not accepted; use NAME, NAME[a:b] '
-        'or NAME[a%:b%] (e.g. train[:90%])'
-    )
-  name = match['name']
-  if name not in sizes:
-    raise ValueError(
-        f'split {name!r} does not exist; the dataset has ' f'{sorted(sizes)}'
-    )
-  return match
-
-
-def parse_split(split, sizes):
-  """'train', 'train[:1000]' or 'train[10%:]' -> (name, start, stop), as
-  TFDS slices splits (percentages round to the closest example)."""
-  match = check_split(split, sizes)
-  name = match['name']
-  n = sizes[name]
-
-  def bound(text, default):
-    if text is None:
-      return default
-    if text.endswith('%'):
-      value = round(int(text[:-1]) * n / 100)
-    else:
-      value = int(text)
-    return max(0, min(n, value + n if value < 0 else value))
-
-  return name, bound(match['lo'], 0), bound(match['hi'], n)
-
-
 # ------------------------------------------------------------------ sources
-
-
-@dataclasses.dataclass
-class _Table:
-  """A host's part of a split, readable by index."""
-
-  size: int
-  labels: tf.Tensor  # int32[n]
-  names: tf.Tensor  # string[n]
-  read: callable  # int64 index -> encoded bytes
-
-
-class FolderSource:
-  """ROOT/SPLIT/CLASS/IMAGE; no preparation step."""
-
-  def __init__(self, root):
-    self.root = paths_lib.expand(root)
-    if not os.path.isdir(self.root):
-      raise FileNotFoundError(
-          f"data.name='folder:{root}': {self.root!r} is not a directory "
-          '(expected ROOT/SPLIT/CLASS/IMAGE, e.g. ROOT/train/cat/1.jpg)'
-      )
-    self.splits = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
-    classes = set()
-    for split in self.splits:
-      classes.update(
-          e.name
-          for e in os.scandir(os.path.join(self.root, split))
-          if e.is_dir()
-      )
-    if not classes:
-      raise FileNotFoundError(
-          f'{self.root!r} has no ROOT/SPLIT/CLASS/ folders (found splits '
-          f'{self.splits}); expected e.g. {self.root}/train/cat/1.jpg'
-      )
-    self.class_names = tuple(sorted(classes))
-    self._files = {}
-
-  def files(self, split):
-    """(paths, labels) of a whole split, classes interleaved.
-
-    Files are sorted by class then name, then interleaved: the first file of
-    every class (in class order), then the second of every class, ... So a
-    slice such as 'train[:90%]' / 'train[90%:]' holds every class in
-    proportion (a held-out validation split), and 'val[:6]' of a folder with
-    one image per class is classes 0..5.
-    """
-    if split not in self._files:
-      directory = os.path.join(self.root, split)
-      if split not in self.splits:
-        raise ValueError(
-            f'split {split!r} is not in {self.root!r}; it has ' f'{self.splits}'
-        )
-      index = {name: i for i, name in enumerate(self.class_names)}
-      paths, labels, ignored = [], [], 0
-      for cls in sorted(e.name for e in os.scandir(directory) if e.is_dir()):
-        for entry in sorted(
-            os.scandir(os.path.join(directory, cls)), key=lambda e: e.name
-        ):
-          if entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            paths.append(entry.path)
-            labels.append(index[cls])
-          else:
-            ignored += 1
-      if ignored:
-        logging.info(
-            '%s: ignored %d files without an image extension %s',
-            directory,
-            ignored,
-            IMAGE_EXTENSIONS,
-        )
-      if not paths:
-        raise FileNotFoundError(
-            f'{directory!r} has no images '
-            f'{IMAGE_EXTENSIONS} in class folders'
-        )
-      labels = np.array(labels, np.int32)  # ascending: listed by class
-      # Position within its class (O(n): ImageNet has 1.28M files).
-      rank = np.arange(len(labels)) - np.searchsorted(labels, labels)
-      order = np.lexsort((labels, rank))
-      self._files[split] = (np.array(paths)[order], labels[order])
-    return self._files[split]
-
-  def split_sizes(self):
-    return {s: len(self.files(s)[0]) for s in self.splits}
-
-  def table(self, split, process_index, process_count, cache):
-    """(_Table of this host's share of `split`, total size)."""
-    name, lo, hi = parse_split(split, _LazySizes(self))
-    paths, labels = self.files(name)
-    paths, labels = paths[lo:hi], labels[lo:hi]
-    total = len(paths)
-    # A contiguous block per host: classes are interleaved (see `files`),
-    # so every host sees every class.
-    start = process_index * total // process_count
-    stop = (process_index + 1) * total // process_count
-    paths, labels = paths[start:stop], labels[start:stop]
-    names = tf.constant(paths)
-    if cache:
-      contents = tf.constant([_read_bytes(p) for p in paths])
-      read = lambda i: tf.gather(contents, i)
-    else:
-      read = lambda i: tf.io.read_file(tf.gather(names, i))
-    return _Table(len(paths), tf.constant(labels), names, read), total
-
-
-class _LazySizes(dict):
-  """Split name -> size, listing a split's files only when asked."""
-
-  def __init__(self, source):
-    super().__init__()
-    self._source = source
-
-  def __contains__(self, split):
-    return split in self._source.splits
-
-  def __getitem__(self, split):
-    return len(self._source.files(split)[0])
-
-  def __iter__(self):
-    return iter(self._source.splits)
-
-
-def _read_bytes(path):
-  with open(path, 'rb') as f:
-    return f.read()
 
 
 def _source(config):
@@ -327,7 +159,7 @@ def _source(config):
     spelled = name[len('folder:') :]
     try:
       # Resolved here, so a changed data root is never served from the cache.
-      return _folder_source(paths_lib.expand(spelled))
+      return folder_source.cached(paths_lib.expand(spelled))
     except FileNotFoundError as e:
       if paths_lib.expand(spelled) == spelled:
         raise
@@ -351,11 +183,6 @@ def source(config):
   """The source object of config.data.name (None for 'fake'): a
   FolderSource, TfdsSource or prepared_source.PreparedSource."""
   return _source(config)
-
-
-@functools.lru_cache(maxsize=8)
-def _folder_source(root):
-  return FolderSource(root)
 
 
 def get_info(config):
@@ -483,7 +310,16 @@ def _threads(config):
 
 
 def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
-  """The endless, batched training tf.data.Dataset of one host."""
+  """The endless, batched training tf.data.Dataset of one host.
+
+  It ends only if its files cannot be read (input_guard): iterate it
+  through `train_iterator`, which says why in one line.
+  """
+  return _train_dataset(config, start_step, process_index, process_count)[0]
+
+
+def _train_dataset(config, start_step, process_index, process_count):
+  """(train_dataset, its input_guard.ReadGuard or None for fake data)."""
   batch = _host_batch(config, process_count)
   start = start_step * batch
   params = _params(config)
@@ -491,6 +327,8 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
   threads = _threads(config)
   source = _source(config)
   example_key = lambda p: _fold(_base_key(seed, host, 3), p)
+  guard = None
+  dataset = f'{config.data.name} {config.data.train_split}'
   if source is None:
     ds = _fake(config, params, start, process_index, crops=None, train=True)
   elif getattr(source, 'prepared', False):
@@ -502,29 +340,30 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
     ds = source.train_stream(
         config.data.train_split, seed, start, process_index, process_count
     )
+    names_of = lambda m: tf.strings.join(
+        [
+            f'{config.data.name} {config.data.train_split} record at training '
+            f'stream position ',
+            tf.strings.as_string(m),
+            f' of host {host}',
+        ]
+    )
+    guard = input_guard.ReadGuard(dataset, names_of, slack=threads)
     ds = _map_tolerantly(
-        ds,
-        lambda ex: dict(
-            image=preprocess.train_image(
-                ex['encoded'], example_key(ex['position']), params
+        guard.watch(ds),
+        guard.counted(
+            lambda ex: dict(
+                image=preprocess.train_image(
+                    ex['encoded'], example_key(ex['position']), params
+                ),
+                label=ex['label'],
+                position=ex['position'],
             ),
-            label=ex['label'],
-            position=ex['position'],
+            lambda ex: ex['position'],
         ),
         threads,
     )
-    ds = _name_gaps(
-        ds,
-        start,
-        lambda m: tf.strings.join(
-            [
-                f'{config.data.name} {config.data.train_split} record at training '
-                f'stream position ',
-                tf.strings.as_string(m),
-                f' of host {host}',
-            ]
-        ),
-    )
+    ds = _name_gaps(ds, start, names_of)
     ds = _without(ds, 'position')
   else:
     table, _ = source.table(
@@ -559,16 +398,28 @@ def train_dataset(config, *, start_step=0, process_index=0, process_count=1):
       with tf.control_dependencies([_note(names)]):
         return {k: tf.identity(v) for k, v in ex.items() if k != 'tried'}
 
+    guard = input_guard.ReadGuard(
+        dataset,
+        lambda m: tf.gather(
+            table.names,
+            tf.map_fn(lambda p: _candidates(table, seed, host, p, 1)[0], m),
+        ),
+        slack=threads,
+        files=table.size,
+    )
     positions = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
     ds = _map_tolerantly(
-        positions,
-        lambda p: load(p, _candidates(table, seed, host, p, 1)[0]),
+        guard.watch(positions),
+        guard.counted(
+            lambda p: load(p, _candidates(table, seed, host, p, 1)[0]),
+            lambda p: p,
+        ),
         threads,
     )
     ds = _fill_gaps(ds, start, replace)
   ds = ds.batch(batch, drop_remainder=True)
   ds = ds.prefetch(config.data.prefetch or tf.data.AUTOTUNE)
-  return ds.with_options(_options(config))
+  return ds.with_options(_options(config)), guard
 
 
 def _prepared_train(config, source, params, start, host, count, example_key):
@@ -607,14 +458,12 @@ def _prepared_train(config, source, params, start, host, count, example_key):
 def train_iterator(config, *, start_step=0, process_index=0, process_count=1):
   """Endless iterator of dict(image=f32[b, H, W, 3], label=i32[b]) with
   b = config.optim.batch_size // process_count; batch k depends only on
-  (config.train.seed, k)."""
-  ds = train_dataset(
-      config,
-      start_step=start_step,
-      process_index=process_index,
-      process_count=process_count,
-  )
-  return ds.as_numpy_iterator()
+  (config.train.seed, k). Raises input_guard.UnreadableDataError (one
+  line) if its files cannot be read."""
+  ds, guard = _train_dataset(config, start_step, process_index, process_count)
+  if guard is None:
+    return ds.as_numpy_iterator()
+  return guard.checked(ds.as_numpy_iterator(), finite=False)
 
 
 def _host_batch(config, process_count):
@@ -644,12 +493,13 @@ def _candidates(table, seed, host, p, count=_MAX_ATTEMPTS):
 
 
 def _all_unreadable(names, like):
-  """Fails the pipeline: none of a position's draws could be read."""
+  """Fails the pipeline: none of a position's draws could be read
+  (input_guard.ReadGuard.checked turns this into one line)."""
   check = tf.debugging.Assert(
       False,
       [
-          f'{_MAX_ATTEMPTS} images in a row could not be read (truncated, empty '
-          'or not images); is the dataset corrupt? Tried:',
+          f'{_MAX_ATTEMPTS} images drawn for one position in a row '
+          f'{input_guard.ASSERT_MARK}; truncated, empty or not images?',
           names,
       ],
       summarize=_MAX_ATTEMPTS,
@@ -671,6 +521,15 @@ def eval_dataset(
     process_count=1,
 ):
   """(unbatched tf.data.Dataset of readable examples, number of batches)."""
+  return _eval_dataset(
+      config, split, preprocessing, crops, process_index, process_count
+  )[:2]
+
+
+def _eval_dataset(
+    config, split, preprocessing, crops, process_index, process_count
+):
+  """eval_dataset's pair and its input_guard.ReadGuard (None: fake data)."""
   params = _params(config, preprocessing)
   crops = crops or config.data.eval_crops
   batch = _host_batch(config, process_count)
@@ -680,8 +539,10 @@ def eval_dataset(
     ds = _fake(config, params, 0, process_index, crops=crops, train=False).take(
         len(range(process_index, n, process_count))
     )
-    total = n
+    total, guard = n, None
   elif getattr(source, 'prepared', False):
+    # Every record was read at preparation: nothing to guard.
+    guard = None
     from alexnet_jax.core import prepared_source  # pylint: disable=g-import-not-at-top
 
     ds, _, total = prepared_source.eval_examples(
@@ -705,37 +566,50 @@ def eval_dataset(
         deterministic=True,
     )
   else:
-    ds, total = map_readable(
+    ds, total, guard = _map_readable(
         config,
         split,
         lambda e: preprocess.eval_image(e, params, crops),
-        process_index=process_index,
-        process_count=process_count,
+        process_index,
+        process_count,
     )
   # Every host yields the same number of batches (hosts may hold one more
   # example than others).
   per_host = -(-total // process_count)
   num_batches = -(-per_host // batch)
-  return ds.with_options(_options(config)), num_batches
+  return ds.with_options(_options(config)), num_batches, guard
 
 
 def map_readable(config, split, fn, *, process_index=0, process_count=1):
   """(dataset of dict(image=fn(encoded), label) over a host's readable
   examples of `split` in order, size of the whole split). Unreadable files
-  are skipped and named."""
+  are skipped and named; after input_guard.LIMIT of them in a row the
+  dataset ends early."""
+  return _map_readable(config, split, fn, process_index, process_count)[:2]
+
+
+def _map_readable(config, split, fn, process_index, process_count):
+  """map_readable's pair and its input_guard.ReadGuard."""
   source = _source(config)
   if source is None:
     raise ValueError("data.name='fake' has no files to read")
+  threads = _threads(config)
   if getattr(source, 'streaming', False) and not config.data.cache:
     records, names_of, size, total = source.eval_stream(
         split, process_index, process_count
     )
+    guard = input_guard.ReadGuard(
+        f'{config.data.name} {split}', names_of, slack=threads
+    )
     ds = _map_tolerantly(
-        records.enumerate(),
-        lambda i, ex: dict(
-            image=fn(ex['encoded']), label=ex['label'], position=i
+        guard.watch(records.enumerate()),
+        guard.counted(
+            lambda i, ex: dict(
+                image=fn(ex['encoded']), label=ex['label'], position=i
+            ),
+            lambda i, ex: i,
         ),
-        _threads(config),
+        threads,
     )
   else:
     table, total = source.table(
@@ -743,28 +617,42 @@ def map_readable(config, split, fn, *, process_index=0, process_count=1):
     )
     size = table.size
     names_of = lambda m: tf.gather(table.names, m)
+    guard = input_guard.ReadGuard(
+        f'{config.data.name} {split}', names_of, slack=threads
+    )
     ds = _map_tolerantly(
-        tf.data.Dataset.range(size),
-        lambda i: dict(
-            image=fn(table.read(i)),
-            label=tf.gather(table.labels, i),
-            position=i,
+        guard.watch(tf.data.Dataset.range(size)),
+        guard.counted(
+            lambda i: dict(
+                image=fn(table.read(i)),
+                label=tf.gather(table.labels, i),
+                position=i,
+            ),
+            lambda i: i,
         ),
-        _threads(config),
+        threads,
     )
   ds = _name_gaps(ds, 0, names_of, end=size)
-  return _without(ds, 'position').with_options(_options(config)), total
+  ds = _without(ds, 'position').with_options(_options(config))
+  return ds, total, guard
 
 
 def eval_iterator(config, split, **options):
   """Finite iterator of dict(image, label, mask); the last batch (and any
   batch a host has no examples left for) is padded, mask marking real
   examples. `options`: eval_dataset's keyword arguments."""
-  ds, num_batches = eval_dataset(config, split, **options)
-  batch = _host_batch(config, options.get('process_count', 1))
+  options = dict(
+      dict(preprocessing=None, crops=None, process_index=0, process_count=1),
+      **options,
+  )
+  ds, num_batches, guard = _eval_dataset(config, split, **options)
+  batch = _host_batch(config, options['process_count'])
   ds = ds.batch(batch).prefetch(config.data.prefetch or tf.data.AUTOTUNE)
+  batches = ds.as_numpy_iterator()
+  if guard is not None:
+    batches = guard.checked(batches, finite=True)
   return _padded(
-      ds.as_numpy_iterator(),
+      batches,
       batch,
       num_batches,
       ds.element_spec['image'].shape[1:],

@@ -297,12 +297,6 @@ class AlexNet(nn.Module):
     )
     if not self.lrn_across_towers or self.towers == 1:
       return [norm(h) for h in hs]  # windows confined to a tower (paper)
-    if self.tower_axis is not None:
-      raise ValueError(
-          'model.lrn.across_towers=True (Caffe-imported weights) lets LRN '
-          'windows cross the tower boundary, which model parallelism does not '
-          'support: run it with parallel.mesh.model=1'
-      )
     # Caffe: one window over all channels, then split back into towers.
     split = [h.shape[-1] for h in hs]
     full = norm(jnp.concatenate(hs, axis=-1))

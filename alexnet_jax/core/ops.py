@@ -212,6 +212,7 @@ def conv2d(
         x.shape[1:3], kernel.shape[:2], (stride, stride), padding
     )
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  x, padding = _crop(x, padding)
   x, kernel = _same_varying_axes(x, kernel)
   plain = functools.partial(
       _xla_conv, stride=stride, padding=padding, precision=precision
@@ -226,12 +227,33 @@ def conv2d(
   )
 
 
+def _crop(x, padding):
+  """x with negative (cropping) padding done as a slice, and the padding
+  left to the convolution, all non-negative.
+
+  XLA:CPU (jaxlib 0.10.2) computes a convolution whose padding is negative
+  at one end of an axis and positive at the other wrongly: it applies the
+  negative side as an offset into the input and then reads the positive
+  side's padding from memory instead of zeros, i.e. from the next row
+  along W, and past the end of the input buffer along H (whatever the heap
+  holds there: 2.1e10, nan). tests/test_ops.py keeps the reproducer. A
+  slice is the same maths on every platform, and its gradient pads back.
+  """
+  (top, bottom), (left, right) = padding
+  h, w = x.shape[1:3]
+  if min(top, bottom, left, right) >= 0:
+    return x, padding
+  rows = slice(max(-top, 0), h - max(-bottom, 0))
+  cols = slice(max(-left, 0), w - max(-right, 0))
+  return x[:, rows, cols, :], (
+      (max(top, 0), max(bottom, 0)),
+      (max(left, 0), max(right, 0)),
+  )
+
+
 def _cpu_conv2d(x, kernel, *, stride, padding):
-  # oneDNN takes no negative (cropping) padding: XLA's convolutions do.
-  if (
-      min(p for pair in padding for p in pair) >= 0
-      and conv_backend(x.dtype, platform='cpu') == 'onednn'
-  ):
+  # conv2d has cropped negative padding away (_crop): oneDNN takes none.
+  if conv_backend(x.dtype, platform='cpu') == 'onednn':
     return _onednn_conv2d(x, kernel, stride, padding)
   return _conv2d(x, kernel, stride, padding)
 

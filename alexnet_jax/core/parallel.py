@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from alexnet_jax.core import config_checks
 from alexnet_jax.core.config_checks import ConfigError
 
 DATA = 'data'
@@ -153,21 +154,15 @@ def setup_devices(
 def mesh_shape(
     config: ml_collections.ConfigDict, num_devices: int
 ) -> tuple[int, int]:
-  """(data, model) for `num_devices`, with clear errors for what cannot work."""
+  """(data, model) for `num_devices`, with clear errors for what cannot work.
+
+  What the config alone decides (the axes' values, pmap without towers,
+  towers for mesh.model=2) is config_checks.check_parallel's, run here
+  first; this checks the mesh against the devices present.
+  """
+  config_checks.check_parallel(config)
   p = config.parallel
   data, model = p.mesh.data, p.mesh.model
-  if model not in (1, 2):
-    raise ConfigError(
-        f'config.parallel.mesh.model={model}: AlexNet has two '
-        'towers, so the model axis is 1 (no split) or 2 (one '
-        'tower per device)'
-    )
-  if p.data_parallel == 'pmap' and model != 1:
-    raise ConfigError(
-        'config.parallel.data_parallel=pmap cannot split the '
-        'towers: use config.parallel.mesh.model=1 with pmap, or '
-        "data_parallel='jit' for model parallelism"
-    )
   if data == -1:
     if num_devices % model:
       want = -(-num_devices // model) * model
@@ -183,8 +178,6 @@ def mesh_shape(
           f'({jax.default_backend()}): {hint}'
       )
     data = num_devices // model
-  if data < 1:
-    raise ConfigError(f'config.parallel.mesh.data={data} must be >= 1 or -1')
   if data * model > num_devices:
     hint = (
         f'set config.parallel.cpu_devices={data * model} to simulate them '
@@ -197,13 +190,11 @@ def mesh_shape(
         f'{data * model} devices but only {num_devices} are present '
         f'({jax.default_backend()}): {hint}, or data=-1 to use what is there'
     )
-  batch = config.optim.batch_size
-  if batch % data:
-    raise ConfigError(
-        f'config.optim.batch_size={batch} is not divisible by the data axis '
-        f'({data} devices): use a multiple of {data}, or change '
-        'config.parallel.mesh.data'
-    )
+  config_checks.check_batch_splits(
+      config.optim.batch_size,
+      data,
+      f'{data} devices, from config.parallel.mesh.data={p.mesh.data}',
+  )
   return data, model
 
 
@@ -271,6 +262,16 @@ def param_spec(path, leaf, *, towers: int = 2, split_fc8: bool = True) -> P:
 # The parallel runtime.
 
 
+# Parallel.mode -> what it means.
+MODES = {
+    'single': 'one device',
+    'jit': 'data parallel (jit with shardings)',
+    'pmap': 'data parallel (pmap)',
+    'model': 'two towers, one per device',
+    'hybrid': 'data parallel x two towers',
+}
+
+
 class Parallel:
   """Placement and steps for one model on the mesh the config asks for.
 
@@ -291,7 +292,7 @@ class Parallel:
     # fc8 is split by columns only if the classes divide evenly.
     self.split_fc8 = bool(num_classes) and num_classes % 2 == 0
     if self.model_size == 2:
-      self._check_model_parallel(model)
+      # config_checks.check_parallel (mesh_shape) refused what cannot split.
       self._tower_model = model.clone(tower_axis=MODEL)
     if self.data_parallel == 'pmap':
       self.mode = 'pmap'
@@ -319,27 +320,42 @@ class Parallel:
           'equal share of the global batch'
       )
 
-  def _check_model_parallel(self, model):
-    if getattr(model, 'variant', None) != 'paper' or model.towers != 2:
-      raise ConfigError(
-          'config.parallel.mesh.model=2 puts one tower on each device: it '
-          'needs config.model.variant=paper with config.model.towers=2 (got '
-          f'{type(model).__name__} variant={getattr(model, "variant", None)} '
-          f'towers={getattr(model, "towers", None)})'
-      )
-    if model.lrn and model.lrn_across_towers:
-      raise ConfigError(
-          'config.model.lrn.across_towers=True (Caffe-imported weights) lets '
-          'LRN windows cross the tower boundary, which the model-parallel '
-          'forward does not exchange: use config.parallel.mesh.model=1 for '
-          'such weights'
-      )
-
   def __repr__(self):
     return (
         f'Parallel(mode={self.mode}, data={self.data_size}, '
         f'model={self.model_size}, processes={jax.process_count()})'
     )
+
+  def layout(self) -> dict:
+    """What runs where, as the start of a run logs it and results.json
+    records it: mode, mesh shape, devices, processes, batch per device."""
+    devices = self.mesh.devices.flat
+    batch = self.config.optim.batch_size
+    return dict(
+        mode=self.mode,
+        description=MODES[self.mode],
+        mesh={DATA: self.data_size, MODEL: self.model_size},
+        devices=self.data_size * self.model_size,
+        platform=next(iter(devices)).platform,
+        processes=jax.process_count(),
+        global_batch=batch,
+        # Both towers of a data shard see the same images.
+        per_device_batch=batch // self.data_size,
+        dtype=self.config.model.dtype,
+    )
+
+
+def layout_line(layout: dict) -> str:
+  """Parallel.layout() in one line."""
+  mesh = ' x '.join(f'{k}={v}' for k, v in layout['mesh'].items())
+  processes = layout['processes']
+  return (
+      f'{layout["description"]} (mode {layout["mode"]}); mesh {mesh}; '
+      f'{layout["devices"]} {layout["platform"]} devices in {processes} '
+      f'process{"es" if processes > 1 else ""}; batch '
+      f'{layout["per_device_batch"]} per device ({layout["global_batch"]} in '
+      f'all); {layout["dtype"]}'
+  )
 
   # -- shardings --------------------------------------------------------------
 

@@ -33,11 +33,14 @@ import numpy as np
 
 from alexnet_jax.core import checkpoint
 from alexnet_jax.core import config_checks
+from alexnet_jax.core import input_guard
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import optim
+from alexnet_jax.core import outputs
 from alexnet_jax.core import parallel
+from alexnet_jax.core import splits
 
 # The steps and their factory, re-exported (train.make_train_step etc.).
 from alexnet_jax.core.steps import Plan
@@ -63,9 +66,7 @@ def plan(config, info) -> Plan:
   examples = config.train.num_train_examples
   if examples <= 0:
     try:  # 'train', or a slice such as 'train[:90%]'
-      _, lo, hi = input_pipeline.parse_split(
-          config.data.train_split, info.split_sizes
-      )
+      _, lo, hi = splits.parse_split(config.data.train_split, info.split_sizes)
       examples = hi - lo
     except ValueError as e:
       raise config_checks.ConfigError(
@@ -85,7 +86,7 @@ def _check_splits(config, info):
     split = config.data[field]
     if split:
       try:
-        input_pipeline.check_split(split, info.split_sizes)
+        splits.check_split(split, info.split_sizes)
       except ValueError as e:
         raise config_checks.ConfigError(f'config.data.{field}: {e}') from None
 
@@ -115,8 +116,11 @@ def _flat_config(config) -> dict:
 class _Preemption:
   """SIGTERM or Ctrl-C set a flag; the loop saves a checkpoint and returns.
 
-  A second Ctrl-C interrupts at once (KeyboardInterrupt), without saving.
-  `signal` is the name of the first signal received.
+  A second signal of either kind exits at once, without saving: Ctrl-C by
+  KeyboardInterrupt (status 130), SIGTERM by SystemExit(143). `signal` is
+  the name of the first signal received. The loop also checks the flag
+  while it waits for input (input_guard.interruptible), so a read that
+  never returns cannot hold a signal back.
   """
 
   def __init__(self):
@@ -125,17 +129,21 @@ class _Preemption:
     self._previous = {}
 
   def _handler(self, signum, frame):
-    if signum == signal.SIGINT and self.requested:
-      raise KeyboardInterrupt
+    del frame
+    name = signal.Signals(signum).name
+    if self.requested:
+      logging.warning('Received %s again: exiting without saving', name)
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+      raise SystemExit(128 + signum)
     # Set before logging: a second signal may run this during the log call.
     self.requested = True
-    self.signal = self.signal or signal.Signals(signum).name
+    self.signal = name
     logging.warning(
-        'Received %s: saving a checkpoint at the current step, '
-        'then exiting (Ctrl-C again to stop without saving)',
-        signal.Signals(signum).name,
+        'Received %s: saving a checkpoint at the current step, then exiting '
+        '(a second SIGINT or SIGTERM exits at once, without saving)',
+        name,
     )
-    del frame
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -162,11 +170,14 @@ def evaluate(
     preprocessing=None,
     max_batches=-1,
     progress=None,
+    stop=None,
 ) -> dict:
   """{'loss', 'top1_error', 'top5_error', 'examples'} on a whole split.
 
   `eval_fn` is the compiled eval step (Parallel.jit_step(eval_step)).
   `progress`, if given, is called with the number of examples done.
+  `stop`, if given, is polled while waiting for input: once it returns
+  True, input_guard.InputWaitStopped is raised.
   """
   batches = input_pipeline.eval_iterator(
       config,
@@ -176,6 +187,7 @@ def evaluate(
       process_index=jax.process_index(),
       process_count=jax.process_count(),
   )
+  batches = input_guard.interruptible(batches, stop or (lambda: False))
   total = None
   for i, batch in enumerate(batches):
     if 0 < max_batches <= i:
@@ -246,8 +258,15 @@ def summary(workdir, results) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from the workdir's latest checkpoint) and evaluates.
 
-  Returns the final metrics (also written to WORKDIR/results.json).
+  Returns the final metrics (also written to WORKDIR/results.json), or,
+  when stopped by SIGINT or SIGTERM (from the start: a signal during the
+  set-up is heard too), {'preempted_at_step', 'signal'}.
   """
+  with _Preemption() as preempt:
+    return _train_and_evaluate(config, workdir, preempt)
+
+
+def _train_and_evaluate(config, workdir, preempt):
   config_checks.validate(config)
   workdir = pathlib.Path(workdir).absolute()
   primary = jax.process_index() == 0
@@ -260,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     )
   _check_splits(config, info)
   p = plan(config, info)
-  workdir.mkdir(parents=True, exist_ok=True)
+  outputs.make_dir(workdir, 'workdir')
   logging.info(
       'Training for %d steps (%.1f epochs of %d examples, %.1f '
       'steps per epoch, global batch %d)',
@@ -273,6 +292,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   module = model_lib.from_config(config.model)
   par = parallel.Parallel(config, module)
+  layout = par.layout()
+  logging.info('Layout: %s', parallel.layout_line(layout))
   step_fn = make_train_step(config, module, par, sizes=p)
   tx = step_fn.tx
   preprocessing = input_pipeline.preprocessing_from_config(config)
@@ -283,7 +304,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       data_position=dict(seed=config.train.seed, step_is_batch_index=True),
   )
 
-  mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+  # Made here, so that a file in its place fails now, not at the first save.
+  checkpoints = workdir / checkpoint.CHECKPOINTS_DIR
+  outputs.make_dir(checkpoints, 'checkpoint directory')
+  with outputs.writing('checkpoint directory', checkpoints):
+    mgr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+
+  def finish_saves():  # asynchronous saves raise their errors here
+    with outputs.writing('checkpoint', mgr.directory):
+      mgr.wait_until_finished()
+
   abstract_state = jax.eval_shape(
       functools.partial(create_train_state, config, module, tx)
   )
@@ -313,9 +343,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   state = par.place_state(host_state)
   del host_state
 
-  writer = metrics_lib.create_writer(workdir, just_logging=not primary)
+  with outputs.writing('metrics', workdir):
+    writer = metrics_lib.create_writer(workdir, just_logging=not primary)
   if primary:
-    (workdir / CONFIG_FILE).write_text(config.to_json(indent=2))
+    outputs.write_text(
+        workdir / CONFIG_FILE, config.to_json(indent=2), 'config file'
+    )
     if start_step == 0:
       writer.write_hparams(_flat_config(config))
 
@@ -346,6 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
           split,
           crops=config.data.eval_crops,
           max_batches=config.train.max_eval_batches,
+          stop=lambda: preempt.requested,
       )
     prefix = 'val' if split == config.data.eval_split else 'test'
     scalars = {f'{prefix}_{k}': v for k, v in result.items()}
@@ -357,116 +391,145 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       return
     with report.timed('checkpoint'):
       metrics = {checkpoint.BEST_METRIC: val['val_top1_error']} if val else None
-      checkpoint.save_train_state(
-          mgr, step, _host_state(par, state), metadata, metrics, force=force
-      )
+      with outputs.writing('checkpoint', mgr.directory / str(step)):
+        checkpoint.save_train_state(
+            mgr, step, _host_state(par, state), metadata, metrics, force=force
+        )
 
   train_metrics = None
   last_log = (start_step, time.monotonic())
   # Placed batches kept in flight: the next batches' copies to the devices
   # overlap the current step.
+  # Read on a thread of its own: the loop waits for input in Python, where
+  # a signal is heard even if a read never returns (input_guard).
   train_iter = input_pipeline.device_prefetch(
-      input_pipeline.train_iterator(
-          config,
-          start_step=start_step,
-          process_index=jax.process_index(),
-          process_count=jax.process_count(),
+      input_guard.interruptible(
+          input_pipeline.train_iterator(
+              config,
+              start_step=start_step,
+              process_index=jax.process_index(),
+              process_count=jax.process_count(),
+          ),
+          stop=lambda: preempt.requested,
       ),
       par.shard_batch,
   )
   step = start_step
   val = None
+
+  def stop_for_signal(step, val):
+    if step == start_step:  # no step since the start: nothing new to save
+      logging.warning(
+          'Stopped by %s at step %d, before any step of this run: nothing '
+          'new to save',
+          preempt.signal,
+          step,
+      )
+    else:
+      save(step, val, force=True)
+      finish_saves()
+      logging.warning(
+          'Preempted: saved the checkpoint at step %d in %s; '
+          'run the same command again to resume',
+          step,
+          mgr.directory,
+      )
+    return {'preempted_at_step': step, 'signal': preempt.signal}
+
   try:
-    with _Preemption() as preempt:
-      while step < p.total_steps:
-        state, m = step_fn(state, next(train_iter))
-        step += 1
-        loss, pnorm = (
-            float(x)
-            for x in par.to_host(
-                (m.loss.total / m.loss.count, m.param_norm.value)
+    while step < p.total_steps:
+      if preempt.requested:  # e.g. a signal during the set-up
+        return stop_for_signal(step, val)
+      try:
+        batch = next(train_iter)
+      except input_guard.InputWaitStopped:
+        return stop_for_signal(step, val)
+      state, m = step_fn(state, batch)
+      step += 1
+      loss, pnorm = (
+          float(x)
+          for x in par.to_host(
+              (m.loss.total / m.loss.count, m.param_norm.value)
+          )
+      )
+      if not (math.isfinite(loss) and math.isfinite(pnorm)):
+        finish_saves()
+        last = mgr.latest_step()
+        raise NonFiniteError(
+            f'loss became {loss} (parameter norm {pnorm}) at step {step}: '
+            'stopping. The last good checkpoint is '
+            + (
+                f'step {last} in {mgr.directory}'
+                if last is not None
+                else 'none (no checkpoint was saved)'
             )
+            + '. Lower config.optim.lr or check the data.'
         )
-        if not (math.isfinite(loss) and math.isfinite(pnorm)):
-          mgr.wait_until_finished()
-          last = mgr.latest_step()
-          raise NonFiniteError(
-              f'loss became {loss} (parameter norm {pnorm}) at step {step}: '
-              'stopping. The last good checkpoint is '
-              + (
-                  f'step {last} in {mgr.directory}'
-                  if last is not None
-                  else 'none (no checkpoint was saved)'
-              )
-              + '. Lower config.optim.lr or check the data.'
-          )
-        train_metrics = m if train_metrics is None else train_metrics.merge(m)
-        for hook in hooks:
-          hook(step)
+      train_metrics = m if train_metrics is None else train_metrics.merge(m)
+      for hook in hooks:
+        hook(step)
 
-        if step % config.train.log_every_steps == 0 or step == p.total_steps:
-          scalars = {
-              f'train_{k}': v
-              for k, v in par.to_host(train_metrics.compute()).items()
-          }
-          t = time.monotonic()
-          scalars['images_per_sec'] = (
-              (step - last_log[0])
-              * config.optim.batch_size
-              / max(t - last_log[1], 1e-9)
-          )
-          scalars['epoch'] = step / p.steps_per_epoch
-          last_log = (step, t)
-          writer.write_scalars(step, scalars)
-          train_metrics = None
+      if step % config.train.log_every_steps == 0 or step == p.total_steps:
+        scalars = {
+            f'train_{k}': v
+            for k, v in par.to_host(train_metrics.compute()).items()
+        }
+        t = time.monotonic()
+        scalars['images_per_sec'] = (
+            (step - last_log[0])
+            * config.optim.batch_size
+            / max(t - last_log[1], 1e-9)
+        )
+        scalars['epoch'] = step / p.steps_per_epoch
+        last_log = (step, t)
+        writer.write_scalars(step, scalars)
+        train_metrics = None
 
-        val = None
-        if step % config.train.eval_every_steps == 0 or step == p.total_steps:
+      val = None
+      if step % config.train.eval_every_steps == 0 or step == p.total_steps:
+        try:
           val = run_eval(step, config.data.eval_split)
-          if config.optim.schedule == 'plateau':
-            decision = optim.plateau_update(
-                par.to_host(state.plateau),
-                val['val_top1_error'],
-                config.optim.plateau,
-            )
-            if decision.dropped:
-              logging.info('Step %d: %s', step, decision.message)
-            state = state.replace(
-                plateau=par.place_state(
-                    jax.tree.map(jnp.asarray, decision.state)
-                )
-            )
-        if (
-            step % config.train.checkpoint_every_steps == 0
-            or val is not None
-            or step == p.total_steps
-        ):
-          save(step, val)
-        if preempt.requested:
-          save(step, val, force=True)
-          mgr.wait_until_finished()
-          logging.warning(
-              'Preempted: saved the checkpoint at step %d in %s; '
-              'run the same command again to resume',
-              step,
-              mgr.directory,
+        except input_guard.InputWaitStopped:
+          return stop_for_signal(step, None)
+        if config.optim.schedule == 'plateau':
+          decision = optim.plateau_update(
+              par.to_host(state.plateau),
+              val['val_top1_error'],
+              config.optim.plateau,
           )
-          return {'preempted_at_step': step, 'signal': preempt.signal}
+          if decision.dropped:
+            logging.info('Step %d: %s', step, decision.message)
+          state = state.replace(
+              plateau=par.place_state(jax.tree.map(jnp.asarray, decision.state))
+          )
+      if (
+          step % config.train.checkpoint_every_steps == 0
+          or val is not None
+          or step == p.total_steps
+      ):
+        save(step, val)
+      if preempt.requested:
+        return stop_for_signal(step, val)
 
-    mgr.wait_until_finished()
-    results = {'step': step}
+    finish_saves()
+    results = {'step': step, 'layout': layout}
     if start_step >= p.total_steps:
       logging.info(
           'Training already finished at step %d: evaluating only', start_step
       )
-    results.update(val or run_eval(step, config.data.eval_split))
-    if config.data.test_split:
-      results.update(run_eval(step, config.data.test_split))
+    try:
+      results.update(val or run_eval(step, config.data.eval_split))
+      if config.data.test_split:
+        results.update(run_eval(step, config.data.test_split))
+    except input_guard.InputWaitStopped:
+      return stop_for_signal(step, None)
     if primary:
-      (workdir / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+      outputs.write_text(
+          workdir / RESULTS_FILE, json.dumps(results, indent=1), 'results file'
+      )
       logging.info('%s', summary(workdir, results))
     return results
   finally:
     writer.close()  # flushes the metrics written so far
-    mgr.wait_until_finished()
+    finish_saves()
     mgr.close()

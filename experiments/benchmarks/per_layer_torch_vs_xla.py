@@ -11,9 +11,16 @@ import time
 
 import jax
 import jax.numpy as jnp
-import torch
 
 from alexnet_jax.core import ops
+
+try:
+  import torch
+except ModuleNotFoundError:
+  raise SystemExit(
+      "error: torch is not installed; the experiments need the 'experiments' "
+      "extra: pip install -e '.[experiments]'"
+  ) from None
 
 torch.set_num_threads(2)
 B = 128

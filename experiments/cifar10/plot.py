@@ -21,10 +21,9 @@ import pathlib
 import shutil
 import sys
 
-import matplotlib
+import experiments
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+plt = experiments.pyplot()  # or one line naming the extra to install
 
 from experiments import collect  # noqa: E402
 

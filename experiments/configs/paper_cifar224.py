@@ -28,6 +28,20 @@ from alexnet_jax.configs import paper
 
 STEPS = 300
 
+# The sweep's variants (experiments/sweeps.py): the first is configs/paper.py
+# as it is; each other changes the input scale, the biases of 1 (Caffe's
+# 0.1) or the fc6/fc7 weights' std (Caffe's 0.005), or several.
+_UNIT_SCALE = {'data.pixel_scale': 1.0, 'data.mean': cifar10.CIFAR10_MEAN}
+_CAFFE_INIT = {'model.bias_init': 0.1, 'model.fc_init_std': 0.005}
+VARIANTS = {
+    'paper': {},
+    'bias_0.1': {'model.bias_init': 0.1},
+    'fc_0.005': {'model.fc_init_std': 0.005},
+    'caffe': dict(_CAFFE_INIT),
+    'unit_paper': dict(_UNIT_SCALE),
+    'unit_caffe': dict(_UNIT_SCALE, **_CAFFE_INIT),
+}
+
 
 def get_config():
   c = paper.get_config()
