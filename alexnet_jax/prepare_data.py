@@ -53,6 +53,7 @@ from alexnet_jax.core import config_checks
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import prepared_source
 from alexnet_jax.core import preprocess
+from alexnet_jax.core import splits as splits_lib
 
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -94,7 +95,7 @@ def parse_splits(text, sizes):
           f'--splits: {name!r} is not a split name (letters, digits, _ and -)'
       )
     try:
-      src, lo, hi = input_pipeline.parse_split(spec, sizes)
+      src, lo, hi = splits_lib.parse_split(spec, sizes)
     except ValueError as e:
       raise PrepareError(f'--splits: {e}') from None
     out.append((name, src, lo, hi))

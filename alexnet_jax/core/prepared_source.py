@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_jax.core import paths as paths_lib
+from alexnet_jax.core import splits
 
 PREFIX = 'prepared:'
 FORMAT_VERSION = 1
@@ -205,9 +206,7 @@ class PreparedSource:
       )
 
   def _split(self, split):
-    from alexnet_jax.core import input_pipeline  # pylint: disable=g-import-not-at-top
-
-    name, lo, hi = input_pipeline.parse_split(split, self.split_sizes())
+    name, lo, hi = splits.parse_split(split, self.split_sizes())
     if name not in self._index:
       info = self.meta['splits'][name]
       paths = [os.path.join(self.root, s['file']) for s in info['shards']]
