@@ -363,3 +363,30 @@ def test_shared_imagenet_photos_match_reference(shared_datasets, tmp_path):
   for stored, name in zip(images.numpy(), names):
     want = reference_square(name, 256)
     assert np.abs(stored.astype(float) - want).max() <= 1, name
+
+
+def test_benchmark_input_formats_runs(photos, tmp_path, capsys):
+  """`benchmark input --formats` on a tiny folder: one JSON line per format
+  and augmentation, uint8 batches for device/host, ratios to original."""
+  from alexnet_jax.benchmarks import harness  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.benchmarks import input as input_bench  # pylint: disable=g-import-not-at-top
+
+  args = harness.defaults(input_bench.define_flags)
+  args.data, args.split = str(photos), 'test'
+  args.formats = 'original,raw256,jpeg256'
+  args.workers, args.repeats, args.epochs, args.batch = '1', 1, 2.0, 2
+  args.image_size, args.resize_size = SIZE, RESIZE
+  args.json = str(tmp_path / 'out.jsonl')
+  rows = input_bench.run(args)
+  assert {(r['format'], r['augment']) for r in rows} == {
+      (f, a)
+      for f in ('original', 'raw256', 'jpeg256')
+      for a in ('device', 'host', 'host_float')
+  }
+  for r in rows:
+    side = RESIZE if r['augment'] == 'device' else SIZE
+    bytes_per_value = 4 if r['augment'] == 'host_float' else 1
+    assert r['batch_bytes_per_img'] == side * side * 3 * bytes_per_value
+    assert r['img_per_cpu_s'] > 0 and 'vs_original' in r
+  assert len((tmp_path / 'out.jsonl').read_text().splitlines()) == 9
+  assert '| raw256 | device |' in capsys.readouterr().out
