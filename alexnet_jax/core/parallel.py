@@ -344,19 +344,6 @@ class Parallel:
         dtype=self.config.model.dtype,
     )
 
-
-def layout_line(layout: dict) -> str:
-  """Parallel.layout() in one line."""
-  mesh = ' x '.join(f'{k}={v}' for k, v in layout['mesh'].items())
-  processes = layout['processes']
-  return (
-      f'{layout["description"]} (mode {layout["mode"]}); mesh {mesh}; '
-      f'{layout["devices"]} {layout["platform"]} devices in {processes} '
-      f'process{"es" if processes > 1 else ""}; batch '
-      f'{layout["per_device_batch"]} per device ({layout["global_batch"]} in '
-      f'all); {layout["dtype"]}'
-  )
-
   # -- shardings --------------------------------------------------------------
 
   def specs(self, tree):
@@ -535,6 +522,19 @@ def layout_line(layout: dict) -> str:
     if returns_state is None:
       returns_state = donate_state
     return Step(self, fn, donate_state, returns_state)
+
+
+def layout_line(layout: dict) -> str:
+  """Parallel.layout() in one line."""
+  mesh = ' x '.join(f'{k}={v}' for k, v in layout['mesh'].items())
+  processes = layout['processes']
+  return (
+      f'{layout["description"]} (mode {layout["mode"]}); mesh {mesh}; '
+      f'{layout["devices"]} {layout["platform"]} devices in {processes} '
+      f'process{"es" if processes > 1 else ""}; batch '
+      f'{layout["per_device_batch"]} per device ({layout["global_batch"]} in '
+      f'all); {layout["dtype"]}'
+  )
 
 
 class Step:
