@@ -292,13 +292,14 @@ def count_records(path, storage, size):
 
 def finalize(out, shards, info, args):
   """Verifies every shard and writes the index, the statistics and, last,
-  dataset.json. Returns the dataset.json dict."""
+  dataset.json. Returns the dataset.json dict, or None if a shard is
+  corrupt (its marker is removed, so running its process again redoes it)."""
+  markers = [_finished(out, *s[:3]) for s in shards]
+  if any(m is None for m in markers):
+    return None  # a corrupt shard (named in the log): its process redoes it
   splits = {}
   moments = None
-  for split, shard, count, src, lo, hi in shards:
-    marker = _finished(out, split, shard, count)
-    if marker is None:
-      raise PrepareError(f'shard {shard} of {split!r} is missing or corrupt')
+  for (split, _, _, src, lo, hi), marker in zip(shards, markers):
     records = count_records(
         os.path.join(out, marker['file']), args.storage, args.resize_size
     )
@@ -439,9 +440,18 @@ def prepare(args):
     for split, shard, count, src, lo, hi in mine:
       prepare_shard(source, args, split, shard, count, src, lo, hi, bar)
   logging.info('prepared %d images in %.1f s', total, time.time() - start)
-  if any(_finished(args.out, *s[:3]) is None for s in shards):
-    return None
-  return finalize(args.out, shards, info, args)
+  done = os.path.join(args.out, prepared_source.DATASET_FILE)
+  try:
+    # Markers only here: finalize checks every shard's checksum, once.
+    if any(not os.path.exists(_marker(args.out, *s[:3])) for s in shards):
+      return None
+    return finalize(args.out, shards, info, args)
+  except (PrepareError, FileNotFoundError):
+    # Another process finished at the same time: it finalized (and removed
+    # the shard markers) first.
+    if os.path.exists(done):
+      return prepared_source.read_metadata(args.out)
+    raise
 
 
 def define_flags(fv):
