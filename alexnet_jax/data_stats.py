@@ -128,7 +128,7 @@ def compute(config, split, max_images=-1, log_every=0):
       print(f'{n} images', file=sys.stderr, flush=True)
   if not moments.n:
     raise ValueError(
-        f'no readable images in split {split!r} of ' f'{config.data.name!r}'
+        f'no readable images in split {split!r} of {config.data.name!r}'
     )
   return moments.result(input_pipeline.skipped_files())
 

@@ -198,7 +198,7 @@ def evaluate(
       progress(int(np.sum(batch['mask'])))
   if total is None:
     raise ValueError(
-        f'split {split!r} of {config.data.name} yielded no ' 'examples'
+        f'split {split!r} of {config.data.name} yielded no examples'
     )
   result = {k: float(v) for k, v in par.to_host(total.compute()).items()}
   result['examples'] = int(par.to_host(total.loss.count))
@@ -253,6 +253,22 @@ def summary(workdir, results) -> str:
 
 
 # ------------------------------------------------------------ the loop ----
+
+
+def resume_message(step, directory, host_state, step_fn) -> str:
+  """What a resume logs: the lr the next step uses (the config's schedule
+  times the plateau scale, as the step computes it), and the one stored in
+  the checkpoint when a changed config makes them differ."""
+  saved = float(optim.learning_rate(host_state.opt_state))
+  scale = float(host_state.plateau['scale'])
+  next_lr = float(step_fn.lr_fn(step)) * scale
+  lr = f'lr {next_lr:.6g}'
+  if not math.isclose(next_lr, saved, rel_tol=1e-6):
+    lr += f', was {saved:.6g} in the checkpoint'
+  return (
+      f'Resumed from the checkpoint at step {step} in {directory} ({lr}, '
+      f'plateau drops {int(host_state.plateau["drops"])})'
+  )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -328,12 +344,7 @@ def _train_and_evaluate(config, workdir, preempt):
     start_step, state_dict, saved = restored
     host_state = flax.serialization.from_state_dict(abstract_state, state_dict)
     logging.info(
-        'Resumed from the checkpoint at step %d in %s (lr %.6g, '
-        'plateau drops %d)',
-        start_step,
-        mgr.directory,
-        float(optim.learning_rate(host_state.opt_state)),
-        int(host_state.plateau['drops']),
+        '%s', resume_message(start_step, mgr.directory, host_state, step_fn)
     )
     changed = checkpoint.config_differences(
         saved['config'], config, sections=None
@@ -344,7 +355,10 @@ def _train_and_evaluate(config, workdir, preempt):
   del host_state
 
   with outputs.writing('metrics', workdir):
-    writer = metrics_lib.create_writer(workdir, just_logging=not primary)
+    console = metrics_lib.ConsoleWriter()
+    writer = metrics_lib.create_writer(
+        workdir, console, just_logging=not primary
+    )
   if primary:
     outputs.write_text(
         workdir / CONFIG_FILE, config.to_json(indent=2), 'config file'
@@ -354,11 +368,14 @@ def _train_and_evaluate(config, workdir, preempt):
 
   eval_fn = make_eval_fn(par)
   hooks = [
-      periodic_actions.ReportProgress(
-          num_train_steps=p.total_steps,  # no writer: images_per_sec is
+      # images_per_sec is in the train record; the progress (steps/s, ETA)
+      # goes into its console line.
+      metrics_lib.Progress(
+          console,
+          num_train_steps=p.total_steps,
           every_steps=config.train.log_every_steps,
       )
-  ]  # in the train record
+  ]
   if config.train.profile and primary:
     hooks.append(
         periodic_actions.Profile(
@@ -523,6 +540,9 @@ def _train_and_evaluate(config, workdir, preempt):
         results.update(run_eval(step, config.data.test_split))
     except input_guard.InputWaitStopped:
       return stop_for_signal(step, None)
+    # The writer logs from a thread of its own: its last lines (the test
+    # metrics) come out before the summary only once it is flushed.
+    writer.flush()
     if primary:
       outputs.write_text(
           workdir / RESULTS_FILE, json.dumps(results, indent=1), 'results file'
