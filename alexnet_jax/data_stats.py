@@ -67,7 +67,7 @@ def compute(config, split, max_images=-1, log_every=0):
       print(f'{n} images', file=sys.stderr, flush=True)
   if not n:
     raise ValueError(
-        f'no readable images in split {split!r} of ' f'{config.data.name!r}'
+        f'no readable images in split {split!r} of {config.data.name!r}'
     )
   count = n * size * size
   mean = pixel_sum / count

@@ -170,7 +170,7 @@ def run_evaluation(
   bar = tqdm.tqdm(
       total=total,
       unit='img',
-      desc=f'{split} ({crops} crop' f'{"s" if crops > 1 else ""})',
+      desc=f'{split} ({crops} crop{"s" if crops > 1 else ""})',
       disable=not progress,
       file=sys.stderr,
   )

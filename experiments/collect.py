@@ -28,7 +28,7 @@ import experiments
 plt = experiments.pyplot()  # or one line naming the extra to install
 
 from experiments import runner  # noqa: E402
-from experiments import sweeps as sweeps_lib  # noqa: E402
+from experiments import sweep_definitions as sweeps_lib  # noqa: E402
 
 METRICS_FILE = 'metrics.jsonl'  # alexnet_jax.core.metrics.JSONL_FILE
 RESULTS_ROOT = sweeps_lib.REPO / 'experiments' / 'results'
@@ -361,15 +361,22 @@ def _write_table(path, sweep, dataset, summaries, prov, splits=()):
     ]
   lines += ['', 'Overrides of each variant:', '']
   lines += [f'- `{s["variant"]}`: `{s["overrides"]}`' for s in summaries]
-  lines += [
+  lines += provenance_footer(prov)
+  path.write_text('\n'.join(lines))
+
+
+def provenance_footer(prov: dict) -> list[str]:
+  """The lines that end every results table: command, machine, date and
+  commit (and the commits the runs trained with, when recorded)."""
+  trained = prov.get('trained_with')
+  return [
       '',
       f'Command: `{prov["command"]}`  ',
       f'Machine: {prov["machine"]}  ',
-      f'Date: {prov["date"]}, git {prov["git_commit"]} (trained with '
-      f'{", ".join(prov["trained_with"])})',
+      f'Date: {prov["date"]}, git {prov["git_commit"]}'
+      + (f' (trained with {", ".join(trained)})' if trained else ''),
       '',
   ]
-  path.write_text('\n'.join(lines))
 
 
 def plot_curves(curves: dict[str, list[dict]], path, *, title=''):

@@ -3,7 +3,7 @@ r"""Figure 1 of the paper: ReLU vs tanh, four-layer CNN on CIFAR-10.
     python -m experiments.figure1 [--stage all|search|train|plot] [--jobs N]
         [--root DIR] [--data_root DIR] [--set field=value ...]
 
-Network, data and recipe: experiments/configs/figure1.py (model.Cifar4, the
+Network, data and recipe: configs/figure1.py (model.Cifar4, the
 cuda-convnet layers-18pct net; real CIFAR-10 JPEGs at 32x32; no augmentation,
 weight decay or dropout; SGD with momentum 0.9 at a constant learning rate).
 
@@ -44,7 +44,7 @@ from alexnet_jax.core import paths  # noqa: E402
 from experiments import collect  # noqa: E402
 from experiments import runner  # noqa: E402
 from experiments import sweep as sweep_cli  # noqa: E402
-from experiments import sweeps as sweeps_lib  # noqa: E402
+from experiments import sweep_definitions as sweeps_lib  # noqa: E402
 
 TARGET = 0.25  # the paper's 25% training error
 OUT = collect.RESULTS_ROOT / 'figure1'
@@ -243,14 +243,7 @@ def _markdown(curves, lrs, ratio, prov):
           f'- {act}: {scores}'
           + (' (the best rate is at the edge of the grid)' if edge else '')
       )
-  lines += [
-      '',
-      f'Command: `{prov["command"]}`  ',
-      f'Machine: {prov["machine"]}  ',
-      f'Date: {prov["date"]}, git {prov["git_commit"]} (trained with '
-      f'{", ".join(prov["trained_with"])})',
-      '',
-  ]
+  lines += collect.provenance_footer(prov)
   return '\n'.join(lines)
 
 
@@ -263,18 +256,7 @@ def main(argv=None):
       '--stage', default='all', choices=('all', 'search', 'train', 'plot')
   )
   p.add_argument('--jobs', type=int, default=1)
-  p.add_argument(
-      '--root',
-      default=None,
-      help='where the workdirs go (default $ALEXNET_JAX_RUNS or '
-      '~/alexnet_jax_runs)',
-  )
-  p.add_argument(
-      '--data_root',
-      default=None,
-      help='the folder holding cifar10/ (default '
-      '$ALEXNET_JAX_DATA or ~/alexnet_jax_data)',
-  )
+  runner.add_location_flags(p, holding='cifar10/')
   p.add_argument(
       '--set',
       action='append',

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from alexnet_jax.core import paths
-from experiments import sweeps as sweeps_lib
+from experiments import sweep_definitions as sweeps_lib
 
 STATUS_FILE = 'sweep_run.json'  # in each workdir: command, start, finish
 LOG_FILE = 'sweep_run.log'  # the trainer's stdout and stderr
@@ -45,6 +45,23 @@ class Run:
   @property
   def name(self) -> str:
     return f'{self.sweep}/{self.dataset}/{self.variant}'
+
+
+def add_location_flags(parser, *, holding: str):
+  """--root (where the workdirs go) and --data_root (the folder holding
+  `holding`), as every experiment command takes them."""
+  parser.add_argument(
+      '--root',
+      default=None,
+      help='where the workdirs go (default $ALEXNET_JAX_RUNS or '
+      '~/alexnet_jax_runs)',
+  )
+  parser.add_argument(
+      '--data_root',
+      default=None,
+      help=f'the folder holding {holding} (default $ALEXNET_JAX_DATA or '
+      '~/alexnet_jax_data)',
+  )
 
 
 def format_value(value) -> str:
@@ -266,9 +283,7 @@ def run_all(
     for s, handler in old.items():
       signal.signal(s, handler)
   if stopping:
-    raise KeyboardInterrupt(
-        'sweep stopped by a signal; run it again to ' 'resume'
-    )
+    raise KeyboardInterrupt('sweep stopped by a signal; run it again to resume')
   return results
 
 
@@ -293,9 +308,7 @@ def _start(run: Run, main_module, env, log):
   )
   _write_status(run, {k: v for k, v in status.items() if k != '_t0'})
   logf = open(run.workdir / LOG_FILE, 'a')
-  logf.write(
-      f'\n==== {_now()} attempt {status["attempts"]}: ' f'{" ".join(cmd)}\n'
-  )
+  logf.write(f'\n==== {_now()} attempt {status["attempts"]}: {" ".join(cmd)}\n')
   logf.flush()
   full_env = dict(os.environ, **(env or {}))
   # The trainer gets its own session: a Ctrl-C reaches only this runner,

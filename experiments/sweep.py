@@ -33,7 +33,7 @@ import sys
 from alexnet_jax.core import paths
 from experiments import collect
 from experiments import runner
-from experiments import sweeps as sweeps_lib
+from experiments import sweep_definitions as sweeps_lib
 
 
 def parse_set(items) -> dict[str, str]:
@@ -43,7 +43,7 @@ def parse_set(items) -> dict[str, str]:
     key = key.removeprefix('--').removeprefix('config.')
     if not sep or not key:
       raise SystemExit(
-          f'--set {item!r}: expected field=value, e.g. ' 'optim.num_epochs=10'
+          f'--set {item!r}: expected field=value, e.g. optim.num_epochs=10'
       )
     out[key] = value
   return out
@@ -58,7 +58,7 @@ def main(argv=None):
   p.add_argument(
       '--dataset',
       default='cifar10',
-      help='cifar10 (configs/cifar10.py) or imagenet ' '(configs/paper.py)',
+      help='cifar10 (configs/cifar10.py) or imagenet (configs/paper.py)',
   )
   p.add_argument(
       '--jobs', type=int, default=1, help='variants trained at once (default 1)'
@@ -70,22 +70,11 @@ def main(argv=None):
       metavar='FIELD=VALUE',
       help='config override for every variant (repeatable)',
   )
-  p.add_argument(
-      '--root',
-      default=None,
-      help='where the workdirs go (default $ALEXNET_JAX_RUNS or '
-      '~/alexnet_jax_runs)',
-  )
-  p.add_argument(
-      '--data_root',
-      default=None,
-      help='the folder holding the datasets (default '
-      '$ALEXNET_JAX_DATA or ~/alexnet_jax_data)',
-  )
+  runner.add_location_flags(p, holding='the datasets')
   p.add_argument(
       '--results',
       default=None,
-      help='results directory (default experiments/results/' 'NAME-DATASET)',
+      help='results directory (default experiments/results/NAME-DATASET)',
   )
   p.add_argument(
       '--main',

@@ -22,9 +22,9 @@ def main(argv):
   npz, out_prefix, address, num, pid = argv[:5]
   num, pid = int(num), int(pid)
   from alexnet_jax.core import parallel
-  from test_parallel import initial_state
-  from test_parallel import make_step
-  from test_parallel import step_config
+  from helpers.tiny_model import initial_state
+  from helpers.tiny_model import make_step
+  from helpers.tiny_model import step_config
 
   base = step_config('single')
   base.parallel.cpu_devices = 2

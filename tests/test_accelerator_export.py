@@ -32,11 +32,13 @@ import pytest
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import parallel
 from alexnet_jax.core import train
-import test_parallel  # the CPU collective test's modes, model and lists
+from helpers import (
+    tiny_model,  # the CPU collective test's modes, model and lists
+)
 
-MODES = test_parallel.MODES  # single, model, jit, pmap, hybrid
-BATCH = test_parallel.BATCH  # 8
-SIZE = test_parallel.STEP_SIZE  # 67: fc6 reads a 1x1 map
+MODES = tiny_model.MODES  # single, model, jit, pmap, hybrid
+BATCH = tiny_model.BATCH  # 8
+SIZE = tiny_model.STEP_SIZE  # 67: fc6 reads a 1x1 map
 PLATFORMS = ('cuda', 'tpu')
 
 # XLA's convolutions per device: (forward, input gradients, kernel
@@ -76,7 +78,7 @@ ALLOWED_LOOPS = {
 
 
 def _config(mode, dtype='float32'):
-  c = test_parallel._config(mode)
+  c = tiny_model.config(mode)
   c.data.image_size = SIZE
   c.model.dtype = dtype
   return c
@@ -89,10 +91,8 @@ def _train_step(config, par):
   return step.compiled, step.tx
 
 
-@functools.cache
-def exported(mode, platform, dtype='float32'):
-  """(jax.export.Exported, Parallel, abstract state) of the train step."""
-  config = _config(mode, dtype)
+def _abstract_step(config):
+  """(Parallel, the trainer's compiled step, abstract state and batch)."""
   module = model_lib.from_config(config.model)
   par = parallel.Parallel(config, module)
   step, tx = _train_step(config, par)
@@ -103,6 +103,13 @@ def exported(mode, platform, dtype='float32'):
       image=jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),
       label=jax.ShapeDtypeStruct((BATCH,), jnp.int32),
   )
+  return par, step, state, batch
+
+
+@functools.cache
+def exported(mode, platform, dtype='float32'):
+  """(jax.export.Exported, Parallel, abstract state) of the train step."""
+  par, step, state, batch = _abstract_step(_config(mode, dtype))
   if par.data_parallel == 'pmap':
     # jax.export refuses a bare pmap but takes jax.jit of it.
     n = par.data_size
@@ -349,10 +356,10 @@ def test_two_tower_collectives_are_those_of_the_cpu_test(mode, platform):
   gathers = sorted(c for c in found if c[0] == 'all-gather')
   scatters = sorted(c for c in found if c[0] == 'reduce-scatter')
   assert gathers == sorted(
-      ('all-gather', 'model', f(b)) for f, _ in test_parallel.MODEL_GATHERS
+      ('all-gather', 'model', f(b)) for f, _ in tiny_model.MODEL_GATHERS
   )
   assert scatters == sorted(
-      ('reduce-scatter', 'model', f(b)) for f, _ in test_parallel.MODEL_SCATTERS
+      ('reduce-scatter', 'model', f(b)) for f, _ in tiny_model.MODEL_SCATTERS
   )
   reduces = [c for c in found if c[0] == 'all-reduce']
   if mode == 'model':
@@ -465,17 +472,7 @@ def test_one_export_serves_cpu_cuda_and_tpu():
   the platform is picked when the artifact is compiled."""
   from alexnet_jax.core import onednn
 
-  config = _config('single')
-  module = model_lib.from_config(config.model)
-  par = parallel.Parallel(config, module)
-  step, tx = _train_step(config, par)
-  state = jax.eval_shape(
-      functools.partial(train.create_train_state, config, module, tx)
-  )
-  batch = dict(
-      image=jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32),
-      label=jax.ShapeDtypeStruct((BATCH,), jnp.int32),
-  )
+  par, step, state, batch = _abstract_step(_config('single'))
   checks = [
       jax.export.DisabledSafetyCheck.custom_call(t)
       for t in onednn.TARGETS.values()

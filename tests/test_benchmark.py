@@ -13,6 +13,7 @@ from alexnet_jax.benchmarks import input as input_bench
 from alexnet_jax.benchmarks import model as model_bench
 from alexnet_jax.benchmarks import parallel as parallel_bench
 from alexnet_jax.benchmarks import profile_worker
+from helpers import repo
 
 
 def test_paper_flops_match_the_layer_table():
@@ -79,18 +80,21 @@ def test_quick_defaults():
   assert (args.batch, args.variant, args.dtype) == (128, ['paper'], ['float32'])
 
 
-TINY = [
-    '--width-scale',
-    '0.05',
-    '--image-size',
-    '67',
-    '--batch',
-    '2',
-    '--steps',
-    '2',
-    '--warmup',
-    '1',
-]
+# The tiny model and run every benchmark test uses.
+TINY = '--width-scale=0.05 --image-size=67 --batch=2 --steps=2 --warmup=1'
+TINY = TINY.split()
+
+
+def _benchmark(*args):
+  """`python -m alexnet_jax.benchmark ARGS` run to completion (its
+  CompletedProcess, output captured)."""
+  return subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.benchmark', *args],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=600,
+  )
 
 
 def _records(stdout):
@@ -101,26 +105,8 @@ def _records(stdout):
     'command', ['train', pytest.param('infer', marks=pytest.mark.slow)]
 )
 def test_cli_prints_one_record_per_implementation(command, tmp_path):
-  torch = pytest.importorskip('torch')
-  del torch
   out = tmp_path / 'bench.jsonl'
-  proc = subprocess.run(
-      [
-          sys.executable,
-          '-m',
-          'alexnet_jax.benchmark',
-          command,
-          *TINY,
-          '--matmul-size',
-          '64',
-          '--out',
-          str(out),
-      ],
-      capture_output=True,
-      text=True,
-      check=True,
-      timeout=600,
-  )
+  proc = _benchmark(command, *TINY, '--matmul-size', '64', '--out', str(out))
   lines = _records(proc.stdout)
   assert [l['impl'] for l in lines] == ['jax', 'torch']
   assert [json.loads(l) for l in out.read_text().splitlines()] == lines
@@ -180,13 +166,7 @@ def test_jax_worker_runs_the_trainers_step_without_torch_or_tensorflow():
       'print(sorted(m.compute()), "tensorflow" in sys.modules, '
       '"torch" in sys.modules)\n'
   )
-  out = subprocess.run(
-      [sys.executable, '-c', code],
-      capture_output=True,
-      text=True,
-      check=True,
-      timeout=300,
-  ).stdout
+  out = repo.run('-c', code).stdout
   assert out.strip().splitlines()[-1] == (
       "['grad_norm', 'learning_rate', 'loss', 'param_norm', 'top1_error', "
       "'top5_error'] False False"
@@ -250,28 +230,15 @@ ENTRY %main {
 
 def test_memory_reports_the_trainers_compiled_step(tmp_path):
   out = tmp_path / 'memory.jsonl'
-  proc = subprocess.run(
-      [
-          sys.executable,
-          '-m',
-          'alexnet_jax.benchmark',
-          'memory',
-          '--variant',
-          'torchvision',
-          '--width-scale',
-          '0.05',
-          '--image-size',
-          '67',
-          '--batch',
-          '2',
-          '--bare',
-          '--out',
-          str(out),
-      ],
-      capture_output=True,
-      text=True,
-      check=True,
-      timeout=600,
+  proc = _benchmark(
+      'memory',
+      '--variant=torchvision',
+      '--width-scale=0.05',
+      '--image-size=67',
+      '--batch=2',
+      '--bare',
+      '--out',
+      str(out),
   )
   rec, bare = _records(proc.stdout)
   assert rec['benchmark'] == 'memory'
@@ -288,21 +255,7 @@ def test_memory_reports_the_trainers_compiled_step(tmp_path):
 
 @pytest.mark.slow
 def test_profile_lists_the_steps_ops():
-  proc = subprocess.run(
-      [
-          sys.executable,
-          '-m',
-          'alexnet_jax.benchmark',
-          'profile',
-          *TINY,
-          '--top',
-          '5',
-      ],
-      capture_output=True,
-      text=True,
-      check=True,
-      timeout=600,
-  )
+  proc = _benchmark('profile', *TINY, '--top', '5')
   (rec,) = _records(proc.stdout)
   assert len(rec['top_ops']) == 5 and rec['traced_ops_ms'] > 0
   assert sum(rec['ms_by_kind'].values()) == pytest.approx(rec['traced_ops_ms'])
@@ -355,31 +308,8 @@ def test_parallel_benchmark_arguments_name_what_is_accepted():
 
 def test_parallel_modes_run_the_trainers_step(tmp_path):
   out = tmp_path / 'parallel.jsonl'
-  proc = subprocess.run(
-      [
-          sys.executable,
-          '-m',
-          'alexnet_jax.benchmark',
-          'parallel',
-          '--modes',
-          'single,model',
-          '--width-scale',
-          '0.05',
-          '--image-size',
-          '67',
-          '--batch',
-          '2',
-          '--steps',
-          '2',
-          '--warmup',
-          '1',
-          '--out',
-          str(out),
-      ],
-      capture_output=True,
-      text=True,
-      check=True,
-      timeout=600,
+  proc = _benchmark(
+      'parallel', '--modes', 'single,model', *TINY, '--out', str(out)
   )
   records = _records(proc.stdout)
   assert [r['mode'] for r in records] == ['single', 'model']
@@ -388,6 +318,20 @@ def test_parallel_modes_run_the_trainers_step(tmp_path):
   assert (single['devices'], model['devices']) == (1, 2)
   assert single['ratio_to_single'] == 1.0
   assert model['param_bytes_per_device'] * 2 == single['param_bytes_per_device']
+  # What the step returned: the trainer's metrics after the same three
+  # steps from the same state on the same batch, equal on one device and on
+  # two towers (dropout masks included).
+  want = single['metrics']
+  assert set(want) == {
+      'loss',
+      'top1_error',
+      'top5_error',
+      'grad_norm',
+      'param_norm',
+      'learning_rate',
+  }
+  assert want['loss'] > 0 and want['param_norm'] > 0 and want['grad_norm'] > 0
+  assert model['metrics'] == pytest.approx(want, rel=1e-4)
   for r in records:
-    assert r['train_step'] == 'trainer' and r['step_ms'] > 0
+    assert r['step_ms'] > 0
     assert r['command'].startswith('python -m alexnet_jax.benchmark parallel')

@@ -7,7 +7,6 @@ The writer below is this test's own, from caffe.proto's field numbers, so it
 shares no code with the reader in alexnet_jax/core/convert.py.
 """
 
-import struct
 import time
 
 import numpy as np
@@ -17,169 +16,17 @@ from alexnet_jax import convert as convert_cli
 from alexnet_jax.core import checkpoint
 from alexnet_jax.core import config_checks
 from alexnet_jax.core import convert
-
-torch = pytest.importorskip('torch')
-import test_convert  # noqa: E402  (the Caffe-semantics PyTorch net)
+from helpers import caffe
+from helpers import eval_reference as ref
 
 TINY = 1 / 16
-
-# --- A minimal protobuf writer ------------------------------------------------
-
-
-def _varint(n):
-  out = bytearray()
-  while True:
-    byte, n = n & 0x7F, n >> 7
-    out.append(byte | (0x80 if n else 0))
-    if not n:
-      return bytes(out)
-
-
-def _key(number, wire):
-  return _varint(number << 3 | wire)
-
-
-def _int(number, value):
-  return _key(number, 0) + _varint(value)
-
-
-def _bytes(number, payload):
-  return _key(number, 2) + _varint(len(payload)) + payload
-
-
-def _float(number, value):
-  return _key(number, 5) + struct.pack('<f', value)
-
-
-def _blob_proto(array, legacy, packed=True):
-  """BlobProto: legacy num/channels/height/width = 1..4 or shape = 7."""
-  array = np.asarray(array, np.float32)
-  if legacy:
-    dims = (1,) * (4 - array.ndim) + array.shape
-    head = b''.join(_int(i + 1, d) for i, d in enumerate(dims))
-  else:
-    head = _bytes(7, _bytes(1, b''.join(_varint(d) for d in array.shape)))
-  if packed:
-    data = _bytes(5, array.astype('<f4').tobytes())
-  else:
-    data = b''.join(_float(5, v) for v in array.ravel())
-  return head + _int(6, 0) + data  # an unknown-to-us diff-ish varint
-
-
-_V1 = dict(
-    Convolution=4,
-    InnerProduct=14,
-    LRN=15,
-    Pooling=17,
-    ReLU=18,
-    Dropout=6,
-    Softmax=20,
-    Data=5,
-)
-
-
-def _layer(name, kind, blobs=(), *, v1, lrn=None, packed=True):
-  """A V1LayerParameter (layers = 2) or a LayerParameter (layer = 100)."""
-  if v1:
-    msg = _bytes(4, name.encode()) + _int(5, _V1[kind])
-    msg += b''.join(
-        _bytes(6, _blob_proto(b, legacy=True, packed=packed)) for b in blobs
-    )
-    if lrn:
-      msg += _bytes(18, lrn)
-    return _bytes(2, msg)
-  msg = _bytes(1, name.encode()) + _bytes(2, kind.encode())
-  msg += _bytes(3, b'data')  # bottom: skipped
-  msg += b''.join(_bytes(7, _blob_proto(b, legacy=False)) for b in blobs)
-  if lrn:
-    msg += _bytes(118, lrn)
-  return _bytes(100, msg)
-
-
-def _lrn_param(alpha=1e-4):
-  return _int(1, 5) + _float(2, alpha) + _float(3, 0.75) + _float(5, 1.0)
-
-
-def _caffe_sequence(pool_first):
-  """(name, kind) of bvlc_alexnet's deploy net; CaffeNet pools first."""
-  seq = []
-  for i in (1, 2):
-    norm_pool = [(f'norm{i}', 'LRN'), (f'pool{i}', 'Pooling')]
-    seq += [(f'conv{i}', 'Convolution'), (f'relu{i}', 'ReLU')]
-    seq += norm_pool[::-1] if pool_first else norm_pool
-  for i in (3, 4, 5):
-    seq += [(f'conv{i}', 'Convolution'), (f'relu{i}', 'ReLU')]
-  seq += [('pool5', 'Pooling')]
-  for i in (6, 7):
-    seq += [
-        (f'fc{i}', 'InnerProduct'),
-        (f'relu{i}', 'ReLU'),
-        (f'drop{i}', 'Dropout'),
-    ]
-  return seq + [('fc8', 'InnerProduct'), ('prob', 'Softmax')]
-
-
-def _net_blobs(net):
-  """Caffe's blobs from the torch twin: OIHW conv weights, (out, in) fc
-  weights with fc6's columns in pool5's (C, H, W) order - torch's own."""
-  return {
-      name: [
-          getattr(net, name).weight.detach().numpy(),
-          getattr(net, name).bias.detach().numpy(),
-      ]
-      for name in (
-          'conv1',
-          'conv2',
-          'conv3',
-          'conv4',
-          'conv5',
-          'fc6',
-          'fc7',
-          'fc8',
-      )
-  }
-
-
-def write_caffemodel(
-    path, blobs, *, v1, pool_first=False, packed=True, seq=None, lrn=None
-):
-  seq = seq or _caffe_sequence(pool_first)
-  out = _bytes(1, b'CaffeNet' if pool_first else b'AlexNet')
-  out += _bytes(3, b'data') + _int(4, 10)  # input, input_dim: skipped
-  for name, kind in seq:
-    out += _layer(
-        name,
-        kind,
-        blobs.get(name, ()),
-        v1=v1,
-        packed=packed,
-        lrn=(lrn or _lrn_param()) if kind == 'LRN' else None,
-    )
-  path.write_bytes(out)
-  return path
-
 
 # --- The PyTorch reference ----------------------------------------------------
 
 
 def caffe_net(width_scale, *, seed=3, **kwargs):
-  """test_convert's PyTorch net with Caffe's semantics, seeded for here."""
-  return test_convert.caffe_net(width_scale, seed=seed, **kwargs)
-
-
-def _images(n, size=227, scale=60.0, seed=2):
-  return (np.random.RandomState(seed).randn(n, size, size, 3) * scale).astype(
-      np.float32
-  )
-
-
-def _torch_logits(net, images):
-  with torch.no_grad():
-    return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-
-
-def _rel_err(a, b):
-  return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+  """helpers.caffe's PyTorch net with Caffe's semantics, seeded for here."""
+  return caffe.caffe_net(width_scale, seed=seed, **kwargs)
 
 
 # --- Import through the CLI, both layouts -------------------------------------
@@ -195,36 +42,26 @@ def _rel_err(a, b):
 )
 def test_cli_export_matches_caffe_semantics(tmp_path, v1, pool_first, packed):
   net = caffe_net(TINY, pool_first=pool_first)
-  path = write_caffemodel(
+  path = caffe.write_caffemodel(
       tmp_path / 'net.caffemodel',
-      _net_blobs(net),
+      caffe.net_blobs(net),
       v1=v1,
       pool_first=pool_first,
       packed=packed,
   )
   out = tmp_path / 'export'
-  assert (
-      convert_cli.main(
-          [
-              '--format=caffemodel',
-              f'--input={path}',
-              f'--output={out}',
-              f'--width_scale={TINY}',
-          ]
-      )
-      == 0
-  )
+  assert _convert(path, out) == 0
   model, variables, config = checkpoint.load(out)
   config_checks.validate(config)
   assert config.model.lrn.order == ('pool_lrn' if pool_first else 'lrn_pool')
   assert (config.model.towers, config.data.image_size) == (2, 227)
-  images = _images(2)
-  expected = _torch_logits(net, images)
-  assert _rel_err(model.apply(variables, images), expected) < 1e-4
+  images = caffe.images(2, 227, scale=60.0)
+  expected = caffe.torch_logits(net, images)
+  assert caffe.rel_err(model.apply(variables, images), expected) < 1e-4
   # The order matters: the other one gives measurably different logits.
   other = 'lrn_pool' if pool_first else 'pool_lrn'
   wrong = model.clone(lrn_order=other).apply(variables, images)
-  assert _rel_err(wrong, expected) > 1e-3
+  assert caffe.rel_err(wrong, expected) > 1e-3
   meta = checkpoint.load_metadata(out)
   assert meta['preprocessing']['channel_order'] == 'BGR'
   assert meta['class_names'] == convert.imagenet_class_names()
@@ -233,8 +70,8 @@ def test_cli_export_matches_caffe_semantics(tmp_path, v1, pool_first, packed):
 def test_caffemodel_and_npy_give_the_same_model(tmp_path):
   """One mapping: the .npy port of the same weights imports identically."""
   net = caffe_net(TINY)
-  blobs = _net_blobs(net)
-  path = write_caffemodel(tmp_path / 'a.caffemodel', blobs, v1=False)
+  blobs = caffe.net_blobs(net)
+  path = caffe.write_caffemodel(tmp_path / 'a.caffemodel', blobs, v1=False)
   model, variables = convert.from_caffemodel(path, width_scale=TINY)
   c5 = blobs['conv5'][0].shape[0]
   npy = {
@@ -260,19 +97,30 @@ def test_caffemodel_and_npy_give_the_same_model(tmp_path):
 
 def test_fine_tuned_head_and_renamed_layers(tmp_path):
   net = caffe_net(TINY, num_classes=20)
-  blobs = _net_blobs(net)
+  blobs = caffe.net_blobs(net)
   blobs['fc8_flickr'] = blobs.pop('fc8')
   seq = [
-      (n + '_flickr' if n == 'fc8' else n, k) for n, k in _caffe_sequence(False)
+      (n + '_flickr' if n == 'fc8' else n, k)
+      for n, k in caffe.caffe_sequence(False)
   ]
-  path = write_caffemodel(tmp_path / 'ft.caffemodel', blobs, v1=False, seq=seq)
+  path = caffe.write_caffemodel(
+      tmp_path / 'ft.caffemodel', blobs, v1=False, seq=seq
+  )
   model, variables = convert.from_caffemodel(path, width_scale=TINY)
   assert model.num_classes == 20
-  images = _images(1)
+  images = caffe.images(1, 227, scale=60.0)
   assert (
-      _rel_err(model.apply(variables, images), _torch_logits(net, images))
+      caffe.rel_err(
+          model.apply(variables, images), caffe.torch_logits(net, images)
+      )
       < 1e-4
   )
+
+
+def _convert(path, out, *flags):
+  """`alexnet_jax.convert` of the tiny .caffemodel `path` into `out`."""
+  argv = ['--format=caffemodel', f'--input={path}', f'--output={out}']
+  return convert_cli.main([*argv, f'--width_scale={TINY}', *flags])
 
 
 # --- Bad files ----------------------------------------------------------------
@@ -281,14 +129,7 @@ def test_fine_tuned_head_and_renamed_layers(tmp_path):
 def _refused(tmp_path, path, *patterns, capsys):
   out = tmp_path / 'out'
   with pytest.raises(SystemExit) as e:  # console.exit_on: one error line
-    convert_cli.main(
-        [
-            '--format=caffemodel',
-            f'--input={path}',
-            f'--output={out}',
-            f'--width_scale={TINY}',
-        ]
-    )
+    _convert(path, out)
   err = str(e.value.code)
   assert err.startswith('error: ') and 'Traceback' not in err
   assert '\n' not in err and not capsys.readouterr().err
@@ -301,13 +142,13 @@ def _refused(tmp_path, path, *patterns, capsys):
 
 
 def test_truncated_files_are_refused(tmp_path, capsys):
-  blobs = _net_blobs(caffe_net(TINY))
-  good = write_caffemodel(tmp_path / 'good.caffemodel', blobs, v1=True)
+  blobs = caffe.net_blobs(caffe_net(TINY))
+  good = caffe.write_caffemodel(tmp_path / 'good.caffemodel', blobs, v1=True)
   data = good.read_bytes()
   # A cut between layers parses: it shows as missing layers.
   cut = tmp_path / 'cut.caffemodel'
-  seq = _caffe_sequence(False)
-  write_caffemodel(
+  seq = caffe.caffe_sequence(False)
+  caffe.write_caffemodel(
       cut, blobs, v1=True, seq=seq[: seq.index(('fc6', 'InnerProduct'))]
   )
   _refused(
@@ -359,7 +200,7 @@ def test_other_networks_are_refused(tmp_path, capsys):
   seq += [('loss3/classifier', 'InnerProduct')]
   blobs = {name: _conv(4, 4, 1) for name, _ in seq if 'Conv' in _}
   blobs['loss3/classifier'] = [np.zeros((10, 4)), np.zeros(10)]
-  g = write_caffemodel(
+  g = caffe.write_caffemodel(
       tmp_path / 'googlenet.caffemodel', blobs, v1=False, seq=seq
   )
   _refused(
@@ -375,12 +216,14 @@ def test_other_networks_are_refused(tmp_path, capsys):
       (f'conv{i}_{j}', 'Convolution') for i in range(1, 6) for j in range(1, 4)
   ] + [(f'fc{i}', 'InnerProduct') for i in (6, 7, 8)]
   blobs = {name: _conv(2, 2, 3) for name, _ in seq}
-  v = write_caffemodel(tmp_path / 'vgg.caffemodel', blobs, v1=True, seq=seq)
+  v = caffe.write_caffemodel(
+      tmp_path / 'vgg.caffemodel', blobs, v1=True, seq=seq
+  )
   _refused(tmp_path, v, 'not an AlexNet or CaffeNet', capsys=capsys)
   # conv1 with 64 kernels (torchvision's widths) at full size.
-  blobs = _net_blobs(caffe_net(TINY))
+  blobs = caffe.net_blobs(caffe_net(TINY))
   blobs['conv1'] = _conv(64, 3, 11)
-  c = write_caffemodel(tmp_path / 'c64.caffemodel', blobs, v1=True)
+  c = caffe.write_caffemodel(tmp_path / 'c64.caffemodel', blobs, v1=True)
   out = tmp_path / 'out'
   with pytest.raises(SystemExit) as e:
     convert_cli.main(['--format=caffemodel', f'--input={c}', f'--output={out}'])
@@ -390,25 +233,25 @@ def test_other_networks_are_refused(tmp_path, capsys):
 
 
 def test_shapes_and_constants_that_do_not_fit(tmp_path, capsys):
-  blobs = _net_blobs(caffe_net(TINY))
+  blobs = caffe.net_blobs(caffe_net(TINY))
   w, b = blobs['conv2']
   blobs['conv2'] = [np.concatenate([w, w], axis=1), b]  # ungrouped conv2
-  p = write_caffemodel(tmp_path / 'g1.caffemodel', blobs, v1=False)
+  p = caffe.write_caffemodel(tmp_path / 'g1.caffemodel', blobs, v1=False)
   _refused(
       tmp_path,
       p,
-      "'conv2/W' has shape (16, 6, 5, 5), expected " '(16, 3, 5, 5)',
+      "'conv2/W' has shape (16, 6, 5, 5), expected (16, 3, 5, 5)",
       capsys=capsys,
   )
-  blobs = _net_blobs(caffe_net(TINY))
+  blobs = caffe.net_blobs(caffe_net(TINY))
   blobs['fc7'] = blobs['fc7'][:1]
-  p = write_caffemodel(tmp_path / 'nobias.caffemodel', blobs, v1=True)
+  p = caffe.write_caffemodel(tmp_path / 'nobias.caffemodel', blobs, v1=True)
   _refused(tmp_path, p, "layer 'fc7' has 1 blobs", capsys=capsys)
-  p = write_caffemodel(
+  p = caffe.write_caffemodel(
       tmp_path / 'lrn.caffemodel',
-      _net_blobs(caffe_net(TINY)),
+      caffe.net_blobs(caffe_net(TINY)),
       v1=True,
-      lrn=_lrn_param(alpha=1.0),
+      lrn=caffe.lrn_param(alpha=1.0),
   )
   _refused(tmp_path, p, "LRN layer 'norm1'", capsys=capsys)
 
@@ -428,7 +271,9 @@ def test_reading_never_runs_code(tmp_path):
 
   payload = pickle.dumps(Evil())
   p = tmp_path / 'evil.caffemodel'
-  p.write_bytes(_bytes(100, _bytes(1, payload) + _bytes(2, b'Convolution')))
+  p.write_bytes(
+      caffe.bytes(100, caffe.bytes(1, payload) + caffe.bytes(2, b'Convolution'))
+  )
   with pytest.raises(convert.WeightFileError):
     convert.from_caffemodel(p)
   assert not sentinel.exists()
@@ -437,27 +282,24 @@ def test_reading_never_runs_code(tmp_path):
 # --- Mean image ---------------------------------------------------------------
 
 
+def _export_with_mean(tmp_path, bgr):
+  """(export directory, mean file): the tiny net's .caffemodel converted by
+  the command with `bgr` (3x256x256) as its mean .binaryproto."""
+  path = caffe.write_caffemodel(
+      tmp_path / 'a.caffemodel', caffe.net_blobs(caffe_net(TINY)), v1=True
+  )
+  mean = tmp_path / 'mean.binaryproto'
+  mean.write_bytes(caffe.blob_proto(bgr[None], legacy=True))
+  out = tmp_path / 'export'
+  assert _convert(path, out, f'--mean_file={mean}') == 0
+  return out, mean
+
+
 def test_mean_binaryproto_is_stored_in_the_export(tmp_path):
-  net = caffe_net(TINY)
-  path = write_caffemodel(tmp_path / 'a.caffemodel', _net_blobs(net), v1=True)
   bgr = (
       np.random.RandomState(0).uniform(0, 255, (3, 256, 256)).astype(np.float32)
   )
-  mean = tmp_path / 'mean.binaryproto'
-  mean.write_bytes(_blob_proto(bgr[None], legacy=True))
-  out = tmp_path / 'export'
-  assert (
-      convert_cli.main(
-          [
-              '--format=caffemodel',
-              f'--input={path}',
-              f'--output={out}',
-              f'--mean_file={mean}',
-              f'--width_scale={TINY}',
-          ]
-      )
-      == 0
-  )
+  out, mean = _export_with_mean(tmp_path, bgr)
   mean.unlink()  # the export must not depend on it
   moved = tmp_path / 'moved'
   out.rename(moved)
@@ -472,7 +314,7 @@ def test_mean_binaryproto_is_stored_in_the_export(tmp_path):
   assert params.mean_image.shape == (256, 256, 3)
   # A wrong-size mean is refused clearly.
   small = tmp_path / 'small.binaryproto'
-  small.write_bytes(_blob_proto(bgr[None, :, :100, :100], legacy=False))
+  small.write_bytes(caffe.blob_proto(bgr[None, :, :100, :100], legacy=False))
   with pytest.raises(
       convert.WeightFileError, match=r'small.binaryproto is not a Caffe mean'
   ):
@@ -485,16 +327,18 @@ def test_mean_binaryproto_is_stored_in_the_export(tmp_path):
 @pytest.mark.slow
 def test_full_size_caffemodel_parses_in_seconds(tmp_path):
   net = caffe_net(1.0)
-  path = write_caffemodel(
-      tmp_path / 'bvlc_alexnet.caffemodel', _net_blobs(net), v1=True
+  path = caffe.write_caffemodel(
+      tmp_path / 'bvlc_alexnet.caffemodel', caffe.net_blobs(net), v1=True
   )
   start = time.perf_counter()
   model, variables = convert.from_caffemodel(path)
   seconds = time.perf_counter() - start
   assert seconds < 30, seconds
-  images = _images(1)
+  images = caffe.images(1, 227, scale=60.0)
   assert (
-      _rel_err(model.apply(variables, images), _torch_logits(net, images))
+      caffe.rel_err(
+          model.apply(variables, images), caffe.torch_logits(net, images)
+      )
       < 1e-4
   )
 
@@ -503,28 +347,10 @@ def test_export_applies_caffes_transform_and_mean(tmp_path):
   """features/predict/evaluate read the export's record: Caffe's warp and
   the stored mean image, checked against the OpenCV reference."""
   from alexnet_jax.analysis import features  # pylint: disable=g-import-not-at-top
-  import test_eval_transforms as ref  # pylint: disable=g-import-not-at-top
 
-  path = write_caffemodel(
-      tmp_path / 'a.caffemodel', _net_blobs(caffe_net(TINY)), v1=True
-  )
   bgr = np.random.RandomState(0).uniform(0, 255, (3, 256, 256))
-  mean = tmp_path / 'mean.binaryproto'
-  mean.write_bytes(_blob_proto(bgr[None], legacy=True))
-  out = tmp_path / 'export'
-  assert (
-      convert_cli.main(
-          [
-              '--format=caffemodel',
-              f'--input={path}',
-              f'--output={out}',
-              f'--mean_file={mean}',
-              f'--width_scale={TINY}',
-          ]
-      )
-      == 0
-  )
-  name, data = ref._generated_photos()[0]
+  out, _ = _export_with_mean(tmp_path, bgr)
+  name, data = ref.generated_photos()[0]
   photo = tmp_path / 'photo.jpg'
   photo.write_bytes(data)
   record = checkpoint.load_metadata(out)['preprocessing']

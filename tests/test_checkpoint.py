@@ -125,7 +125,8 @@ def test_failed_export_leaves_nothing(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
-def test_unknown_format_version_is_refused(tmp_path):
+def _export_with_metadata(tmp_path, edit):
+  """A model export whose metadata `edit(meta)` has changed afterwards."""
   config = _config()
   out = tmp_path / 'export'
   checkpoint.save_model(
@@ -136,8 +137,15 @@ def test_unknown_format_version_is_refused(tmp_path):
       class_names=CLASSES,
   )
   meta = json.loads((out / checkpoint.METADATA_FILE).read_text())
-  meta['format_version'] = 99
+  edit(meta)
   (out / checkpoint.METADATA_FILE).write_text(json.dumps(meta))
+  return out
+
+
+def test_unknown_format_version_is_refused(tmp_path):
+  out = _export_with_metadata(
+      tmp_path, lambda meta: meta.update(format_version=99)
+  )
   with pytest.raises(
       checkpoint.CheckpointError,
       match='format_version=99.*reads format_version=1',
@@ -146,18 +154,9 @@ def test_unknown_format_version_is_refused(tmp_path):
 
 
 def test_export_whose_weights_do_not_match_its_config(tmp_path):
-  config = _config()
-  out = tmp_path / 'export'
-  checkpoint.save_model(
-      out,
-      config=config,
-      variables={'params': _random_params(config)},
-      preprocessing=PRE,
-      class_names=CLASSES,
+  out = _export_with_metadata(
+      tmp_path, lambda meta: meta['config']['model'].update(width_scale=0.125)
   )
-  meta = json.loads((out / checkpoint.METADATA_FILE).read_text())
-  meta['config']['model']['width_scale'] = 0.125
-  (out / checkpoint.METADATA_FILE).write_text(json.dumps(meta))
   with pytest.raises(checkpoint.CheckpointError, match=r"conv1'\]\['bias"):
     checkpoint.load(out)
 

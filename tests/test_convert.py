@@ -12,56 +12,23 @@ import pickle
 import jax
 import numpy as np
 import pytest
+import torch
 
 from alexnet_jax import convert as convert_cli
+from alexnet_jax.core import checkpoint
 from alexnet_jax.core import config_checks
 from alexnet_jax.core import convert
 from alexnet_jax.core import model as model_lib
-
-torch = pytest.importorskip('torch')
-from alexnet_jax.reference import torch_models  # noqa: E402  (needs torch)
+from alexnet_jax.reference import torch_models
+from helpers import caffe
 
 TINY = 1 / 16
 
 
-def _randomize(net, seed=0):
-  """He-scaled weights and random biases: every layer shows in the logits."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in net.parameters():
-      if p.ndim > 1:
-        p.copy_(torch.randn(p.shape, generator=gen) * (2 / p[0].numel()) ** 0.5)
-      else:
-        p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-  return net.eval()
-
-
 def _torchvision_net(width_scale, num_classes=1000):
   widths = model_lib.widths_for('torchvision', 1, width_scale)
-  return _randomize(torch_models.TorchvisionAlexNet(num_classes, widths=widths))
-
-
-def caffe_net(width_scale, *, pool_first=False, num_classes=1000, seed=1):
-  """bvlc_alexnet (CaffeNet with pool_first) as Caffe runs it: groups=2 in
-  conv2/4/5, LRN k=1 alpha/n across all channels, 227 input, no conv1
-  padding, fc6 over CHW-flat pool5. tests/test_caffemodel.py uses it too."""
-  widths = model_lib.widths_for('paper', 2, width_scale)
-  return _randomize(
-      torch_models.PaperAlexNet(
-          num_classes,
-          widths=widths,
-          image_size=227,
-          conv1_padding='caffe',
-          lrn_k=1.0,
-          lrn_n=5,
-          lrn_alpha=1e-4,
-          lrn_beta=0.75,
-          lrn_alpha_over_n=True,
-          lrn_across_towers=True,
-          flatten='chw',
-          lrn_order='pool_lrn' if pool_first else 'lrn_pool',
-      ),
-      seed=seed,
+  return caffe.randomize(
+      torch_models.TorchvisionAlexNet(num_classes, widths=widths)
   )
 
 
@@ -98,21 +65,6 @@ def _save_npy(path, layers):
   return path
 
 
-def _images(n, size, scale=1.0, seed=2):
-  return (np.random.RandomState(seed).randn(n, size, size, 3) * scale).astype(
-      np.float32
-  )
-
-
-def _torch_logits(net, images):
-  with torch.no_grad():
-    return net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-
-
-def _rel_err(a, b):
-  return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
-
-
 @pytest.fixture(scope='module')
 def torchvision_file(tmp_path_factory):
   net = _torchvision_net(TINY)
@@ -123,7 +75,7 @@ def torchvision_file(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def caffe_file(tmp_path_factory):
-  net = caffe_net(TINY)
+  net = caffe.caffe_net(TINY)
   path = tmp_path_factory.mktemp('caffe') / 'bvlc_alexnet.npy'
   return net, _save_npy(path, _caffe_npy_dict(net))
 
@@ -135,10 +87,10 @@ def test_torchvision_import_matches_pytorch(torchvision_file):
   net, path = torchvision_file
   model, variables = convert.from_torchvision(path, width_scale=TINY)
   assert model.variant == 'torchvision' and model.towers == 1
-  images = _images(2, 224)
+  images = caffe.images(2, 224)
   logits = model.apply(variables, images, train=False)
   assert logits.shape == (2, 1000)
-  assert _rel_err(logits, _torch_logits(net, images)) < 1e-4
+  assert caffe.rel_err(logits, caffe.torch_logits(net, images)) < 1e-4
 
 
 def test_caffe_import_matches_pytorch(caffe_file):
@@ -151,15 +103,15 @@ def test_caffe_import_matches_pytorch(caffe_file):
   )
   assert variables['params']['conv2']['kernel'].shape[0] == 2  # two towers
   # Caffe's inputs are 0..255 minus the mean: large enough for LRN to act.
-  images = _images(2, 227, scale=60.0)
+  images = caffe.images(2, 227, scale=60.0)
   logits = jax.jit(model.apply)(variables, images)
-  expected = _torch_logits(net, images)
-  assert _rel_err(logits, expected) < 1e-4
+  expected = caffe.torch_logits(net, images)
+  assert caffe.rel_err(logits, expected) < 1e-4
   # The check is sensitive to Caffe's LRN choices: confined to a tower, or
   # alpha on the sum, the logits are measurably different.
   for wrong in (dict(lrn_across_towers=False), dict(lrn_alpha_over_n=False)):
     other = jax.jit(model.clone(**wrong).apply)(variables, images)
-    assert _rel_err(other, expected) > 1e-3, wrong
+    assert caffe.rel_err(other, expected) > 1e-3, wrong
 
 
 def test_configs_validate_and_describe_the_imports():
@@ -171,27 +123,28 @@ def test_configs_validate_and_describe_the_imports():
   assert caffe.data.image_size == 227 and caffe.model.num_classes == 10
   assert caffe.model.lrn.k == 1.0 and caffe.model.lrn.alpha_over_n
   assert caffe.model.lrn.across_towers and caffe.model.bias_init == 0.1
-  assert convert.preprocessing('torchvision') == dict(
-      channel_order='RGB',
-      pixel_scale=1.0,
-      mean=[0.485, 0.456, 0.406],
-      std=[0.229, 0.224, 0.225],
-      image_size=224,
-      resize_size=256,
-      eval_resize='shorter_side',
-      resize_method='antialias',
-  )
+  tv_record = convert.preprocessing('torchvision')
+  assert tv_record.pop('mean') == [0.485, 0.456, 0.406]
+  assert tv_record.pop('std') == [0.229, 0.224, 0.225]
+  assert tv_record == {
+      'channel_order': 'RGB',
+      'pixel_scale': 1.0,
+      'image_size': 224,
+      'resize_size': 256,
+      'eval_resize': 'shorter_side',
+      'resize_method': 'antialias',
+  }
   for caffe_format in ('caffe-npy', 'caffemodel'):
-    assert convert.preprocessing(caffe_format) == dict(
-        channel_order='BGR',
-        pixel_scale=255.0,
-        mean=[104.0, 117.0, 123.0],
-        std=[1.0, 1.0, 1.0],
-        image_size=227,
-        resize_size=256,
-        eval_resize='warp',
-        resize_method='bilinear',
-    )
+    assert convert.preprocessing(caffe_format) == {
+        'channel_order': 'BGR',
+        'pixel_scale': 255.0,
+        'mean': [104.0, 117.0, 123.0],
+        'std': [1.0, 1.0, 1.0],
+        'image_size': 227,
+        'resize_size': 256,
+        'eval_resize': 'warp',
+        'resize_method': 'bilinear',
+    }
   with pytest.raises(ValueError, match="'caffe'.*torchvision, caffe-npy"):
     convert.preprocessing('caffe')
 
@@ -207,7 +160,7 @@ def test_imagenet_class_names():
 
 
 def test_fine_tuned_head_size_is_read_from_the_file(tmp_path):
-  net = caffe_net(TINY, num_classes=7)
+  net = caffe.caffe_net(TINY, num_classes=7)
   path = _save_npy(tmp_path / 'w.npy', _caffe_npy_dict(net))
   model, variables = convert.from_caffe_npy(path, width_scale=TINY)
   assert model.num_classes == 7
@@ -279,7 +232,7 @@ def test_raw_pickle_is_not_an_npy_file(tmp_path):
 
 
 def test_missing_layer_is_named_with_its_shape(tmp_path):
-  layers = _caffe_npy_dict(caffe_net(TINY))
+  layers = _caffe_npy_dict(caffe.caffe_net(TINY))
   del layers['fc7']
   path = _save_npy(tmp_path / 'w.npy', layers)
   with pytest.raises(
@@ -290,7 +243,7 @@ def test_missing_layer_is_named_with_its_shape(tmp_path):
 
 
 def test_ungrouped_conv2_is_a_shape_error(tmp_path):
-  layers = _caffe_npy_dict(caffe_net(TINY))
+  layers = _caffe_npy_dict(caffe.caffe_net(TINY))
   w, b = layers['conv2']
   layers['conv2'] = [np.concatenate([w, w], axis=2), b]  # 6 inputs, not 3
   path = _save_npy(tmp_path / 'w.npy', layers)
@@ -343,7 +296,7 @@ def test_torchvision_wrong_and_extra_keys(tmp_path, torchvision_file):
     convert.from_torchvision(path, width_scale=TINY)
   message = str(err.value)
   assert (
-      "'features.3.weight' has shape (12, 8, 5, 5), expected " '(12, 4, 5, 5)'
+      "'features.3.weight' has shape (12, 8, 5, 5), expected (12, 4, 5, 5)"
   ) in message
   assert "missing 'classifier.4.bias' (expected shape (256,))" in message
   assert "unexpected keys 'features.2.weight'" in message
@@ -365,7 +318,6 @@ def test_plain_array_and_missing_file(tmp_path):
 
 
 def test_cli_round_trip_through_checkpoint_load(tmp_path, caffe_file):
-  checkpoint = pytest.importorskip('alexnet_jax.core.checkpoint')
   net, path = caffe_file
   out = tmp_path / 'export'
   assert (
@@ -381,9 +333,11 @@ def test_cli_round_trip_through_checkpoint_load(tmp_path, caffe_file):
   )
   model, variables, config = checkpoint.load(out)
   assert config.model.conv1_padding == 'caffe' and config.data.image_size == 227
-  images = _images(1, 227, scale=60.0)
+  images = caffe.images(1, 227, scale=60.0)
   assert (
-      _rel_err(model.apply(variables, images), _torch_logits(net, images))
+      caffe.rel_err(
+          model.apply(variables, images), caffe.torch_logits(net, images)
+      )
       < 1e-4
   )
   meta = checkpoint.load_metadata(out)
@@ -394,7 +348,6 @@ def test_cli_round_trip_through_checkpoint_load(tmp_path, caffe_file):
 def test_cli_refuses_to_overwrite_and_leaves_nothing_on_failure(
     tmp_path, torchvision_file, caffe_file, capsys
 ):
-  pytest.importorskip('alexnet_jax.core.checkpoint')
   _, path = torchvision_file
   args = ['--format=torchvision', f'--input={path}', f'--width_scale={TINY}']
   # Failed conversions write nothing: a Caffe file read as torchvision, a
@@ -432,17 +385,21 @@ def test_full_size_imports_match_pytorch(tmp_path):
   net = _torchvision_net(1.0)
   torch.save(net.state_dict(), tmp_path / 'alexnet.pth')
   model, variables = convert.from_torchvision(tmp_path / 'alexnet.pth')
-  images = _images(2, 224)
+  images = caffe.images(2, 224)
   assert (
-      _rel_err(model.apply(variables, images), _torch_logits(net, images))
+      caffe.rel_err(
+          model.apply(variables, images), caffe.torch_logits(net, images)
+      )
       < 1e-4
   )
   del net, variables
-  net = caffe_net(1.0)
+  net = caffe.caffe_net(1.0)
   path = _save_npy(tmp_path / 'bvlc_alexnet.npy', _caffe_npy_dict(net))
   model, variables = convert.from_caffe_npy(path)
-  images = _images(2, 227, scale=60.0)
+  images = caffe.images(2, 227, scale=60.0)
   assert (
-      _rel_err(model.apply(variables, images), _torch_logits(net, images))
+      caffe.rel_err(
+          model.apply(variables, images), caffe.torch_logits(net, images)
+      )
       < 1e-4
   )

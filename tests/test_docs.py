@@ -13,6 +13,8 @@ import unicodedata
 
 import pytest
 
+from helpers import repo
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README = REPO / 'README.md'
 DOCS = sorted((REPO / 'docs').glob('*.md'))
@@ -23,7 +25,7 @@ MAX_README_LINES = 250
 # [text](target) and ![alt](target); the target ends at the first space
 # (an optional "title" may follow) or the closing parenthesis.
 _LINK = re.compile(
-    r'!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?' r'(?:\s+"[^"]*")?\s*\)'
+    r'!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)'
 )
 _FENCE = re.compile(r'^(```|~~~).*?^\1[ \t]*$', re.S | re.M)
 _INLINE_CODE = re.compile(r'`[^`\n]*`')
@@ -72,21 +74,6 @@ def links(path):
   text = _INLINE_CODE.sub(blank, _FENCE.sub(blank, text))
   for m in _LINK.finditer(text):
     yield text.count('\n', 0, m.start()) + 1, m.group(1)
-
-
-def _tracked_files():
-  """Files git tracks in this checkout, or None outside a git checkout."""
-  try:
-    out = subprocess.run(
-        ['git', 'ls-files', '-z'],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    ).stdout
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return {f for f in out.decode().split('\0') if f}
 
 
 def _broken(page, target, tracked):
@@ -154,7 +141,7 @@ def test_docs_exist():
 
 @pytest.mark.parametrize('page', PAGES, ids=_rel)
 def test_every_relative_link_resolves(page):
-  tracked = _tracked_files()
+  tracked = repo.tracked_files()
   problems = [
       f'{_rel(page)}:{line}: {why}'
       for line, target in links(page)

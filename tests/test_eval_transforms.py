@@ -35,102 +35,7 @@ import tensorflow as tf
 
 from alexnet_jax.core import convert
 from alexnet_jax.core import preprocess
-
-LEVELS_MAX = 1.0 + 1e-3  # + float32 noise of the normalisation
-LEVELS_MEAN = {'caffe': 0.01, 'torchvision': 0.25}
-
-# --- References ---------------------------------------------------------------
-
-
-def opencv_bilinear_u8(src, out_h, out_w):
-  """cv2.resize(src, (out_w, out_h), interpolation=INTER_LINEAR), uint8.
-
-  OpenCV's scalar path: per-axis source coordinate (d + 0.5) * scale - 0.5
-  in float32, floor, fraction clamped to 0 at the borders, coefficients
-  rounded to 1/2048, rows then columns in integers, (sum + 2^21) >> 22.
-  """
-
-  def axis(n_out, n_in):
-    scale = n_in / n_out
-    f = ((np.arange(n_out) + 0.5) * scale - 0.5).astype(np.float32)
-    s = np.floor(f).astype(np.int64)
-    f = (f - s).astype(np.float32)
-    low = s < 0
-    f[low], s[low] = 0, 0
-    high = s >= n_in - 1
-    f[high], s[high] = 0, n_in - 1
-    a1 = np.rint(f * 2048).astype(np.int64)
-    a0 = np.rint((1 - f) * 2048).astype(np.int64)
-    return s, np.minimum(s + 1, n_in - 1), a0, a1
-
-  src = src.astype(np.int64)
-  ys0, ys1, b0, b1 = axis(out_h, src.shape[0])
-  xs0, xs1, a0, a1 = axis(out_w, src.shape[1])
-  rows = src[:, xs0] * a0[None, :, None] + src[:, xs1] * a1[None, :, None]
-  out = rows[ys0] * b0[:, None, None] + rows[ys1] * b1[:, None, None]
-  return np.clip((out + (1 << 21)) >> 22, 0, 255).astype(np.uint8)
-
-
-def caffe_reference(data, mean_bgr=None, mean_image=None):
-  """BGR 0..255 model input, Caffe's way, from encoded bytes."""
-  rgb = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
-  bgr = rgb[..., ::-1]
-  warped = opencv_bilinear_u8(bgr, 256, 256).astype(np.float32)
-  if mean_image is not None:  # HWC RGB [0, 1] -> BGR 0..255
-    warped = warped - mean_image[..., ::-1] * 255
-  else:
-    warped = warped - np.asarray(mean_bgr, np.float32)
-  return warped[14 : 14 + 227, 14 : 14 + 227]
-
-
-def torchvision_reference(data, mean, std):
-  """transforms.Resize(256), CenterCrop(224), ToTensor, Normalize - with
-  torchvision's own rules written out, on PIL."""
-  image = Image.open(io.BytesIO(data)).convert('RGB')
-  w, h = image.size
-  short, long = (w, h) if w <= h else (h, w)
-  new_short, new_long = 256, int(256 * long / short)
-  size = (new_short, new_long) if w <= h else (new_long, new_short)
-  image = image.resize(size, Image.BILINEAR)
-  w, h = image.size
-  top, left = int(round((h - 224) / 2.0)), int(round((w - 224) / 2.0))
-  crop = np.asarray(image, np.float32)[top : top + 224, left : left + 224] / 255
-  return (crop - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
-# --- Photos -------------------------------------------------------------------
-
-
-def _generated_photos():
-  """Smooth shapes plus texture, the kind of content resizing can alias."""
-  rng = np.random.RandomState(0)
-  out = []
-  for h, w, fmt in (
-      (375, 500, 'JPEG'),
-      (500, 333, 'PNG'),
-      (200, 180, 'JPEG'),
-      (257, 301, 'PNG'),
-  ):
-    y, x = np.mgrid[0:h, 0:w] / max(h, w)
-    base = (
-        np.stack(
-            [
-                np.sin(9 * x + 3 * y),
-                np.cos(7 * y - 2 * x),
-                np.sin(5 * x * y * 6),
-            ],
-            -1,
-        )
-        * 90
-        + 128
-    )
-    stripes = 40 * np.sign(np.sin(x * 150))[..., None]
-    noise = rng.randn(h, w, 3) * 12
-    pixels = np.clip(base + stripes + noise, 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, fmt, quality=92)
-    out.append((f'generated {w}x{h} {fmt}', buf.getvalue()))
-  return out
+from helpers import eval_reference as ref
 
 
 def _shared_photos(root, n=12):
@@ -153,7 +58,7 @@ def _check_caffe(photos, mean_image=None):
   worst = []
   for name, data in photos:
     got = preprocess.eval_image(tf.constant(data), params).numpy()
-    want = caffe_reference(data, record['mean'], mean_image)
+    want = ref.caffe_reference(data, record['mean'], mean_image)
     assert got.shape == want.shape == (227, 227, 3), name
     most, mean = _levels(got, want, 1.0)
     worst.append((most, mean, name))
@@ -166,7 +71,7 @@ def _check_torchvision(photos):
   worst = []
   for name, data in photos:
     got = preprocess.eval_image(tf.constant(data), params).numpy()
-    want = torchvision_reference(data, record['mean'], record['std'])
+    want = ref.torchvision_reference(data, record['mean'], record['std'])
     assert got.shape == want.shape == (224, 224, 3), name
     scale = np.asarray(record['std']) * 255  # back to pixel levels
     most, mean = _levels(got, want, scale)
@@ -176,14 +81,18 @@ def _check_torchvision(photos):
 
 def _assert_within(worst, source):
   for most, mean, name in worst:
-    assert most <= LEVELS_MAX and mean < LEVELS_MEAN[source], (name, most, mean)
+    assert most <= ref.LEVELS_MAX and mean < ref.LEVELS_MEAN[source], (
+        name,
+        most,
+        mean,
+    )
 
 
 # --- Tests --------------------------------------------------------------------
 
 
 def test_caffe_transform_matches_opencv_reference():
-  _assert_within(_check_caffe(_generated_photos()), 'caffe')
+  _assert_within(_check_caffe(ref.generated_photos()), 'caffe')
 
 
 def test_caffe_transform_with_mean_image():
@@ -193,12 +102,12 @@ def test_caffe_transform_with_mean_image():
       .astype(np.float32)
   )
   _assert_within(
-      _check_caffe(_generated_photos()[:2], mean_image=mean), 'caffe'
+      _check_caffe(ref.generated_photos()[:2], mean_image=mean), 'caffe'
   )
 
 
 def test_torchvision_transform_matches_pil():
-  _assert_within(_check_torchvision(_generated_photos()), 'torchvision')
+  _assert_within(_check_torchvision(ref.generated_photos()), 'torchvision')
 
 
 def test_transforms_on_shared_imagenet_samples(shared_datasets):
@@ -212,29 +121,29 @@ def test_transforms_on_shared_imagenet_samples(shared_datasets):
 def test_references_catch_the_wrong_transform():
   """The tolerance tells the transforms apart: the crop-first path (this
   module's own) misses either reference by many levels."""
-  photos = _generated_photos()[:1]
+  photos = ref.generated_photos()[:1]
   record = convert.preprocessing('caffemodel')
   wrong = preprocess.params_from_record(dict(record, eval_resize='crop_first'))
   got = preprocess.eval_image(tf.constant(photos[0][1]), wrong).numpy()
-  want = caffe_reference(photos[0][1], record['mean'])
+  want = ref.caffe_reference(photos[0][1], record['mean'])
   assert _levels(got, want, 1.0)[0] > 20
   tv = convert.preprocessing('torchvision')
   wrong = preprocess.params_from_record(
       dict(tv, resize_method='bilinear', eval_resize='crop_first')
   )
   got = preprocess.eval_image(tf.constant(photos[0][1]), wrong).numpy()
-  want = torchvision_reference(photos[0][1], tv['mean'], tv['std'])
+  want = ref.torchvision_reference(photos[0][1], tv['mean'], tv['std'])
   assert _levels(got, want, np.asarray(tv['std']) * 255)[0] > 20
 
 
 def test_opencv_reference_is_opencv():
   """Spot values of the reference against hand-worked OpenCV results."""
   src = np.array([[0, 100], [200, 255]], np.uint8)[..., None].repeat(3, -1)
-  up = opencv_bilinear_u8(src, 4, 4)[..., 0]
+  up = ref.opencv_bilinear_u8(src, 4, 4)[..., 0]
   # dst x=1 -> src 0.25: 0.75*0 + 0.25*100 = 25 on row 0; clamped corners.
   assert up[0].tolist() == [0, 25, 75, 100]
   assert up[:, 0].tolist() == [0, 50, 150, 200]
-  half = opencv_bilinear_u8(
+  half = ref.opencv_bilinear_u8(
       np.arange(16, dtype=np.uint8).reshape(4, 4, 1).repeat(3, -1), 2, 2
   )[..., 0]
   assert half.tolist() == [[3, 5], [11, 13]]  # 2x2 averages, rounded
@@ -243,17 +152,17 @@ def test_opencv_reference_is_opencv():
 def test_caffe_ten_crops_cut_the_warped_image():
   """--crops=10 with Caffe's transform: the 227 crops of the 256x256 warp
   (Caffe's oversample), centre = the single crop."""
-  name, data = _generated_photos()[0]
+  name, data = ref.generated_photos()[0]
   record = convert.preprocessing('caffemodel')
   params = preprocess.params_from_record(record)
   crops = preprocess.eval_image(tf.constant(data), params, crops=10).numpy()
   single = preprocess.eval_image(tf.constant(data), params).numpy()
   np.testing.assert_array_equal(crops[4], single)
   rgb = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
-  warped = opencv_bilinear_u8(rgb[..., ::-1], 256, 256).astype(np.float32)
+  warped = ref.opencv_bilinear_u8(rgb[..., ::-1], 256, 256).astype(np.float32)
   warped -= np.asarray(record['mean'], np.float32)
-  assert np.abs(crops[0] - warped[:227, :227]).max() <= LEVELS_MAX, name
-  assert np.abs(crops[3] - warped[29:, 29:]).max() <= LEVELS_MAX, name
+  assert np.abs(crops[0] - warped[:227, :227]).max() <= ref.LEVELS_MAX, name
+  assert np.abs(crops[3] - warped[29:, 29:]).max() <= ref.LEVELS_MAX, name
   np.testing.assert_array_equal(crops[5], crops[0][:, ::-1])
   with pytest.raises(ValueError, match='only 1 is implemented'):
     preprocess.eval_image(

@@ -21,54 +21,7 @@ from alexnet_jax.configs import paper
 from alexnet_jax.core import config_checks
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import ops
-
-BATCH = 4
-SIZE = 67  # Caffe's unpadded conv1: 15 -> pool 7 -> 7 -> 3 -> 3 -> 1
-SCALE = 1 / 16
-CLASSES = 10
-# bfloat16 keeps 8 significant bits (relative rounding 2**-9 = 0.2%); two
-# formulations that sum in different orders drift apart through eight
-# layers by a few of those. Stated bound, relative to each tensor's largest
-# entry: 2% for loss, logits and gradients (the worst measured here was
-# 0.55%, in a kernel gradient; a wrong gradient is off by order 100%).
-BF16_TOLERANCE = 2e-2
-
-
-def _model_config(formulation, dtype='float32', **overrides):
-  m = paper.get_config().model
-  m.width_scale = SCALE
-  m.num_classes = CLASSES
-  m.conv1_padding = 'caffe'
-  m.dtype = dtype
-  m.formulation = formulation
-  m.update_from_flattened_dict(overrides)
-  return m
-
-
-@functools.cache
-def _params(seed=0):
-  """He-scaled NumPy parameters (no jitted init to compile)."""
-  module = model_lib.from_config(_model_config('auto'))
-  shapes = jax.eval_shape(
-      lambda: model_lib.init(module, jax.random.PRNGKey(0), SIZE)
-  )['params']
-  rng = np.random.default_rng(seed)
-
-  def make(path, x):
-    if path[-1].key == 'bias':
-      return (0.1 * rng.normal(size=x.shape)).astype(np.float32)
-    fan_in = np.prod(x.shape[1:-1]) if x.ndim > 2 else x.shape[0]
-    return (rng.normal(size=x.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(make, shapes)
-
-
-def _batch(seed=1):
-  rng = np.random.default_rng(seed)
-  return (
-      rng.normal(size=(BATCH, SIZE, SIZE, 3)).astype(np.float32),
-      rng.integers(0, CLASSES, BATCH).astype(np.int32),
-  )
+from helpers import formulations as fm
 
 
 @functools.cache
@@ -78,7 +31,7 @@ def _loss_grads_logits(formulation, dtype):
   Dropout is off (train=False): its masks are the same code in both
   formulations, and XLA:CPU compiles the random bits slowly.
   """
-  module = model_lib.from_config(_model_config(formulation, dtype))
+  module = model_lib.from_config(fm.model_config(formulation, dtype))
 
   @jax.jit
   def run(params, images, labels):
@@ -92,18 +45,7 @@ def _loss_grads_logits(formulation, dtype):
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, grads, logits
 
-  return jax.tree.map(np.asarray, run(_params(), *_batch()))
-
-
-def _relative_errors(got, want):
-  """max |got - want| / max |want|, per leaf."""
-  return jax.tree.map(
-      lambda a, b: float(
-          np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30)
-      ),
-      got,
-      want,
-  )
+  return jax.tree.map(np.asarray, run(fm.params(), *fm.batch()))
 
 
 def test_accelerator_formulation_equals_the_cpu_one_in_float32():
@@ -114,8 +56,8 @@ def test_accelerator_formulation_equals_the_cpu_one_in_float32():
   np.testing.assert_allclose(logits, cpu[2], rtol=1e-5, atol=1e-5)
   # Kernel gradients are sums over the batch and the image, in another
   # order in each formulation: float32 rounding relative to their scale.
-  worst = max(jax.tree.leaves(_relative_errors(grads, cpu[1])))
-  assert worst < 1e-5, _relative_errors(grads, cpu[1])
+  worst = max(jax.tree.leaves(fm.relative_errors(grads, cpu[1])))
+  assert worst < 1e-5, fm.relative_errors(grads, cpu[1])
   # ...and the gradients are not trivially equal (every layer learns).
   assert min(np.abs(g).max() for g in jax.tree.leaves(grads)) > 1e-4
 
@@ -125,12 +67,12 @@ def test_accelerator_formulation_equals_the_cpu_one_in_bfloat16():
   accel = _loss_grads_logits('accelerator', 'bfloat16')
   # Parameters stay float32 in bf16 models: so do their gradients.
   assert {g.dtype for g in jax.tree.leaves(accel[1])} == {np.dtype('float32')}
-  errors = _relative_errors(accel, cpu)
+  errors = fm.relative_errors(accel, cpu)
   worst = max(jax.tree.leaves(errors))
-  assert worst < BF16_TOLERANCE, errors
+  assert worst < fm.BF16_TOLERANCE, errors
   # Both really computed in bfloat16 (1% from float32 here).
   f32 = _loss_grads_logits('accelerator', 'float32')
-  assert max(jax.tree.leaves(_relative_errors(accel[2], f32[2]))) > 1e-3
+  assert max(jax.tree.leaves(fm.relative_errors(accel[2], f32[2]))) > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -183,11 +125,11 @@ def test_max_pool_formulations_agree_including_ties():
 def test_formulation_is_a_config_value_that_jit_sees():
   """Not an environment variable read at trace time (which jit's cache
   would ignore): two models in one process lower differently."""
-  x = jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32)
+  x = jax.ShapeDtypeStruct((fm.BATCH, fm.SIZE, fm.SIZE, 3), jnp.float32)
 
   def lowered(formulation):
-    module = model_lib.from_config(_model_config(formulation))
-    params = jax.tree.map(np.asarray, _params())
+    module = model_lib.from_config(fm.model_config(formulation))
+    params = jax.tree.map(np.asarray, fm.params())
     grad = jax.grad(lambda p, x: module.apply({'params': p}, x).sum())
     return jax.jit(grad).lower(params, x).as_text()
 
@@ -225,10 +167,10 @@ def test_bad_formulation_and_precision_are_refused():
 )
 def test_precision_reaches_every_convolution_and_matmul(precision, expected):
   module = model_lib.from_config(
-      _model_config('accelerator', precision=precision)
+      fm.model_config('accelerator', precision=precision)
   )
-  params = jax.tree.map(np.asarray, _params())
-  x = jax.ShapeDtypeStruct((BATCH, SIZE, SIZE, 3), jnp.float32)
+  params = jax.tree.map(np.asarray, fm.params())
+  x = jax.ShapeDtypeStruct((fm.BATCH, fm.SIZE, fm.SIZE, 3), jnp.float32)
   text = (
       jax.jit(lambda p, x: module.apply({'params': p}, x))
       .lower(params, x)
@@ -254,7 +196,7 @@ def test_checkpoint_records_precision_and_predict_overrides_it(tmp_path):
 
   config = paper.get_config()
   config.model.update_from_flattened_dict(
-      dict(width_scale=SCALE, num_classes=CLASSES, precision='high')
+      dict(width_scale=fm.SCALE, num_classes=fm.CLASSES, precision='high')
   )
   config.data.image_size, config.data.resize_size = 64, 72
   params = jax.tree.map(
@@ -273,7 +215,7 @@ def test_checkpoint_records_precision_and_predict_overrides_it(tmp_path):
           image_size=64,
           resize_size=72,
       ),
-      class_names=[str(i) for i in range(CLASSES)],
+      class_names=[str(i) for i in range(fm.CLASSES)],
   )
   model, _, saved = checkpoint.load(out)
   assert saved.model.precision == model.precision == 'high'

@@ -204,18 +204,16 @@ def test_signal_messages_say_what_each_signal_does(caplog):
 
 
 def _main(root, workdir, *extra):
-  return [
-      sys.executable,
-      '-m',
-      'alexnet_jax.main',
-      '--config=configs/smoke.py',
-      f'--workdir={workdir}',
-      f'--config.data.name=folder:{root}',
-      '--config.model.num_classes=2',
-      '--config.optim.batch_size=4',
-      '--config.model.width_scale=0.0625',
-      *extra,
-  ]
+  """The trainer on the smoke config, reading the two-class folder `root`."""
+  overrides = {
+      'data.name': f'folder:{root}',
+      'model.num_classes': 2,
+      'optim.batch_size': 4,
+      'model.width_scale': 0.0625,
+  }
+  flags = ['--config=configs/smoke.py', f'--workdir={workdir}']
+  flags += [f'--config.{k}={v}' for k, v in overrides.items()]
+  return [sys.executable, '-m', 'alexnet_jax.main', *flags, *extra]
 
 
 def test_trainer_on_an_all_unreadable_folder_stops_with_one_line(tmp_path):

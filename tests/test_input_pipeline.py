@@ -13,22 +13,12 @@ from alexnet_jax.configs import paper
 from alexnet_jax.core import folder_source
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import splits
+from helpers import cifar10
 
 MINI = (
     pathlib.Path(input_pipeline.__file__).parents[1] / 'assets' / 'cifar10_mini'
 )
-CIFAR10 = (
-    'airplane',
-    'automobile',
-    'bird',
-    'cat',
-    'deer',
-    'dog',
-    'frog',
-    'horse',
-    'ship',
-    'truck',
-)
+CIFAR10 = cifar10.CLASSES
 
 
 def _config(name, batch=8, size=24, resize=32, **data):

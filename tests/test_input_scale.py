@@ -8,7 +8,9 @@ run the configs' own models at initialisation on real photos and read
 alpha * sum(a^2) / k at conv1, where the paper's LRN first acts.
 """
 
-import pathlib
+import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,14 @@ from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import lrn as lrn_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import preprocess
+from conftest import REPO
+
+# The default config's training loss after LEARN_STEPS steps of batch 32
+# (its last log record, the mean over 20 steps) must be below
+# LEARN_THRESHOLD: measured 2.03 for Caffe's init at step 200, while the
+# paper's biases of 1 stay at 2.30 (experiments/results/init_scale-cifar10/).
+LEARN_STEPS = 200
+LEARN_THRESHOLD = 2.2
 
 
 def _lrn_terms(config, files, layer='conv1'):
@@ -96,14 +106,17 @@ def test_paper_config_at_unit_scale_makes_lrn_a_constant(imagenet_photos):
 
 def test_ablation_base_lrn_normalises(cifar_photos):
   # configs/cifar10.py is the ablation sweep's base: lrn_on vs lrn_off
-  # must compare a normalisation with none, not a constant with none.
+  # must compare a normalisation with none, not a constant with none. Its
+  # inputs are standardised [0, 1] pixels, with LRN's alpha rescaled so
+  # that conv1's term is the paper's (measured: median 0.008, 99th
+  # percentile 0.16 of k).
   config = cifar10.get_config()
   term = _lrn_terms(config, cifar_photos)
   assert np.percentile(term, 99) > 0.03
-  standardised = _unit_scale(cifar10.get_config(), cifar10.CIFAR10_MEAN)
-  standardised.data.std = cifar10.CIFAR10_STD
-  standardised.model.weight_init_std = 0.05  # the old config
-  assert np.percentile(_lrn_terms(standardised, cifar_photos), 99) < 3e-3
+  assert np.median(term) > 1e-3
+  # The paper's alpha at this scale (the config before): a constant.
+  config.model.lrn.alpha = 1e-4
+  assert np.percentile(_lrn_terms(config, cifar_photos), 99) < 3e-3
 
 
 def test_model_input_is_raw_pixels_minus_mean(imagenet_photos):
@@ -159,11 +172,7 @@ def test_every_config_states_a_consistent_scale():
 
   for get_config in (paper.get_config, cifar10.get_config, smoke.get_config):
     config_checks.validate(get_config())
-  root = pathlib.Path(__file__).resolve().parents[1]
-  for path in [
-      *root.glob('configs/*.py'),
-      *root.glob('experiments/configs/*.py'),
-  ]:
+  for path in (REPO / 'configs').glob('*.py'):
     text = path.read_text()
     if 'get_config' in text and path.name not in ('paper.py', 'ablations.py'):
       assert 'pixel_scale' in text, f'{path.name} does not state its scale'
@@ -188,3 +197,34 @@ def test_old_checkpoint_configs_keep_their_scale():
       ).data.pixel_scale
       == 255.0
   )
+
+
+@pytest.mark.slow
+def test_paper_config_leaves_the_chance_loss(shared_datasets, tmp_path):
+  """configs/paper.py's network and defaults, full width on 224 crops of
+  CIFAR-10 (configs/paper_cifar224.py, the init_scale sweep's
+  base): the training loss leaves ln(10) = 2.303 within 200 steps. With the
+  paper's exact biases of 1 it stays there (docs/experiments.md)."""
+  if not (shared_datasets / 'cifar10' / 'train').is_dir():
+    pytest.skip('needs the CIFAR-10 JPEGs')
+  workdir = tmp_path / 'run'
+  subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'alexnet_jax.main',
+          '--config=configs/paper_cifar224.py',
+          f'--workdir={workdir}',
+          f'--config.train.num_train_steps={LEARN_STEPS}',
+          '--config.train.max_eval_batches=1',
+      ],
+      cwd=REPO,
+      check=True,
+      timeout=3600,
+  )
+  losses = [
+      r['train_loss']
+      for r in map(json.loads, (workdir / 'metrics.jsonl').open())
+      if 'train_loss' in r
+  ]
+  assert losses[-1] < LEARN_THRESHOLD, losses

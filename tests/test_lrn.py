@@ -3,6 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
+import torch
 
 from alexnet_jax.core import lrn as lrn_lib
 
@@ -82,7 +84,6 @@ def test_paper_constants_and_bfloat16():
 
 
 def test_matches_torch_local_response_norm():
-  torch = pytest.importorskip('torch')
   x = _activations((2, 4, 4, 24), seed=4)  # NHWC
   for size, k in ((5, 1.0), (3, 2.0)):
     norm = torch.nn.LocalResponseNorm(size, alpha=1e-2, beta=0.75, k=k)
@@ -99,7 +100,6 @@ def test_matches_torch_local_response_norm():
 
 def test_matches_tf_local_response_normalization_with_paper_constants():
   """tf's LRN is the paper's formula literally: alpha on the sum."""
-  tf = pytest.importorskip('tensorflow')
   x = _activations((2, 4, 4, 24), seed=5, scale=60.0)
   want = tf.nn.local_response_normalization(
       x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
@@ -114,7 +114,6 @@ def test_matches_tf_local_response_normalization_with_paper_constants():
 def test_gradient_matches_torch_autograd():
   # lrn.lrn has a hand-written backward pass (custom_vjp): check it against
   # autograd through nn.LocalResponseNorm.
-  torch = pytest.importorskip('torch')
   import jax
 
   x = _activations((2, 3, 3, 12), seed=5)

@@ -15,11 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from alexnet_jax.configs import paper
 from alexnet_jax.core import model as model_lib
-
-torch = pytest.importorskip('torch')
 from alexnet_jax.reference import torch_models  # noqa: E402  (needs torch)
 
 TINY = 1 / 16

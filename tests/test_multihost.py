@@ -21,13 +21,13 @@ import jax
 import numpy as np
 import pytest
 
-from test_parallel import STEP_SIZE
-from test_parallel import _batch
-from test_parallel import _close
-from test_parallel import initial_state
-from test_parallel import make_step
-from test_parallel import reference_step
-from test_parallel import run_steps
+from helpers.tiny_model import STEP_SIZE
+from helpers.tiny_model import batch
+from helpers.tiny_model import close
+from helpers.tiny_model import initial_state
+from helpers.tiny_model import make_step
+from helpers.tiny_model import reference_step
+from helpers.tiny_model import run_steps
 
 WORKER = pathlib.Path(__file__).with_name('multihost_worker.py')
 DEADLINE_S = 600  # about a minute when idle; minutes on a loaded host
@@ -96,7 +96,7 @@ def _tail(path, lines=30):
 
 def _inputs(tmp_path):
   """The global batches, as the workers read them."""
-  batches = [_batch(20 + i, size=STEP_SIZE) for i in range(NUM_BATCHES)]
+  batches = [batch(20 + i, size=STEP_SIZE) for i in range(NUM_BATCHES)]
   flat = {}
   for i, b in enumerate(batches):
     flat[f'image{i}'], flat[f'label{i}'] = b['image'], b['label']
@@ -130,7 +130,7 @@ def test_two_processes_end_with_the_single_device_params(tmp_path):
     for pid in range(2):
       got = dict(np.load(f'{prefix}.{mode}.{pid}.npz'))
       assert got.keys() == flat_ref.keys()
-      _close(got, flat_ref, atol=1e-6, rtol=1e-4)
+      close(got, flat_ref, atol=1e-6, rtol=1e-4)
 
 
 def test_a_dead_peer_fails_the_run_quickly(tmp_path):

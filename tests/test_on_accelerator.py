@@ -17,8 +17,9 @@ import pytest
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import parallel
 from alexnet_jax.core import train
-import test_formulations
-import test_parallel
+from helpers import formulations
+from helpers import smoke
+from helpers import tiny_model
 
 pytestmark = pytest.mark.accelerator
 
@@ -50,27 +51,27 @@ def test_accelerator_matches_the_cpu_formulation_at_highest_precision():
   """The platform's own convolutions, pooling and their gradients equal
   ops.py's CPU formulation run on this host's CPU (float32, 'highest' so
   TF32 / bf16 passes do not blur the comparison)."""
-  config = test_formulations._model_config('auto', precision='highest')
+  config = formulations.model_config('auto', precision='highest')
   module = model_lib.from_config(config)
-  args = (test_formulations._params(), *test_formulations._batch())
+  args = (formulations.params(), *formulations.batch())
   run = _loss_grads_fn(module)
   got = _on(jax.devices()[0], run, *args)
   want = _on(jax.devices('cpu')[0], run, *args)
-  errors = test_formulations._relative_errors(got, want)
+  errors = formulations.relative_errors(got, want)
   assert max(jax.tree.leaves(errors)) < 1e-4, errors
 
 
 def test_default_precision_stays_close_to_highest():
   """TF32 (A100/H100) or bf16 passes (TPU) at 'default': a few 1e-3 of
   the logits' scale, not more (recorded, so a regression shows)."""
-  args = (test_formulations._params(), *test_formulations._batch())
+  args = (formulations.params(), *formulations.batch())
   out = {}
   for precision in ('default', 'highest'):
     module = model_lib.from_config(
-        test_formulations._model_config('auto', precision=precision)
+        formulations.model_config('auto', precision=precision)
     )
     out[precision] = _on(jax.devices()[0], _loss_grads_fn(module), *args)
-  logits_error = test_formulations._relative_errors(
+  logits_error = formulations.relative_errors(
       out['default'][2], out['highest'][2]
   )
   assert logits_error < 2e-2, logits_error
@@ -79,16 +80,16 @@ def test_default_precision_stays_close_to_highest():
 def test_two_towers_on_two_devices_equal_one_device():
   if len(jax.devices()) < 2:
     pytest.skip('one device here: two towers need two')
-  config = test_parallel._config('model')
+  config = tiny_model.config('model')
   config.model.precision = 'highest'
   module = model_lib.from_config(config.model)
   single = model_lib.from_config(
-      test_parallel._config('single').model, precision='highest'
+      tiny_model.config('single').model, precision='highest'
   )
-  variables = test_parallel._variables()
-  batch = test_parallel._batch(1)
+  variables = tiny_model.variables()
+  batch = tiny_model.batch(1)
   par = parallel.Parallel(config, module)
-  loss = functools.partial(test_parallel._loss_and_logits, train=True)
+  loss = functools.partial(tiny_model.loss_and_logits, train=True)
   grad = lambda apply: jax.jit(
       jax.grad(functools.partial(loss, apply), has_aux=True)
   )
@@ -98,8 +99,8 @@ def test_two_towers_on_two_devices_equal_one_device():
   placed = par.place_state(variables)
   images = par.shard_batch(batch)
   g, logits = grad(par.apply)(placed, images['image'], images['label'])
-  test_parallel._close(logits, want_logits, rtol=1e-4, atol=1e-5)
-  test_parallel._close_grads(par.to_host(g), want_g)
+  tiny_model.close(logits, want_logits, rtol=1e-4, atol=1e-5)
+  tiny_model.close_grads(par.to_host(g), want_g)
   # Each device holds its own tower: the model really is split.
   kernel = placed['params']['conv2']['kernel']
   assert len(kernel.sharding.device_set) == 2
@@ -109,9 +110,8 @@ def test_two_towers_on_two_devices_equal_one_device():
 def test_a_short_training_run_learns(tmp_path):
   """The smoke config (embedded CIFAR-10 sample), 30 steps on the device:
   the loss falls and every metric is finite."""
-  import test_train
 
-  config = test_train.tiny_config(
+  config = smoke.tiny_config(
       **{
           'train.num_train_steps': 30,
           'train.eval_every_steps': 30,

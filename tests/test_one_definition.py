@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from conftest import REPO
+from helpers import repo
 
 TEXT = (
     '.py',
@@ -31,16 +32,8 @@ RAW_LOG = ('.jsonl', '.log', '.txt')
 
 
 def _tracked():
-  try:
-    out = subprocess.run(
-        ['git', 'ls-files', '-z'],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    names = [n for n in out.split('\0') if n]
-  except (OSError, subprocess.CalledProcessError):
+  names = repo.tracked_files()
+  if names is None:
     skip = {'.git', '.venv', '__pycache__', '.pytest_cache'}
     names = [
         str(p.relative_to(REPO))
@@ -95,7 +88,7 @@ def test_no_sibling_or_machine_paths():
 
 def test_pca_constants_live_in_configs_paper():
   code = [n for n in _tracked() if n.endswith(('.py', '.ipynb'))]
-  assert _files_with(r'0\.2175', code) == ['configs/paper.py']
+  assert _files_with(r'0\.2175', code) == ['alexnet_jax/configs/paper.py']
 
 
 def test_one_builder_of_preprocessing_params():
@@ -105,6 +98,46 @@ def test_one_builder_of_preprocessing_params():
       n for n in _tracked() if n.endswith('.py') and not n.startswith('tests/')
   ]
   assert _files_with(r'\bParams\(', code) == ['alexnet_jax/core/preprocess.py']
+
+
+# The single definitions the house's passes made (issues #12 and #20): the
+# pattern, and the one Python file (tests included) allowed to match it.
+ONE_DEFINITION = {
+    # The model's layer names, its LRN fields as keyword arguments and the
+    # activation lookup.
+    r'^LAYERS = \(': 'alexnet_jax/core/model.py',
+    r'def lrn_kwargs\(': 'alexnet_jax/core/model.py',
+    r'def activation_fn\(': 'alexnet_jax/core/model.py',
+    r"nn\.relu if \w+ == 'relu'": 'alexnet_jax/core/model.py',
+    # The commands' flag plumbing.
+    r'def define_checkpoint_flags\(': 'alexnet_jax/cli.py',
+    r'def run_absl\(': 'alexnet_jax/cli.py',
+    r'def run_command\(': 'alexnet_jax/cli.py',
+    r'def parse_flags\(': 'alexnet_jax/cli.py',
+    # Checks and readers.
+    r'def check_batch_splits\(': 'alexnet_jax/core/config_checks.py',
+    r'def parse_split\(': 'alexnet_jax/core/splits.py',
+    r'class FolderSource\b': 'alexnet_jax/core/folder_source.py',
+    r'class _ArraysOnlyUnpickler\b': 'alexnet_jax/core/weight_files.py',
+    r'def device_peak_tflops\(': 'alexnet_jax/benchmarks/device.py',
+    # What the tests share (tests/helpers).
+    r"^\s*'airplane',": 'tests/helpers/cifar10.py',
+    r'def he_params\(': 'tests/helpers/tiny_model.py',
+    r'def write_caffemodel\(': 'tests/helpers/caffe.py',
+    r'def tiny_config\(': 'tests/helpers/smoke.py',
+    r'FAKE_CPUS_C = ': 'tests/test_onednn.py',
+}
+
+
+@pytest.mark.parametrize('pattern', sorted(ONE_DEFINITION))
+def test_single_definitions_stay_single(pattern):
+  code = [
+      n
+      for n in _tracked()
+      if n.endswith('.py') and n != 'tests/test_one_definition.py'
+  ]
+  found = _files_with(f'(?m){pattern}', code)
+  assert found == [ONE_DEFINITION[pattern]]
 
 
 def test_no_run_artefacts_tracked_and_they_are_ignored():

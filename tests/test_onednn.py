@@ -263,72 +263,28 @@ def test_mismatched_channels_raise_at_trace_time_as_lax_does(
 P1 = ((1, 1), (1, 1))
 
 
+# (call, args, error, match): one case per line.
+# fmt: off
+SHAPE_CHECKS = [
+    ('conv', ((2, 9, 9, 64), (3, 3, 4, 8), 1, P1), ValueError, r'x \(2, 9, 9, 64\) has 64 channels but kernel \(3, 3, 4, 8\) takes 4'),
+    ('conv', ((9, 9, 4), (3, 3, 4, 8), 1, P1), TypeError, 'rank 4'),
+    ('conv', ((2, 9, 9, 4), (3, 3, 4, 8), 0, P1), ValueError, 'stride 0 is not a positive'),
+    ('conv', ((2, 9, 9, 4), (3, 3, 4, 8), 1, ((-1, 0), (0, 0))), ValueError, 'negative'),
+    ('conv', ((2, 9, 9, 4), (3, 3, 4, 8), 1, 'SAME'), ValueError, r'not \(\(top, bottom\), \(left, right\)\)'),
+    ('input_grad', ((2, 9, 9, 8), (3, 3, 4, 8), (2, 9, 9, 64), 1, P1), ValueError, 'has 64 channels but kernel'),
+    ('input_grad', ((2, 9, 9, 7), (3, 3, 4, 8), (2, 9, 9, 4), 1, P1), ValueError, r'dy has shape \(2, 9, 9, 7\) but .* has \(2, 9, 9, 8\)'),
+    ('input_grad', ((2, 8, 9, 8), (3, 3, 4, 8), (2, 9, 9, 4), 1, P1), ValueError, r'dy has shape \(2, 8, 9, 8\)'),
+    ('kernel_grad', ((2, 9, 9, 64), (2, 9, 9, 8), (3, 3, 4, 8), 1, P1), ValueError, 'has 64 channels but kernel'),
+    ('kernel_grad', ((3, 9, 9, 4), (2, 9, 9, 8), (3, 3, 4, 8), 1, P1), ValueError, r'dy has shape \(2, 9, 9, 8\) but .* has \(3, 9, 9, 8\)'),
+    # The control: stride 2 gives 5x5, and it traces.
+    ('kernel_grad', ((2, 9, 9, 4), (2, 5, 5, 8), (3, 3, 4, 8), 2, P1), None, None),
+]
+# fmt: on
+
+
 @pytest.mark.parametrize(
     'call,args,error,match',
-    [
-        (
-            'conv',
-            ((2, 9, 9, 64), (3, 3, 4, 8), 1, P1),
-            ValueError,
-            r'x \(2, 9, 9, 64\) has 64 channels but kernel \(3, 3, 4, 8\) takes 4',
-        ),
-        ('conv', ((9, 9, 4), (3, 3, 4, 8), 1, P1), TypeError, 'rank 4'),
-        (
-            'conv',
-            ((2, 9, 9, 4), (3, 3, 4, 8), 0, P1),
-            ValueError,
-            'stride 0 is not a positive',
-        ),
-        (
-            'conv',
-            ((2, 9, 9, 4), (3, 3, 4, 8), 1, ((-1, 0), (0, 0))),
-            ValueError,
-            'negative',
-        ),
-        (
-            'conv',
-            ((2, 9, 9, 4), (3, 3, 4, 8), 1, 'SAME'),
-            ValueError,
-            r'not \(\(top, bottom\), \(left, right\)\)',
-        ),
-        (
-            'input_grad',
-            ((2, 9, 9, 8), (3, 3, 4, 8), (2, 9, 9, 64), 1, P1),
-            ValueError,
-            'has 64 channels but kernel',
-        ),
-        (
-            'input_grad',
-            ((2, 9, 9, 7), (3, 3, 4, 8), (2, 9, 9, 4), 1, P1),
-            ValueError,
-            r'dy has shape \(2, 9, 9, 7\) but .* has \(2, 9, 9, 8\)',
-        ),
-        (
-            'input_grad',
-            ((2, 8, 9, 8), (3, 3, 4, 8), (2, 9, 9, 4), 1, P1),
-            ValueError,
-            r'dy has shape \(2, 8, 9, 8\)',
-        ),
-        (
-            'kernel_grad',
-            ((2, 9, 9, 64), (2, 9, 9, 8), (3, 3, 4, 8), 1, P1),
-            ValueError,
-            'has 64 channels but kernel',
-        ),
-        (
-            'kernel_grad',
-            ((3, 9, 9, 4), (2, 9, 9, 8), (3, 3, 4, 8), 1, P1),
-            ValueError,
-            r'dy has shape \(2, 9, 9, 8\) but .* has \(3, 9, 9, 8\)',
-        ),
-        # The control: stride 2 gives 5x5, and it traces.
-        (
-            'kernel_grad',
-            ((2, 9, 9, 4), (2, 5, 5, 8), (3, 3, 4, 8), 2, P1),
-            None,
-            None,
-        ),
-    ],
+    SHAPE_CHECKS,
 )
 def test_python_checks_shapes_when_tracing(call, args, error, match):
   """The two array arguments are given by shape, the others as they are."""
@@ -349,7 +305,7 @@ def test_python_checks_dtypes_as_lax_does():
   with pytest.raises(TypeError, match='same dtypes'):
     jax.eval_shape(lambda x, k: _xla(x, k, 1, P1), x, k16)
   with pytest.raises(
-      TypeError, match='same dtypes, got x float32, kernel ' 'bfloat16'
+      TypeError, match='same dtypes, got x float32, kernel bfloat16'
   ):
     jax.eval_shape(lambda x, k: onednn.conv(x, k, 1, P1), x, k16)
   h = jax.ShapeDtypeStruct((2, 9, 9, 4), jnp.float16)
@@ -403,142 +359,34 @@ def _raw_call(
 FWD, DATA, KERNEL = onednn.TARGETS.values()
 
 
+# (target, out, a, b, kw, match): one case per line.
+# fmt: off
+NATIVE_CHECKS = [
+    # The issue's scenario, in each of the three calls.
+    (FWD, (2, 9, 9, 8), (2, 9, 9, 64), (3, 3, 4, 8), {}, r'kernel \[3,3,4,8\] has 4 input channels but x \[2,9,9,64\] has 64'),
+    (DATA, (2, 9, 9, 64), (2, 9, 9, 8), (3, 3, 4, 8), {}, r'kernel \[3,3,4,8\] has 4 input channels but input gradient \(result\) \[2,9,9,64\] has 64'),
+    (KERNEL, (3, 3, 4, 8), (2, 9, 9, 64), (2, 9, 9, 8), {}, r'kernel gradient \(result\) \[3,3,4,8\] has 4 input channels but x \[2,9,9,64\] has 64'),
+    (FWD, (3, 9, 9, 8), (2, 9, 9, 4), (3, 3, 4, 8), {}, r'output \[3,9,9,8\] has 3 images but x \[2,9,9,4\] has 2'),
+    (FWD, (2, 9, 9, 16), (2, 9, 9, 4), (3, 3, 4, 8), {}, r'output \[2,9,9,16\] has 16 channels but kernel'),
+    (KERNEL, (3, 3, 4, 8), (2, 9, 9, 4), (2, 9, 9, 16), {}, r'dy \[2,9,9,16\] has 16 channels'),
+    (FWD, (2, 9, 9, 8), (2, 9, 9, 4), (3, 3, 4, 8), dict(stride=2), r'output \[2,9,9,8\] has 9 rows but .* stride 2 and its padding give 5'),
+    (DATA, (2, 9, 9, 4), (2, 9, 8, 8), (3, 3, 4, 8), {}, r'dy \[2,9,8,8\] has 8 columns but .* give 9'),
+    (FWD, (2, 9, 9, 8), (2, 9, 9, 4), (3, 3, 4, 8), dict(pads=(1, 1, 2, 0)), None),
+    (FWD, (9, 9, 8), (2, 9, 9, 4), (3, 3, 4, 8), {}, 'output has rank 3, not 4'),
+    (FWD, (2, 9, 9, 8), (2, 9, 9, 4), (3, 3, 4, 8), dict(dtype=(jnp.float32, jnp.bfloat16, jnp.float32)), 'kernel has another dtype than x'),
+    (FWD, (2, 9, 9, 8), (2, 9, 9, 4), (3, 3, 4, 8), dict(dtype=(jnp.float16,) * 3), 'x is neither float32 nor bfloat16'),
+    (FWD, (2, 9, 9, 8), (2, 9, 9, 4), (3, 3, 4, 8), dict(stride=0), 'stride 0 < 1'),
+    (FWD, (2, 11, 9, 8), (2, 9, 9, 4), (3, 3, 4, 8), dict(pads=(-1, 4, 1, 1)), 'negative padding'),
+    (FWD, (2, 9, 9, 8), (2, 9, 9, 4), (3, 3, 4, 8), dict(threads=0), 'threads and runners must be >= 1'),
+    (FWD, (2, 1, 1, 8), (2, 2, 2, 4), (3, 3, 4, 8), dict(pads=(0, 0, 0, 0)), r'kernel \[3,3,4,8\] is larger than x \[2,2,2,4\] padded'),
+]
+# fmt: on
+
+
 @needs_onednn
 @pytest.mark.parametrize(
     'target,out,a,b,kw,match',
-    [
-        # The issue's scenario, in each of the three calls.
-        (
-            FWD,
-            (2, 9, 9, 8),
-            (2, 9, 9, 64),
-            (3, 3, 4, 8),
-            {},
-            r'kernel \[3,3,4,8\] has 4 input channels but x \[2,9,9,64\] has 64',
-        ),
-        (
-            DATA,
-            (2, 9, 9, 64),
-            (2, 9, 9, 8),
-            (3, 3, 4, 8),
-            {},
-            r'kernel \[3,3,4,8\] has 4 input channels but input gradient '
-            r'\(result\) \[2,9,9,64\] has 64',
-        ),
-        (
-            KERNEL,
-            (3, 3, 4, 8),
-            (2, 9, 9, 64),
-            (2, 9, 9, 8),
-            {},
-            r'kernel gradient \(result\) \[3,3,4,8\] has 4 input channels but x '
-            r'\[2,9,9,64\] has 64',
-        ),
-        (
-            FWD,
-            (3, 9, 9, 8),
-            (2, 9, 9, 4),
-            (3, 3, 4, 8),
-            {},
-            r'output \[3,9,9,8\] has 3 images but x \[2,9,9,4\] has 2',
-        ),
-        (
-            FWD,
-            (2, 9, 9, 16),
-            (2, 9, 9, 4),
-            (3, 3, 4, 8),
-            {},
-            r'output \[2,9,9,16\] has 16 channels but kernel',
-        ),
-        (
-            KERNEL,
-            (3, 3, 4, 8),
-            (2, 9, 9, 4),
-            (2, 9, 9, 16),
-            {},
-            r'dy \[2,9,9,16\] has 16 channels',
-        ),
-        (
-            FWD,
-            (2, 9, 9, 8),
-            (2, 9, 9, 4),
-            (3, 3, 4, 8),
-            dict(stride=2),
-            r'output \[2,9,9,8\] has 9 rows but .* stride 2 and its padding give 5',
-        ),
-        (
-            DATA,
-            (2, 9, 9, 4),
-            (2, 9, 8, 8),
-            (3, 3, 4, 8),
-            {},
-            r'dy \[2,9,8,8\] has 8 columns but .* give 9',
-        ),
-        (
-            FWD,
-            (2, 9, 9, 8),
-            (2, 9, 9, 4),
-            (3, 3, 4, 8),
-            dict(pads=(1, 1, 2, 0)),
-            None,
-        ),  # the control: it runs
-        (
-            FWD,
-            (9, 9, 8),
-            (2, 9, 9, 4),
-            (3, 3, 4, 8),
-            {},
-            'output has rank 3, not 4',
-        ),
-        (
-            FWD,
-            (2, 9, 9, 8),
-            (2, 9, 9, 4),
-            (3, 3, 4, 8),
-            dict(dtype=(jnp.float32, jnp.bfloat16, jnp.float32)),
-            'kernel has another dtype than x',
-        ),
-        (
-            FWD,
-            (2, 9, 9, 8),
-            (2, 9, 9, 4),
-            (3, 3, 4, 8),
-            dict(dtype=(jnp.float16,) * 3),
-            'x is neither float32 nor bfloat16',
-        ),
-        (
-            FWD,
-            (2, 9, 9, 8),
-            (2, 9, 9, 4),
-            (3, 3, 4, 8),
-            dict(stride=0),
-            'stride 0 < 1',
-        ),
-        (
-            FWD,
-            (2, 11, 9, 8),
-            (2, 9, 9, 4),
-            (3, 3, 4, 8),
-            dict(pads=(-1, 4, 1, 1)),
-            'negative padding',
-        ),
-        (
-            FWD,
-            (2, 9, 9, 8),
-            (2, 9, 9, 4),
-            (3, 3, 4, 8),
-            dict(threads=0),
-            'threads and runners must be >= 1',
-        ),
-        (
-            FWD,
-            (2, 1, 1, 8),
-            (2, 2, 2, 4),
-            (3, 3, 4, 8),
-            dict(pads=(0, 0, 0, 0)),
-            r'kernel \[3,3,4,8\] is larger than x \[2,2,2,4\] padded',
-        ),
-    ],
+    NATIVE_CHECKS,
 )
 def test_custom_calls_check_every_dimension(target, out, a, b, kw, match):
   """The C++ checks on its own (no Python in front): INVALID_ARGUMENT
@@ -562,7 +410,7 @@ def test_backend_choice(monkeypatch):
   monkeypatch.setenv('ALEXNET_JAX_CONV', 'onedn')
   with pytest.raises(
       ValueError,
-      match="ALEXNET_JAX_CONV='onedn' is not one " 'of auto, xla, onednn',
+      match="ALEXNET_JAX_CONV='onedn' is not one of auto, xla, onednn",
   ):
     ops.conv_backend()
   # float16 always runs XLA's; asking oneDNN for it is an error.
@@ -570,7 +418,7 @@ def test_backend_choice(monkeypatch):
   assert ops.conv_backend(jnp.float16) == 'xla'
   monkeypatch.setenv('ALEXNET_JAX_CONV', 'onednn')
   with pytest.raises(
-      ValueError, match='float32 or bfloat16 on CPU only, ' 'not float16'
+      ValueError, match='float32 or bfloat16 on CPU only, not float16'
   ):
     ops.conv_backend(jnp.float16)
 
@@ -671,11 +519,11 @@ def test_bfloat16_without_the_instructions_runs_xla_with_one_line(isa, impl):
 # ------------------------------------------------------------------ threads --
 
 _PROBE_THREADS = """
-import functools, json, os, sys
+import json, os, sys
 sys.path.insert(0, {tests!r})
 import jax
-import test_parallel as tp
-from alexnet_jax.core import model as model_lib, onednn, parallel
+from helpers import tiny_model as tm
+from alexnet_jax.core import onednn
 
 def threads():
   with open('/proc/self/status') as f:
@@ -684,16 +532,14 @@ def threads():
 counts = {{}}
 for backend in ('xla', 'onednn'):
   os.environ['ALEXNET_JAX_CONV'] = backend
-  c = tp._config('model' if jax.device_count() == 2 else 'hybrid',
-                 dropout=0.0)
-  m = model_lib.from_config(c.model)
-  par = parallel.Parallel(c, m)
-  step = par.jit_step(functools.partial(tp.sgd_step, apply_fn=par.apply,
-                                        tx=tp.TX))
-  state = par.place_state(tp._initial_state())
+  # The trainer's step (train.make_train_step) of the tiny two-tower model.
+  step = tm.make_step('model' if jax.device_count() == 2 else 'hybrid',
+                      dropout=0.0)
+  state = step.par.place_state(tm.initial_state(step))
   for i in range(3):
-    state, loss = step(state, par.shard_batch(tp._batch(i, tp.STEP_SIZE)))
-    float(loss)
+    batch = step.par.shard_batch(tm.batch(i, tm.STEP_SIZE))
+    state, metrics = step(state, batch)
+    step.par.to_host(metrics.compute())
   counts[backend] = threads()
 print(json.dumps(dict(counts, runners=onednn.runners_started(),
                       per_call=onednn.threads_per_call(),
@@ -767,11 +613,13 @@ def test_two_tower_runs_keep_onednn_threads_bounded(devices, tmp_path):
 # ------------------------------------------------------------- the build --
 
 
-def _start(code, env=None, **kw):
-  full = dict(os.environ, **(env or {}))
+def _start(code, env=None, *args, base=None, **kw):
+  """`python -c code args` in the checkout, on one CPU device unless env
+  says otherwise; env adds to `base` (default: this process's)."""
+  full = dict(os.environ if base is None else base, **(env or {}))
   full.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
   return subprocess.Popen(
-      [sys.executable, '-c', textwrap.dedent(code)],
+      [sys.executable, '-c', textwrap.dedent(code), *args],
       env=full,
       cwd=REPO,
       stdout=subprocess.PIPE,
@@ -876,16 +724,7 @@ def test_without_compiler_or_wheel_xla_runs_with_one_line(tmp_path, run, why):
   if run == 'no-compiler':
     (tmp_path / 'bin').mkdir()
     env['PATH'] = str(tmp_path / 'bin')
-  env.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
-  proc = subprocess.Popen(
-      [sys.executable, '-c', _PROBE_FALLBACK, run],
-      env=env,
-      cwd=REPO,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-  )
-  out, err = _finish(proc)
+  out, err = _finish(_start(_PROBE_FALLBACK, None, run, base=env))
   assert why in out['why'], out
   assert (out['y'], out['dk']) == (18.0, 25.0)
   assert out['forced'] == out['why']
@@ -1031,16 +870,7 @@ def test_no_home_directory_builds_privately(fake_cxx):
   full = dict(os.environ, **env)
   for k in ('HOME', 'ALEXNET_JAX_CACHE'):
     full.pop(k, None)
-  full.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
-  proc = subprocess.Popen(
-      [sys.executable, '-c', textwrap.dedent(code)],
-      env=full,
-      cwd=REPO,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-  )
-  out, err = _finish(proc)
+  out, err = _finish(_start(code, base=full))
   assert out['why'] is None
   assert 'no home directory' in err and 'not using the build cache' in err
   assert not list(pathlib.Path(fake_cxx['TMPDIR']).iterdir())
@@ -1080,7 +910,7 @@ def test_missing_wheel_is_reported(monkeypatch, tmp_path):
   monkeypatch.setattr(onednn, 'LIBRARY_DIST', 'no-such-onednn-wheel')
   with pytest.raises(
       onednn.Unavailable,
-      match="'no-such-onednn-wheel' wheel is not installed " r'\(the cpu extra',
+      match=r"'no-such-onednn-wheel' wheel is not installed \(the cpu extra",
   ):
     onednn.build()
   assert not list(tmp_path.iterdir())

@@ -1,10 +1,12 @@
 """ops.conv2d / ops.max_pool gradients against XLA's autodiff and NumPy loops."""
 
+import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from alexnet_jax.core import onednn
 from alexnet_jax.core import ops
@@ -234,17 +236,6 @@ def test_conv2d_bfloat16_gradient_dtype(conv_backend):
   np.testing.assert_array_equal(np.asarray(dk[0, 0, 0], np.float32), 16.0)
 
 
-def _reduce_window_pool(x, window, stride):
-  return lax.reduce_window(
-      x,
-      -jnp.inf,
-      lax.max,
-      (1, window, window, 1),
-      (1, stride, stride, 1),
-      'VALID',
-  )
-
-
 @pytest.mark.parametrize(
     'shape,window,stride',
     [
@@ -264,8 +255,10 @@ def test_max_pool_matches_reduce_window_and_its_gradient(shape, window, stride):
   @jax.jit
   def value_and_grads(x, g):
     y, vjp = jax.vjp(lambda x: ops.max_pool(x, window, stride), x)
+    # The reference: flax's max pool (XLA's reduce_window and its
+    # select_and_scatter gradient).
     want_y, want_vjp = jax.vjp(
-        lambda x: _reduce_window_pool(x, window, stride), x
+        lambda x: nn.max_pool(x, (window, window), (stride, stride)), x
     )
     return y, want_y, vjp(g)[0], want_vjp(g)[0]
 
@@ -288,7 +281,6 @@ def test_max_pool_ties_give_the_gradient_to_the_first_maximum():
     for b in range(2):
       want[2 * a, 2 * b] += g[0, a, b, 0]
   np.testing.assert_array_equal(dx[0, :, :, 0], want)
-  torch = pytest.importorskip('torch')
   xt = torch.zeros(1, 1, 5, 5, requires_grad=True)
   torch.nn.functional.max_pool2d(xt, 3, 2).backward(
       torch.from_numpy(np.array(g).transpose(0, 3, 1, 2))

@@ -25,7 +25,7 @@ def _params(rng):
 
 
 def _numpy_paper_rule(
-    params, grads_seq, lrs, *, momentum, wd, decay_biases, bias_lr_mult
+    params, grads_seq, lrs, *, decay_biases, bias_lr_mult, momentum=0.9, wd=5e-4
 ):
   """v <- m v - wd*lr*w - lr*g ; w <- w + v  (Caffe: per-group lr/decay)."""
   w = jax.tree.map(np.array, params)
@@ -77,8 +77,6 @@ def test_matches_numpy_rule_across_lr_drops(decay_biases, bias_lr_mult):
       params,
       grads_seq,
       lrs,
-      momentum=0.9,
-      wd=5e-4,
       decay_biases=decay_biases,
       bias_lr_mult=bias_lr_mult,
   )
@@ -108,8 +106,6 @@ def test_optax_sgd_with_schedule_is_not_the_paper_rule():
       params,
       grads_seq,
       lrs,
-      momentum=0.9,
-      wd=5e-4,
       decay_biases=True,
       bias_lr_mult=1.0,
   )

@@ -3,8 +3,6 @@ the OS's reason; nothing half-written (core/outputs.py)."""
 
 import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -15,6 +13,7 @@ from alexnet_jax.core import checkpoint
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import outputs
 from alexnet_jax.core import train
+from helpers import repo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,18 +55,11 @@ def test_every_workdir_error_class_is_one_line_naming_it(tmp_path):
 def test_workdir_error_from_the_command_is_one_error_line(tmp_path):
   a_file = tmp_path / 'a_file'
   a_file.write_text('x')
-  proc = subprocess.run(
-      [
-          sys.executable,
-          '-m',
-          'alexnet_jax.main',
-          '--config=configs/smoke.py',
-          f'--workdir={a_file / "below"}',
-      ],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=300,
+  proc = repo.run(
+      '-m',
+      'alexnet_jax.main',
+      '--config=configs/smoke.py',
+      f'--workdir={a_file / "below"}',
       check=False,
   )
   assert proc.returncode == 1

@@ -12,86 +12,14 @@ import functools
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from alexnet_jax.configs import paper
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import parallel
-from alexnet_jax.core import train
 from alexnet_jax.core.config_checks import ConfigError
-
-BATCH = 8
-CLASSES = 10
-# 99x99 with Caffe's unpadded conv1: 23 -> pool 11 -> 11 -> pool 5 -> 5 ->
-# pool 2, so fc6 reads a 2x2 map and the flatten order across towers counts.
-SIZE = 99
-SCALE = 1 / 16  # widths 6, 16, 24, 24, 16, 256, 256 (half per tower)
-
-MODES = {  # name: (mesh.data, mesh.model, data_parallel)
-    'single': (1, 1, 'jit'),
-    'model': (1, 2, 'jit'),
-    'jit': (2, 1, 'jit'),
-    'pmap': (2, 1, 'pmap'),
-    'hybrid': (2, 2, 'jit'),
-}
-
-
-def _config(mode='single', *, classes=CLASSES, dropout=0.5):
-  c = paper.get_config()
-  c.model.width_scale = SCALE
-  c.model.num_classes = classes
-  c.model.conv1_padding = 'caffe'
-  c.model.dropout = dropout
-  c.data.name = 'fake'  # no dataset: the step needs only its sizes
-  c.data.image_size = SIZE
-  c.optim.batch_size = BATCH
-  data, model, dp = MODES[mode]
-  c.parallel.mesh.data = data
-  c.parallel.mesh.model = model
-  c.parallel.data_parallel = dp
-  return c
-
-
-def _batch(seed, size=SIZE, classes=CLASSES):
-  rng = np.random.default_rng(seed)
-  return dict(
-      image=rng.normal(size=(BATCH, size, size, 3)).astype(np.float32),
-      label=rng.integers(0, classes, BATCH).astype(np.int32),
-  )
-
-
-def _close(a, b, **kw):
-  kw = dict(rtol=1e-5, atol=1e-6) | kw
-  jax.tree.map(
-      lambda x, y: np.testing.assert_allclose(
-          np.asarray(x), np.asarray(y), **kw
-      ),
-      a,
-      b,
-  )
-
-
-def _close_grads(a, b):
-  """Gradients equal up to float32 rounding, relative to each tensor's scale.
-
-  Entries that cancel to about zero carry rounding noise of the tensor's
-  magnitude (ops.conv2d sums kernel gradients image by image, in another
-  order than XLA), so the absolute tolerance scales with the tensor.
-  """
-  jax.tree.map(
-      lambda x, y: np.testing.assert_allclose(
-          np.asarray(x),
-          np.asarray(y),
-          rtol=1e-4,
-          atol=1e-5 * np.abs(np.asarray(y)).max(),
-      ),
-      a,
-      b,
-  )
-
+from helpers import tiny_model as tm
 
 # ------------------------------------------------------- start-up errors --
 
@@ -118,7 +46,7 @@ def _close_grads(a, b):
     ],
 )
 def test_impossible_configs_fail_at_start_up(change, message):
-  c = _config()
+  c = tm.config()
   c.parallel.mesh.data = change['data']
   c.parallel.mesh.model = change.get('model', 1)
   c.parallel.data_parallel = change.get('dp', 'jit')
@@ -134,7 +62,7 @@ def test_impossible_configs_fail_at_start_up(change, message):
 
 
 def test_data_minus_one_fills_the_devices():
-  c = _config()
+  c = tm.config()
   c.parallel.mesh.data = -1
   c.parallel.mesh.model = 2
   par = parallel.Parallel(c, model_lib.from_config(c.model))
@@ -146,7 +74,7 @@ def test_data_minus_one_fills_the_devices():
 
 def test_setup_devices_after_start_keeps_enough_devices_and_refuses_more():
   jax.devices()  # the backend is up with conftest's 4 devices
-  c = _config()
+  c = tm.config()
   c.parallel.cpu_devices = 4
   parallel.setup_devices(c)
   c.parallel.cpu_devices = 8
@@ -155,7 +83,7 @@ def test_setup_devices_after_start_keeps_enough_devices_and_refuses_more():
 
 
 def test_multihost_arguments_from_config_and_environment(monkeypatch):
-  p = _config().parallel
+  p = tm.config().parallel
   assert parallel._multihost_args(p) == (None, 1, 0)
   monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', '10.0.0.1:1234')
   monkeypatch.setenv('JAX_NUM_PROCESSES', '4')
@@ -177,57 +105,20 @@ def test_multihost_arguments_from_config_and_environment(monkeypatch):
 # --------------------------------------------- model-parallel forward -----
 
 
-@functools.cache
-def _variables(classes=CLASSES, size=SIZE, seed=0):
-  """NumPy variables of the tiny model, shaped by jax.eval_shape.
-
-  He-scaled so gradients reach every layer (the paper's std 0.01 leaves the
-  early layers' gradients near zero in a tiny net), and made without
-  compiling JAX's random-number kernels, which is slow on XLA:CPU.
-  """
-  m = model_lib.from_config(_config(classes=classes).model)
-  shapes = jax.eval_shape(
-      lambda: model_lib.init(m, jax.random.PRNGKey(0), size)
-  )
-  rng = np.random.default_rng(seed)
-
-  def make(path, x):
-    if path[-1].key == 'bias':
-      return (0.1 * rng.normal(size=x.shape)).astype(np.float32)
-    fan_in = np.prod(x.shape[1:-1]) if x.ndim > 2 else x.shape[0]
-    return (rng.normal(size=x.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(make, shapes)
-
-
 @pytest.fixture(scope='module')
 def tiny():
   """A tiny two-tower model, its variables and a batch."""
-  return model_lib.from_config(_config().model), _variables(), _batch(1)
-
-
-DROPOUT_SEED = 7  # (no device work at import: multihost_worker imports us)
-
-
-def _loss_and_logits(apply, variables, images, labels, *, train):
-  logits = apply(
-      variables,
-      images,
-      train=train,
-      rngs={'dropout': jax.random.PRNGKey(DROPOUT_SEED)},
-  )
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return ce.mean(), logits
+  return model_lib.from_config(tm.config().model), tm.variables(), tm.batch(1)
 
 
 @functools.cache
 def _reference_grads(train):
   """Gradients and logits of the one-device model on the tiny batch."""
-  m, batch = model_lib.from_config(_config().model), _batch(1)
+  m, batch = model_lib.from_config(tm.config().model), tm.batch(1)
   grad = jax.grad(
-      functools.partial(_loss_and_logits, m.apply, train=train), has_aux=True
+      functools.partial(tm.loss_and_logits, m.apply, train=train), has_aux=True
   )
-  return jax.jit(grad)(_variables(), batch['image'], batch['label'])
+  return jax.jit(grad)(tm.variables(), batch['image'], batch['label'])
 
 
 @pytest.mark.parametrize(
@@ -237,15 +128,16 @@ def _reference_grads(train):
 def test_parallel_forward_and_grads_equal_single_device(tiny, mode, train):
   m, variables, batch = tiny
   ref_g, ref_logits = _reference_grads(train)
-  par = parallel.Parallel(_config(mode), m)
+  par = parallel.Parallel(tm.config(mode), m)
   placed = par.place_state(variables)
   images = par.shard_batch(batch)
   grad = jax.grad(
-      functools.partial(_loss_and_logits, par.apply, train=train), has_aux=True
+      functools.partial(tm.loss_and_logits, par.apply, train=train),
+      has_aux=True,
   )
   g, logits = jax.jit(grad)(placed, images['image'], images['label'])
-  _close(logits, ref_logits)
-  _close_grads(par.to_host(g), ref_g)
+  tm.close(logits, ref_logits)
+  tm.close_grads(par.to_host(g), ref_g)
   # Gradients come out laid out like the parameters: each device its tower.
   assert jax.tree.map(lambda x: x.sharding.spec, g) == jax.tree.map(
       lambda x: x.sharding.spec, placed
@@ -262,10 +154,10 @@ def test_dropout_masks_match_single_device_in_model_parallel(tiny):
 
 
 def test_odd_class_count_replicates_fc8():
-  c = _config('model', classes=9)
+  c = tm.config('model', classes=9)
   m = model_lib.from_config(c.model)
-  variables = _variables(classes=9)
-  batch = _batch(2, classes=9)
+  variables = tm.variables(classes=9)
+  batch = tm.batch(2, classes=9)
   par = parallel.Parallel(c, m)
   placed = par.place_state(variables)
   fc8 = placed['params']['fc8']
@@ -274,7 +166,7 @@ def test_odd_class_count_replicates_fc8():
   grad = lambda apply, v: jax.grad(
       lambda v: apply(v, batch['image'], train=False).sum()
   )(v)
-  _close_grads(
+  tm.close_grads(
       par.to_host(jax.jit(functools.partial(grad, par.apply))(placed)),
       jax.jit(functools.partial(grad, m.apply))(variables),
   )
@@ -282,90 +174,22 @@ def test_odd_class_count_replicates_fc8():
 
 # -------------------------------------- the trainer's step in each mode ---
 
-STEP_SIZE = 67  # smaller images for the step tests (fc6 reads 1x1)
-# Cosine over four steps: the lr changes every step, so the lr each mode's
-# step writes into its optimiser state is compared too.
-SIZES = train.Plan(
-    num_train_examples=4 * BATCH, steps_per_epoch=4.0, total_steps=4
-)
-# Modes whose data shards each draw their own dropout masks (the key folded
-# with the shard's index), unlike one device drawing them for the batch.
-DATA_SHARDS = {'single': 1, 'model': 1, 'jit': 2, 'pmap': 2, 'hybrid': 2}
-
-
-def step_config(mode, *, dropout=0.5):
-  c = _config(mode, dropout=dropout)
-  c.optim.lr = 0.05
-  c.optim.schedule = 'cosine'
-  return c
-
-
-def make_step(mode, *, dropout=0.5, config=None):
-  """The trainer's step (train.make_train_step) for the tiny model."""
-  c = config or step_config(mode, dropout=dropout)
-  return train.make_train_step(c, model_lib.from_config(c.model), sizes=SIZES)
-
-
-def initial_state(step):
-  """The trainer's initial state on the host, with _variables' params."""
-  return step.init_state(_variables(size=STEP_SIZE)['params'])
-
-
-def reference_step(step, shards):
-  """`step`'s update on one device, with `shards` data shards' dropout.
-
-  Shard i of the batch (its i-th 1/shards) gets dropout key fold_in(key, i),
-  as parallel.py and train_step's pmap path give each data shard; the loss
-  is the mean over the whole batch, as theirs.
-  """
-  model = step.par.model
-
-  def apply(variables, images, *, train, rngs):
-    return jnp.concatenate(
-        [
-            model.apply(
-                variables,
-                x,
-                train=train,
-                rngs={k: jax.random.fold_in(r, i) for k, r in rngs.items()},
-            )
-            for i, x in enumerate(jnp.split(images, shards))
-        ]
-    )
-
-  return jax.jit(
-      functools.partial(
-          train.train_step, apply_fn=apply, tx=step.tx, lr_fn=step.lr_fn
-      )
-  )
-
-
-def run_steps(step, fn, host_state, batches):
-  """(final host state, [host metrics of each step]) of fn from host_state."""
-  par = step.par
-  state = par.place_state(host_state)
-  metrics = []
-  for b in batches:
-    state, m = fn(state, par.shard_batch(b))
-    metrics.append(par.to_host(m.compute()))
-  return par.to_host(state), metrics
-
 
 @pytest.fixture(scope='module')
 def steps():
   """{mode: the trainer's step}, dropout on (rate 0.5)."""
-  return {mode: make_step(mode) for mode in MODES}
+  return {mode: tm.make_step(mode) for mode in tm.MODES}
 
 
 @functools.cache
 def _reference(shards):
-  step = make_step('single')
-  fn = step if shards == 1 else reference_step(step, shards)
-  batches = [_batch(10 + i, size=STEP_SIZE) for i in range(3)]
-  return batches, run_steps(step, fn, initial_state(step), batches)
+  step = tm.make_step('single')
+  fn = step if shards == 1 else tm.reference_step(step, shards)
+  batches = [tm.batch(10 + i, size=tm.STEP_SIZE) for i in range(3)]
+  return batches, tm.run_steps(step, fn, tm.initial_state(step), batches)
 
 
-@pytest.mark.parametrize('mode', [m for m in MODES if m != 'single'])
+@pytest.mark.parametrize('mode', [m for m in tm.MODES if m != 'single'])
 def test_trainer_step_in_each_mode_equals_one_device(steps, mode):
   """Three steps from the same state end in the same state and metrics.
 
@@ -374,8 +198,8 @@ def test_trainer_step_in_each_mode_equals_one_device(steps, mode):
   """
   step = steps[mode]
   assert step.par.mode == mode
-  batches, (want, want_metrics) = _reference(DATA_SHARDS[mode])
-  init = initial_state(step)
+  batches, (want, want_metrics) = _reference(tm.DATA_SHARDS[mode])
+  init = tm.initial_state(step)
   placed = step.par.place_state(init)
   specs = jax.tree.map(lambda x: x.sharding.spec, placed)
   state = placed
@@ -387,8 +211,8 @@ def test_trainer_step_in_each_mode_equals_one_device(steps, mode):
     assert jax.tree.map(lambda x: x.sharding.spec, state) == specs
   got = step.par.to_host(state)
   assert int(got.step) == 3
-  _close(got.params, want.params, atol=1e-6, rtol=1e-4)
-  _close(got.opt_state, want.opt_state, atol=1e-6, rtol=1e-4)
+  tm.close(got.params, want.params, atol=1e-6, rtol=1e-4)
+  tm.close(got.opt_state, want.opt_state, atol=1e-6, rtol=1e-4)
   for g, w in zip(got_metrics, want_metrics):
     assert (
         g.keys()
@@ -402,7 +226,7 @@ def test_trainer_step_in_each_mode_equals_one_device(steps, mode):
             'param_norm',
         }
     )
-    _close(g, w, rtol=1e-5)
+    tm.close(g, w, rtol=1e-5)
   lrs = [float(m['learning_rate']) for m in got_metrics]
   assert lrs[0] == pytest.approx(0.05) and lrs[0] > lrs[1] > lrs[2]
   moved = jax.tree.map(
@@ -503,29 +327,6 @@ def _elements(shapes):
   return sum(int(np.prod(s)) for s in shapes)
 
 
-# Per-tower widths of the tiny model (SCALE = 1/16): conv2 8, conv5 8,
-# fc6/fc7 128, fc8 5 of 10 classes. 67x67 input: conv2 pooled 3x3, conv5
-# pooled 1x1.
-MODEL_GATHERS = [
-    # (result shape per device for B examples on it, reason)
-    (lambda b: (b, 3, 3, 16), "conv3 reads both towers' conv2 maps"),
-    (lambda b: (b, 1, 1, 16), "fc6 reads both towers' conv5 maps"),
-    (lambda b: (b, 256), "fc7 reads both towers' fc6 units"),
-    (lambda b: (b, 256), "fc8 reads both towers' fc7 units"),
-    (lambda b: (b, 10), 'the logits: each tower computed 5 of 10 classes'),
-]
-MODEL_SCATTERS = [
-    # The backward of the first four gathers: each tower receives the sum
-    # of both towers' gradients for its own channels. The logits' gather
-    # needs none: its gradient is equal on both towers (invariant gather),
-    # so each takes its slice locally.
-    (lambda b: (b, 128), "d fc7 units, from both towers' fc8 halves"),
-    (lambda b: (b, 128), "d fc6 units, from both towers' fc7 halves"),
-    (lambda b: (b, 1, 1, 8), "d conv5 maps, from both towers' fc6 halves"),
-    (lambda b: (b, 3, 3, 8), "d conv2 maps, from both towers' conv3 halves"),
-]
-
-
 # What the trainer's step adds to the collectives beyond forward and backward.
 NUM_LEAVES = 16  # params: conv1-5, fc6-8 kernels and biases
 # The per-leaf sums of squares of the gradient and parameter norms, where
@@ -540,7 +341,7 @@ PMAP_METRIC_GATHERS = range(6, 13)
 
 
 def test_train_step_collectives_are_exactly_the_expected_ones(steps):
-  params = initial_state(steps['single']).params
+  params = tm.initial_state(steps['single']).params
   n_params = sum(x.size for x in jax.tree.leaves(params))
   assert len(jax.tree.leaves(params)) == NUM_LEAVES
   model_par = steps['model'].par
@@ -561,18 +362,24 @@ def test_train_step_collectives_are_exactly_the_expected_ones(steps):
   expected = {
       'single': [],
       'model': (
-          [('all-gather', 'model', f(BATCH)) for f, _ in MODEL_GATHERS]
-          + [('reduce-scatter', 'model', f(BATCH)) for f, _ in MODEL_SCATTERS]
+          [('all-gather', 'model', f(tm.BATCH)) for f, _ in tm.MODEL_GATHERS]
+          + [
+              ('reduce-scatter', 'model', f(tm.BATCH))
+              for f, _ in tm.MODEL_SCATTERS
+          ]
           # Both towers see the whole batch and compute the loss and errors
           # from the same gathered logits: over `model` only the norms'
           # per-leaf partial sums.
           + [('all-reduce', 'model', NORM_PARTIALS)]
       ),
       'hybrid': (
-          [('all-gather', 'model', f(BATCH // 2)) for f, _ in MODEL_GATHERS]
+          [
+              ('all-gather', 'model', f(tm.BATCH // 2))
+              for f, _ in tm.MODEL_GATHERS
+          ]
           + [
-              ('reduce-scatter', 'model', f(BATCH // 2))
-              for f, _ in MODEL_SCATTERS
+              ('reduce-scatter', 'model', f(tm.BATCH // 2))
+              for f, _ in tm.MODEL_SCATTERS
           ]
           # Over data: the gradients of this device's tower parameters and
           # fc8 half (n_local numbers), summed over the two data shards, and
@@ -590,11 +397,14 @@ def test_train_step_collectives_are_exactly_the_expected_ones(steps):
       'jit': [('all-reduce', 'data', n_params + METRIC_PARTIALS)],
       'pmap': [('all-reduce', 'data', n_params)],
   }
-  batch = _batch(0, size=STEP_SIZE)
+  batch = tm.batch(0, size=tm.STEP_SIZE)
   for mode, step in steps.items():
     par = step.par
     found = collectives(
-        par, step, par.place_state(initial_state(step)), par.shard_batch(batch)
+        par,
+        step,
+        par.place_state(tm.initial_state(step)),
+        par.shard_batch(batch),
     )
     reduces = [(k, a, s) for k, a, s in found if k == 'all-reduce']
     others = sorted((k, a, s) for k, a, s in found if k != 'all-reduce')
@@ -666,7 +476,7 @@ def test_each_device_holds_about_half_the_real_model():
 
 def test_device_bytes_of_placed_state_are_half(tiny):
   _, variables, _ = tiny
-  par = parallel.Parallel(_config('model'), tiny[0])
+  par = parallel.Parallel(tm.config('model'), tiny[0])
   placed = par.place_state(variables)
   per_device = parallel.param_bytes_per_device(placed)
   whole = sum(x.nbytes for x in jax.tree.leaves(variables))
@@ -676,24 +486,24 @@ def test_device_bytes_of_placed_state_are_half(tiny):
 def test_state_written_under_one_mesh_restores_under_another(steps):
   step = steps['model']
   par = step.par
-  batch = _batch(3, size=STEP_SIZE)
+  batch = tm.batch(3, size=tm.STEP_SIZE)
   trained, _ = step(
-      par.place_state(initial_state(step)), par.shard_batch(batch)
+      par.place_state(tm.initial_state(step)), par.shard_batch(batch)
   )
   host = par.to_host(trained)  # what a checkpoint stores
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(host))
   for mode in ('single', 'hybrid', 'pmap'):
     other = steps[mode]
     placed = other.par.place_state(host)
-    _close(other.par.to_host(placed), host, rtol=0, atol=0)
+    tm.close(other.par.to_host(placed), host, rtol=0, atol=0)
     # ...and training continues there as it would on one device (drawing
     # that mode's dropout masks).
     theirs, _ = other(placed, other.par.shard_batch(batch))
-    shards = DATA_SHARDS[mode]
-    ref = steps['single'] if shards == 1 else reference_step(step, shards)
+    shards = tm.DATA_SHARDS[mode]
+    ref = steps['single'] if shards == 1 else tm.reference_step(step, shards)
     single = steps['single'].par
     mine, _ = ref(single.place_state(host), single.shard_batch(batch))
-    _close(
+    tm.close(
         other.par.to_host(theirs).params,
         single.to_host(mine).params,
         atol=1e-6,
@@ -703,20 +513,20 @@ def test_state_written_under_one_mesh_restores_under_another(steps):
 
 def test_pmap_metrics_come_back_unstacked(steps):
   step = steps['pmap']
-  state = step.par.place_state(initial_state(step))
+  state = step.par.place_state(tm.initial_state(step))
   assert state.params['fc8']['kernel'].shape[0] == 2  # one per device
-  state, m = step(state, step.par.shard_batch(_batch(0, size=STEP_SIZE)))
+  state, m = step(state, step.par.shard_batch(tm.batch(0, size=tm.STEP_SIZE)))
   assert all(np.shape(x) == () for x in jax.tree.leaves(m))
-  assert m.loss.count == BATCH  # every device's examples
+  assert m.loss.count == tm.BATCH  # every device's examples
   assert step.par.to_host(state).params['fc8']['kernel'].shape == (256, 10)
 
 
-@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('mode', tm.MODES)
 def test_layout_names_mode_mesh_devices_and_batch_per_device(mode):
   """The run's start logs this, and results.json records it."""
-  c = _config(mode)
+  c = tm.config(mode)
   par = parallel.Parallel(c, model_lib.from_config(c.model))
-  data, model, _ = MODES[mode]
+  data, model, _ = tm.MODES[mode]
   layout = par.layout()
   assert layout == dict(
       mode=mode,
@@ -725,11 +535,14 @@ def test_layout_names_mode_mesh_devices_and_batch_per_device(mode):
       devices=data * model,
       platform='cpu',
       processes=1,
-      global_batch=BATCH,
-      per_device_batch=BATCH // data,
+      global_batch=tm.BATCH,
+      per_device_batch=tm.BATCH // data,
       dtype='float32',
   )
   line = parallel.layout_line(layout)
   assert line.startswith(f'{parallel.MODES[mode]} (mode {mode}); ')
   assert f'mesh data={data} x model={model}; {data * model} cpu devices' in line
-  assert f'batch {BATCH // data} per device ({BATCH} in all); float32' in line
+  assert (
+      f'batch {tm.BATCH // data} per device ({tm.BATCH} in all); float32'
+      in line
+  )

@@ -124,5 +124,5 @@ def test_sweep_passes_data_root_to_its_trainers(tmp_path):
   )
   seen = tmp_path / 'runs' / 'lrn' / 'cifar10' / 'lrn_on' / 'seen'
   assert seen.read_text() == (
-      f'{tmp_path / "data"} ' 'folder:$ALEXNET_JAX_DATA/cifar10'
+      f'{tmp_path / "data"} folder:$ALEXNET_JAX_DATA/cifar10'
   )

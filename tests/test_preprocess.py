@@ -438,7 +438,7 @@ def test_params_from_record(tmp_path):
   )
   assert p.mean_image.shape == (64, 64, 3)
   with pytest.raises(
-      ValueError, match=r'shape \(64, 64, 3\); it must be ' r'\(32, 32, 3\)'
+      ValueError, match=r'shape \(64, 64, 3\); it must be \(32, 32, 3\)'
   ):
     preprocess.params_from_record(
         dict(record, resize_size=32, mean_image=str(tmp_path / 'mean.npy'))

@@ -22,7 +22,7 @@ from experiments import collect
 from experiments import figure1
 from experiments import runner
 from experiments import sweep as sweep_cli
-from experiments import sweeps as sweeps_lib
+from experiments import sweep_definitions as sweeps_lib
 
 FAKE_MAIN = textwrap.dedent("""
     import json, math, os, pathlib, signal, sys, time
@@ -167,7 +167,9 @@ def test_ablations_are_defined_once_in_configs_ablations():
   # The sweeps write no overrides of their own: a second copy would drift.
   assert (
       "'model."
-      not in (sweeps_lib.REPO / 'experiments' / 'sweeps.py').read_text()
+      not in (
+          sweeps_lib.REPO / 'experiments' / 'sweep_definitions.py'
+      ).read_text()
   )
 
 
@@ -255,7 +257,7 @@ def test_runs_in_parallel_skips_finished_and_collects(fake, tmp_path):
       _sweep(), 'cifar10', root=root / 'runs', extra={'optim.num_epochs': 3}
   )
   logs = []
-  rc = runner.run_all(
+  run_all = lambda: runner.run_all(
       runs,
       jobs=2,
       main_module='fake_main',
@@ -263,17 +265,11 @@ def test_runs_in_parallel_skips_finished_and_collects(fake, tmp_path):
       log=logs.append,
       poll_seconds=0.05,
   )
+  rc = run_all()
   assert rc == {'toy/cifar10/relu': 0, 'toy/cifar10/tanh': 0}
   assert all(runner.is_finished(r) for r in runs)
   # A second call skips both: the fake trainer is not invoked again.
-  runner.run_all(
-      runs,
-      jobs=2,
-      main_module='fake_main',
-      env=env,
-      log=logs.append,
-      poll_seconds=0.05,
-  )
+  run_all()
   for r in runs:
     assert len((r.workdir / 'invocations').read_text().splitlines()) == 1
   assert sum('skipped' in m for m in logs) == 2

@@ -14,13 +14,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
+import torch
 
 from alexnet_jax import evaluate
 from alexnet_jax.configs import smoke
@@ -30,45 +30,12 @@ from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import train
+from helpers import repo
+from helpers.smoke import STEPS
+from helpers.smoke import main_command
+from helpers.smoke import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 40
-# The smoke config at 1/16 width (conv 6/16/24/24/16, fc 256), batch 8.
-# Plateau with patience 0 so lr drops happen and must survive a resume.
-TINY = {
-    'model.width_scale': 0.0625,
-    'optim.batch_size': 8,
-    'optim.schedule': 'plateau',
-    'optim.plateau.patience': 0,
-    'optim.plateau.min_delta': 0.0,
-    'train.num_train_steps': STEPS,
-    'train.log_every_steps': 1,
-    'train.eval_every_steps': 10,
-    'train.checkpoint_every_steps': 5,
-    'train.keep_checkpoints': 2,
-    'train.max_eval_batches': 2,
-}
-
-
-def tiny_config(**overrides):
-  config = smoke.get_config()
-  for dotted, value in {**TINY, **overrides}.items():
-    *path, last = dotted.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
-
-
-def main_command(workdir, **overrides):
-  return [
-      sys.executable,
-      '-m',
-      'alexnet_jax.main',
-      '--config=configs/smoke.py',
-      f'--workdir={workdir}',
-  ] + [f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()]
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -133,18 +100,23 @@ def reference(tmp_path_factory):
   return workdir, results
 
 
+def _start_trainer(workdir, env, log):
+  """The smoke trainer on `workdir` in a process, its output into `log`."""
+  return subprocess.Popen(
+      main_command(workdir),
+      cwd=REPO,
+      env=env,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+  )
+
+
 def _stop(workdir, env, sig, log_path):
   """Restarts the run, sends `sig` after its first new training step;
   returns (exit status, log, checkpoint steps)."""
   rows_before = len(_train_rows(workdir))
   with open(log_path, 'w+') as log:
-    proc = subprocess.Popen(
-        main_command(workdir),
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = _start_trainer(workdir, env, log)
     _wait_for(
         lambda: len(_train_rows(workdir)) > rows_before,
         proc,
@@ -170,13 +142,7 @@ def interrupted(tmp_path_factory, jax_cache):
   logs = {}
 
   with open(workdir.parent / 'killed.log', 'w+') as log:
-    proc = subprocess.Popen(
-        main_command(workdir),
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = _start_trainer(workdir, env, log)
     _wait_for(
         lambda: (workdir / 'checkpoints' / '5').is_dir(),
         proc,
@@ -374,7 +340,7 @@ def test_resume_into_a_different_model_fails_before_training(
   )
   with pytest.raises(
       checkpoint.CheckpointError,
-      match='model.width_scale: checkpoint 0.0625, config ' '0.125',
+      match='model.width_scale: checkpoint 0.0625, config 0.125',
   ):
     train.train_and_evaluate(config, workdir)
 
@@ -439,6 +405,24 @@ def test_console_writer_is_one_short_line(caplog):
   assert [r.getMessage() for r in caplog.records] == [
       '[7] images_per_sec=1276, train_loss=2.462'
   ]
+
+
+def test_a_logged_step_is_one_line_with_its_progress(caplog):
+  """The trainer's progress (metrics.Progress, CLU's ReportProgress) goes
+  into the step's training line, not a line of its own; the evaluation at
+  the same step gets none."""
+  caplog.set_level('INFO')
+  console = metrics_lib.ConsoleWriter()
+  progress = metrics_lib.Progress(console, num_train_steps=40, every_steps=10)
+  for step in range(1, 21):
+    progress(step, 100.0 + step / 2)  # 2 steps/s
+  console.write_scalars(20, {'train_loss': 2.0})
+  console.write_scalars(20, {'val_loss': 2.5})
+  lines = [r.getMessage() for r in caplog.records]
+  assert len(lines) == 2, lines
+  assert lines[0].startswith('[20] 2 steps/s, 50.0% (20/40), ETA 10 s')
+  assert lines[0].endswith(' | train_loss=2')
+  assert lines[1] == '[20] val_loss=2.5'
 
 
 def test_plan_counts_sliced_splits():
@@ -563,7 +547,6 @@ def test_pytorch_twin_step_does_the_trainers_work():
   """torch_models.TrainStep (the benchmark's PyTorch step) against the
   trainer's step from the same weights, Caffe's bias switches on and the
   lr changing every step: the same metrics, norms and parameters."""
-  torch = pytest.importorskip('torch')
   from alexnet_jax.reference import torch_models  # pylint: disable=g-import-not-at-top
 
   config = tiny_config(
@@ -615,11 +598,5 @@ def test_the_step_does_not_need_tensorflow():
       'import sys; from alexnet_jax.core import steps; '
       'print("tensorflow" in sys.modules)'
   )
-  out = subprocess.run(
-      [sys.executable, '-c', code],
-      capture_output=True,
-      text=True,
-      check=True,
-      timeout=300,
-  ).stdout
+  out = repo.run('-c', code).stdout
   assert out.strip() == 'False'

@@ -24,7 +24,7 @@ def test_defaults_are_appended_to_the_users_flags(tested_jaxlib):
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
   assert xla_flags.set_defaults(env) == [f'{FLAG}=true']
   assert env['XLA_FLAGS'] == (
-      '--xla_force_host_platform_device_count=4 ' f'{FLAG}=true'
+      f'--xla_force_host_platform_device_count=4 {FLAG}=true'
   )
   assert xla_flags.set_defaults(env) == []  # idempotent
   empty = {}

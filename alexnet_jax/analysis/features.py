@@ -115,7 +115,7 @@ def extract(
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(
-        f'images must be f32[N, H, W, 3], got shape ' f'{images.shape}'
+        f'images must be f32[N, H, W, 3], got shape {images.shape}'
     )
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be >= 1')

@@ -59,7 +59,7 @@ def run_tests(args, info):
   if not tests.is_dir():
     return dict(
         step='tests',
-        skipped='no tests/ beside this package ' '(run from a git checkout)',
+        skipped='no tests/ beside this package (run from a git checkout)',
     )
   command = [
       sys.executable,

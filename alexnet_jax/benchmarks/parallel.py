@@ -96,6 +96,8 @@ def measure(args) -> list[dict]:
         param_bytes_total=ready['param_bytes_total'],
         compile_s=ready['compile_s'],
         peak_rss_mb=result['done']['peak_rss_mb'],
+        # The last timed step's metrics: the same in every mode.
+        metrics=result['done']['metrics'],
         version=ready['version'],
         load_avg=result['load'],
     )

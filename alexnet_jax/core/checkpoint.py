@@ -310,7 +310,7 @@ def step_dirs(root) -> list[tuple[int, pathlib.Path]]:
   for child in root.iterdir() if root.is_dir() else ():
     if _ORBAX_TMP in child.name:
       logging.warning(
-          'Ignoring half-written checkpoint %s (a save that did ' 'not finish)',
+          'Ignoring half-written checkpoint %s (a save that did not finish)',
           child,
       )
       continue
@@ -364,7 +364,7 @@ def _candidates(path: pathlib.Path, best: bool):
     b = best_step(root)
     if b is None:
       logging.warning(
-          'No checkpoint in %s has validation metrics; using the ' 'latest',
+          'No checkpoint in %s has validation metrics; using the latest',
           root,
       )
     else:
@@ -491,7 +491,7 @@ def load(path, *, best=False):
         raise
       errors.append(e)
       logging.warning(
-          'Checkpoint %s is unreadable (%s); trying the previous ' 'one',
+          'Checkpoint %s is unreadable (%s); trying the previous one',
           directory,
           e,
       )
@@ -503,7 +503,7 @@ def load(path, *, best=False):
         ) from e
       errors.append(e)
       logging.warning(
-          'Checkpoint %s is unreadable (%s: %s); trying the ' 'previous one',
+          'Checkpoint %s is unreadable (%s: %s); trying the previous one',
           directory,
           type(e).__name__,
           e,
@@ -623,7 +623,7 @@ def restore_train_state(mgr, target, config):
       _move_aside(root, [s for s, _ in unreadable])
       mgr.reload()
       logging.warning(
-          'Resuming from step %d instead of the unreadable ' 'step(s) %s',
+          'Resuming from step %d instead of the unreadable step(s) %s',
           step,
           [s for s, _ in unreadable],
       )

@@ -55,7 +55,7 @@ def _get(config, dotted):
       node = node[part]
     except (KeyError, AttributeError, TypeError):
       raise ConfigError(
-          f'config.{dotted} is missing (configs/paper.py lists ' 'every field)'
+          f'config.{dotted} is missing (configs/paper.py lists every field)'
       ) from None
   return node
 

@@ -87,7 +87,7 @@ _PREPROCESSING['caffemodel'] = dict(_PREPROCESSING['caffe-npy'])
 def _check_format(fmt):
   if fmt not in FORMATS:
     raise ValueError(
-        f'weight format {fmt!r} is not one of ' f'{", ".join(FORMATS)}'
+        f'weight format {fmt!r} is not one of {", ".join(FORMATS)}'
     )
 
 
@@ -192,7 +192,7 @@ def _check_layout(path, got: dict, expected: dict):
       problems.append(f'missing {key!r} (expected shape {shape})')
     elif tuple(np.shape(got[key])) != shape:
       problems.append(
-          f'{key!r} has shape {tuple(np.shape(got[key]))}, ' f'expected {shape}'
+          f'{key!r} has shape {tuple(np.shape(got[key]))}, expected {shape}'
       )
   extra = sorted(set(got) - set(expected))
   if extra:
@@ -230,7 +230,7 @@ def _finish(fmt, path, params, num_classes, width_scale, **config_fields):
   got = jax.tree_util.tree_map(np.shape, params)
   if want != got:
     raise WeightFileError(
-        f'{path}: converted parameters {got} do not fit ' f'the model {want}'
+        f'{path}: converted parameters {got} do not fit the model {want}'
     )
   return module, {'params': jax.tree_util.tree_map(jnp.asarray, params)}
 

@@ -69,7 +69,7 @@ class FolderSource:
       directory = os.path.join(self.root, split)
       if split not in self.splits:
         raise ValueError(
-            f'split {split!r} is not in {self.root!r}; it has ' f'{self.splits}'
+            f'split {split!r} is not in {self.root!r}; it has {self.splits}'
         )
       index = {name: i for i, name in enumerate(self.class_names)}
       paths, labels, ignored = [], [], 0

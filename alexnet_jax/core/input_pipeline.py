@@ -80,7 +80,7 @@ def _note_skipped(names):
         continue
       _skipped[name] = None
     logging.warning(
-        'Skipping unreadable image %s (truncated, empty or not ' 'an image)',
+        'Skipping unreadable image %s (truncated, empty or not an image)',
         name,
     )
   return True

@@ -19,6 +19,7 @@ from typing import Any
 
 from absl import logging
 from clu import metric_writers
+from clu import periodic_actions
 import jax.numpy as jnp
 import numpy as np
 
@@ -90,14 +91,62 @@ def _to_python(value):
 
 class ConsoleWriter(metric_writers.LoggingWriter):
   """CLU's LoggingWriter in short: one line of 4-digit scalars per event,
-  and no hyperparameters (a run's config is its config.json)."""
+  and no hyperparameters (a run's config is its config.json). The first
+  event of a step the trainer logs starts with its `Progress`."""
+
+  def __init__(self):
+    super().__init__()
+    self._progress = {}  # step -> text (keyed: the writes are asynchronous)
+
+  def progress(self, step: int, text: str):
+    """Puts `text` at the start of the step's next line."""
+    self._progress[step] = text
 
   def write_scalars(self, step, scalars):
     values = ', '.join(f'{k}={_short(v)}' for k, v in sorted(scalars.items()))
+    progress = self._progress.pop(step, None)
+    if progress:
+      values = f'{progress} | {values}'
     logging.info('[%d] %s', step, values)
 
   def write_hparams(self, hparams):
     del hparams
+
+
+class Progress(periodic_actions.ReportProgress):
+  """CLU's ReportProgress (steps/s, percent, ETA, the time spent in its
+  `timed` parts), put into the console line of the step's training event
+  rather than logged as a line of its own: one line per logged step."""
+
+  def __init__(self, console: ConsoleWriter, *, num_train_steps, every_steps):
+    super().__init__(
+        num_train_steps=num_train_steps,
+        every_steps=every_steps,
+        every_secs=None,
+    )
+    self._console = console
+
+  def _apply(self, step: int, t: float):
+    rate = (step - self._previous_step) / (t - self._previous_time)
+    total = self._num_train_steps
+    text = (
+        f'{rate:.3g} steps/s, {100 * step / total:.1f}% ({step}/{total}), '
+        f'ETA {_secs((total - step) / rate)}'
+    )
+    if self._time_per_part:
+      elapsed = time.monotonic() - self._t0
+      parts = ', '.join(
+          f'{100 * dt / elapsed:.1f}% {name}'
+          for name, dt in sorted(self._time_per_part.items())
+      )
+      text += f' ({_secs(elapsed)}: {parts})'
+    self._console.progress(step, text)
+
+
+def _secs(seconds: float) -> str:
+  if seconds >= 3600:
+    return f'{seconds / 3600:.1f} h'
+  return f'{seconds / 60:.1f} min' if seconds >= 60 else f'{seconds:.0f} s'
 
 
 def _short(value):
@@ -116,13 +165,13 @@ def read_jsonl(path) -> list[dict]:
   return out
 
 
-def create_writer(workdir, *, just_logging=False):
+def create_writer(workdir, console: ConsoleWriter, *, just_logging=False):
   """Console + TensorBoard + JSONL writer for the workdir (one process)."""
   if just_logging:
-    return metric_writers.AsyncMultiWriter([ConsoleWriter()])
+    return metric_writers.AsyncMultiWriter([console])
   return metric_writers.AsyncMultiWriter(
       [
-          ConsoleWriter(),
+          console,
           metric_writers.SummaryWriter(str(workdir)),
           JsonlWriter(pathlib.Path(workdir) / JSONL_FILE),
       ]

@@ -34,6 +34,7 @@ Layer table (paper model, 224x224 input, per tower in brackets):
 """
 
 from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -46,10 +47,12 @@ from alexnet_jax.core import ops
 
 Array = jnp.ndarray
 
-# Total kernels of conv1..conv5, fc6, fc7 for each variant.
-PAPER_WIDTHS = (96, 256, 384, 384, 256, 4096, 4096)
-TORCHVISION_WIDTHS = (64, 192, 384, 256, 256, 4096, 4096)
-CIFAR4_WIDTHS = (32, 32, 64)
+# Total kernels of conv1..conv5, fc6, fc7 for each variant (cifar4: conv1-3).
+WIDTHS = {
+    'paper': (96, 256, 384, 384, 256, 4096, 4096),
+    'torchvision': (64, 192, 384, 256, 256, 4096, 4096),
+    'cifar4': (32, 32, 64),
+}
 
 # conv1's padding by source; each gives 55x55 from its input size.
 CONV1_PADDING = {
@@ -65,22 +68,53 @@ def widths_for(variant: str, towers: int, width_scale: float = 1.0):
   The paper's control (section 3.2) halves the kernels of conv1-conv4 only:
   conv5 and the fully connected layers keep their widths.
   """
-  if variant == 'paper':
-    widths = list(PAPER_WIDTHS)
-    if towers == 1:
-      widths[:4] = [w // 2 for w in widths[:4]]
-  elif variant == 'torchvision':
-    widths = list(TORCHVISION_WIDTHS)
-  elif variant == 'cifar4':
-    widths = list(CIFAR4_WIDTHS)
-  else:
-    raise ValueError(
-        f'model variant {variant!r} is not one of paper, ' 'torchvision, cifar4'
-    )
+  widths = list(WIDTHS[variant])
+  if variant == 'paper' and towers == 1:
+    widths[:4] = [w // 2 for w in widths[:4]]
   # Scaled widths stay divisible by the tower count.
   return tuple(
       max(towers, round(w * width_scale / towers) * towers) for w in widths
   )
+
+
+# The paper's convolutional layers (section 3.5 and Figure 2), input to
+# output. reads: 'image' (every tower reads the whole image), 'own' (its own
+# tower's channels) or 'both' (both towers': where the GPUs talked). pad:
+# per side, or None for conv1 (CONV1_PADDING[model.conv1_padding]). bias:
+# 'one' for the layers the paper starts at 1 (model.bias_init), else 0.
+# then: what follows the activation ('norm,pool': the variant's
+# normalisation and a max-pool; model.lrn.order may swap them).
+#
+# Their widths are WIDTHS' (widths_for).
+#
+#    name   kernel stride pad  reads    bias    then
+CONVS = (
+    ('conv1', 11, 4, None, 'image', 'zero', 'norm,pool'),
+    ('conv2', 5, 1, 2, 'own', 'one', 'norm,pool'),
+    ('conv3', 3, 1, 1, 'both', 'zero', ''),
+    ('conv4', 3, 1, 1, 'own', 'one', ''),
+    ('conv5', 3, 1, 1, 'own', 'one', 'pool'),
+)
+# fc6 and fc7 (widths[5], widths[6]) read both towers and start at bias
+# 'one'; fc8 reads both towers, starts at 0 and gives the logits.
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """What a variant of AlexNet does differently from the table above."""
+
+  ones: bool  # 'one' biases start at model.bias_init (else 0)
+  norm: bool  # LRN after conv1 and conv2 (if model.lrn.enabled)
+  avg_pool: int | None  # pool5 -> adaptive average pool to this side
+  dropout: str  # 'after' fc6 and fc7's activations, or 'before' fc6 and fc7
+
+
+VARIANTS = {
+    'paper': Variant(ones=True, norm=True, avg_pool=None, dropout='after'),
+    'torchvision': Variant(
+        ones=False, norm=False, avg_pool=6, dropout='before'
+    ),
+}
 
 
 def _normal(std):
@@ -277,8 +311,8 @@ class AlexNet(nn.Module):
     # several times faster than select_and_scatter.
     return [ops.max_pool(h, w, s, formulation=self.formulation) for h in hs]
 
-  def _lrn_and_pool(self, hs, paper):
-    if not paper:
+  def _norm_and_pool(self, hs, variant):
+    if not variant.norm:
       return self._pool(hs)
     if self.lrn_order == 'pool_lrn':  # CaffeNet: pool1/2 before norm1/2
       return self._lrn(self._pool(hs))
@@ -318,105 +352,108 @@ class AlexNet(nn.Module):
       out.append(jnp.where(mask, h / keep, 0).astype(h.dtype))
     return out
 
-  @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    """x: f32[B, H, W, 3], normalised. Returns logits f32[B, num_classes]."""
-    if self.variant not in ('paper', 'torchvision'):
-      raise ValueError(
-          f'AlexNet variant must be paper or torchvision, got '
-          f'{self.variant!r} (cifar4 is the Cifar4 module)'
-      )
-    w1, w2, w3, w4, w5, w6, w7 = widths_for(
-        self.variant, self.towers, self.width_scale
-    )
-    T, L = self.towers, self.local_towers
-    dtype = jnp.dtype(self.dtype)
-    paper = self.variant == 'paper'
-    one = self.bias_init if paper else 0.0  # the paper's "biases of 1"
-    precision = ops.precision_of(self.precision)
-    layer = dict(
-        kernel_std=self.weight_init_std, dtype=dtype, precision=precision
-    )
-    conv = dict(layer, formulation=self.formulation)
+  def _hidden_fc(self, name, x, width, bias, variant, train, **layer):
+    """fc6 or fc7: reads x (both towers' activations), returns its
+    towers' activations, with the variant's dropout before or after."""
+    if variant.dropout == 'before':
+      (x,) = self._dropout([x], train)
+    h = TowerDense(
+        self.local_towers,
+        width // self.towers,
+        bias_init=bias,
+        name=name,
+        kernel_std=self.fc_init_std,
+        **layer,
+    )(x)
+    h = self._act(h)
+    return self._dropout(h, train) if variant.dropout == 'after' else h
 
-    # x: [B, 224, 224, 3], read whole by every tower.
-    h = TowerConv(
-        L,
-        w1 // T,
-        11,
-        4,
-        CONV1_PADDING[self.conv1_padding],
-        name='conv1',
-        **conv,
-    )(
-        [x]
-    )  # [B, 55, 55, 48] / tower
-    h = self._act(h)
-    h = self._lrn_and_pool(h, paper)  # [B, 27, 27, 48]
-    h = TowerConv(
-        L, w2 // T, 5, 1, ((2, 2), (2, 2)), bias_init=one, name='conv2', **conv
-    )(
-        h
-    )  # [B, 27, 27, 128]
-    h = self._act(h)
-    h = self._lrn_and_pool(h, paper)  # [B, 13, 13, 128]
-    both = self._all_towers(h)  # [B, 13, 13, 256]
-    h = TowerConv(L, w3 // T, 3, 1, ((1, 1), (1, 1)), name='conv3', **conv)(
-        [both]
-    )  # [B, 13, 13, 192]
-    h = self._act(h)
-    h = TowerConv(
-        L, w4 // T, 3, 1, ((1, 1), (1, 1)), bias_init=one, name='conv4', **conv
-    )(
-        h
-    )  # [B, 13, 13, 192]
-    h = self._act(h)
-    h = TowerConv(
-        L, w5 // T, 3, 1, ((1, 1), (1, 1)), bias_init=one, name='conv5', **conv
-    )(
-        h
-    )  # [B, 13, 13, 128]
-    h = self._act(h)
-    h = self._pool(h)  # [B, 6, 6, 128]
-    if not paper:
-      h = [adaptive_avg_pool(t, 6) for t in h]
-    # Flattened in (H, W, C) order, C = [tower 0's channels, tower 1's].
-    flat = self._all_towers(h)
-    flat = flat.reshape(flat.shape[0], -1)  # [B, 9216]
-    if not paper:  # torchvision: dropout
-      (flat,) = self._dropout([flat], train)  # before fc6 and fc7
-    fc = dict(layer, kernel_std=self.fc_init_std)
-    h = TowerDense(L, w6 // T, bias_init=one, name='fc6', **fc)(flat)
-    h = self._act(h)  # [B, 2048] / tower
-    if paper:
-      h = self._dropout(h, train)
-    full = self._all_towers(h)  # [B, 4096]
-    if not paper:
-      (full,) = self._dropout([full], train)
-    h = TowerDense(L, w7 // T, bias_init=one, name='fc7', **fc)(full)
-    h = self._act(h)
-    if paper:
-      h = self._dropout(h, train)
-    # fc8's columns are split by tower only under shard_map, and only when
-    # num_classes is even (otherwise each device holds all of fc8 and reads
-    # an invariant copy of fc7's output); on one device it is a single
-    # [4096, num_classes] layer.
-    split_fc8 = self.tower_axis is not None and self.num_classes % T == 0
+  def _logits(self, hs, dtype, precision):
+    """fc8. Its columns are split by tower only under shard_map, and only
+    when num_classes is even (otherwise each device holds all of fc8 and
+    reads an invariant copy of fc7's output); on one device it is a single
+    [4096, num_classes] layer."""
+    split = self.tower_axis is not None and self.num_classes % self.towers == 0
     full = self._all_towers(
-        h, invariant=self.tower_axis is not None and not split_fc8
+        hs, invariant=self.tower_axis is not None and not split
     )  # [B, 4096]
-    out = self.num_classes // T if split_fc8 else self.num_classes
     logits = nn.Dense(
-        out,
+        self.num_classes // self.towers if split else self.num_classes,
         kernel_init=_normal(self.weight_init_std),
         bias_init=nn.initializers.zeros,
         dtype=dtype,
         precision=precision,
         name='fc8',
     )(full)
-    if split_fc8:
+    if split:
       logits = self._all_towers([logits], invariant=True)  # [B, num_classes]
     return logits.astype(jnp.float32)
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    """x: f32[B, H, W, 3], normalised. Returns logits f32[B, num_classes].
+
+    Shapes for the paper model at 224x224, per tower: conv1 [B, 55, 55, 48]
+    -> pool 27x27; conv2 128 -> pool 13x13; conv3 192 (reads both towers);
+    conv4 192; conv5 128 -> pool 6x6; fc6 2048 and fc7 2048 (each reads
+    both towers); fc8 num_classes.
+    """
+    variant = VARIANTS[self.variant]
+    widths = widths_for(self.variant, self.towers, self.width_scale)
+    bias = {'one': self.bias_init if variant.ones else 0.0, 'zero': 0.0}
+    layer = dict(
+        dtype=jnp.dtype(self.dtype), precision=ops.precision_of(self.precision)
+    )
+    h = None
+    for (name, kernel, stride, pad, reads, start, then), width in zip(
+        CONVS, widths
+    ):
+      if reads == 'image':
+        inputs = [x]
+      elif reads == 'both':
+        inputs = [self._all_towers(h)]
+      else:
+        inputs = h
+      padding = (
+          CONV1_PADDING[self.conv1_padding]
+          if pad is None
+          else ((pad, pad),) * 2
+      )
+      h = TowerConv(
+          self.local_towers,
+          width // self.towers,
+          kernel,
+          stride,
+          padding,
+          kernel_std=self.weight_init_std,
+          bias_init=bias[start],
+          formulation=self.formulation,
+          name=name,
+          **layer,
+      )(inputs)
+      h = self._act(h)
+      if then == 'norm,pool':
+        h = self._norm_and_pool(h, variant)
+      elif then == 'pool':
+        h = self._pool(h)
+    if variant.avg_pool:
+      h = [adaptive_avg_pool(t, variant.avg_pool) for t in h]
+    # Flattened in (H, W, C) order, C = [tower 0's channels, tower 1's].
+    flat = self._all_towers(h)
+    flat = flat.reshape(flat.shape[0], -1)  # [B, 9216]
+    h = self._hidden_fc(
+        'fc6', flat, widths[5], bias['one'], variant, train, **layer
+    )
+    h = self._hidden_fc(
+        'fc7',
+        self._all_towers(h),
+        widths[6],
+        bias['one'],
+        variant,
+        train,
+        **layer,
+    )
+    return self._logits(h, **layer)
 
 
 def activation_fn(name: str):
@@ -560,48 +597,26 @@ class CifarLocal(_CifarNet):
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 
 
-def lrn_kwargs(m: ml_collections.ConfigDict, towers: bool = True) -> dict:
+def lrn_kwargs(m: ml_collections.ConfigDict) -> dict:
   """The LRN fields of `config.model` as model keyword arguments (the
-  PyTorch twins take the same); `towers`: also the tower-related ones."""
-  kwargs = dict(
+  PyTorch twins take the same)."""
+  return dict(
       lrn=m.lrn.enabled,
       lrn_k=m.lrn.k,
       lrn_n=m.lrn.n,
       lrn_alpha=m.lrn.alpha,
       lrn_beta=m.lrn.beta,
       lrn_alpha_over_n=m.lrn.alpha_over_n,
+      lrn_across_towers=m.lrn.across_towers,
+      lrn_order=m.lrn.order,
   )
-  if towers:
-    kwargs.update(lrn_across_towers=m.lrn.across_towers, lrn_order=m.lrn.order)
-  return kwargs
 
 
 def from_config(model_config: ml_collections.ConfigDict, **overrides):
-  """The model `config.model` describes (see configs/paper.py)."""
+  """The model `config.model` describes (see configs/paper.py): AlexNet
+  (paper, torchvision), Cifar4 or CifarLocal, given the fields it has."""
   m = model_config
-  dtype = jnp.dtype(m.dtype)
-  if m.variant == 'cifar_local':
-    kwargs = dict(
-        num_classes=m.num_classes,
-        activation=m.activation,
-        **lrn_kwargs(m, towers=False),
-        width_scale=m.width_scale,
-        dtype=dtype,
-        precision=m.precision,
-    )
-    kwargs.update(overrides)
-    return CifarLocal(**kwargs)
-  if m.variant == 'cifar4':
-    kwargs = dict(
-        num_classes=m.num_classes,
-        activation=m.activation,
-        weight_init_std=m.weight_init_std,
-        width_scale=m.width_scale,
-        dtype=dtype,
-        precision=m.precision,
-    )
-    kwargs.update(overrides)
-    return Cifar4(**kwargs)
+  module = {'cifar4': Cifar4, 'cifar_local': CifarLocal}.get(m.variant, AlexNet)
   kwargs = dict(
       variant=m.variant,
       num_classes=m.num_classes,
@@ -616,12 +631,15 @@ def from_config(model_config: ml_collections.ConfigDict, **overrides):
       fc_init_std=m.fc_init_std,
       bias_init=m.bias_init,
       width_scale=m.width_scale,
-      dtype=dtype,
+      dtype=jnp.dtype(m.dtype),
       formulation=m.formulation,
       precision=m.precision,
   )
+  # The CIFAR nets have fewer fields (no towers, their own inits).
+  fields = {f.name for f in dataclasses.fields(module)}
+  kwargs = {k: v for k, v in kwargs.items() if k in fields}
   kwargs.update(overrides)
-  return AlexNet(**kwargs)
+  return module(**kwargs)
 
 
 def with_precision(model: nn.Module, precision: str) -> nn.Module:

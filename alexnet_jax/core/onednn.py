@@ -115,7 +115,7 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path.home() / '.cache' / 'alexnet_jax'
   except (RuntimeError, KeyError) as e:
     raise Unavailable(
-        f'no home directory for the cache ({e}); set ' f'{CACHE_ENV}'
+        f'no home directory for the cache ({e}); set {CACHE_ENV}'
     ) from None
 
 
@@ -186,7 +186,7 @@ def _build_timeout() -> float:
     timeout = -1
   if timeout <= 0:
     raise Unavailable(
-        f'{BUILD_TIMEOUT_ENV}={value!r} is not a positive ' 'number of seconds'
+        f'{BUILD_TIMEOUT_ENV}={value!r} is not a positive number of seconds'
     )
   return timeout
 
@@ -225,7 +225,7 @@ def recipe() -> Recipe:
   compiler = os.environ.get('CXX', 'g++')
   if shutil.which(compiler) is None:
     raise Unavailable(
-        f'no C++ compiler: {compiler!r} is not on PATH ' '(set CXX to one)'
+        f'no C++ compiler: {compiler!r} is not on PATH (set CXX to one)'
     )
   try:
     identity = [
@@ -562,7 +562,7 @@ def _attrs(call, stride, padding):
     ) from None
   if int(stride) != stride or stride < 1:
     raise ValueError(
-        f'onednn.{call}: stride {stride!r} is not a positive ' 'integer'
+        f'onednn.{call}: stride {stride!r} is not a positive integer'
     )
   if min(p for pair in padding for p in pair) < 0:
     raise ValueError(
@@ -583,7 +583,7 @@ def _dtype(call, **arrays):
   dtype = next(iter(dtypes.values()))
   if dtype not in (jnp.float32, jnp.bfloat16):
     raise TypeError(
-        f'onednn.{call} takes float32 or bfloat16, not ' f'{dtype.name}'
+        f'onednn.{call} takes float32 or bfloat16, not {dtype.name}'
     )
   return dtype
 

@@ -172,7 +172,7 @@ def precision_of(name: str):
   """The lax.Precision (or None) config.model.precision names."""
   if name not in PRECISIONS:
     raise ValueError(
-        f'precision {name!r} is not one of ' f'{", ".join(PRECISIONS)}'
+        f'precision {name!r} is not one of {", ".join(PRECISIONS)}'
     )
   return PRECISIONS[name]
 

@@ -121,7 +121,7 @@ def params_from_record(record, **fields) -> Params:
   ]
   if missing:
     raise ValueError(
-        f'preprocessing record {dict(record)!r} lacks ' f'{", ".join(missing)}'
+        f'preprocessing record {dict(record)!r} lacks {", ".join(missing)}'
     )
   out = dict(fields)
   out.update(
@@ -301,9 +301,7 @@ def resize(image, size, method='area'):
   if method == 'bilinear':
     return tf.image.resize(image, [size, size], method='bilinear')
   if method != 'area':
-    raise ValueError(
-        f'resize method {method!r} is not one of ' f'{RESIZE_METHODS}'
-    )
+    raise ValueError(f'resize method {method!r} is not one of {RESIZE_METHODS}')
   shrink = tf.reduce_all(tf.shape(image)[:2] > size)
   return tf.cond(
       shrink,

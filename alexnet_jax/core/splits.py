@@ -23,7 +23,7 @@ def check_split(split, sizes):
   name = match['name']
   if name not in sizes:
     raise ValueError(
-        f'split {name!r} does not exist; the dataset has ' f'{sorted(sizes)}'
+        f'split {name!r} does not exist; the dataset has {sorted(sizes)}'
     )
   return match
 

@@ -198,7 +198,7 @@ def evaluate(
       progress(int(np.sum(batch['mask'])))
   if total is None:
     raise ValueError(
-        f'split {split!r} of {config.data.name} yielded no ' 'examples'
+        f'split {split!r} of {config.data.name} yielded no examples'
     )
   result = {k: float(v) for k, v in par.to_host(total.compute()).items()}
   result['examples'] = int(par.to_host(total.loss.count))
@@ -355,7 +355,10 @@ def _train_and_evaluate(config, workdir, preempt):
   del host_state
 
   with outputs.writing('metrics', workdir):
-    writer = metrics_lib.create_writer(workdir, just_logging=not primary)
+    console = metrics_lib.ConsoleWriter()
+    writer = metrics_lib.create_writer(
+        workdir, console, just_logging=not primary
+    )
   if primary:
     outputs.write_text(
         workdir / CONFIG_FILE, config.to_json(indent=2), 'config file'
@@ -365,11 +368,14 @@ def _train_and_evaluate(config, workdir, preempt):
 
   eval_fn = make_eval_fn(par)
   hooks = [
-      periodic_actions.ReportProgress(
-          num_train_steps=p.total_steps,  # no writer: images_per_sec is
+      # images_per_sec is in the train record; the progress (steps/s, ETA)
+      # goes into its console line.
+      metrics_lib.Progress(
+          console,
+          num_train_steps=p.total_steps,
           every_steps=config.train.log_every_steps,
       )
-  ]  # in the train record
+  ]
   if config.train.profile and primary:
     hooks.append(
         periodic_actions.Profile(

@@ -147,7 +147,7 @@ def read_torch_state_dict(path) -> dict:
   for key, value in state.items():
     if not isinstance(value, torch.Tensor):
       raise WeightFileError(
-          f'{path}: {key!r} is a {type(value).__name__}, ' 'not a tensor'
+          f'{path}: {key!r} is a {type(value).__name__}, not a tensor'
       )
     out[key.removeprefix('module.')] = value.detach().float().numpy()
   return out

@@ -6,7 +6,7 @@
 Prints one JSON line: instruction counts by kind in the optimised HLO
 (conditionals, custom calls, while loops, fusions, convolutions), and the
 compiled step's temporary memory. Run once against the tree before a change
-and once after (cpu_before_after.py times them): equal counts show that
+and once after (the timings: results/benchmarks/formulation_before_after_*): equal counts show that
 lax.platform_dependent leaves nothing behind on CPU (its single-branch
 conditionals are folded away when the step is lowered for one platform).
 """

@@ -12,15 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.core import onednn
+from experiments.benchmarks import layers
 
 B = 128
-L = [
-    (224, 3, 64, 11, 4, 2),
-    (27, 64, 192, 5, 1, 2),
-    (13, 192, 384, 3, 1, 1),
-    (13, 384, 256, 3, 1, 1),
-    (13, 256, 256, 3, 1, 1),
-]
+L = layers.TORCHVISION_CONVS
 r = np.random.default_rng(0)
 for H, ci, co, k, s, p in L:
   pad = ((p, p), (p, p))

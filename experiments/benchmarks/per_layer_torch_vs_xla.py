@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax.core import ops
+from experiments.benchmarks import layers
 
 try:
   import torch
@@ -24,14 +25,7 @@ except ModuleNotFoundError:
 
 torch.set_num_threads(2)
 B = 128
-# torchvision layers: (H, Cin, Cout, k, stride, pad)
-L = [
-    (224, 3, 64, 11, 4, 2),
-    (27, 64, 192, 5, 1, 2),
-    (13, 192, 384, 3, 1, 1),
-    (13, 384, 256, 3, 1, 1),
-    (13, 256, 256, 3, 1, 1),
-]
+L = layers.TORCHVISION_CONVS
 
 
 def tm(f, n=3):

@@ -166,13 +166,7 @@ def table(out) -> str:
   ]
   for name, n, top1, top5 in rows:
     lines.append(f'| {name} | {n} | {100 * top1:.2f}% | {100 * top5:.2f}% |')
-  lines += [
-      '',
-      f'Command: `{prov["command"]}`  ',
-      f'Machine: {prov["machine"]}  ',
-      f'Date: {prov["date"]}, git {prov["git_commit"]}',
-      '',
-  ]
+  lines += collect.provenance_footer(prov)
   return '\n'.join(lines)
 
 

@@ -21,7 +21,7 @@ scale, and the commands that ran them, are in docs/experiments.md.
 
 ABLATIONS below is the one list of the pairs: what each changes, what the
 paper reports, and the overrides of its two variants (the first is the
-paper's choice). `experiments/sweeps.py` builds its sweeps from it, and
+paper's choice). `experiments/sweep_definitions.py` builds its sweeps from it, and
 `python -m experiments.sweep --list` prints it.
 """
 

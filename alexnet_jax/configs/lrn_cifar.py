@@ -2,7 +2,7 @@ r"""LRN on CIFAR-10: cuda-convnet's conv-local net with and without LRN.
 
 Command (`python -m experiments.sweep lrn_cifar` runs both; one by hand):
 
-    python -m alexnet_jax.main --config=experiments/configs/lrn_cifar.py \
+    python -m alexnet_jax.main --config=configs/lrn_cifar.py \
         --workdir=/tmp/lrn_on --config.model.lrn.enabled=True
 
 Network: `model.CifarLocal`, the layers-conv-local-11pct (cross-map LRN) and

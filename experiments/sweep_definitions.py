@@ -12,8 +12,8 @@ import pathlib
 from typing import Any
 
 from alexnet_jax.configs import ablations as ablations_config
+from alexnet_jax.configs import paper_cifar224
 from alexnet_jax.core import paths
-from experiments.configs import paper_cifar224
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CIFAR10 = 'cifar10'  # its folder under the data root (docs/data.md)
@@ -51,7 +51,7 @@ class Sweep:
   dataset_overrides: dict[str, dict[str, Any]] = dataclasses.field(
       default_factory=dict
   )
-  # A config file of the sweep's own (experiments/configs/), used instead of
+  # A config file of the sweep's own (configs/), used instead of
   # the dataset's base config and its overrides.
   config: str | None = None
 
@@ -61,10 +61,10 @@ _ABLATIONS = [
     for name, (question, paper, variants) in ablations_config.ABLATIONS.items()
 ]
 
-# Figure 1 (experiments/figure1.py): experiments/configs/figure1.py (the
+# Figure 1 (experiments/figure1.py): configs/figure1.py (the
 # four-layer CIFAR-10 net, no regularisation, constant learning rate) with
 # the rate tuned for each activation, as the paper did.
-FIGURE1_CONFIG = 'experiments/configs/figure1.py'
+FIGURE1_CONFIG = 'configs/figure1.py'
 # Initial gradients are small (all weights start at std 0.01), so the grid
 # reaches up to 0.3; a diverging rate is stopped by the trainer's NaN guard.
 FIGURE1_LRS = (0.01, 0.03, 0.1, 0.3)
@@ -105,8 +105,8 @@ def figure1(lrs: dict[str, float]) -> Sweep:
   }
   return Sweep(
       'figure1',
-      'ReLU vs tanh, four-layer CIFAR-10 net, training ' 'error vs epochs',
-      'ReLU reaches 25% training error six times ' 'faster than tanh',
+      'ReLU vs tanh, four-layer CIFAR-10 net, training error vs epochs',
+      'ReLU reaches 25% training error six times faster than tanh',
       variants,
       datasets=('cifar10',),
       config=FIGURE1_CONFIG,
@@ -115,22 +115,22 @@ def figure1(lrs: dict[str, float]) -> Sweep:
 
 # LRN on CIFAR-10 (the paper: 13% -> 11% test error): cuda-convnet's
 # conv-local net with and without its cross-map LRN, recipe and budget in
-# experiments/configs/lrn_cifar.py.
+# configs/lrn_cifar.py.
 def lrn_cifar() -> Sweep:
   return Sweep(
       'lrn_cifar',
-      "cross-map LRN on vs off in cuda-convnet's conv-local " 'CIFAR-10 net',
+      "cross-map LRN on vs off in cuda-convnet's conv-local CIFAR-10 net",
       '13% test error without LRN, 11% with (about 450 '
       'epochs, 10-view testing)',
       {v: ablations_config.VARIANTS[v] for v in ('lrn_on', 'lrn_off')},
       datasets=('cifar10',),
-      config='experiments/configs/lrn_cifar.py',
+      config='configs/lrn_cifar.py',
   )
 
 
 # Does the paper's recipe leave the chance loss at full size? Its network on
 # CIFAR-10 at 224 with the input scale, the biases of 1 and the fc6/fc7 init
-# each changed (experiments/configs/paper_cifar224.py defines the variants).
+# each changed (configs/paper_cifar224.py defines the variants).
 def init_scale() -> Sweep:
   return Sweep(
       'init_scale',
@@ -143,7 +143,7 @@ def init_scale() -> Sweep:
       'early stages of learning"',
       dict(paper_cifar224.VARIANTS),
       datasets=('cifar10',),
-      config='experiments/configs/paper_cifar224.py',
+      config='configs/paper_cifar224.py',
   )
 
 

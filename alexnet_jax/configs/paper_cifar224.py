@@ -3,7 +3,7 @@ r"""Does the paper's recipe learn at full size? configs/paper.py on CIFAR-10.
 Command (`python -m experiments.sweep init_scale` runs every variant; one by
 hand):
 
-    python -m alexnet_jax.main --config=experiments/configs/paper_cifar224.py \
+    python -m alexnet_jax.main --config=configs/paper_cifar224.py \
         --workdir=/tmp/paper_cifar224
 
 The network is configs/paper.py's, unchanged: full width (96-256-384-384-256
@@ -28,7 +28,7 @@ from alexnet_jax.configs import paper
 
 STEPS = 300
 
-# The sweep's variants (experiments/sweeps.py): the first is configs/paper.py
+# The sweep's variants (experiments/sweep_definitions.py): the first is configs/paper.py
 # as it is; each other changes the input scale, the biases of 1 (Caffe's
 # 0.1) or the fc6/fc7 weights' std (Caffe's 0.005), or several.
 _UNIT_SCALE = {'data.pixel_scale': 1.0, 'data.mean': cifar10.CIFAR10_MEAN}

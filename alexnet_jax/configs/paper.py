@@ -40,11 +40,13 @@ def get_config():
   c = ml_collections.ConfigDict()
 
   c.model = m = ml_collections.ConfigDict()
-  m.variant = 'paper'  # 'paper' | 'torchvision' | 'cifar4' |
-  # 'cifar_local' (model.py says what each is)
+  # 'paper' | 'torchvision' | 'cifar4' | 'cifar_local' (model.py says what
+  # each is).
+  m.variant = 'paper'
   m.num_classes = 1000
-  m.towers = 2  # 2 = the paper's two GPUs; 1 = its one-GPU
-  # control (half the kernels in conv1-conv4)
+  # 2 = the paper's two GPUs; 1 = its one-GPU control (half the kernels in
+  # conv1-conv4).
+  m.towers = 2
   m.activation = 'relu'  # 'relu' | 'tanh'
   m.lrn = ml_collections.ConfigDict(
       dict(
@@ -53,8 +55,9 @@ def get_config():
           n=5,
           alpha=1e-4,
           beta=0.75,
-          alpha_over_n=False,  # False: the paper (alpha on the sum);
-          # True: Caffe / PyTorch / cuda-convnet2
+          # False: the paper (alpha on the sum); True: Caffe / PyTorch /
+          # cuda-convnet2 (alpha / n).
+          alpha_over_n=False,
           across_towers=False,  # True: Caffe's windows over all channels
           # 'lrn_pool': normalise, then pool (the paper, bvlc_alexnet);
           # 'pool_lrn': pool, then normalise (CaffeNet, bvlc_reference_caffenet).

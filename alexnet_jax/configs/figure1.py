@@ -3,7 +3,7 @@ r"""Figure 1's network: the four-layer CIFAR-10 CNN, no regularisation.
 Command (experiments/figure1.py runs it for each activation and learning
 rate; one run by hand):
 
-    python -m alexnet_jax.main --config=experiments/configs/figure1.py \
+    python -m alexnet_jax.main --config=configs/figure1.py \
         --workdir=/tmp/fig1_relu --config.model.activation=relu \
         --config.optim.lr=0.01 --config.optim.num_epochs=30
 

@@ -1,0 +1,1 @@
+"""Scripts that time parts of the step (see each docstring)."""

@@ -1,0 +1,1 @@
+"""What several test files share (tests import these, never each other)."""
