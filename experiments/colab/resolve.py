@@ -20,8 +20,6 @@ import subprocess
 import sys
 import tempfile
 
-import nbformat
-
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / 'experiments' / 'demo.ipynb'
 # googlecolab/backend-info, pip-freeze.gpu.txt at commit 03a89033b7dd (the
@@ -64,8 +62,9 @@ SHOWN = (
 def install_cell():
   """The install cell's names (JAX_FOR, TENSORFLOW, ...), executed without
   its last lines (which would install)."""
-  nb = nbformat.read(NOTEBOOK, as_version=4)
-  source = next(c.source for c in nb.cells if 'ALEXNET_JAX_REPO =' in c.source)
+  cells = json.loads(NOTEBOOK.read_text())['cells']
+  sources = [''.join(c['source']) for c in cells if c['cell_type'] == 'code']
+  source = next(s for s in sources if 'ALEXNET_JAX_REPO =' in s)
   source = source.split('\nKIND = runtime_kind()')[0]
   namespace = {}
   exec(source, namespace)  # pylint: disable=exec-used
