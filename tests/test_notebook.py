@@ -10,9 +10,12 @@ The install cell and the download check are also run on their own.
 """
 
 import hashlib
+import importlib.metadata
 import importlib.util
+import os
 import re
 import subprocess
+import sys
 
 import jax
 import nbclient
@@ -25,6 +28,7 @@ from alexnet_jax.analysis import features
 from alexnet_jax.analysis import visualize
 from alexnet_jax.configs import paper
 from alexnet_jax.core import checkpoint
+from alexnet_jax.core import console
 from alexnet_jax.core import convert
 from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import model as model_lib
@@ -100,6 +104,9 @@ def _run(tmp_path, monkeypatch, **params):
     monkeypatch.setenv(f'ALEXNET_DEMO_{name}', str(value))
   for name in ('PHOTOS', 'GALLERY'):
     monkeypatch.delenv(f'ALEXNET_DEMO_{name}', raising=False)
+  # As on Colab: nothing quietens TensorFlow but the notebook itself ('' is
+  # TensorFlow's default level, and no setdefault elsewhere replaces it).
+  monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '')
   nb = _notebook()
   # Outputs are not committed: the notebook is clean for Colab users.
   assert not any(c.get('outputs') for c in nb.cells if c.cell_type == 'code')
@@ -123,6 +130,8 @@ def _run(tmp_path, monkeypatch, **params):
       for o in c.outputs
       if 'image/png' in o.get('data', {})
   ]
+  # No TensorFlow start-up notices among the outputs (stdout and stderr).
+  assert not [l for l in text.splitlines() if console.is_notice(l)], text
   return text, len(images)
 
 
@@ -224,6 +233,8 @@ def test_demo_notebook_offline_default(tiny_export, tmp_path, monkeypatch):
   assert 'sanity check skipped' in text
   spec = visualize.tower_colour_specificity(variables)
   assert f'tower 1: mean colour share {spec[1]:.3f}' in text
+  assert 'not meaningful on the smoke model' in text
+  assert 'more colour-agnostic' not in text  # no winner named
   assert images == 3
 
 
@@ -244,54 +255,147 @@ def test_install_cell_message_while_the_address_is_unset(monkeypatch, tmp_path):
   assert not calls  # no pip error either
 
 
-def test_install_cell_keeps_the_runtimes_frameworks(monkeypatch, tmp_path):
-  """Colab-like: tensorflow (not -cpu), a CUDA jax and torch installed."""
-  import importlib.metadata as metadata  # pylint: disable=g-import-not-at-top
+# Colab's GPU runtime as googlecolab/backend-info's pip-freeze.gpu.txt
+# (commit 03a89033b7dd) lists it: what the install cell keeps or replaces.
+COLAB = {
+    'tensorflow': '2.20.0',
+    'jax': '0.7.2',
+    'jaxlib': '0.7.2',
+    'jax-cuda12-plugin': '0.7.2',
+    'torch': '2.11.0+cu128',
+    'torchvision': '0.26.0+cu128',
+    'numpy': '2.0.2',
+}
 
-  source = _cell('ALEXNET_JAX_REPO =').replace(
-      "ALEXNET_JAX_REPO = ''", "ALEXNET_JAX_REPO = 'https://example.org/a'"
-  )
-  colab = {
-      'tensorflow': '2.19.0',
-      'jax': '0.10.2',
-      'jaxlib': '0.10.2',
-      'jax-cuda12-plugin': '0.10.2',
-      'torch': '2.13.0',
-      'numpy': '2.0.2',
-  }
+
+def _install_cell():
+  """The install cell's definitions (without its last lines, which act)."""
+  source = _cell('ALEXNET_JAX_REPO =')
+  namespace = {}
+  exec(source.split('\nKIND = runtime_kind()')[0], namespace)  # pylint: disable=exec-used
+  return namespace
+
+
+def _fake_pip(installed):
+  """A pip that records its commands and 'installs' their requirements."""
+  calls = []
+
+  def run(command):
+    calls.append(command)
+    for arg in command[command.index('install') + 1 :]:
+      if arg.startswith('-') or arg == 'constraints.txt':
+        continue
+      if ' @ git+' in arg:
+        installed['alexnet_jax'] = '0.1.0'
+        continue
+      name, _, version = re.match(
+          r'([\w.-]+)(\[[^\]]*\])?(?:==|>=)?(.*)', arg
+      ).groups()
+      installed[name.lower()] = version or '1.0'
 
   def version(name):
-    if name not in colab:
-      raise metadata.PackageNotFoundError(name)
-    return colab[name]
+    if name not in installed:
+      raise importlib.metadata.PackageNotFoundError(name)
+    return installed[name]
 
-  calls = []
-  monkeypatch.setattr(subprocess, 'check_call', calls.append)
-  monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)
-  monkeypatch.setattr(metadata, 'version', version)
-  monkeypatch.setattr(
-      metadata,
-      'requires',
-      lambda name: [
-          'jax>=0.10.2',
-          'flax>=0.12.8',
-          'tensorflow-cpu>=2.21.0',
-          'pillow',
-          'onednn-cpu-gomp>=2023.2.0; extra == "cpu"',
-          'matplotlib; extra == "demo"',
-          'ipykernel; extra == "demo"',
-      ],
-  )
+  return calls, run, version
+
+
+@pytest.mark.parametrize('kind', ['cpu', 'gpu', 'tpu'])
+def test_install_cell_per_runtime_kind(kind, monkeypatch, tmp_path, capsys):
+  """pip mocked on a Colab-like runtime of each kind: JAX at the project's
+  pin with the kind's plugin, TensorFlow raised to the floor (the full
+  `tensorflow` Colab has, not -cpu beside it), torch and numpy kept; the
+  check fails before and passes after."""
+  cell = _install_cell()
+  installed = dict(COLAB)
+  calls, run, version = _fake_pip(installed)
   monkeypatch.chdir(tmp_path)
-  exec(source, {})  # pylint: disable=exec-used
+  with pytest.raises(RuntimeError) as e:
+    cell['check_versions'](kind, version=version)
+  assert 'jax 0.7.2 / jaxlib 0.7.2 (needs 0.10.2)' in str(e.value)
+  assert 'tensorflow 2.20.0 (needs >= 2.21.0)' in str(e.value)
+  assert cell['JAX_FOR'][kind] in str(e.value)
+  cell['install_alexnet_jax'](
+      'https://example.org/a',
+      kind,
+      run=run,
+      version=version,
+      requires=importlib.metadata.requires,  # the package's real requirements
+  )
   first, second = calls
-  assert '--no-deps' in first
-  assert 'alexnet_jax[demo] @ git+https://example.org/a' in first
-  assert first[first.index('-c') + 1] == 'constraints.txt'
+  assert first[-2:] == [
+      '--no-deps',
+      'alexnet_jax[demo] @ git+https://example.org/a',
+  ]
+  wanted = {
+      'cpu': 'jax==0.10.2',
+      'gpu': 'jax[cuda12]==0.10.2',
+      'tpu': 'jax[tpu]==0.10.2',
+  }[kind]
+  args = second[second.index('constraints.txt') + 1 :]
+  assert args[:2] == [wanted, 'tensorflow>=2.21.0']
+  names = [re.split(r'[<>=\[ ]', a)[0].lower() for a in args]
+  assert names.count('jax') == 1 and 'tensorflow-cpu' not in names
+  assert 'jaxlib' not in names and 'onednn-cpu-gomp' not in names
+  assert {'flax', 'matplotlib', 'ipykernel'} <= set(names)
   pins = (tmp_path / 'constraints.txt').read_text().split()
-  assert 'tensorflow==2.19.0' in pins and 'jax-cuda12-plugin==0.10.2' in pins
-  assert second[-4:] == ['flax>=0.12.8', 'pillow', 'matplotlib', 'ipykernel']
-  assert '-c' in second
+  assert pins == ['torch==2.11.0', 'torchvision==0.26.0', 'numpy==2.0.2']
+  installed['jaxlib'] = '0.10.2'  # pip installs it with jax
+  cell['check_versions'](kind, version=version)
+  assert f'alexnet_jax on a {kind} runtime: jax 0.10.2, tensorflow 2.21.0' in (
+      capsys.readouterr().out
+  )
+
+
+def test_install_cell_tells_the_runtime_kind():
+  kind = _install_cell()['runtime_kind']
+  none = lambda _: None
+  no = lambda _: False
+  assert kind({}, none, no) == 'cpu'
+  assert kind({}, lambda name: '/usr/bin/nvidia-smi', no) == 'gpu'
+  assert kind({'COLAB_TPU_ADDR': '10.0.0.2:8470'}, none, no) == 'tpu'
+  assert kind({}, none, lambda path: path == '/dev/accel0') == 'tpu'
+
+
+def test_install_cell_pins_are_the_projects():
+  cell = _install_cell()
+  pins = dict(
+      l.split('==')
+      for l in (REPO / 'requirements.txt').read_text().splitlines()
+      if '==' in l and not l.startswith('#')
+  )
+  assert cell['JAX'] == pins['jax'] == pins['jaxlib']
+  assert cell['TENSORFLOW'] == pins['tensorflow-cpu']
+
+
+def _stderr_of(code):
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  return subprocess.run(
+      [sys.executable, '-c', code],
+      capture_output=True,
+      text=True,
+      env=env,  # as on Colab: TF_CPP_MIN_LOG_LEVEL not set
+      timeout=300,
+      check=False,
+  ).stderr
+
+
+def test_no_tensorflow_notices_in_the_outputs():
+  """The notebook quietens TensorFlow (console.setup) at the top of its
+  first import cell, before anything imports it: `import tensorflow` alone
+  writes two start-up notices to stderr (a Colab cell's output), after the
+  cell's set-up lines none."""
+  cells = _notebook().cells
+  first = next(
+      i for i, c in enumerate(cells) if 'from alexnet_jax.' in c.source
+  )
+  setup, rest = cells[first].source.split('\n\n', 1)
+  assert 'console.setup()' in setup and 'from alexnet_jax.' in rest
+  loud = _stderr_of('import tensorflow')
+  assert len([l for l in loud.splitlines() if console.is_notice(l)]) >= 2, loud
+  quiet = _stderr_of(setup + '\nimport tensorflow')
+  assert not [l for l in quiet.splitlines() if console.is_notice(l)], quiet
 
 
 def test_download_is_checked_against_its_sha1(tmp_path):
