@@ -88,6 +88,9 @@ def no_arguments(args):
     )
 
 
+HELP_FLAGS = ('--help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
+
+
 def parse_flags(argv, flag_values=flags.FLAGS):
   """absl's flag parsing with its errors as one line (`--verbose`: whole).
 
@@ -96,6 +99,12 @@ def parse_flags(argv, flag_values=flags.FLAGS):
   """
   try:
     return flag_values(argv)
+  except SystemExit as e:
+    # absl's --help (and --helpshort, --helpfull) print the usage and exit
+    # with status 1; asking for help is no error.
+    if e.code == 1 and any(a.split('=')[0] in HELP_FLAGS for a in argv[1:]):
+      raise SystemExit(0) from None
+    raise
   except flags.Error as e:
     text = str(e)
     if '--verbose' in argv:

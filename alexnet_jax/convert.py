@@ -76,7 +76,7 @@ def main(argv=None):
 def _convert(args, extra):
   cli.no_arguments(extra)
   output = pathlib.Path(args.output)
-  try:
+  with console.exit_on(OSError, ValueError, ImportError):
     _output_is_free(output, args.overwrite)
     imported = convert.load(
         args.format,
@@ -95,9 +95,6 @@ def _convert(args, extra):
         mean_image=imported.mean_image,
         overwrite=args.overwrite or output.is_dir(),
     )
-  except (OSError, ValueError, ImportError) as e:
-    print(f'convert: error: {e}', file=sys.stderr)
-    return 1
   print(
       f'Wrote {args.format} weights from {args.input} to {output} '
       f'({imported.model.num_classes} classes, input '

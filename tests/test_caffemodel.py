@@ -128,9 +128,11 @@ def _convert(path, out, *flags):
 
 def _refused(tmp_path, path, *patterns, capsys):
   out = tmp_path / 'out'
-  assert _convert(path, out) == 1
-  err = capsys.readouterr().err
-  assert err.startswith('convert: error: ') and 'Traceback' not in err
+  with pytest.raises(SystemExit) as e:  # console.exit_on: one error line
+    _convert(path, out)
+  err = str(e.value.code)
+  assert err.startswith('error: ') and 'Traceback' not in err
+  assert '\n' not in err and not capsys.readouterr().err
   assert str(path) in err
   for pattern in patterns:
     assert pattern in err, err
@@ -223,13 +225,9 @@ def test_other_networks_are_refused(tmp_path, capsys):
   blobs['conv1'] = _conv(64, 3, 11)
   c = caffe.write_caffemodel(tmp_path / 'c64.caffemodel', blobs, v1=True)
   out = tmp_path / 'out'
-  assert (
-      convert_cli.main(
-          ['--format=caffemodel', f'--input={c}', f'--output={out}']
-      )
-      == 1
-  )
-  err = capsys.readouterr().err
+  with pytest.raises(SystemExit) as e:
+    convert_cli.main(['--format=caffemodel', f'--input={c}', f'--output={out}'])
+  err = str(e.value.code)
   assert "'conv1/W' has shape (64, 3, 11, 11), expected (96, 3, 11, 11)" in err
   assert str(c) in err and not out.exists()
 

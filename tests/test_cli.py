@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 
+from alexnet_jax import cli
 from alexnet_jax import main as main_lib
 from alexnet_jax import predict
 from alexnet_jax.configs import ablations
@@ -293,3 +294,28 @@ def test_ablation_configs_change_one_thing_and_build(variant):
 def test_ablation_config_argument_errors():
   with pytest.raises(ValueError, match='BASE/VARIANT'):
     ablations.get_config('cifar10/lrn')
+
+
+def test_every_command_has_one_error_prefix():
+  """Flag errors (cli.parse_flags) and runtime errors (console.exit_on)
+  alike: `error: ...`, one line, whatever the command."""
+  from alexnet_jax import convert as convert_cli  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import data_stats  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import prepare_imagenet  # pylint: disable=g-import-not-at-top
+
+  messages = []
+  for command in (convert_cli.main, data_stats.main, prepare_imagenet.main):
+    with pytest.raises(SystemExit) as e:
+      command(['--bogus'])
+    messages.append(str(e.value.code))
+  with pytest.raises(SystemExit) as e:
+    convert_cli.main(
+        ['--format=torchvision', '--input=/nonexistent.pth', '--output=/tmp/x']
+    )
+  messages.append(str(e.value.code))
+  with pytest.raises(SystemExit) as e:
+    cli.parse_flags(['evaluate', '--bogus'])
+  messages.append(str(e.value.code))
+  for text in messages:
+    assert text.startswith('error: ') and '\n' not in text, text
+    assert 'convert:' not in text

@@ -6,6 +6,7 @@ Default tests run at 1/16 width (the layout logic is width-independent);
 """
 
 import os
+import pathlib
 import pickle
 
 import jax
@@ -264,6 +265,25 @@ def test_full_size_shapes_are_expected_by_default(caffe_file):
     convert.from_caffe_npy(path)
 
 
+def test_empty_and_truncated_torch_files_say_why(tmp_path, torchvision_file):
+  empty = tmp_path / 'alexnet.pth'
+  empty.write_bytes(b'')
+  with pytest.raises(convert.WeightFileError) as e:
+    convert.from_torchvision(str(empty), width_scale=TINY)
+  assert str(e.value) == (
+      f'{empty} is empty (0 bytes): not a torch.save file; an interrupted '
+      'download?'
+  )
+  cut = tmp_path / 'cut.pth'
+  data = pathlib.Path(torchvision_file[1]).read_bytes()
+  cut.write_bytes(data[: len(data) // 2])
+  with pytest.raises(convert.WeightFileError) as e:
+    convert.from_torchvision(str(cut), width_scale=TINY)
+  text = str(e.value)
+  assert text.startswith(f'{cut} is not a torch.save file: ')
+  assert not text.endswith(': ') and '\n' not in text
+
+
 def test_torchvision_wrong_and_extra_keys(tmp_path, torchvision_file):
   net, _ = torchvision_file
   sd = dict(net.state_dict())
@@ -338,15 +358,16 @@ def test_cli_refuses_to_overwrite_and_leaves_nothing_on_failure(
       (['--format=torchvision', f'--input={path}'], 'expected'),
       (['--format=caffe-npy', f'--input={bad}.npy'], 'does not exist'),
   ):
-    assert convert_cli.main([*wrong, f'--output={bad}']) == 1
-    assert reason in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+      convert_cli.main([*wrong, f'--output={bad}'])
+    assert e.value.code.startswith('error: ') and reason in e.value.code
     assert not list(tmp_path.iterdir())
   # An existing non-empty output is kept unless --overwrite.
   out = tmp_path / 'out'
   out.mkdir()
   (out / 'keep.txt').write_text('mine')
-  assert convert_cli.main([*args, f'--output={out}']) == 1
-  assert '--overwrite' in capsys.readouterr().err
+  with pytest.raises(SystemExit, match='^error: .*--overwrite'):
+    convert_cli.main([*args, f'--output={out}'])
   assert (out / 'keep.txt').read_text() == 'mine'
   assert convert_cli.main([*args, f'--output={out}', '--overwrite']) == 0
   assert not (out / 'keep.txt').exists()

@@ -10,6 +10,8 @@ import json
 import math
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -245,6 +247,36 @@ def test_evaluate_matches_training_and_rerun_only_evaluates(reference, caplog):
   ):
     assert want in end, end
   assert '[Hyperparameters]' not in caplog.text
+
+
+def test_resume_tells_the_lr_it_uses_and_test_metrics_come_before_the_end(
+    reference, tmp_path, caplog
+):
+  """A finished run re-run with another lr and a test split: the resume
+  line gives the lr the next step would use (the config's), and the test
+  metrics are logged before the end-of-run summary."""
+  source, _ = reference
+  workdir = tmp_path / 'copy'
+  shutil.copytree(source, workdir)
+  caplog.set_level('INFO')
+  train.train_and_evaluate(
+      tiny_config(**{'optim.lr': 0.02, 'data.test_split': 'test[:16]'}),
+      workdir,
+  )
+  resumed = re.search(
+      rf'Resumed from the checkpoint at step {STEPS} in \S+ \(lr (\S+), was '
+      r'(\S+) in the checkpoint, plateau drops (\d+)\)',
+      caplog.text,
+  )
+  assert resumed, caplog.text
+  now, was, drops = float(resumed[1]), float(resumed[2]), int(resumed[3])
+  factor = tiny_config().optim.plateau.factor
+  assert now == pytest.approx(0.02 * factor**drops, rel=1e-5)  # the config's
+  assert was != pytest.approx(now)
+  messages = [r.getMessage() for r in caplog.records]
+  test_line = max(i for i, m in enumerate(messages) if 'test_top1_error' in m)
+  end = next(i for i, m in enumerate(messages) if 'Final metrics at step' in m)
+  assert test_line < end
 
 
 def test_exact_resume_after_sigkill(reference, interrupted):

@@ -255,6 +255,22 @@ def summary(workdir, results) -> str:
 # ------------------------------------------------------------ the loop ----
 
 
+def resume_message(step, directory, host_state, step_fn) -> str:
+  """What a resume logs: the lr the next step uses (the config's schedule
+  times the plateau scale, as the step computes it), and the one stored in
+  the checkpoint when a changed config makes them differ."""
+  saved = float(optim.learning_rate(host_state.opt_state))
+  scale = float(host_state.plateau['scale'])
+  next_lr = float(step_fn.lr_fn(step)) * scale
+  lr = f'lr {next_lr:.6g}'
+  if not math.isclose(next_lr, saved, rel_tol=1e-6):
+    lr += f', was {saved:.6g} in the checkpoint'
+  return (
+      f'Resumed from the checkpoint at step {step} in {directory} ({lr}, '
+      f'plateau drops {int(host_state.plateau["drops"])})'
+  )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from the workdir's latest checkpoint) and evaluates.
 
@@ -328,12 +344,7 @@ def _train_and_evaluate(config, workdir, preempt):
     start_step, state_dict, saved = restored
     host_state = flax.serialization.from_state_dict(abstract_state, state_dict)
     logging.info(
-        'Resumed from the checkpoint at step %d in %s (lr %.6g, '
-        'plateau drops %d)',
-        start_step,
-        mgr.directory,
-        float(optim.learning_rate(host_state.opt_state)),
-        int(host_state.plateau['drops']),
+        '%s', resume_message(start_step, mgr.directory, host_state, step_fn)
     )
     changed = checkpoint.config_differences(
         saved['config'], config, sections=None
@@ -529,6 +540,9 @@ def _train_and_evaluate(config, workdir, preempt):
         results.update(run_eval(step, config.data.test_split))
     except input_guard.InputWaitStopped:
       return stop_for_signal(step, None)
+    # The writer logs from a thread of its own: its last lines (the test
+    # metrics) come out before the summary only once it is flushed.
+    writer.flush()
     if primary:
       outputs.write_text(
           workdir / RESULTS_FILE, json.dumps(results, indent=1), 'results file'

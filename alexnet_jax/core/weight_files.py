@@ -8,6 +8,7 @@ crafted file contains), and a torch.save state_dict through
 model's parameters; caffe_proto.py reads Caffe's binary files.
 """
 
+import os
 import pathlib
 import pickle
 import re
@@ -112,6 +113,11 @@ def read_torch_state_dict(path) -> dict:
         'reading torchvision weights needs PyTorch: pip install '
         'torch==2.13.0 (see requirements-test.txt)'
     ) from None
+  if os.path.isfile(path) and os.path.getsize(path) == 0:
+    raise WeightFileError(
+        f'{path} is empty (0 bytes): not a torch.save file; an interrupted '
+        'download?'
+    )
   try:
     state = torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
@@ -123,7 +129,11 @@ def read_torch_state_dict(path) -> dict:
         '(torch.save(model.state_dict(), FILE)) is read, never code'
     ) from None
   except Exception as e:  # noqa: BLE001 - torch raises many kinds
-    raise WeightFileError(f'{path} is not a torch.save file: {e}') from None
+    # Some say nothing (EOFError of a truncated file): name the kind then.
+    reason = str(e).strip() or f'{type(e).__name__}, the file ends early'
+    raise WeightFileError(
+        f'{path} is not a torch.save file: {reason}'
+    ) from None
   # Common wrappers: {'state_dict': ...}, {'model': ...}, DataParallel names.
   for key in ('state_dict', 'model'):
     if isinstance(state, dict) and isinstance(state.get(key), dict):
