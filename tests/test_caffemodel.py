@@ -272,7 +272,11 @@ def test_reading_never_runs_code(tmp_path):
   payload = pickle.dumps(Evil())
   p = tmp_path / 'evil.caffemodel'
   p.write_bytes(
-      caffe.bytes(100, caffe.bytes(1, payload) + caffe.bytes(2, b'Convolution'))
+      caffe.length_delimited(
+          100,
+          caffe.length_delimited(1, payload)
+          + caffe.length_delimited(2, b'Convolution'),
+      )
   )
   with pytest.raises(convert.WeightFileError):
     convert.from_caffemodel(p)

@@ -123,8 +123,8 @@ def test_bad_value_fails_before_any_work(tmp_path):
         (
             ['--config=configs/smok.py'],
             'error: --config=configs/smok.py: no such file (configs/ has '
-            'ablations.py, cifar10.py, paper.py, smoke.py); did you mean '
-            'configs/smoke.py?',
+            'ablations.py, cifar10.py, figure1.py, lrn_cifar.py, paper.py, '
+            'paper_cifar224.py, smoke.py); did you mean configs/smoke.py?',
         ),
         (
             ['--config=configs/ablations.py:cifar10/lrn'],

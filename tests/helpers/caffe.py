@@ -89,7 +89,7 @@ def _int(number, value):
   return _key(number, 0) + _varint(value)
 
 
-def bytes(number, payload):
+def length_delimited(number, payload):
   return _key(number, 2) + _varint(len(payload)) + payload
 
 
@@ -104,9 +104,11 @@ def blob_proto(array, legacy, packed=True):
     dims = (1,) * (4 - array.ndim) + array.shape
     head = b''.join(_int(i + 1, d) for i, d in enumerate(dims))
   else:
-    head = bytes(7, bytes(1, b''.join(_varint(d) for d in array.shape)))
+    head = length_delimited(
+        7, length_delimited(1, b''.join(_varint(d) for d in array.shape))
+    )
   if packed:
-    data = bytes(5, array.astype('<f4').tobytes())
+    data = length_delimited(5, array.astype('<f4').tobytes())
   else:
     data = b''.join(_float(5, v) for v in array.ravel())
   return head + _int(6, 0) + data  # an unknown-to-us diff-ish varint
@@ -127,19 +129,22 @@ _V1 = dict(
 def _layer(name, kind, blobs=(), *, v1, lrn=None, packed=True):
   """A V1LayerParameter (layers = 2) or a LayerParameter (layer = 100)."""
   if v1:
-    msg = bytes(4, name.encode()) + _int(5, _V1[kind])
+    msg = length_delimited(4, name.encode()) + _int(5, _V1[kind])
     msg += b''.join(
-        bytes(6, blob_proto(b, legacy=True, packed=packed)) for b in blobs
+        length_delimited(6, blob_proto(b, legacy=True, packed=packed))
+        for b in blobs
     )
     if lrn:
-      msg += bytes(18, lrn)
-    return bytes(2, msg)
-  msg = bytes(1, name.encode()) + bytes(2, kind.encode())
-  msg += bytes(3, b'data')  # bottom: skipped
-  msg += b''.join(bytes(7, blob_proto(b, legacy=False)) for b in blobs)
+      msg += length_delimited(18, lrn)
+    return length_delimited(2, msg)
+  msg = length_delimited(1, name.encode()) + length_delimited(2, kind.encode())
+  msg += length_delimited(3, b'data')  # bottom: skipped
+  msg += b''.join(
+      length_delimited(7, blob_proto(b, legacy=False)) for b in blobs
+  )
   if lrn:
-    msg += bytes(118, lrn)
-  return bytes(100, msg)
+    msg += length_delimited(118, lrn)
+  return length_delimited(100, msg)
 
 
 def lrn_param(alpha=1e-4):
@@ -190,8 +195,8 @@ def write_caffemodel(
     path, blobs, *, v1, pool_first=False, packed=True, seq=None, lrn=None
 ):
   seq = seq or caffe_sequence(pool_first)
-  out = bytes(1, b'CaffeNet' if pool_first else b'AlexNet')
-  out += bytes(3, b'data') + _int(4, 10)  # input, input_dim: skipped
+  out = length_delimited(1, b'CaffeNet' if pool_first else b'AlexNet')
+  out += length_delimited(3, b'data') + _int(4, 10)  # input, input_dim: skipped
   for name, kind in seq:
     out += _layer(
         name,
