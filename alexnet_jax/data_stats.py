@@ -37,6 +37,74 @@ from alexnet_jax.core import preprocess
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
+class Moments:
+  """Running sums of images in [0, 1] for the mean image and the PCA of RGB
+  pixel values; `add` batches (or other Moments, e.g. per shard), then
+  `result`."""
+
+  def __init__(self, size):
+    self.image_sum = np.zeros((size, size, 3), np.float64)
+    self.pixel_sum = np.zeros(3, np.float64)
+    self.outer_sum = np.zeros((3, 3), np.float64)
+    self.n = 0
+
+  def add(self, images):
+    """images: float[b, size, size, 3] in [0, 1]."""
+    images = np.asarray(images, np.float64)
+    self.image_sum += images.sum(0)
+    pixels = images.reshape(-1, 3)
+    self.pixel_sum += pixels.sum(0)
+    self.outer_sum += pixels.T @ pixels
+    self.n += len(images)
+
+  def merge(self, other):
+    self.image_sum += other.image_sum
+    self.pixel_sum += other.pixel_sum
+    self.outer_sum += other.outer_sum
+    self.n += other.n
+
+  def state(self):
+    return dict(
+        image_sum=self.image_sum,
+        pixel_sum=self.pixel_sum,
+        outer_sum=self.outer_sum,
+        n=np.int64(self.n),
+    )
+
+  @classmethod
+  def from_state(cls, state):
+    out = cls(state['image_sum'].shape[0])
+    out.image_sum = np.array(state['image_sum'], np.float64)
+    out.pixel_sum = np.array(state['pixel_sum'], np.float64)
+    out.outer_sum = np.array(state['outer_sum'], np.float64)
+    out.n = int(state['n'])
+    return out
+
+  def result(self, skipped=()):
+    """dict(mean_image, channel_mean, channel_std, eigval, eigvec,
+    num_images, skipped)."""
+    n = self.n
+    size = self.image_sum.shape[0]
+    count = n * size * size
+    mean = self.pixel_sum / count
+    cov = self.outer_sum / count - np.outer(mean, mean)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    # Sign is arbitrary; make each eigenvector's largest entry positive so
+    # reruns print the same numbers.
+    eigvec *= np.sign(eigvec[np.abs(eigvec).argmax(0), range(3)])
+    return dict(
+        mean_image=(self.image_sum / n).astype(np.float32),
+        channel_mean=mean,
+        channel_std=np.sqrt(np.diag(cov)),
+        eigval=np.maximum(eigval, 0.0),
+        eigvec=eigvec,
+        num_images=n,
+        skipped=list(skipped),
+    )
+
+
 def compute(config, split, max_images=-1, log_every=0):
   """Returns dict(mean_image, channel_mean, channel_std, eigval, eigvec,
   num_images, skipped) over `split` of config.data.name."""
@@ -52,41 +120,17 @@ def compute(config, split, max_images=-1, log_every=0):
   ds, _ = input_pipeline.map_readable(config, split, square)
   if max_images > 0:
     ds = ds.take(max_images)
-  image_sum = np.zeros((size, size, 3), np.float64)
-  pixel_sum = np.zeros(3, np.float64)
-  outer_sum = np.zeros((3, 3), np.float64)
-  n = 0
+  moments = Moments(size)
   for batch in ds.batch(64).prefetch(2).as_numpy_iterator():
-    images = batch['image'].astype(np.float64)
-    image_sum += images.sum(0)
-    pixels = images.reshape(-1, 3)
-    pixel_sum += pixels.sum(0)
-    outer_sum += pixels.T @ pixels
-    n += len(images)
-    if log_every and n % log_every < len(images):
+    moments.add(batch['image'])
+    n = moments.n
+    if log_every and n % log_every < len(batch['image']):
       print(f'{n} images', file=sys.stderr, flush=True)
-  if not n:
+  if not moments.n:
     raise ValueError(
         f'no readable images in split {split!r} of {config.data.name!r}'
     )
-  count = n * size * size
-  mean = pixel_sum / count
-  cov = outer_sum / count - np.outer(mean, mean)
-  eigval, eigvec = np.linalg.eigh(cov)
-  order = np.argsort(eigval)[::-1]
-  eigval, eigvec = eigval[order], eigvec[:, order]
-  # Sign is arbitrary; make each eigenvector's largest entry positive so
-  # reruns print the same numbers.
-  eigvec *= np.sign(eigvec[np.abs(eigvec).argmax(0), range(3)])
-  return dict(
-      mean_image=(image_sum / n).astype(np.float32),
-      channel_mean=mean,
-      channel_std=np.sqrt(np.diag(cov)),
-      eigval=np.maximum(eigval, 0.0),
-      eigvec=eigvec,
-      num_images=n,
-      skipped=input_pipeline.skipped_files(),
-  )
+  return moments.result(input_pipeline.skipped_files())
 
 
 def write(stats, out):

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import prepare_data
 from alexnet_jax import prepare_imagenet
 from alexnet_jax.configs import paper
 from alexnet_jax.core import input_pipeline
@@ -201,3 +202,33 @@ def test_stream_record_names(prepared):
   if want is not None:
     assert names == want
   assert all('validation.tfrecord' in n for n in names)
+
+
+def test_prepare_data_from_tfds(prepared, tmp_path):
+  """prepare_data reads a TFDS dataset: both splits, labels and file names
+  kept, and training reads the result."""
+  data_dir, sizes, _ = prepared
+  out = tmp_path / 'prepared'
+  argv = [
+      '--data=imagenet2012:5.*.*',
+      f'--data_dir={data_dir}',
+      f'--out={out}',
+      '--resize_size=72',
+      '--storage=raw',
+  ]
+  assert prepare_data.main(argv) == 0
+  c = _config(data_dir, name=f'prepared:{out}')
+  info = input_pipeline.get_info(c)
+  assert info.split_sizes == {
+      'train': sizes['train'],
+      'validation': sizes['validation'],
+  }
+  assert info.class_names == tuple(WNIDS)
+  batches = list(input_pipeline.eval_iterator(c, 'validation'))
+  mask = np.concatenate([b['mask'] for b in batches])
+  labels = np.concatenate([b['label'] for b in batches])[mask]
+  want = sorted(WNIDS.index(w) for w in VAL_LABELS[:NUM_VAL])
+  assert sorted(labels.tolist()) == want
+  with np.load(out / 'validation.index.npz') as index:
+    assert all(n.endswith('.JPEG') for n in index['names'])
+  assert next(input_pipeline.train_iterator(c))['image'].shape == (3, 64, 64, 3)

@@ -8,7 +8,9 @@ run the configs' own models at initialisation on real photos and read
 alpha * sum(a^2) / k at conv1, where the paper's LRN first acts.
 """
 
-import pathlib
+import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,15 @@ from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import lrn as lrn_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import preprocess
+from conftest import REPO
+
+# The default config's training loss after LEARN_STEPS steps of batch 32
+# (its last log record, the mean over 20 steps) must be below
+# LEARN_THRESHOLD: measured 1.99 with the default biases of 0.1 at step 200
+# (2.03 with Caffe's init), while the paper's biases of 1 stay at 2.30
+# (experiments/results/init_scale-cifar10/).
+LEARN_STEPS = 200
+LEARN_THRESHOLD = 2.2
 
 
 def _lrn_terms(config, files, layer='conv1'):
@@ -162,10 +173,7 @@ def test_every_config_states_a_consistent_scale():
 
   for get_config in (paper.get_config, cifar10.get_config, smoke.get_config):
     config_checks.validate(get_config())
-  root = pathlib.Path(__file__).resolve().parents[1]
-  for path in [
-      *root.glob('configs/*.py'),
-  ]:
+  for path in (REPO / 'configs').glob('*.py'):
     text = path.read_text()
     if 'get_config' in text and path.name not in ('paper.py', 'ablations.py'):
       assert 'pixel_scale' in text, f'{path.name} does not state its scale'
@@ -190,3 +198,37 @@ def test_old_checkpoint_configs_keep_their_scale():
       ).data.pixel_scale
       == 255.0
   )
+
+
+@pytest.mark.slow
+def test_paper_config_leaves_the_chance_loss(shared_datasets, tmp_path):
+  """configs/paper.py's network and defaults, full width on 224 crops of
+  CIFAR-10 (configs/paper_cifar224.py, the init_scale sweep's
+  base): the training loss leaves ln(10) = 2.303 within 200 steps. With the
+  paper's exact biases of 1 it stays there (docs/experiments.md)."""
+  if not (shared_datasets / 'cifar10' / 'train').is_dir():
+    pytest.skip('needs the CIFAR-10 JPEGs')
+  workdir = tmp_path / 'run'
+  subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'alexnet_jax.main',
+          '--config=configs/paper_cifar224.py',
+          f'--workdir={workdir}',
+          f'--config.train.num_train_steps={LEARN_STEPS}',
+          # configs/paper.py's default init (paper_cifar224 pins the
+          # paper's biases of 1, which stay at ln(10)).
+          f'--config.model.bias_init={paper.get_config().model.bias_init}',
+          '--config.train.max_eval_batches=1',
+      ],
+      cwd=REPO,
+      check=True,
+      timeout=3600,
+  )
+  losses = [
+      r['train_loss']
+      for r in map(json.loads, (workdir / 'metrics.jsonl').open())
+      if 'train_loss' in r
+  ]
+  assert losses[-1] < LEARN_THRESHOLD, losses

@@ -34,6 +34,7 @@ HELP_FLAG = {
     'alexnet-benchmark': '--quick',
     'alexnet-prepare-imagenet': '--manual_dir',
     'alexnet-data-stats': '--resize_method',
+    'alexnet-prepare-data': '--images_per_shard',
 }
 
 # Modules that compare against PyTorch or PIL by design; everything else in

@@ -93,6 +93,20 @@ def define_flags(fv):
   flags.DEFINE_bool(
       'quick', False, 'One short pass (0.5 epochs, 1 repeat).', flag_values=fv
   )
+  flags.DEFINE_string(
+      'formats',
+      '',
+      'Comma-separated storage formats to compare instead of the loaders: '
+      'original, jpeg256, raw256 (benchmarks/input_formats.py).',
+      flag_values=fv,
+  )
+  flags.DEFINE_string(
+      'augment',
+      'device,host,host_float',
+      'With --formats: where crop and flip run (device, host; host_float: '
+      'everything on the host, as training feeds today).',
+      flag_values=fv,
+  )
 
 
 # ------------------------------------------------------------------ ours
@@ -264,6 +278,21 @@ def run(args):
       args.data or paths_lib.in_data_root(DEFAULT_DATA)
   )
   files = _list_images(args.data, args.split)
+  if args.formats:
+    from alexnet_jax.benchmarks import input_formats  # pylint: disable=g-import-not-at-top
+
+    formats = args.formats.split(',')
+    unknown = sorted(set(formats) - set(input_formats.FORMATS))
+    bad_augment = sorted(
+        set(args.augment.split(',')) - set(input_formats.AUGMENTS)
+    )
+    if unknown or bad_augment:
+      raise SystemExit(
+          f'error: --formats takes {",".join(input_formats.FORMATS)} and '
+          f'--augment {",".join(input_formats.AUGMENTS)}; got '
+          f'{unknown + bad_augment}'
+      )
+    return input_formats.run(args, formats)
   n_images = int(len(files) * args.epochs)
   rows = []
   load_before = harness.load()

@@ -174,13 +174,24 @@ def check_data(config):
   if not isinstance(name, str) or not name:
     raise ConfigError(
         f'config.data.name={name!r} must be a TFDS name (e.g. '
-        "'imagenet2012:5.*.*', 'cifar10'), 'folder:/path' or "
-        "'fake'"
+        "'imagenet2012:5.*.*', 'cifar10'), 'folder:/path', "
+        "'prepared:/path' or 'fake'"
     )
   if name.startswith('folder:') and not name[len('folder:') :]:
     raise ConfigError(
         "config.data.name='folder:' needs a path: "
         "'folder:/path/to/root' with ROOT/SPLIT/CLASS/IMAGE"
+    )
+  if name.startswith('prepared:') and not name[len('prepared:') :]:
+    raise ConfigError(
+        "config.data.name='prepared:' needs a path: 'prepared:/path/to/DIR' "
+        'made by `python -m alexnet_jax.prepare_data --out=DIR`'
+    )
+  if name.startswith('prepared:') and _get(config, d + 'train_crop') != 'paper':
+    raise ConfigError(
+        f"config.data.train_crop={_get(config, d + 'train_crop')!r} needs the "
+        "full photo; a prepared dataset (data.name='prepared:...') holds the "
+        "paper's centre squares: use train_crop='paper' or the original images"
     )
   for field in ('data_dir', 'manual_dir', 'test_split', 'mean_image'):
     _string(config, d + field)

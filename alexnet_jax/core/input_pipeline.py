@@ -3,6 +3,9 @@
 Sources, chosen by `config.data.name`:
   'imagenet2012:5.*.*', 'cifar10', ...   a prepared TFDS dataset in
                                          config.data.data_dir
+  'prepared:/path/to/DIR'                a prepared dataset (prepare_data.py,
+                                         prepared_source.py): the paper's
+                                         squares, stored once
   'folder:/path/to/root'                 ROOT/SPLIT/CLASS/IMAGE, images
                                          .jpg/.jpeg/.png in any case; class
                                          index = position in sorted names;
@@ -165,9 +168,21 @@ def _source(config):
           f'{paths_lib.data_root()}: set {paths_lib.DATA_ENV} (or --data_root '
           'where a command has it) to the folder that holds your datasets'
       ) from None
+  if name.startswith('prepared:'):
+    from alexnet_jax.core import prepared_source  # pylint: disable=g-import-not-at-top
+
+    source = prepared_source.from_name(name)
+    source.check_geometry(config)
+    return source
   from alexnet_jax.core import tfds_source  # pylint: disable=g-import-not-at-top
 
   return tfds_source.TfdsSource(config)
+
+
+def source(config):
+  """The source object of config.data.name (None for 'fake'): a
+  FolderSource, TfdsSource or prepared_source.PreparedSource."""
+  return _source(config)
 
 
 def get_info(config):
@@ -316,6 +331,10 @@ def _train_dataset(config, start_step, process_index, process_count):
   dataset = f'{config.data.name} {config.data.train_split}'
   if source is None:
     ds = _fake(config, params, start, process_index, crops=None, train=True)
+  elif getattr(source, 'prepared', False):
+    ds = _prepared_train(
+        config, source, params, start, process_index, process_count, example_key
+    )
   elif getattr(source, 'streaming', False) and not config.data.cache:
     # A stream cannot fetch a replacement: an unreadable record is dropped.
     ds = source.train_stream(
@@ -403,6 +422,39 @@ def _train_dataset(config, start_step, process_index, process_count):
   return ds.with_options(_options(config)), guard
 
 
+def _prepared_train(config, source, params, start, host, count, example_key):
+  """A prepared dataset's training examples (prepared_source.py): read by
+  index in the order _candidates gives, augmented from the stored square."""
+  from alexnet_jax.core import prepared_source  # pylint: disable=g-import-not-at-top
+
+  seed, threads = config.train.seed, _threads(config)
+  ds = prepared_source.train_examples(
+      source,
+      config.data.train_split,
+      lambda epoch: _fold(_base_key(seed, host, 1), epoch),
+      start,
+      host,
+      count,
+      config.data.cache,
+      threads,
+  )
+  return ds.map(
+      _plain(
+          lambda ex: dict(
+              image=preprocess.train_stored(
+                  ex['image'],
+                  example_key(ex['position']),
+                  params,
+                  source.storage,
+              ),
+              label=ex['label'],
+          )
+      ),
+      num_parallel_calls=threads,
+      deterministic=True,
+  )
+
+
 def train_iterator(config, *, start_step=0, process_index=0, process_count=1):
   """Endless iterator of dict(image=f32[b, H, W, 3], label=i32[b]) with
   b = config.optim.batch_size // process_count; batch k depends only on
@@ -488,6 +540,31 @@ def _eval_dataset(
         len(range(process_index, n, process_count))
     )
     total, guard = n, None
+  elif getattr(source, 'prepared', False):
+    # Every record was read at preparation: nothing to guard.
+    guard = None
+    from alexnet_jax.core import prepared_source  # pylint: disable=g-import-not-at-top
+
+    ds, _, total = prepared_source.eval_examples(
+        source,
+        split,
+        process_index,
+        process_count,
+        config.data.cache,
+        _threads(config),
+    )
+    ds = ds.map(
+        _plain(
+            lambda ex: dict(
+                image=preprocess.eval_stored(
+                    ex['image'], params, source.storage, crops
+                ),
+                label=ex['label'],
+            )
+        ),
+        num_parallel_calls=_threads(config),
+        deterministic=True,
+    )
   else:
     ds, total, guard = _map_readable(
         config,

@@ -524,19 +524,6 @@ class Parallel:
     return Step(self, fn, donate_state, returns_state)
 
 
-def layout_line(layout: dict) -> str:
-  """Parallel.layout() in one line."""
-  mesh = ' x '.join(f'{k}={v}' for k, v in layout['mesh'].items())
-  processes = layout['processes']
-  return (
-      f'{layout["description"]} (mode {layout["mode"]}); mesh {mesh}; '
-      f'{layout["devices"]} {layout["platform"]} devices in {processes} '
-      f'process{"es" if processes > 1 else ""}; batch '
-      f'{layout["per_device_batch"]} per device ({layout["global_batch"]} in '
-      f'all); {layout["dtype"]}'
-  )
-
-
 class Step:
   """A compiled parallel step; `.lower(...)` exposes it for inspection."""
 

@@ -512,3 +512,124 @@ def ten_crop(image, params, input_scale=1.0):
     )
   crops += [tf.reverse(c, [-2]) for c in crops]
   return tf.stack(crops)
+
+
+# ------------------------------------------------ prepared (stored) squares
+#
+# A prepared dataset (prepared_source.py) stores each image once as the
+# paper's resize_size^2 square, as a JPEG (`stored` is its bytes) or as raw
+# uint8 (`stored` is the uint8[R, R, 3] square). Training crops a
+# random image_size window of it, evaluation its centre or its 10 crops:
+# the geometry above with the resize already done, once, at preparation.
+
+
+def prepare_square(encoded, size, method='area'):
+  """Encoded photo -> uint8[size, size, 3]: shorter side to `size`, centre
+  square, what a prepared dataset stores. The whole photo is decoded as
+  libjpeg's default (ISLOW, what PIL uses) at full scale: preparation runs
+  once, so it takes the exact decode over the fast one."""
+  image = decode_rgb(encoded, dct_method='INTEGER_ACCURATE')
+  window = centre_square(tf.shape(image)[:2])
+  square = image[
+      window[0] : window[0] + window[2], window[1] : window[1] + window[3]
+  ]
+  return tf.cast(_uint8_levels(resize(square, size, method)), tf.uint8)
+
+
+def _stored_window(stored, storage, resize_size, offset, size):
+  """uint8[size, size, 3] at `offset` ([y, x]) of a stored square."""
+  if storage == 'raw':  # stored: the square itself, uint8[R, R, 3]
+    return tf.slice(stored, tf.concat([offset, [0]], 0), [size, size, 3])
+  crop = tf.io.decode_and_crop_jpeg(
+      stored, tf.concat([offset, [size, size]], 0), channels=3
+  )
+  crop.set_shape([size, size, 3])
+  return crop
+
+
+def stored_square(stored, storage, resize_size):
+  """A stored square, decoded: uint8[resize_size, resize_size, 3]."""
+  if storage == 'raw':
+    return tf.ensure_shape(stored, [resize_size, resize_size, 3])
+  square = tf.io.decode_jpeg(stored, channels=3)
+  square.set_shape([resize_size, resize_size, 3])
+  return square
+
+
+def train_crop_offset(seed, params):
+  """The random [y, x] of a training crop in the square: int32[2]."""
+  return tf.random.stateless_uniform(
+      [2], seed, 0, params.resize_size - params.image_size + 1, dtype=tf.int32
+  )
+
+
+def train_stored(stored, seed, params, storage):
+  """A stored square -> float32[image_size, image_size, 3], augmented as
+  train_image does (random crop, flip, PCA lighting, normalisation), the
+  keys split the same way."""
+  if params.train_crop != 'paper':
+    raise ValueError(
+        f'train_crop={params.train_crop!r} needs the full photo; a prepared '
+        "dataset holds the paper's centre squares (use train_crop='paper' "
+        'or the original images)'
+    )
+  crop_seed, flip_seed, light_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3)
+  )
+  offset = train_crop_offset(crop_seed, params)
+  crop = _stored_window(
+      stored, storage, params.resize_size, offset, params.image_size
+  )
+  shift = (
+      lighting_shift(light_seed, params) if params.lighting_std > 0 else None
+  )
+  image = normalize(
+      tf.cast(crop, tf.float32),
+      params,
+      _mean_crop(params, offset),
+      shift,
+      input_scale=255.0,
+  )
+  if params.flip:
+    image = flip(image, flip_seed)
+  return image
+
+
+def train_stored_uint8(stored, seed, params, storage):
+  """The host's share when augmentation runs on the device: the random crop
+  and flip of train_stored, as uint8 (no lighting, no normalisation)."""
+  crop_seed, flip_seed, _ = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3)
+  )
+  offset = train_crop_offset(crop_seed, params)
+  crop = _stored_window(
+      stored, storage, params.resize_size, offset, params.image_size
+  )
+  return flip(crop, flip_seed) if params.flip else crop
+
+
+def eval_stored(stored, params, storage, crops=1):
+  """A stored square -> float32[size, size, 3] (centre crop) or
+  float32[10, size, size, 3] (TEN_CROP_ORDER), as eval_image of the photo
+  (eval_resize='crop_first') with the resize done at preparation."""
+  if params.eval_resize != 'crop_first':
+    raise ValueError(
+        f'eval_resize={params.eval_resize!r} (imported weights) resizes the '
+        "original photo its source's way; a prepared dataset holds the "
+        "paper's squares: evaluate these weights on the original images"
+    )
+  size, big = params.image_size, params.resize_size
+  if crops == 1:
+    mid = (big - size) // 2
+    offset = tf.constant([mid, mid], tf.int32)
+    crop = _stored_window(stored, storage, big, offset, size)
+    return normalize(
+        tf.cast(crop, tf.float32),
+        params,
+        _mean_crop(params, offset),
+        input_scale=255.0,
+    )
+  if crops != 10:
+    raise ValueError(f'crops={crops!r} is not accepted; use 1 or 10')
+  square = tf.cast(stored_square(stored, storage, big), tf.float32)
+  return ten_crop(square, params, input_scale=255.0)
