@@ -580,3 +580,16 @@ def param_bytes_per_device(tree) -> dict:
     for shard in leaf.addressable_shards:
       sizes[shard.device] = sizes.get(shard.device, 0) + shard.data.nbytes
   return sizes
+
+
+def layout_line(layout: dict) -> str:
+  """Parallel.layout() in one line."""
+  mesh = ' x '.join(f'{k}={v}' for k, v in layout['mesh'].items())
+  processes = layout['processes']
+  return (
+      f'{layout["description"]} (mode {layout["mode"]}); mesh {mesh}; '
+      f'{layout["devices"]} {layout["platform"]} devices in {processes} '
+      f'process{"es" if processes > 1 else ""}; batch '
+      f'{layout["per_device_batch"]} per device ({layout["global_batch"]} in '
+      f'all); {layout["dtype"]}'
+  )
