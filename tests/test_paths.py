@@ -77,7 +77,7 @@ def test_experiment_configs_name_data_through_the_root():
   import importlib.util
 
   for name in ('figure1', 'lrn_cifar'):
-    path = REPO / 'alexnet_jax' / 'configs' / f'{name}.py'
+    path = REPO / 'configs' / f'{name}.py'
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
