@@ -23,7 +23,6 @@ from alexnet_jax.configs import paper
 from alexnet_jax.core import checkpoint
 from alexnet_jax.core import config_checks
 from alexnet_jax.core import input_pipeline
-from alexnet_jax.core import lrn as lrn_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import preprocess
 from conftest import REPO
@@ -57,11 +56,17 @@ def _lrn_terms(config, files, layer='conv1'):
       capture_intermediates=True,
       mutable=['intermediates'],
   )
-  towers = state['intermediates'][layer]['__call__'][0]
-  a = jnp.concatenate([jax.nn.relu(t) for t in towers], axis=-1)
   lrn = config.model.lrn
-  term = lrn.alpha * lrn_lib._window_sum(jnp.square(a), lrn.n) / lrn.k
-  return np.asarray(term)
+  terms = []
+  for tower in state['intermediates'][layer]['__call__'][0]:
+    # Windows inside a tower, zeros past its edges (the paper's LRN).
+    sq = np.square(np.maximum(np.asarray(tower, np.float64), 0))
+    half = lrn.n // 2
+    padded = np.pad(sq, [(0, 0)] * 3 + [(half, half)])
+    c = sq.shape[-1]
+    total = sum(padded[..., d : d + c] for d in range(2 * half + 1))
+    terms.append(lrn.alpha * total / lrn.k)
+  return np.concatenate(terms, axis=-1)
 
 
 def _unit_scale(config, mean):
