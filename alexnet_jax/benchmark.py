@@ -13,6 +13,7 @@
     python -m alexnet_jax.benchmark profile ...    # where a step's time goes
     python -m alexnet_jax.benchmark memory ...     # XLA's memory plan
     python -m alexnet_jax.benchmark accelerator    # a GPU/TPU host's check
+    python -m alexnet_jax.benchmark compile ...    # compiled for TPU/GPU, here
     python -m alexnet_jax.benchmark MODE --help    # that mode's flags
 
 On a GPU or TPU (`train`, `infer`) the implementations run one after the
@@ -37,6 +38,7 @@ from absl import flags
 
 from alexnet_jax import cli
 from alexnet_jax.benchmarks import accelerator
+from alexnet_jax.benchmarks import deviceless
 from alexnet_jax.benchmarks import harness
 from alexnet_jax.benchmarks import input as input_bench
 from alexnet_jax.benchmarks import model as model_bench
@@ -146,6 +148,7 @@ MODE_FLAGS = {
     ),
     'parallel': parallel_bench.define_flags,
     'input': input_bench.define_flags,
+    'compile': deviceless.define_flags,
 }
 COMMANDS = tuple(MODE_FLAGS)
 
@@ -268,6 +271,9 @@ def _run(args):
     records = profile.memory(args)
   elif args.command == 'parallel':
     parallel_bench.run(args)  # prints its own table
+    return 0
+  elif args.command == 'compile':
+    deviceless.run(args)  # prints its own table
     return 0
   else:
     input_bench.run(args)  # prints its own table

@@ -221,9 +221,11 @@ def provenance(argv, trained_with=()) -> dict:
   )
 
 
-def _fmt(v):
+def _fmt(v, column=''):
   if v is None:
     return '-'
+  if column == 'epochs':  # a count, not a fraction (0.19 of an epoch)
+    return f'{v:.1f}' if v >= 1 else f'{v:.2f}'
   if isinstance(v, float):
     return f'{100 * v:.2f}%' if v <= 1 else f'{v:.1f}'
   return str(v)
@@ -351,7 +353,7 @@ def _write_table(path, sweep, dataset, summaries, prov, splits=()):
       '|' + '---|' * len(cols),
   ]
   for s in summaries:
-    lines.append('| ' + ' | '.join(_fmt(s[c]) for c in cols) + ' |')
+    lines.append('| ' + ' | '.join(_fmt(s[c], c) for c in cols) + ' |')
   if splits:
     lines += [
         '',

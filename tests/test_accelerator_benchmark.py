@@ -144,7 +144,10 @@ def test_simulated_two_gpu_host_runs_the_whole_sequence(tmp_path):
   assert proc.returncode == 0, proc.stdout[-3000:]
   records = [json.loads(line) for line in out.read_text().splitlines()]
   steps = [
-      (r['benchmark'], r.get('step') or r.get('mode') or r['dtype'])
+      (
+          r['benchmark'],
+          r.get('step') or r.get('mode') or r.get('dtype') or r['target'],
+      )
       for r in records
   ]
   assert steps == [
@@ -155,6 +158,9 @@ def test_simulated_two_gpu_host_runs_the_whole_sequence(tmp_path):
       ('train', 'bfloat16'),
       ('parallel', 'single'),
       ('parallel', 'model'),
+      # `benchmark compile --target auto`: this CPU has no chip to compile
+      # for (on a GPU or TPU host, the bound beside the measured img/s).
+      ('compile', 'auto'),
   ]
   for r in records:
     if r['benchmark'] == 'train':
@@ -162,4 +168,6 @@ def test_simulated_two_gpu_host_runs_the_whole_sequence(tmp_path):
       assert 0 < r['frac_of_device_peak'] < 1
       assert r['img_per_s'] > 0 and r['step_ms'] > 0
   assert records[2]['skipped'].startswith('no CUDA build of torch')
-  assert records[-1]['devices'] == 2
+  assert records[-2]['devices'] == 2
+  assert "'cpu'" in records[-1]['skipped']
+  assert 'no measured train record' in proc.stdout

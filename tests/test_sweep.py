@@ -201,6 +201,9 @@ def test_workdirs_default_outside_the_repository(tmp_path, monkeypatch):
     [
         ('ablations', 'ablations-cifar10'),
         ('lrn_cifar', 'lrn_cifar-cifar10'),
+        ('lrn', 'lrn-cifar10'),
+        ('lrn', 'lrn-cifar10-raw255'),
+        ('init_scale', 'init_scale-cifar10'),
         ('figure1_lr', 'figure1/lr_search'),
     ],
 )

@@ -20,9 +20,39 @@ import sys
 # as 1, 3 or 6 bf16 passes at precision default, high, highest. TPU v2/v3
 # show each of a chip's two cores as a device (half the chip's figure);
 # v4 and v5p one megacore device per chip; v5e and v6e one core per chip.
-PEAKS = (  # (device_kind pattern, {unit: TFLOP/s}); first match wins
-    (r'H100 PCIe', dict(fp32=51.0, tf32=378.0, bf16=756.0)),
-    (r'H100|H200|GH200', dict(fp32=67.0, tf32=494.7, bf16=989.4)),
+# Memory, for `benchmark compile`'s roofline: 'hbm_gb' (capacity, 1e9
+# bytes), 'hbm_gbps' (HBM bandwidth, GB/s) and 'link_gbps' (the chip's
+# bidirectional chip-to-chip bandwidth, GB/s: NVLink, TPU ICI), where a
+# source states them. Sources: NVIDIA's H100 and A100 datasheets (H100
+# SXM5 80 GB, 3.35 TB/s, NVLink 900 GB/s; H100 PCIe 80 GB, 2.0 TB/s, NVLink
+# bridge 600 GB/s; A100 SXM4 80 GB, 2,039 GB/s, NVLink 600 GB/s); Cloud
+# TPU's system-architecture pages (cloud.google.com/tpu/docs/v4, v5e, v5p,
+# v6e): v4 32 GiB, 1,200 GB/s (no per-chip ICI figure stated); v5e 16 GB,
+# 819 GB/s, ICI 400 GB/s; v5p 95 GB, 2,765 GB/s, ICI 1,200 GB/s; v6e
+# 32 GB, 1,638 GB/s, ICI 800 GB/s.
+PEAKS = (  # (device_kind pattern, {unit: TFLOP/s, memory}); first match wins
+    (
+        r'H100 PCIe',
+        dict(
+            fp32=51.0, tf32=378.0, bf16=756.0,
+            hbm_gb=80.0, hbm_gbps=2000.0, link_gbps=600.0,
+        ),
+    ),
+    (
+        r'H100',
+        dict(
+            fp32=67.0, tf32=494.7, bf16=989.4,
+            hbm_gb=80.0, hbm_gbps=3350.0, link_gbps=900.0,
+        ),
+    ),
+    (r'H200|GH200', dict(fp32=67.0, tf32=494.7, bf16=989.4)),
+    (
+        r'A100-SXM4-80GB',
+        dict(
+            fp32=19.5, tf32=156.0, bf16=312.0,
+            hbm_gb=80.0, hbm_gbps=2039.0, link_gbps=600.0,
+        ),
+    ),
     (r'A100', dict(fp32=19.5, tf32=156.0, bf16=312.0)),
     (r'L40S', dict(fp32=91.6, tf32=183.0, bf16=362.0)),
     (r'\bL4\b', dict(fp32=30.3, tf32=60.0, bf16=121.0)),
@@ -31,11 +61,20 @@ PEAKS = (  # (device_kind pattern, {unit: TFLOP/s}); first match wins
     (r'\bT4\b', dict(fp32=8.1, tf32=None, bf16=None)),
     (r'TPU v2', dict(bf16=22.5)),
     (r'TPU v3', dict(bf16=61.5)),
-    (r'TPU v4', dict(bf16=275.0)),
-    (r'TPU v5 ?lite|TPU v5e', dict(bf16=197.0)),
-    (r'TPU v5', dict(bf16=459.0)),
-    (r'TPU v6 ?lite|TPU v6e', dict(bf16=918.0)),
-)
+    (r'TPU v4', dict(bf16=275.0, hbm_gb=34.36, hbm_gbps=1200.0)),
+    (
+        r'TPU v5 ?lite|TPU v5e',
+        dict(bf16=197.0, hbm_gb=16.0, hbm_gbps=819.0, link_gbps=400.0),
+    ),
+    (
+        r'TPU v5',
+        dict(bf16=459.0, hbm_gb=95.0, hbm_gbps=2765.0, link_gbps=1200.0),
+    ),
+    (
+        r'TPU v6 ?lite|TPU v6e',
+        dict(bf16=918.0, hbm_gb=32.0, hbm_gbps=1638.0, link_gbps=800.0),
+    ),
+)  # fmt: skip
 TPU_F32_PASSES = {'default': 1, 'high': 3, 'highest': 6}
 SIMULATED_KIND = {'cuda': 'NVIDIA A100-SXM4-80GB', 'tpu': 'TPU v4'}
 
@@ -62,6 +101,15 @@ def device_peak_tflops(
   else:
     unit = 'fp32'
   return units[unit], unit
+
+
+def device_memory(device_kind: str) -> dict:
+  """{hbm_gb, hbm_gbps, link_gbps} of one device (None where PEAKS has no
+  figure)."""
+  units = next(
+      (u for pattern, u in PEAKS if re.search(pattern, device_kind or '')), {}
+  )
+  return {k: units.get(k) for k in ('hbm_gb', 'hbm_gbps', 'link_gbps')}
 
 
 _PROBE = r"""

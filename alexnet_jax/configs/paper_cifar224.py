@@ -6,7 +6,9 @@ hand):
     python -m alexnet_jax.main --config=configs/paper_cifar224.py \
         --workdir=/tmp/paper_cifar224
 
-The network is configs/paper.py's, unchanged: full width (96-256-384-384-256
+The network is configs/paper.py's with the paper's exact initialisation
+(N(0, 0.01) weights, biases of 1; configs/paper.py's default biases are 0.1
+because of this experiment): full width (96-256-384-384-256
 kernels, fc 4096), two towers, LRN, overlapping pooling, dropout 0.5, on
 random 224x224 crops (and flips and PCA lighting) of the images upscaled to
 256x256, with the paper's optimiser (SGD, momentum 0.9, weight decay 5e-4,
@@ -28,9 +30,10 @@ from alexnet_jax.configs import paper
 
 STEPS = 300
 
-# The sweep's variants (experiments/sweep_definitions.py): the first is configs/paper.py
-# as it is; each other changes the input scale, the biases of 1 (Caffe's
-# 0.1) or the fc6/fc7 weights' std (Caffe's 0.005), or several.
+# The sweep's variants (experiments/sweep_definitions.py): the first is the
+# paper's recipe as it is; each other changes the input scale, the biases
+# of 1 (Caffe's 0.1) or the fc6/fc7 weights' std (Caffe's 0.005), or
+# several.
 _UNIT_SCALE = {'data.pixel_scale': 1.0, 'data.mean': cifar10.CIFAR10_MEAN}
 _CAFFE_INIT = {'model.bias_init': 0.1, 'model.fc_init_std': 0.005}
 VARIANTS = {
@@ -46,6 +49,7 @@ VARIANTS = {
 def get_config():
   c = paper.get_config()
   c.model.num_classes = 10
+  c.model.bias_init = 1.0  # the paper's (the variants change it)
 
   d = c.data
   d.name = 'folder:$ALEXNET_JAX_DATA/cifar10'  # the data root: core/paths.py

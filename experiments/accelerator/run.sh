@@ -10,7 +10,10 @@
 #    on CUDA when a CUDA torch is installed), img/s, step time and the
 #    fraction of the device's peak;
 # 3. benchmark parallel: one device against two towers on two devices,
-#    when there are two.
+#    when there are two;
+# 4. benchmark compile --target auto: the same step compiled for this chip,
+#    XLA's bytes and FLOPs, and the roofline bound, printed beside the
+#    measured img/s (bound_vs_measured.py: how close the chip gets).
 # Everything lands as JSON lines in OUT (default:
 # experiments/results/accelerator/logs/<host>-<date>.jsonl). Flags after
 # OUT go to `python -m alexnet_jax.benchmark accelerator` (--quick,
@@ -21,4 +24,7 @@ out="${1:-experiments/results/accelerator/logs/$(hostname -s)-$(date +%F).jsonl}
 shift || true
 mkdir -p "$(dirname "$out")"
 python -m alexnet_jax.benchmark accelerator --out "$out" "$@"
+python -m alexnet_jax.benchmark compile --target auto --modes single \
+  --dtype float32,bfloat16 --batch 128 --out "$out"
+python experiments/accelerator/bound_vs_measured.py "$out"
 echo "results: $out"
