@@ -104,3 +104,40 @@ def test_crops_flips_keys_and_sharding():
   np.testing.assert_array_equal(again, out)
   other = np.asarray(device_augment.augment(x, params, seed=0, step=8))
   assert not np.array_equal(other, out)
+
+
+@pytest.mark.parametrize('mean_image', [False, True])
+def test_host_crops_with_their_window_equal_the_host_float_path(mean_image):
+  """augment='host': the host cuts and flips a uint8 crop of the square and
+  sends its window; the step's lighting-free model input equals the one
+  preprocess.train_stored (all on the host, float32) gives for that seed,
+  a per-pixel mean image cut and mirrored where the crop was."""
+  fields = dict(pixel_scale=255.0, mean=(120.0, 110.0, 100.0))
+  if mean_image:
+    fields['mean_image'] = (
+        np.random.default_rng(4).uniform(0, 1, (BIG, BIG, 3)).astype(np.float32)
+    )
+  params = _params(**fields)
+  squares = _batch(6, BIG, seed=3)
+  crops, windows, want = [], [], []
+  for i, square in enumerate(squares):
+    seed = tf.constant([9, i], tf.int64)
+    crop, window = preprocess.train_stored_window(square, seed, params, 'raw')
+    crops.append(crop.numpy())
+    windows.append(window.numpy())
+    want.append(preprocess.train_stored(square, seed, params, 'raw').numpy())
+  windows = np.stack(windows)
+  assert 0 < windows[:, 2].sum() < 6  # some flipped, some not
+  got = device_augment.augment(
+      np.stack(crops), params, seed=0, step=0, crop=False, window=windows
+  )
+  np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-3)
+
+
+def test_place():
+  assert device_augment.place('auto', 'tpu') == 'device'
+  assert device_augment.place('auto', 'gpu') == 'device'
+  assert device_augment.place('auto', 'cpu') == 'host'
+  assert device_augment.place('device', 'cpu') == 'device'
+  with pytest.raises(ValueError, match="'sideways'.*'auto', 'host', 'device'"):
+    device_augment.place('sideways', 'cpu')

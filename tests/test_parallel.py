@@ -16,8 +16,12 @@ import numpy as np
 import pytest
 
 from alexnet_jax.configs import paper
+from alexnet_jax.core import device_augment
+from alexnet_jax.core import input_pipeline
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import parallel
+from alexnet_jax.core import preprocess
+from alexnet_jax.core import train
 from alexnet_jax.core.config_checks import ConfigError
 from helpers import tiny_model as tm
 
@@ -546,3 +550,51 @@ def test_layout_names_mode_mesh_devices_and_batch_per_device(mode):
       f'batch {tm.BATCH // data} per device ({tm.BATCH} in all); float32'
       in line
   )
+
+
+# ------------------------- uint8 batches augmented inside the step ---
+
+
+@functools.cache
+def _uint8_steps(mode, seed=0):
+  """Two steps of `mode` from uint8 squares, cropped, flipped, lit and
+  normalised inside the step (device_augment); dropout off, so only the
+  images can make two modes differ."""
+  big = tm.STEP_SIZE + 8
+  c = tm.step_config(mode, dropout=0.0)
+  c.data.image_size, c.data.resize_size = tm.STEP_SIZE, big
+  # [0, 1] inputs: the scale of tm.batch, which the tolerances below fit.
+  c.data.pixel_scale, c.data.mean = 1.0, (0.5, 0.45, 0.4)
+  params = preprocess.params_from_record(
+      input_pipeline.preprocessing_from_config(c), lighting_std=0.1
+  )
+  prepare = device_augment.prepare_fn(params, seed=seed, crop=True)
+  step = train.make_train_step(
+      c, model_lib.from_config(c.model), sizes=tm.SIZES, prepare=prepare
+  )
+  rng = np.random.default_rng(5)
+  batches = [
+      dict(
+          image=rng.integers(0, 256, (tm.BATCH, big, big, 3), np.uint8),
+          label=rng.integers(0, tm.CLASSES, tm.BATCH).astype(np.int32),
+      )
+      for _ in range(2)
+  ]
+  return tm.run_steps(step, step, tm.initial_state(step), batches)
+
+
+@pytest.mark.parametrize('mode', [m for m in tm.MODES if m != 'single'])
+def test_uint8_batches_give_every_mode_the_images_of_one_device(mode):
+  """Crops, flips and lighting are keyed by (seed, step, global image
+  index): every layout trains on the one-device images."""
+  want, want_metrics = _uint8_steps('single')
+  got, got_metrics = _uint8_steps(mode)
+  tm.close(got.params, want.params, atol=1e-6, rtol=1e-4)
+  for g, w in zip(got_metrics, want_metrics):
+    tm.close(g, w, rtol=1e-5)
+  # Other images (another seed) would have been told apart.
+  other, _ = _uint8_steps('single', seed=1)
+  diff = jax.tree.map(
+      lambda a, b: np.abs(a - b).max(), other.params, want.params
+  )
+  assert max(jax.tree.leaves(diff)) > 1e-3

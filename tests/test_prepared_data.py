@@ -5,6 +5,7 @@ import io
 import json
 import os
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -390,3 +391,62 @@ def test_benchmark_input_formats_runs(photos, tmp_path, capsys):
     assert r['img_per_cpu_s'] > 0 and 'vs_original' in r
   assert len((tmp_path / 'out.jsonl').read_text().splitlines()) == 9
   assert '| raw256 | device |' in capsys.readouterr().out
+
+
+@pytest.fixture(scope='module')
+def smoke_raw(photos, tmp_path_factory):
+  """The photos prepared at the smoke config's geometry (72, crops of 64)."""
+  out = tmp_path_factory.mktemp('prepared') / 'smoke'
+  argv = [
+      f'--data=folder:{photos}',
+      f'--out={out}',
+      '--splits=train,test',
+      '--resize_size=72',
+      '--threads=2',
+      '--storage=raw',
+  ]
+  assert prepare_data.main(argv) == 0
+  return out
+
+
+# ~2 min each (three trainer runs): the host setting runs with -m slow.
+@pytest.mark.parametrize(
+    'augment', [pytest.param('host', marks=pytest.mark.slow), 'device']
+)
+def test_training_from_uint8_batches_resumes_exactly(
+    smoke_raw, augment, tmp_path
+):
+  """The trainer on a prepared dataset: uint8 batches (crops or squares),
+  lighting and normalisation in the step; a run stopped at step 3 and
+  resumed ends in the parameters of an uninterrupted run."""
+  from alexnet_jax.core import checkpoint  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
+  from helpers.smoke import tiny_config  # pylint: disable=g-import-not-at-top
+
+  def config(steps):
+    return tiny_config(
+        **{
+            'data.name': f'prepared:{smoke_raw}',
+            'data.augment': augment,
+            'data.lighting.std': 0.1,
+            'model.num_classes': 2,
+            'optim.batch_size': 4,
+            'train.num_train_steps': steps,
+            'train.eval_every_steps': 3,
+            'train.checkpoint_every_steps': 3,
+        }
+    )
+
+  it = input_pipeline.train_iterator(config(6))
+  batch = next(it)
+  side = 64 if augment == 'host' else 72
+  assert batch['image'].dtype == np.uint8
+  assert batch['image'].shape == (4, side, side, 3)
+  assert ('window' in batch) == (augment == 'host')
+  train.train_and_evaluate(config(6), tmp_path / 'straight')
+  train.train_and_evaluate(config(3), tmp_path / 'resumed')
+  train.train_and_evaluate(config(6), tmp_path / 'resumed')
+  want = checkpoint.load(tmp_path / 'straight')[1]['params']
+  got = checkpoint.load(tmp_path / 'resumed')[1]['params']
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)

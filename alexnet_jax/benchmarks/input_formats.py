@@ -17,8 +17,9 @@ image delivered:
               decoded at the smallest DCT scale and resized);
   host        uint8 batches of the random image_size crop, flipped (original:
               the crop window decoded and resized, as training does);
-  host_float  what training feeds today: the crop, flip, PCA lighting and
-              normalisation on the host, float32 batches.
+  host_float  crop, flip, PCA lighting and normalisation all on the host,
+              float32 batches: what training feeds from the original images
+              (a prepared dataset's training now feeds `host` or `device`).
 
 `device_us_per_img` is measured apart: the jitted crop, flip, lighting and
 normalisation of a uint8 batch on this process's first JAX device
@@ -93,8 +94,8 @@ def _dataset(config, augment, fmt):
   from alexnet_jax.core import prepared_source  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import preprocess  # pylint: disable=g-import-not-at-top
 
-  if augment == 'host_float':
-    return input_pipeline.train_dataset(config)
+  if augment == 'host_float' and fmt == 'original':
+    return input_pipeline.train_dataset(config)  # what training feeds
   # pylint: disable=protected-access
   params = input_pipeline._params(config)
   seed, threads = config.train.seed, config.data.threads
@@ -143,6 +144,10 @@ def _dataset(config, augment, fmt):
     )
 
     def fn(ex):
+      if augment == 'host_float':  # all on the host, float32 (the old way)
+        return preprocess.train_stored(
+            ex['image'], key(ex['position']), params, source.storage
+        )
       if augment == 'device':
         return preprocess.stored_square(
             ex['image'], source.storage, params.resize_size

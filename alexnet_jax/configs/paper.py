@@ -118,6 +118,12 @@ def get_config():
   # (PIL/torchvision's triangle filter; slower) | 'bilinear' (Caffe's).
   d.resize_method = 'area'
   d.flip = True
+  # A prepared dataset's batches cross to the device as uint8; PCA lighting
+  # and normalisation run in the jitted step. Its random crop and flip run
+  # on the 'host' (the 224 crop crosses) or the 'device' (the 256 square
+  # crosses); 'auto': device on GPU/TPU, host on CPU (device_augment.place
+  # says why). Both give equally valid images, each deterministic.
+  d.augment = 'auto'  # 'auto' | 'host' | 'device'
   d.lighting = ml_collections.ConfigDict(
       dict(
           std=0.1,  # 0 turns PCA colour augmentation off

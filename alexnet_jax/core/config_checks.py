@@ -207,6 +207,7 @@ def check_data(config):
   _one_of(config, d + 'train_crop', ('paper', 'inception'))
   _one_of(config, d + 'resize_method', ('area', 'antialias', 'bilinear'))
   _bool(config, d + 'flip')
+  _one_of(config, d + 'augment', ('auto', 'host', 'device'))
   _number(config, d + 'lighting.std', low=0)
   _one_of(config, d + 'lighting.scale', ('lambda', 'sqrt_lambda'))
   norm = _one_of(config, d + 'normalization', ('channel', 'image'))

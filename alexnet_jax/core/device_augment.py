@@ -15,6 +15,10 @@ of the mean image, over std), so both give the same model input for the same
 crop, flip and lighting. Randomness: image i of step k uses a key folded from
 (seed, k, i), i its index in the global batch, so the images do not depend on
 how the batch is sharded across devices or hosts.
+
+Where the crop and flip run is config.data.augment ('host' | 'device' |
+'auto', see `place`); lighting and normalisation always run here, in the
+jitted train step (steps.train_step's `prepare`, made by `prepare_fn`).
 """
 
 import jax
@@ -46,12 +50,38 @@ def _normalize(x, params, mean_crop, shift):
   return x / std
 
 
-def augment(images, params, *, seed, step, crop=True, first=0):
+PLACES = ('auto', 'host', 'device')
+
+
+def place(setting, platform):
+  """Where crop and flip run for config.data.augment=`setting`.
+
+  'auto': on GPU and TPU the device. There the host's input pipeline sets
+  the speed (hosts have 12-28 cores per chip; one core delivers ~8,000
+  raw or ~2,800 JPEG prepared images per second, while the chip takes
+  ~11,000 img/s in bfloat16 on a TPU v5e, more on an H100), and the crop
+  of the square is a cheap slice for the chip. On CPU the host: the
+  "device" is the same cores, and XLA:CPU's batched crop and flip cost
+  ~260 us per image more than lighting and normalisation alone (285 vs 24
+  us), against ~7 us for tf.data's slice on the host (raw256, 7,637 vs
+  8,065 img per CPU-second; experiments/results/prepared/table.md).
+  """
+  if setting not in PLACES:
+    raise ValueError(f'config.data.augment={setting!r} is not one of {PLACES}')
+  if setting != 'auto':
+    return setting
+  return 'device' if platform in ('gpu', 'tpu', 'cuda', 'rocm') else 'host'
+
+
+def augment(images, params, *, seed, step, crop=True, first=0, window=None):
   """uint8[B, S, S, 3] -> float32[B, image_size, image_size, 3].
 
   crop=True: S is resize_size, cut at a random offset and flipped with p=1/2;
   crop=False: S is image_size (cut on the host). PCA lighting when
   params.lighting_std > 0. `first`: the global index of images[0].
+  window: int32[B, 3] (y, x, flipped) of crops the host cut (crop=False),
+  so a per-pixel mean image is cut (and mirrored) where the crop was; by
+  default the centre, unflipped.
   """
   b, size = images.shape[0], params.image_size
   keys = image_keys(seed, step, b, first)
@@ -67,8 +97,18 @@ def augment(images, params, *, seed, step, crop=True, first=0):
             im, (o[0], o[1], 0), (size, size, 3)
         )
     )(images, offsets)
+  elif window is not None:
+    offsets = window[:, :2]
   else:
     offsets = jnp.full((b, 2), (params.resize_size - size) // 2)
+  host_flipped = None
+  if not crop and window is not None and params.mean_image is not None:
+    # The host normalised before it flipped (preprocess.train_stored): undo
+    # the flip, subtract the mean's crop, flip back below.
+    host_flipped = window[:, 2] > 0
+    images = jnp.where(
+        host_flipped[:, None, None, None], images[:, :, ::-1], images
+    )
   x = images.astype(jnp.float32) * np.float32(1 / 255)
   if params.lighting_std > 0:
     eigval = np.asarray(params.eigval, np.float32)
@@ -89,4 +129,24 @@ def augment(images, params, *, seed, step, crop=True, first=0):
   if crop and params.flip:
     coin = jax.vmap(lambda k: jax.random.uniform(k) < 0.5)(flip_k)
     x = jnp.where(coin[:, None, None, None], x[:, :, ::-1], x)
+  if host_flipped is not None:
+    x = jnp.where(host_flipped[:, None, None, None], x[:, :, ::-1], x)
   return x
+
+
+def prepare_fn(params, *, seed, crop):
+  """steps.train_step's `prepare`: (batch, step, first) -> the model input
+  of a uint8 batch (its 'window' when the host cut the crops)."""
+
+  def prepare(batch, step, first):
+    return augment(
+        batch['image'],
+        params,
+        seed=seed,
+        step=step,
+        crop=crop,
+        first=first,
+        window=None if crop else batch.get('window'),
+    )
+
+  return prepare

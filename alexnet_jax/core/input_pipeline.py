@@ -438,27 +438,57 @@ def _prepared_train(config, source, params, start, host, count, example_key):
       config.data.cache,
       threads,
   )
-  return ds.map(
-      _plain(
-          lambda ex: dict(
-              image=preprocess.train_stored(
-                  ex['image'],
-                  example_key(ex['position']),
-                  params,
-                  source.storage,
-              ),
-              label=ex['label'],
-          )
-      ),
-      num_parallel_calls=threads,
-      deterministic=True,
+  storage, big = source.storage, params.resize_size
+
+  def host_crop(ex):
+    image, window = preprocess.train_stored_window(
+        ex['image'], example_key(ex['position']), params, storage
+    )
+    return dict(image=image, label=ex['label'], window=window)
+
+  def square(ex):
+    return dict(
+        image=preprocess.stored_square(ex['image'], storage, big),
+        label=ex['label'],
+    )
+
+  fn = square if augment_place(config) == 'device' else host_crop
+  return ds.map(_plain(fn), num_parallel_calls=threads, deterministic=True)
+
+
+def augment_place(config):
+  """Where training's crop and flip run for a prepared dataset: 'host' or
+  'device' (config.data.augment, 'auto' by platform: device_augment.place)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from alexnet_jax.core import device_augment  # pylint: disable=g-import-not-at-top
+
+  return device_augment.place(config.data.augment, jax.default_backend())
+
+
+def device_prepare(config):
+  """The train step's `prepare` (steps.train_step) for the batches
+  train_iterator yields: None when they are float32 (the original images
+  and fake data, normalised on the host), else the in-step augmentation
+  and normalisation of the uint8 batches of a prepared dataset."""
+  source = _source(config)
+  if not getattr(source, 'prepared', False):
+    return None
+  from alexnet_jax.core import device_augment  # pylint: disable=g-import-not-at-top
+
+  return device_augment.prepare_fn(
+      _params(config),
+      seed=config.train.seed,
+      crop=augment_place(config) == 'device',
   )
 
 
 def train_iterator(config, *, start_step=0, process_index=0, process_count=1):
   """Endless iterator of dict(image=f32[b, H, W, 3], label=i32[b]) with
   b = config.optim.batch_size // process_count; batch k depends only on
-  (config.train.seed, k). Raises input_guard.UnreadableDataError (one
+  (config.train.seed, k). From a prepared dataset the images are uint8,
+  the image_size crops with window=int32[b, 3] (augment_place 'host') or
+  the stored squares ('device'), for the step's `device_prepare(config)`. Raises input_guard.UnreadableDataError (one
   line) if its files cannot be read."""
   ds, guard = _train_dataset(config, start_step, process_index, process_count)
   if guard is None:

@@ -598,6 +598,12 @@ def train_stored(stored, seed, params, storage):
 def train_stored_uint8(stored, seed, params, storage):
   """The host's share when augmentation runs on the device: the random crop
   and flip of train_stored, as uint8 (no lighting, no normalisation)."""
+  return train_stored_window(stored, seed, params, storage)[0]
+
+
+def train_stored_window(stored, seed, params, storage):
+  """(train_stored_uint8's crop, int32[3] [y, x, flipped]): where the crop
+  was cut, which the device needs to subtract a per-pixel mean image."""
   crop_seed, flip_seed, _ = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3)
   )
@@ -605,7 +611,11 @@ def train_stored_uint8(stored, seed, params, storage):
   crop = _stored_window(
       stored, storage, params.resize_size, offset, params.image_size
   )
-  return flip(crop, flip_seed) if params.flip else crop
+  if not params.flip:
+    return crop, tf.concat([offset, [0]], 0)
+  coin = tf.random.stateless_uniform([], flip_seed) < 0.5
+  crop = tf.cond(coin, lambda: tf.reverse(crop, [-2]), lambda: crop)
+  return crop, tf.concat([offset, [tf.cast(coin, tf.int32)]], 0)
 
 
 def eval_stored(stored, params, storage, crops=1):

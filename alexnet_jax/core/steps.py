@@ -87,8 +87,15 @@ def train_step(
     lr_fn: Callable,
     axis_name: str | None = None,
     bare: bool = False,
+    prepare: Callable | None = None,
 ):
   """One SGD step. batch: image f32[B, H, W, 3], label int32[B].
+
+  With `prepare` (device_augment.prepare_fn), batch['image'] is uint8 and
+  prepare(batch, step, first) makes the model input inside the step (crop,
+  flip, PCA lighting, normalisation); `first` is the global index of this
+  device's first image under pmap (0 otherwise: jit sees the global batch),
+  so every layout draws the same images.
 
   Returns the new state and its TrainMetrics (top-1/top-5 errors, the
   learning rate, gradient and parameter norms beside the loss). bare=True
@@ -100,10 +107,17 @@ def train_step(
   if axis_name is not None:  # pmap: a different mask on every device
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
+  images = batch['image']
+  if prepare is not None:
+    first = 0
+    if axis_name is not None:
+      first = jax.lax.axis_index(axis_name) * images.shape[0]
+    images = prepare(batch, state.step, first)
+
   def loss_fn(params):
     logits = apply_fn(
         {'params': params},
-        batch['image'],
+        images,
         train=True,
         rngs={'dropout': dropout_rng},
     )
@@ -225,6 +239,7 @@ class TrainStep:
   lr_fn: Callable  # step -> lr before plateau drops
   bare: bool
   compiled: parallel.Step
+  prepare: Callable | None = None
 
   def __call__(self, state, batch):
     return self.compiled(state, batch)
@@ -250,7 +265,13 @@ class TrainStep:
 
 
 def make_train_step(
-    config, model, par=None, *, sizes: Plan | None = None, bare: bool = False
+    config,
+    model,
+    par=None,
+    *,
+    sizes: Plan | None = None,
+    bare: bool = False,
+    prepare: Callable | None = None,
 ) -> TrainStep:
   """The train step training runs, for `model` laid out by `par`.
 
@@ -264,6 +285,8 @@ def make_train_step(
     sizes: the run's Plan (train.plan(config, info)), which the 'step' and
       'cosine' schedules need; 'plateau' and 'constant' do without.
     bare: forward, backward and update only (train_step's `bare`).
+    prepare: train_step's `prepare`, for uint8 batches
+      (input_pipeline.device_prepare gives the trainer's).
   """
   if par is None:
     par = parallel.Parallel(config, model)
@@ -281,7 +304,12 @@ def make_train_step(
   )
   compiled = par.jit_step(
       functools.partial(
-          train_step, apply_fn=par.apply, tx=tx, lr_fn=lr_fn, bare=bare
+          train_step,
+          apply_fn=par.apply,
+          tx=tx,
+          lr_fn=lr_fn,
+          bare=bare,
+          prepare=prepare,
       )
   )
-  return TrainStep(config, par, tx, lr_fn, bare, compiled)
+  return TrainStep(config, par, tx, lr_fn, bare, compiled, prepare)

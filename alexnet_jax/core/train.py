@@ -310,7 +310,13 @@ def _train_and_evaluate(config, workdir, preempt):
   par = parallel.Parallel(config, module)
   layout = par.layout()
   logging.info('Layout: %s', parallel.layout_line(layout))
-  step_fn = make_train_step(config, module, par, sizes=p)
+  step_fn = make_train_step(
+      config,
+      module,
+      par,
+      sizes=p,
+      prepare=input_pipeline.device_prepare(config),
+  )
   tx = step_fn.tx
   preprocessing = input_pipeline.preprocessing_from_config(config)
   metadata = checkpoint.make_metadata(
