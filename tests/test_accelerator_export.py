@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax.benchmarks import deviceless
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import parallel
 from alexnet_jax.core import train
@@ -109,33 +110,15 @@ def _abstract_step(config):
 @functools.cache
 def exported(mode, platform, dtype='float32'):
   """(jax.export.Exported, Parallel, abstract state) of the train step."""
-  par, step, state, batch = _abstract_step(_config(mode, dtype))
+  config = _config(mode, dtype)
+  par = parallel.Parallel(config, model_lib.from_config(config.model))
+  train_step = train.make_train_step(config, par.model, par)
+  # The mode's inputs as `benchmark compile` lays them out: pmap's stacked
+  # replicas, or the jit modes' shardings.
+  state, batch = deviceless.abstract_inputs(config, train_step)
+  fn = train_step.compiled._get(state, batch, ())
   if par.data_parallel == 'pmap':
-    # jax.export refuses a bare pmap but takes jax.jit of it.
-    n = par.data_size
-    state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype), state
-    )
-    batch = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(
-            (n, x.shape[0] // n) + x.shape[1:], x.dtype
-        ),
-        batch,
-    )
-    fn = jax.jit(step._get(state, batch, ()))
-  else:
-    state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        state,
-        par.shardings(state),
-    )
-    batch = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(
-            x.shape, x.dtype, sharding=par.batch_sharding
-        ),
-        batch,
-    )
-    fn = step._get(state, batch, ())
+    fn = jax.jit(fn)  # jax.export refuses a bare pmap but takes jit of it
   return jax.export.export(fn, platforms=[platform])(state, batch), par, state
 
 
