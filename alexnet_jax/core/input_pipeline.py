@@ -112,8 +112,9 @@ def preprocessing_from_config(config):
       raise ValueError(f'config.data.mean_image: {e}') from e
     # The mean image is stored in [0, 1]; the record's mean is in
     # pixel_scale units, as every other record's.
-    scale = float(d.pixel_scale)
-    out['mean'] = [float(m) * scale for m in image.mean(axis=(0, 1))]
+    out['mean'] = [
+        float(m) * out['pixel_scale'] for m in image.mean(axis=(0, 1))
+    ]
     out['std'] = [1.0, 1.0, 1.0]
     out['mean_image'] = os.path.abspath(d.mean_image)
   return out
