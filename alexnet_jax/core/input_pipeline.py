@@ -386,11 +386,17 @@ def _train_dataset(config, start_step, process_index, process_count):
           .map(_plain(lambda j: dict(load(p, candidates[j]), tried=j)))
           .ignore_errors()
       )
+      # Zeros of the draws' structure, not another decode: a decode here
+      # could fail before the assert, with TensorFlow's own error instead of
+      # the one line (the two ops are unordered).
+      like = {
+          k: tf.zeros(spec.shape, spec.dtype)
+          for k, spec in tries.element_spec.items()
+      }
       failed = tf.data.Dataset.from_tensors(p).map(
           _plain(
               lambda p: _all_unreadable(
-                  tf.gather(table.names, candidates),
-                  dict(load(p, candidates[0]), tried=p),
+                  tf.gather(table.names, candidates), like
               )
           )
       )
